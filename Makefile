@@ -1,0 +1,33 @@
+# One-command setup: `make demo` and `make test` create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA := data/synthetic
+DEMO_OUT := runs/demo
+
+.PHONY: venv test demo demo-ms bench clean-demo
+
+venv: $(STAMP)
+
+# Reinstall only when a requirements file changed.
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m demo single --data $(DATA) --out $(DEMO_OUT)
+
+demo-ms: $(STAMP)
+	$(PY) -m demo multi --data $(DATA)_ms --out $(DEMO_OUT)_ms
+
+bench: $(STAMP)
+	$(PY) bench/bench_single_scene.py
+	$(PY) bench/bench_multi_scene.py
+
+clean-demo:
+	rm -rf $(DEMO_OUT) $(DEMO_OUT)_ms

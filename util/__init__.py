@@ -1,0 +1,1 @@
+"""Shared utilities: pose math, metrics, config, checkpoints, device and logging helpers."""

@@ -1,0 +1,190 @@
+"""Pose math, written once. Pure functions over numpy arrays or torch tensors, batched over leading dims.
+
+Conventions (the label CSVs, the models and the metrics all follow them):
+
+- A pose is a 7-vector ``[t1, t2, t3, q1, q2, q3, q4]`` = ``[t_3, q_4]``.
+- ``t`` is the camera centre in the world frame, in metres.
+- ``q`` is a unit quaternion, scalar first: ``(w, x, y, z)``. ``q`` and ``-q`` are the same rotation;
+  canonical quaternions returned here have ``w >= 0``.
+- ``quat_to_rotmat(q)`` gives the rotation matrix ``R`` that ``q`` represents (active, right-handed):
+  ``v' = R @ v``.
+- 7Scenes labels store ``q`` of the camera-to-world rotation ``R_cw`` (camera axes expressed in world).
+  Cambridge labels store the W P Q R of the raw files as given, which is the world-to-camera rotation.
+  The metrics compare a prediction with its label in the label's own convention, so they need no frame.
+- A 4x4 camera-to-world matrix ``T_cw = [[R_cw, c], [0, 1]]`` maps camera coordinates to world
+  coordinates; its inverse ``T_wc = [[R_cw^T, -R_cw^T c], [0, 1]]`` is world-to-camera.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import torch
+
+Array = Union[np.ndarray, torch.Tensor]
+
+
+def _is_torch(x: Array) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _stack(parts: list, axis: int, like: Array) -> Array:
+    return torch.stack(parts, dim=axis) if _is_torch(like) else np.stack(parts, axis=axis)
+
+
+def _sqrt(x: Array) -> Array:
+    return torch.sqrt(x) if _is_torch(x) else np.sqrt(x)
+
+
+def _norm(x: Array) -> Array:
+    """Euclidean norm over the last axis."""
+    return torch.linalg.vector_norm(x, dim=-1) if _is_torch(x) else np.linalg.norm(x, axis=-1)
+
+
+def normalize_quat(q_N4: Array, eps: float = 1e-12) -> Array:
+    """Scale quaternions to unit norm. A zero quaternion has no direction and becomes NaN."""
+    norm = _norm(q_N4)[..., None]
+    if _is_torch(q_N4):
+        norm = torch.where(norm > eps, norm, torch.full_like(norm, float("nan")))
+    else:
+        norm = np.where(norm > eps, norm, np.nan)
+    return q_N4 / norm
+
+
+def canonical_quat(q_N4: Array) -> Array:
+    """Unit quaternion with a non-negative scalar part (picks one of q and -q)."""
+    q = normalize_quat(q_N4)
+    sign = torch.where(q[..., :1] < 0, -1.0, 1.0).to(q.dtype) if _is_torch(q) else np.where(q[..., :1] < 0, -1.0, 1.0)
+    return q * sign
+
+
+def quat_to_rotmat(q_N4: Array) -> Array:
+    """Rotation matrices (..., 3, 3) of quaternions (..., 4) in (w, x, y, z) order; q is normalised first."""
+    q = normalize_quat(q_N4)
+    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    rows = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ]
+    return _stack([_stack(r, -1, q) for r in rows], -2, q)
+
+
+def rotmat_to_quat(R_N33: Array) -> Array:
+    """Quaternions (..., 4), (w, x, y, z) with w >= 0, of rotation matrices (..., 3, 3).
+
+    Uses the numerically stable branch per matrix (Shepperd's method): the largest of w, x, y, z is
+    recovered from the diagonal, the others from the off-diagonal terms.
+    """
+    torch_in = _is_torch(R_N33)
+    R = R_N33.detach().cpu().double().numpy() if torch_in else np.asarray(R_N33, dtype=np.float64)
+    m = R.reshape(-1, 3, 3)
+    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    cands = np.stack([tr, m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], axis=1)
+    best = np.argmax(cands, axis=1)
+    q = np.empty((m.shape[0], 4))
+    for k in range(4):
+        sel = best == k
+        if not sel.any():
+            continue
+        s = m[sel]
+        if k == 0:
+            r = np.sqrt(np.maximum(1.0 + s[:, 0, 0] + s[:, 1, 1] + s[:, 2, 2], 0.0)) * 2  # r = 4w
+            q[sel] = np.stack([0.25 * r, (s[:, 2, 1] - s[:, 1, 2]) / r, (s[:, 0, 2] - s[:, 2, 0]) / r,
+                               (s[:, 1, 0] - s[:, 0, 1]) / r], axis=1)
+        elif k == 1:
+            r = np.sqrt(np.maximum(1.0 + s[:, 0, 0] - s[:, 1, 1] - s[:, 2, 2], 0.0)) * 2  # r = 4x
+            q[sel] = np.stack([(s[:, 2, 1] - s[:, 1, 2]) / r, 0.25 * r, (s[:, 0, 1] + s[:, 1, 0]) / r,
+                               (s[:, 0, 2] + s[:, 2, 0]) / r], axis=1)
+        elif k == 2:
+            r = np.sqrt(np.maximum(1.0 - s[:, 0, 0] + s[:, 1, 1] - s[:, 2, 2], 0.0)) * 2  # r = 4y
+            q[sel] = np.stack([(s[:, 0, 2] - s[:, 2, 0]) / r, (s[:, 0, 1] + s[:, 1, 0]) / r, 0.25 * r,
+                               (s[:, 1, 2] + s[:, 2, 1]) / r], axis=1)
+        else:
+            r = np.sqrt(np.maximum(1.0 - s[:, 0, 0] - s[:, 1, 1] + s[:, 2, 2], 0.0)) * 2  # r = 4z
+            q[sel] = np.stack([(s[:, 1, 0] - s[:, 0, 1]) / r, (s[:, 0, 2] + s[:, 2, 0]) / r,
+                               (s[:, 1, 2] + s[:, 2, 1]) / r, 0.25 * r], axis=1)
+    q = canonical_quat(q).reshape(R.shape[:-2] + (4,))
+    if torch_in:
+        return torch.as_tensor(q, dtype=R_N33.dtype if R_N33.is_floating_point() else torch.float64,
+                               device=R_N33.device)
+    return q
+
+
+def quat_multiply(a_N4: Array, b_N4: Array) -> Array:
+    """Hamilton product a * b (the rotation b followed by a)."""
+    aw, ax, ay, az = a_N4[..., 0], a_N4[..., 1], a_N4[..., 2], a_N4[..., 3]
+    bw, bx, by, bz = b_N4[..., 0], b_N4[..., 1], b_N4[..., 2], b_N4[..., 3]
+    return _stack([aw * bw - ax * bx - ay * by - az * bz,
+                   aw * bx + ax * bw + ay * bz - az * by,
+                   aw * by - ax * bz + ay * bw + az * bx,
+                   aw * bz + ax * by - ay * bx + az * bw], -1, a_N4)
+
+
+def axis_angle_to_quat(axis_N3: Array, angle_rad: Array) -> Array:
+    """Unit quaternion of a rotation by ``angle_rad`` about ``axis_N3`` (normalised first)."""
+    axis = axis_N3 / _norm(axis_N3)[..., None]
+    half = angle_rad * 0.5
+    if _is_torch(axis):
+        return torch.cat([torch.cos(half)[..., None], axis * torch.sin(half)[..., None]], dim=-1)
+    return np.concatenate([np.cos(half)[..., None], axis * np.sin(half)[..., None]], axis=-1)
+
+
+def pose_to_matrix(t_N3: Array, q_N4: Array) -> Array:
+    """4x4 rigid transforms [[R(q), t], [0, 1]] from translations and quaternions."""
+    R = quat_to_rotmat(q_N4)
+    if _is_torch(R):
+        T = torch.zeros(R.shape[:-2] + (4, 4), dtype=R.dtype, device=R.device)
+    else:
+        T = np.zeros(R.shape[:-2] + (4, 4), dtype=R.dtype)
+    T[..., :3, :3] = R
+    T[..., :3, 3] = t_N3
+    T[..., 3, 3] = 1.0
+    return T
+
+
+def invert_rigid(T_N44: Array) -> Array:
+    """Inverse of rigid 4x4 transforms: camera-to-world <-> world-to-camera."""
+    R = T_N44[..., :3, :3]
+    t = T_N44[..., :3, 3]
+    Rt = R.transpose(-1, -2) if _is_torch(R) else np.swapaxes(R, -1, -2)
+    T_inv = T_N44.clone() if _is_torch(T_N44) else T_N44.copy()
+    T_inv[..., :3, :3] = Rt
+    T_inv[..., :3, 3] = -(Rt @ t[..., None])[..., 0]
+    T_inv[..., 3, :3] = 0.0
+    T_inv[..., 3, 3] = 1.0
+    return T_inv
+
+
+def cam_to_world_to_world_to_cam(T_cw_N44: Array) -> Array:
+    """World-to-camera matrices of camera-to-world matrices (the inverse, named for readability)."""
+    return invert_rigid(T_cw_N44)
+
+
+def world_to_cam_to_cam_to_world(T_wc_N44: Array) -> Array:
+    """Camera-to-world matrices of world-to-camera matrices."""
+    return invert_rigid(T_wc_N44)
+
+
+def position_error(t_pred_N3: Array, t_gt_N3: Array) -> Array:
+    """Euclidean distance between predicted and ground-truth positions, in metres."""
+    return _norm(t_pred_N3 - t_gt_N3)
+
+
+def orientation_error_deg(q_pred_N4: Array, q_gt_N4: Array) -> Array:
+    """Angle of the relative rotation in degrees: 2 acos(|<q_pred, q_gt>|) of the normalised quaternions.
+
+    Symmetric in q / -q, and the dot product is clamped to [0, 1] so rounding never yields NaN.
+    A non-finite or zero prediction gives NaN, which the metrics count as a failure.
+    """
+    dot = (normalize_quat(q_pred_N4) * normalize_quat(q_gt_N4)).sum(-1)
+    if _is_torch(dot):
+        return torch.rad2deg(2.0 * torch.acos(torch.clamp(dot.abs(), max=1.0)))
+    return np.degrees(2.0 * np.arccos(np.minimum(np.abs(dot), 1.0)))
+
+
+def pose_errors(pose_pred_N7: Array, pose_gt_N7: Array) -> tuple[Array, Array]:
+    """(position error in m, orientation error in deg) of 7-vector poses ``[t, q]``."""
+    return (position_error(pose_pred_N7[..., :3], pose_gt_N7[..., :3]),
+            orientation_error_deg(pose_pred_N7[..., 3:], pose_gt_N7[..., 3:]))
+
