@@ -1,0 +1,1 @@
+"""Label CSVs, image datasets, transforms and samplers for camera pose regression."""

@@ -1,0 +1,150 @@
+"""Read and validate the label CSVs that every script takes (SPEC section 1).
+
+One row per image: ``scene, split, seq, img_path, t1, t2, t3, q1, q2, q3, q4``. ``img_path`` is relative to
+the dataset root (``<root>/<img_path>``); ``t`` is the camera centre in the world frame in metres; ``q`` is
+scalar-first (w, x, y, z): the camera-to-world rotation for 7Scenes, the raw world-to-camera W P Q R for
+Cambridge (see ``util.pose``). Problems are reported by CSV line number, the header being line 1.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from util.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+LABEL_COLUMNS = ["scene", "split", "seq", "img_path", "t1", "t2", "t3", "q1", "q2", "q3", "q4"]
+TEXT_COLUMNS = ["scene", "split", "seq", "img_path"]
+REQUIRED_TEXT_COLUMNS = ["scene", "img_path"]
+T_COLUMNS = ["t1", "t2", "t3"]
+Q_COLUMNS = ["q1", "q2", "q3", "q4"]
+POSE_COLUMNS = T_COLUMNS + Q_COLUMNS
+
+QUAT_NORM_TOL = 1e-3  # |1 - |q|| above this is renormalised with a warning
+QUAT_ZERO_NORM = 1e-6  # |q| below this has no direction: an error
+MAX_ABS_TRANSLATION_M = 1e4  # a larger |t_i| is flagged (public GreatCourt has one row at ~3e9 m)
+MAX_LISTED = 10  # line numbers / paths listed in a message before "and K more"
+MAX_LISTED_PATHS = 3
+
+PathLike = Union[str, os.PathLike]
+
+
+def format_lines(lines: Sequence[int], max_listed: int = MAX_LISTED) -> str:
+    """``"CSV line 5"`` / ``"CSV lines 2, 3, 9"`` / ``"CSV lines 2, ..., 11 and 4 more"`` (header = line 1)."""
+    lines = [int(n) for n in lines]
+    word = "line" if len(lines) == 1 else "lines"
+    shown = ", ".join(str(n) for n in lines[:max_listed])
+    more = f" and {len(lines) - max_listed} more" if len(lines) > max_listed else ""
+    return f"CSV {word} {shown}{more}"
+
+
+def read_labels_csv(labels_file: PathLike) -> pd.DataFrame:
+    """Read a label CSV as text, one row per non-blank line, indexed by CSV line number (header = 1)."""
+    path = Path(labels_file)
+    if not path.is_file():
+        raise UserError(f"labels file not found: {path}")
+    try:
+        # Everything as text: the pose columns are parsed by validate_labels so that a bad cell is reported
+        # with its line instead of silently turning a whole column into strings.
+        raw = pd.read_csv(path, dtype=str, na_filter=False, skip_blank_lines=False, skipinitialspace=True,
+                          encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise UserError(f"labels file is empty: {path} (expected the header {','.join(LABEL_COLUMNS)})") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        message = " ".join(str(e).split())
+        raise UserError(f"cannot parse labels file {path}: {message}") from None
+    raw = raw.fillna("")  # short rows leave NaN in their missing trailing fields
+    raw.columns = [str(c).strip() for c in raw.columns]
+    raw.index = pd.RangeIndex(2, 2 + len(raw), name="csv_line")
+    blank = (raw.apply(lambda col: col.str.strip()) == "").all(axis=1)
+    return raw[~blank]
+
+
+def validate_labels(raw: pd.DataFrame, source: str = "labels") -> pd.DataFrame:
+    """Check a text table of labels and return it typed, with unit quaternions and a fresh 0..N-1 index.
+
+    ``raw`` holds strings and is indexed by CSV line number (as from :func:`read_labels_csv`). Raises
+    ``UserError`` for missing columns, no rows, empty scene/img_path, non-finite or unparsable poses and
+    zero quaternions; logs one warning for non-unit quaternions (renormalised) and one for implausibly
+    large translations (kept as they are).
+    """
+    missing = [c for c in LABEL_COLUMNS if c not in raw.columns]
+    if missing:
+        raise UserError(f"{source}: missing column(s) {', '.join(missing)}; "
+                        f"the header must be {','.join(LABEL_COLUMNS)} (found {','.join(map(str, raw.columns))})")
+    if len(raw) == 0:
+        raise UserError(f"{source}: no data rows after the header")
+
+    text = raw[TEXT_COLUMNS].apply(lambda col: col.astype(str).str.strip())
+    for column in REQUIRED_TEXT_COLUMNS:
+        empty = text.index[text[column] == ""]
+        if len(empty):
+            raise UserError(f"{source}: empty {column} at {format_lines(empty)}")
+
+    pose = raw[POSE_COLUMNS].apply(lambda col: pd.to_numeric(col.astype(str).str.strip(), errors="coerce"))
+    pose_N7 = np.array(pose.to_numpy(dtype=np.float64))  # a writable copy (pandas copy-on-write)
+    bad = pose.index[~np.isfinite(pose_N7).all(axis=1)]
+    if len(bad):
+        raise UserError(f"{source}: missing, non-numeric or non-finite t1..q4 values at {format_lines(bad)}")
+
+    q_norm_N = np.linalg.norm(pose_N7[:, 3:], axis=1)
+    zero = pose.index[q_norm_N < QUAT_ZERO_NORM]
+    if len(zero):
+        raise UserError(f"{source}: zero quaternion (q1..q4 all ~0, no orientation) at {format_lines(zero)}")
+    off = np.abs(q_norm_N - 1.0) > QUAT_NORM_TOL
+    if off.any():
+        logger.warning("%s: %d quaternion(s) with norm off 1 by more than %g (norms %.4g..%.4g, at %s); "
+                       "renormalised to unit length", source, int(off.sum()), QUAT_NORM_TOL,
+                       q_norm_N[off].min(), q_norm_N[off].max(), format_lines(pose.index[off]))
+    pose_N7[:, 3:] /= q_norm_N[:, None]
+
+    t_max_N = np.abs(pose_N7[:, :3]).max(axis=1)
+    far = t_max_N > MAX_ABS_TRANSLATION_M
+    if far.any():
+        logger.warning("%s: %d row(s) with a translation component above %g m (largest %.3g m) at %s; "
+                       "likely a label defect, kept as is", source, int(far.sum()), MAX_ABS_TRANSLATION_M,
+                       t_max_N[far].max(), format_lines(pose.index[far]))
+
+    labels = text.reset_index(drop=True)
+    labels[POSE_COLUMNS] = pose_N7
+    return labels[LABEL_COLUMNS]
+
+
+def find_missing_images(img_paths: Sequence[str], dataset_root: PathLike) -> list:
+    """The ``<dataset_root>/<img_path>`` paths that are not files, in CSV order."""
+    root = Path(dataset_root)
+    return [root / p for p in img_paths if not os.path.isfile(root / p)]
+
+
+def check_images_exist(img_paths: Sequence[str], dataset_root: PathLike, source: str = "labels") -> None:
+    """Raise ``UserError`` with the count and the first few full paths if any image file is missing."""
+    missing = find_missing_images(img_paths, dataset_root)
+    if not missing:
+        return
+    if not Path(dataset_root).is_dir():
+        raise UserError(f"dataset root {dataset_root} is not a directory; the img_path values of {source} are "
+                        f"relative to it, check the dataset root argument")
+    shown = ", ".join(str(p) for p in missing[:MAX_LISTED_PATHS])
+    more = f" and {len(missing) - MAX_LISTED_PATHS} more" if len(missing) > MAX_LISTED_PATHS else ""
+    raise UserError(f"{source}: {len(missing)} of {len(img_paths)} images not found: {shown}{more}; "
+                    f"img_path is relative to the dataset root, check the dataset root argument "
+                    f"(got {dataset_root})")
+
+
+def read_labels(labels_file: PathLike, dataset_root: Optional[PathLike] = None,
+                check_images: bool = True) -> pd.DataFrame:
+    """Load and validate a label CSV; columns ``LABEL_COLUMNS``, one row per image, unit quaternions.
+
+    With ``dataset_root`` given and ``check_images`` true, every ``<dataset_root>/<img_path>`` must exist, so
+    a wrong root fails here with a hint rather than later inside a data-loader worker.
+    """
+    labels = validate_labels(read_labels_csv(labels_file), source=str(labels_file))
+    if dataset_root is not None and check_images:
+        check_images_exist(labels["img_path"].tolist(), dataset_root, source=str(labels_file))
+    return labels
