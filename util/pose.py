@@ -121,13 +121,19 @@ def quat_multiply(a_N4: Array, b_N4: Array) -> Array:
                    aw * bz + ax * by - ay * bx + az * bw], -1, a_N4)
 
 
-def axis_angle_to_quat(axis_N3: Array, angle_rad: Array) -> Array:
-    """Unit quaternion of a rotation by ``angle_rad`` about ``axis_N3`` (normalised first)."""
+def axis_angle_to_quat(axis_N3: Array, angle_rad: Array | float) -> Array:
+    """Unit quaternion of a rotation by ``angle_rad`` about ``axis_N3`` (normalised first).
+
+    The angle broadcasts against the axes' leading dims, so one angle may serve a batch of axes.
+    """
     axis = axis_N3 / _norm(axis_N3)[..., None]
-    half = angle_rad * 0.5
     if _is_torch(axis):
-        return torch.cat([torch.cos(half)[..., None], axis * torch.sin(half)[..., None]], dim=-1)
-    return np.concatenate([np.cos(half)[..., None], axis * np.sin(half)[..., None]], axis=-1)
+        half = torch.as_tensor(angle_rad, dtype=axis.dtype, device=axis.device)[..., None] * 0.5
+        w, xyz = torch.broadcast_tensors(torch.cos(half), axis * torch.sin(half))
+        return torch.cat([w[..., :1], xyz], dim=-1)
+    half = np.asarray(angle_rad)[..., None] * 0.5
+    w, xyz = np.broadcast_arrays(np.cos(half), axis * np.sin(half))
+    return np.concatenate([w[..., :1], xyz], axis=-1)
 
 
 def pose_to_matrix(t_N3: Array, q_N4: Array) -> Array:
@@ -176,11 +182,20 @@ def orientation_error_deg(q_pred_N4: Array, q_gt_N4: Array) -> Array:
 
     Symmetric in q / -q, and the dot product is clamped to [0, 1] so rounding never yields NaN.
     A non-finite or zero prediction gives NaN, which the metrics count as a failure.
+    The arithmetic runs in float64: acos is ill-conditioned near 1, and in float32 a quaternion compared
+    with itself would read up to ~0.08 deg instead of 0. The result has the inputs' floating dtype.
     """
-    dot = (normalize_quat(q_pred_N4) * normalize_quat(q_gt_N4)).sum(-1)
-    if _is_torch(dot):
-        return torch.rad2deg(2.0 * torch.acos(torch.clamp(dot.abs(), max=1.0)))
-    return np.degrees(2.0 * np.arccos(np.minimum(np.abs(dot), 1.0)))
+    if _is_torch(q_pred_N4) or _is_torch(q_gt_N4):
+        q_pred, q_gt = torch.as_tensor(q_pred_N4), torch.as_tensor(q_gt_N4)
+        out_dtype = torch.promote_types(q_pred.dtype, q_gt.dtype)
+        out_dtype = out_dtype if out_dtype.is_floating_point else torch.float64
+        dot = (normalize_quat(q_pred.double()) * normalize_quat(q_gt.double())).sum(-1)
+        return torch.rad2deg(2.0 * torch.acos(torch.clamp(dot.abs(), max=1.0))).to(out_dtype)
+    q_pred, q_gt = np.asarray(q_pred_N4), np.asarray(q_gt_N4)
+    out_dtype = np.result_type(q_pred, q_gt)
+    out_dtype = out_dtype if np.issubdtype(out_dtype, np.floating) else np.float64
+    dot = (normalize_quat(q_pred.astype(np.float64)) * normalize_quat(q_gt.astype(np.float64))).sum(-1)
+    return np.degrees(2.0 * np.arccos(np.minimum(np.abs(dot), 1.0))).astype(out_dtype)
 
 
 def pose_errors(pose_pred_N7: Array, pose_gt_N7: Array) -> tuple[Array, Array]:
