@@ -1,0 +1,146 @@
+"""Throughput of the multi-scene models: mshyperpose vs ems-transposenet on the same random input.
+
+Reports images/s for a training step (forward, pose + scene loss, backward, Adam step) and for
+inference (eval mode, no autograd), plus parameter counts. Warm-up iterations are excluded and the
+two models are timed alternately, iteration by iteration, so that load changes on the machine hit
+both alike and their ratio stays fair.
+
+    python bench/bench_multi_scene.py --size 224 --batch 8 --iters 20 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from models.backbone import load_backbone  # noqa: E402
+from models.losses import CameraPoseLoss  # noqa: E402
+from models.ms_transposenet import MSTransPoseNet  # noqa: E402
+from models.mshyperpose import MSHyperPose  # noqa: E402
+from util.errors import UserError  # noqa: E402
+
+MODELS = {"ems-transposenet": MSTransPoseNet, "mshyperpose": MSHyperPose}
+
+
+def reference_config(num_scenes: int, nheads: int) -> dict:
+    """Architecture of the reference configs' multi-scene section."""
+    return {
+        "hidden_dim": 256, "dim_feedforward": 256, "dropout": 0.1, "nheads": nheads,
+        "num_t_encoder_layers": 4, "num_t_decoder_layers": 4,
+        "num_rot_encoder_layers": 4, "num_rot_decoder_layers": 4,
+        "reduction": ["reduction_4", "reduction_3"], "reg_hidden_dim": 1024,
+        "hyper_dim_t": 256, "hyper_dim_rot": 512, "hyper_t_hidden_scale": 0.5,
+        "num_scenes": num_scenes,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _train_step(model, optimizer, pose_loss, img, pose_gt, scene_gt) -> None:
+    pose, log_probs = model(img, scene_gt)
+    loss = pose_loss(pose, pose_gt) + F.nll_loss(log_probs, scene_gt)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _infer_step(model, img) -> None:
+    with torch.inference_mode():
+        model(img)
+
+
+def bench(size: int, batch: int, iters: int, warmup: int, num_scenes: int, nheads: int,
+          device_name: str, seed: int = 0) -> list[dict]:
+    """Time both models alternately; returns one row per model with params and images/s."""
+    if device_name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but CUDA is not available")
+    if min(size, batch, iters) < 1 or warmup < 0:
+        raise UserError("--size, --batch and --iters must be >= 1 and --warmup >= 0")
+    device = torch.device(device_name)
+    gen = torch.Generator().manual_seed(seed)
+    img = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    pose_gt = torch.randn(batch, 7, generator=gen).to(device)
+    scene_gt = torch.randint(0, num_scenes, (batch,), generator=gen).to(device)
+    config = reference_config(num_scenes, nheads)
+
+    runs = {}
+    for name, cls in MODELS.items():
+        torch.manual_seed(seed)
+        model = cls(config, load_backbone("random")).to(device)
+        pose_loss = CameraPoseLoss().to(device)
+        optimizer = torch.optim.Adam([*model.parameters(), *pose_loss.parameters()], lr=1e-4)
+        runs[name] = {"model": model, "loss": pose_loss, "opt": optimizer, "train_s": 0.0, "infer_s": 0.0}
+
+    for phase in ("train", "infer"):
+        for run in runs.values():
+            run["model"].train(phase == "train")
+        for it in range(warmup + iters):
+            for run in runs.values():
+                _sync(device)
+                start = time.perf_counter()
+                if phase == "train":
+                    _train_step(run["model"], run["opt"], run["loss"], img, pose_gt, scene_gt)
+                else:
+                    _infer_step(run["model"], img)
+                _sync(device)
+                if it >= warmup:
+                    run[f"{phase}_s"] += time.perf_counter() - start
+
+    return [
+        {
+            "model": name,
+            "params": sum(p.numel() for p in run["model"].parameters()),
+            "train_img_s": batch * iters / run["train_s"],
+            "infer_img_s": batch * iters / run["infer_s"],
+        }
+        for name, run in runs.items()
+    ]
+
+
+def format_rows(rows: list[dict]) -> str:
+    """A fixed-width table plus the mshyperpose / ems-transposenet speed ratios."""
+    lines = [f"{'model':<18}{'params':>14}{'train img/s':>14}{'infer img/s':>14}"]
+    for r in rows:
+        lines.append(f"{r['model']:<18}{r['params']:>14,}{r['train_img_s']:>14.2f}{r['infer_img_s']:>14.2f}")
+    by_name = {r["model"]: r for r in rows}
+    hyper, base = by_name["mshyperpose"], by_name["ems-transposenet"]
+    lines.append(f"mshyperpose / ems-transposenet speed: train {hyper['train_img_s'] / base['train_img_s']:.2f}x, "
+                 f"inference {hyper['infer_img_s'] / base['infer_img_s']:.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--size", type=int, default=224, help="square input image size (pixels)")
+    parser.add_argument("--batch", type=int, default=8, help="images per batch")
+    parser.add_argument("--iters", type=int, default=10, help="timed iterations per model and phase")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
+    parser.add_argument("--num-scenes", type=int, default=7, help="number of scenes (7 for 7Scenes)")
+    parser.add_argument("--nheads", type=int, default=8, help="attention heads per transformer layer")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where to run")
+    args = parser.parse_args(argv)
+    rows = bench(args.size, args.batch, args.iters, args.warmup, args.num_scenes, args.nheads, args.device)
+    header = (f"device={args.device}"
+              + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else f" ({torch.get_num_threads()} threads)")
+              + f" size={args.size} batch={args.batch} iters={args.iters} warmup={args.warmup} "
+              f"num_scenes={args.num_scenes} nheads={args.nheads}")
+    return header + "\n" + format_rows(rows)
+
+
+if __name__ == "__main__":
+    try:
+        print(main())
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,161 @@
+"""DETR-style pre-norm transformer used by the multi-scene models (MS-Transformer, MSHyperPose).
+
+Layout and behaviour follow the MS-Transformer reference so its checkpoints load and reproduce:
+pre-norm encoder and decoder layers (LayerNorm before attention and before the feed-forward block),
+GELU, dropout on attention weights and residual branches, a final LayerNorm after each stack.
+Position embeddings are added to queries and keys only, never to values. The decoder target starts
+at zeros and the learned query embeddings act as the decoder's query positions.
+
+Parameter names: ``encoder.layers.{i}.self_attn.*``, ``linear1``, ``linear2``, ``norm1``, ``norm2``,
+``encoder.norm``; ``decoder.layers.{i}.self_attn.*``, ``multihead_attn.*``, ``linear1``, ``linear2``,
+``norm1..3``, ``decoder.norm``.
+
+Tensors are batch-first throughout: tokens ``B x N x d``, queries ``B x S x d``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention + feed-forward block."""
+
+    def __init__(self, d_model: int, nheads: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, src_BNd: torch.Tensor, pos_BNd: torch.Tensor) -> torch.Tensor:
+        x_BNd = self.norm1(src_BNd)
+        qk_BNd = x_BNd + pos_BNd
+        attn_BNd = self.self_attn(qk_BNd, qk_BNd, x_BNd, need_weights=False)[0]
+        src_BNd = src_BNd + self.dropout1(attn_BNd)
+        x_BNd = self.norm2(src_BNd)
+        x_BNd = self.linear2(self.dropout(F.gelu(self.linear1(x_BNd))))
+        return src_BNd + self.dropout2(x_BNd)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm self-attention over queries, cross-attention to memory, then feed-forward."""
+
+    def __init__(self, d_model: int, nheads: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
+        self.multihead_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        tgt_BSd: torch.Tensor,
+        memory_BNd: torch.Tensor,
+        pos_BNd: torch.Tensor,
+        query_pos_BSd: torch.Tensor,
+    ) -> torch.Tensor:
+        x_BSd = self.norm1(tgt_BSd)
+        qk_BSd = x_BSd + query_pos_BSd
+        tgt_BSd = tgt_BSd + self.dropout1(self.self_attn(qk_BSd, qk_BSd, x_BSd, need_weights=False)[0])
+        x_BSd = self.norm2(tgt_BSd)
+        cross_BSd = self.multihead_attn(
+            x_BSd + query_pos_BSd, memory_BNd + pos_BNd, memory_BNd, need_weights=False
+        )[0]
+        tgt_BSd = tgt_BSd + self.dropout2(cross_BSd)
+        x_BSd = self.norm3(tgt_BSd)
+        x_BSd = self.linear2(self.dropout(F.gelu(self.linear1(x_BSd))))
+        return tgt_BSd + self.dropout3(x_BSd)
+
+
+class Encoder(nn.Module):
+    """A stack of pre-norm encoder layers followed by a final LayerNorm."""
+
+    def __init__(self, num_layers: int, d_model: int, nheads: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model, nheads, dim_feedforward, dropout) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, src_BNd: torch.Tensor, pos_BNd: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            src_BNd = layer(src_BNd, pos_BNd)
+        return self.norm(src_BNd)
+
+
+class Decoder(nn.Module):
+    """A stack of pre-norm decoder layers followed by a final LayerNorm."""
+
+    def __init__(self, num_layers: int, d_model: int, nheads: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DecoderLayer(d_model, nheads, dim_feedforward, dropout) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(
+        self,
+        tgt_BSd: torch.Tensor,
+        memory_BNd: torch.Tensor,
+        pos_BNd: torch.Tensor,
+        query_pos_BSd: torch.Tensor,
+    ) -> torch.Tensor:
+        for layer in self.layers:
+            tgt_BSd = layer(tgt_BSd, memory_BNd, pos_BNd, query_pos_BSd)
+        return self.norm(tgt_BSd)
+
+
+class Transformer(nn.Module):
+    """Encoder over a feature map, decoder with one learned query per output slot.
+
+    ``forward(src_BdHW, pos_BdHW, query_embed_Sd) -> B x S x d``: the decoder output for every query.
+    """
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        nheads: int = 8,
+        num_encoder_layers: int = 4,
+        num_decoder_layers: int = 4,
+        dim_feedforward: int = 256,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        if d_model % nheads != 0:
+            raise ValueError(f"d_model={d_model} is not divisible by nheads={nheads}")
+        self.d_model = d_model
+        self.nheads = nheads
+        self.encoder = Encoder(num_encoder_layers, d_model, nheads, dim_feedforward, dropout)
+        self.decoder = Decoder(num_decoder_layers, d_model, nheads, dim_feedforward, dropout)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        # Xavier-uniform for every weight matrix, as DETR-style transformers initialise.
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(
+        self, src_BdHW: torch.Tensor, pos_BdHW: torch.Tensor, query_embed_Sd: torch.Tensor
+    ) -> torch.Tensor:
+        batch = src_BdHW.shape[0]
+        src_BNd = src_BdHW.flatten(2).transpose(1, 2)
+        pos_BNd = pos_BdHW.flatten(2).transpose(1, 2)
+        query_pos_BSd = query_embed_Sd.unsqueeze(0).expand(batch, -1, -1)
+        memory_BNd = self.encoder(src_BNd, pos_BNd)
+        tgt_BSd = torch.zeros_like(query_pos_BSd)
+        return self.decoder(tgt_BSd, memory_BNd, pos_BNd, query_pos_BSd)
