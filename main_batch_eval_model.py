@@ -1,0 +1,13 @@
+"""Evaluate every checkpoint of a single-scene run (effposenet, hyperpose): a CSV and an HTML report.
+
+    python main_batch_eval_model.py hyperpose test <backbone> <dataset_root> <test.csv> <config.json> \
+        ./models/run_<stamp> --output_path ./evals/hyperpose_7scenes_evals
+
+Re-running evaluates only checkpoints added (or changed) since the last run. See docs/batch_eval.md.
+"""
+import sys
+
+from engine.batch_eval import main
+
+if __name__ == "__main__":
+    sys.exit(main(multi_scene=False))
