@@ -1,0 +1,109 @@
+"""Throughput of effposenet vs hyperpose: what the hypernetwork head costs in training and inference.
+
+Both models see the same random batch. Their timed iterations alternate (A, B, A, B, ...) so that a
+noisy, shared machine slows both alike and the ratio stays fair; warm-up iterations are not timed.
+
+    python bench/bench_single_scene.py --size 224 --batch 8 --iters 20 --device cpu
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+import torch  # noqa: E402
+
+from models.backbone import new_backbone  # noqa: E402
+from models.registry import build_model  # noqa: E402
+
+MODELS = ("effposenet", "hyperpose")
+CONFIG = {"hyper_dim_t": 256, "hyper_dim_rot": 512}  # reference values
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _train_step(model, optimizer, img_B3HW, pose_B7):
+    optimizer.zero_grad(set_to_none=True)
+    loss = (model(img_B3HW) - pose_B7).abs().mean()
+    loss.backward()
+    optimizer.step()
+
+
+@torch.no_grad()
+def _infer_step(model, img_B3HW):
+    model(img_B3HW)
+
+
+def bench(size: int, batch: int, iters: int, warmup: int, device: torch.device) -> dict:
+    """Seconds per iteration, per model and mode, measured interleaved."""
+    torch.manual_seed(0)
+    img_B3HW = torch.randn(batch, 3, size, size, device=device)
+    pose_B7 = torch.randn(batch, 7, device=device)
+    models = {n: build_model(n, CONFIG, new_backbone()).to(device) for n in MODELS}
+    optimizers = {n: torch.optim.Adam(m.parameters(), lr=1e-4, eps=1e-10, weight_decay=1e-4)
+                  for n, m in models.items()}
+    steps = {
+        "train": lambda n: _train_step(models[n].train(), optimizers[n], img_B3HW, pose_B7),
+        "infer": lambda n: _infer_step(models[n].eval(), img_B3HW),
+    }
+    wall = {(mode, n): [] for mode in steps for n in MODELS}
+    cpu = {(mode, n): [] for mode in steps for n in MODELS}
+    for mode, step in steps.items():
+        for i in range(warmup + iters):
+            for n in MODELS if i % 2 == 0 else MODELS[::-1]:
+                _sync(device)
+                start, start_cpu = time.perf_counter(), time.process_time()
+                step(n)
+                _sync(device)
+                if i >= warmup:
+                    wall[(mode, n)].append(time.perf_counter() - start)
+                    cpu[(mode, n)].append(time.process_time() - start_cpu)
+    median = lambda v: sorted(v)[len(v) // 2]  # noqa: E731 - robust to spikes from other processes
+    return {"seconds": {k: median(v) for k, v in wall.items()},
+            "cpu_seconds": {k: median(v) for k, v in cpu.items()},
+            "params": {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--size", type=int, default=224, help="square input size in pixels")
+    parser.add_argument("--batch", type=int, default=8, help="images per batch")
+    parser.add_argument("--iters", type=int, default=20, help="timed iterations per model and mode")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (0: torch's default); 1 is steadier on a busy machine")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    device = torch.device(args.device)
+    result = bench(args.size, args.batch, args.iters, args.warmup, device)
+    sec = result["seconds"]
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"cpu ({torch.get_num_threads()} threads)")
+    print(f"device {name}, input {args.batch}x3x{args.size}x{args.size}, "
+          f"median of {args.iters} iterations after {args.warmup} warm-up")
+    print(f"{'model':<12}{'params':>13}{'train img/s':>14}{'infer img/s':>14}")
+    for n in MODELS:
+        print(f"{n:<12}{result['params'][n]:>13,}{args.batch / sec[('train', n)]:>14.1f}"
+              f"{args.batch / sec[('infer', n)]:>14.1f}")
+    cpu = result["cpu_seconds"]
+    for mode in ("train", "infer"):
+        line = (f"hypernetwork overhead ({mode}): hyperpose time / effposenet time = "
+                f"{sec[(mode, 'hyperpose')] / sec[(mode, 'effposenet')]:.3f}")
+        if device.type == "cpu":  # process CPU time is less disturbed by other processes' load
+            line += f" (CPU time ratio {cpu[(mode, 'hyperpose')] / cpu[(mode, 'effposenet')]:.3f})"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pose regression models: EfficientNet backbone, single- and multi-scene heads, hypernetworks, registry."""
