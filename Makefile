@@ -20,10 +20,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) -m demo single --data $(DATA) --out $(DEMO_OUT)
+	$(PY) -m engine.demo single --data $(DATA) --out $(DEMO_OUT)
 
 demo-ms: $(STAMP)
-	$(PY) -m demo multi --data $(DATA)_ms --out $(DEMO_OUT)_ms
+	$(PY) -m engine.demo multi --data $(DATA)_ms --out $(DEMO_OUT)_ms
 
 bench: $(STAMP)
 	$(PY) bench/bench_single_scene.py

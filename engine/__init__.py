@@ -1,0 +1,1 @@
+"""Training, testing and batch evaluation, shared by the entry scripts."""

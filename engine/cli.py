@@ -1,0 +1,113 @@
+"""Command-line front end shared by ``main_single_scene.py`` and ``main_multi_scene.py``.
+
+The positional order is the reference's: ``model_name mode backbone_path dataset_path labels_file
+config_file``; an optional second JSON overrides the first.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+from util.errors import UserError
+from util.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+SINGLE_SCENE_MODELS = ("effposenet", "hyperpose")
+MULTI_SCENE_MODELS = ("mshyperpose", "ems-transposenet", "mstransformer")
+
+
+def run_cli(fn: Callable[[], int]) -> int:
+    """Run ``fn`` and turn a user mistake into a one-line message and exit status 2."""
+    try:
+        return fn()
+    except UserError as exc:
+        message = str(exc).strip()
+        if "Traceback" in message:  # re-raised from a DataLoader worker: keep the original message only
+            message = message.splitlines()[-1].split(": ", 1)[-1]
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, models: Sequence[str],
+                         modes: Sequence[str] = ("train", "test")) -> None:
+    """The reference positionals, shared by the train/test and batch-evaluation scripts."""
+    parser.add_argument("model_name", choices=models, help="model to train or test")
+    parser.add_argument("mode", choices=modes,
+                        help="train a model or test a checkpoint" if "train" in modes else "test checkpoints")
+    parser.add_argument("backbone_path",
+                        help="EfficientNet-B0 weights: a state_dict file, the reference's pickled module, "
+                             "or 'random' for random initialisation")
+    parser.add_argument("dataset_path", help="dataset root; img_path in the labels file is relative to it")
+    parser.add_argument("labels_file", help="label CSV (scene,split,seq,img_path,t1,t2,t3,q1,q2,q3,q4)")
+    parser.add_argument("config_file", help="JSON config: a 'general' section plus one section per model")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="auto (config device_id when CUDA is there, else CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="test batch size (default: the config's batch_size)")
+    parser.add_argument("--quiet", action="store_true", help="only warnings on the console, no progress bars")
+
+
+def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
+    models = MULTI_SCENE_MODELS if multi_scene else SINGLE_SCENE_MODELS
+    parser = argparse.ArgumentParser(
+        description=("Train or test a multi-scene absolute pose regressor." if multi_scene
+                     else "Train or test a single-scene absolute pose regressor."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_arguments(parser, models)
+    parser.add_argument("override_config", nargs="?", default=None,
+                        help="optional second JSON config whose sections override the first")
+    parser.add_argument("--checkpoint_path", default=None, help="checkpoint to test (test mode)")
+    parser.add_argument("--output_path", default=None,
+                        help="train: where run_<stamp>/ is created (default ./models); "
+                             "test: where results are written (default ./evals)")
+    parser.add_argument("--resume", default=None, help="train: continue the run of this checkpoint")
+    parser.add_argument("--n_epochs", type=int, default=None, help="train: override the config's n_epochs")
+    if multi_scene:
+        parser.add_argument("--test_dataset_id", choices=("7scenes", "cambridge"), default=None,
+                            help="test every per-scene test CSV of this dataset found beside labels_file")
+    add_runtime_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int:
+    args = build_parser(multi_scene).parse_args(argv)
+    setup_logging(logging.WARNING if args.quiet else logging.INFO)
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads its defaults from TQDM_* variables
+
+    def run() -> int:
+        if args.mode == "train":
+            from engine.train import train
+            if args.checkpoint_path:
+                raise UserError("--checkpoint_path is for test mode; use --resume to continue training")
+            result = train(args.model_name, args.backbone_path, args.dataset_path, args.labels_file,
+                           args.config_file, args.output_path or "./models", override_config=args.override_config,
+                           resume=args.resume, device=args.device, amp=args.amp, n_epochs=args.n_epochs)
+            print(f"run folder: {result.run_dir}")
+            print(f"final checkpoint: {result.final_checkpoint}")
+            return 0
+        from engine.evaluate import evaluate
+        if not args.checkpoint_path:
+            raise UserError("test mode needs --checkpoint_path <checkpoint.pth>")
+        result, paths = evaluate(args.model_name, args.backbone_path, args.dataset_path, args.labels_file,
+                                 args.config_file, args.checkpoint_path, args.output_path or "./evals",
+                                 override_config=args.override_config, batch_size=args.batch_size,
+                                 device=args.device, amp=args.amp,
+                                 test_dataset_id=getattr(args, "test_dataset_id", None))
+        print(result.report_text())
+        for kind, path in paths.items():
+            print(f"{kind}: {path}")
+        return 0
+
+    return run_cli(run)

@@ -1,0 +1,305 @@
+"""Test a checkpoint on label CSVs: per-scene errors, recalls, scene accuracy, latency and throughput.
+
+:class:`Evaluator` loads the test sets once and evaluates any number of checkpoints against them; the
+``test`` mode of the entry scripts and the batch evaluation both go through it.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from datasets.dataset import CameraPoseDataset
+from datasets.labels import read_labels
+from datasets.transforms import build_transform
+from models.backbone import load_backbone
+from models.registry import build_model, model_class
+from util.checkpoint import check_compatible, load_checkpoint, load_model_weights
+from util.config import canonical_model_name, load_config
+from util.device import select_device, synchronize
+from util.errors import UserError
+from util.io import atomic_write_text
+from util.metrics import DEFAULT_THRESHOLDS, PoseSummary, aggregate, format_summaries, summarize
+from util.pose import pose_errors
+
+log = logging.getLogger(__name__)
+
+# Per-scene test files of the known datasets, found beside the training labels file (SPEC section 1).
+TEST_FILE_PATTERNS = {
+    "7scenes": "abs_7scenes_pose.csv_{scene}_test.csv",
+    "cambridge": "abs_cambridge_pose_sorted.csv_{scene}_test.csv",
+}
+
+
+@dataclass
+class Predictions:
+    """Per-frame predictions and ground truth of one test set."""
+    paths: list[str]
+    scene_names: list[str]
+    pose_pred_N7: np.ndarray
+    pose_gt_N7: np.ndarray
+    scene_gt_N: np.ndarray
+    scene_pred_N: np.ndarray | None = None
+
+    @property
+    def errors(self) -> tuple[np.ndarray, np.ndarray]:
+        pos, ori = pose_errors(self.pose_pred_N7.astype(np.float64), self.pose_gt_N7.astype(np.float64))
+        return np.asarray(pos), np.asarray(ori)
+
+
+@dataclass
+class EvalResult:
+    """What one checkpoint scored: per-scene summaries, aggregates and timings."""
+    model_name: str
+    checkpoint: str
+    summaries: list[PoseSummary]
+    scene_acc: dict[str, float]
+    predictions: dict[str, Predictions]
+    timing: dict = field(default_factory=dict)
+    multi_scene: bool = False
+
+    @property
+    def aggregate(self) -> dict:
+        return aggregate(self.summaries)
+
+    def report_text(self) -> str:
+        lines = [f"{self.model_name} {self.checkpoint}", format_summaries(self.summaries)]
+        if self.multi_scene:
+            lines.append("scene accuracy: " + ", ".join(f"{s} {a:.3f}" for s, a in self.scene_acc.items()))
+        if len(self.summaries) > 1:
+            agg = self.aggregate
+            lines.append("  ".join(f"{k} {v:.4g}" for k, v in agg.items() if isinstance(v, (int, float))))
+        if self.timing:
+            t = self.timing
+            lines.append(f"latency {t['latency_ms_median']:.2f} ms/image median ({t['latency_ms_mean']:.2f} mean, "
+                         f"batch 1, {t['latency_images']} images after {t['warmup']} warm-up) on {t['device']}; "
+                         f"throughput {t['throughput_images_per_s']:.1f} images/s at batch {t['batch_size']}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model_name, "checkpoint": self.checkpoint,
+                "scenes": [s.to_dict() for s in self.summaries], "scene_acc": self.scene_acc,
+                "aggregate": self.aggregate, "timing": self.timing}
+
+
+def find_scene_test_files(labels_file: str | Path, scenes: list[str], dataset_id: str) -> dict[str, Path]:
+    """The per-scene test CSVs of ``dataset_id`` that sit beside ``labels_file``."""
+    if dataset_id not in TEST_FILE_PATTERNS:
+        raise UserError(f"--test_dataset_id {dataset_id!r}: expected one of {', '.join(TEST_FILE_PATTERNS)}")
+    folder = Path(labels_file).parent
+    files = {s: folder / TEST_FILE_PATTERNS[dataset_id].format(scene=s) for s in scenes}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise UserError(f"--test_dataset_id {dataset_id}: {len(missing)} per-scene test file(s) missing, "
+                        f"e.g. {missing[0]}")
+    return files
+
+
+class Evaluator:
+    """Evaluates checkpoints of one model/config on one set of test CSVs, loading the data once."""
+
+    def __init__(self, model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
+                 config_path: str | Path, *, override_config=None, device: str = "auto", amp: bool = False,
+                 batch_size: int | None = None, test_dataset_id: str | None = None,
+                 latency_images: int = 50, warmup: int = 5, progress: bool = True):
+        self.model_name = canonical_model_name(model_name)
+        self.config = load_config(config_path, self.model_name, override_config)
+        self.backbone_path = backbone_path
+        self.dataset_root = Path(dataset_root)
+        self.labels_file = Path(labels_file)
+        self.multi = model_class(self.model_name).multi_scene
+        self.device = select_device(device, self.config.get("device_id"))
+        if amp and self.device.type != "cuda":
+            raise UserError("--amp (mixed precision) needs a CUDA device")
+        self.amp = amp
+        self.batch_size = batch_size or self.config["batch_size"]
+        if self.batch_size < 1:
+            raise UserError(f"--batch_size must be >= 1, got {self.batch_size}")
+        self.test_dataset_id = test_dataset_id
+        self.latency_images, self.warmup, self.progress = latency_images, warmup, progress
+        self.transform = build_transform(self.config, train=False)
+        self.labels_scenes = sorted(read_labels(self.labels_file)["scene"].astype(str).unique())
+        self._datasets: dict = {}
+        self._models: dict = {}
+
+    # Data -------------------------------------------------------------------------------------------------
+    def test_sets(self, scene_map: dict[str, int]) -> dict[str, CameraPoseDataset]:
+        """Name -> dataset; built once per scene map."""
+        key = tuple(sorted(scene_map.items()))
+        if key not in self._datasets:
+            if self.test_dataset_id:
+                files = find_scene_test_files(self.labels_file, list(scene_map), self.test_dataset_id)
+            else:
+                files = {self.labels_file.stem: self.labels_file}
+            self._datasets[key] = {name: CameraPoseDataset(self.dataset_root, path, transform=self.transform,
+                                                           scene_map=scene_map if self.multi else None)
+                                   for name, path in files.items()}
+        return self._datasets[key]
+
+    # Model ------------------------------------------------------------------------------------------------
+    def load(self, checkpoint_path: str | Path) -> tuple[torch.nn.Module, dict[str, int]]:
+        """Build the model for a checkpoint (ours or a reference state_dict) and load its weights strictly."""
+        ckpt = load_checkpoint(checkpoint_path)
+        config = dict(self.config)
+        if ckpt["format"] == "reference":
+            scene_map = {s: i for i, s in enumerate(self.labels_scenes)}
+            if self.multi and config.get("nheads") != 8:
+                log.warning("reference checkpoint %s: using 8 attention heads, as the reference code did "
+                            "(it ignored nheads=%s)", Path(checkpoint_path).name, config.get("nheads"))
+                config["nheads"] = 8
+        else:
+            scene_map = dict(ckpt["scene_map"]) or {s: i for i, s in enumerate(self.labels_scenes)}
+        if self.multi:
+            if config.get("num_scenes") not in (None, len(scene_map)):
+                raise UserError(f"config num_scenes={config['num_scenes']} but the checkpoint has "
+                                f"{len(scene_map)} scenes")
+            config["num_scenes"] = len(scene_map)
+        check_compatible(ckpt, self.model_name, config, checkpoint_path)
+        key = json.dumps(config, sort_keys=True, default=str)
+        if key not in self._models:
+            self._models = {key: build_model(self.model_name, config, load_backbone(self.backbone_path))}
+        model = self._models[key]
+        load_model_weights(model, ckpt["model"], checkpoint_path)
+        return model.to(self.device).eval(), scene_map
+
+    def _forward(self, model, img):
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            if self.multi:
+                pose, scene_logp = model(img, None)
+                return pose.float(), scene_logp.argmax(1)
+            return model(img).float(), None
+
+    @torch.no_grad()
+    def predict(self, model, dataset: CameraPoseDataset, desc: str = "") -> tuple[Predictions, float]:
+        """Run the model over a dataset; returns the predictions and the synchronised model-only seconds."""
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.config["n_workers"], pin_memory=self.device.type == "cuda")
+        poses, scenes, seconds = [], [], 0.0
+        for batch in tqdm(loader, desc=desc or "test", leave=False, disable=not self.progress):
+            img = batch["img"].to(self.device, non_blocking=True)
+            synchronize(self.device)
+            t0 = time.perf_counter()
+            pose, scene = self._forward(model, img)
+            synchronize(self.device)
+            seconds += time.perf_counter() - t0
+            poses.append(pose.cpu().numpy())
+            if scene is not None:
+                scenes.append(scene.cpu().numpy())
+        pred = Predictions(paths=list(dataset.img_paths), scene_names=list(dataset.scene_names),
+                           pose_pred_N7=np.concatenate(poses), pose_gt_N7=dataset.poses_N7.copy(),
+                           scene_gt_N=dataset.scene_ids.copy(),
+                           scene_pred_N=np.concatenate(scenes) if scenes else None)
+        return pred, seconds
+
+    @torch.no_grad()
+    def measure_latency(self, model, dataset: CameraPoseDataset) -> dict:
+        """Per-image latency at batch 1, warm-up excluded, CUDA synchronised around every call."""
+        n = min(self.latency_images, len(dataset))
+        times = []
+        for i in range(self.warmup + n):
+            img = dataset[i % len(dataset)]["img"][None].to(self.device)
+            synchronize(self.device)
+            t0 = time.perf_counter()
+            self._forward(model, img)
+            synchronize(self.device)
+            if i >= self.warmup:
+                times.append((time.perf_counter() - t0) * 1000.0)
+        return {"latency_ms_mean": statistics.fmean(times), "latency_ms_median": statistics.median(times),
+                "latency_images": n, "warmup": self.warmup}
+
+    def evaluate_checkpoint(self, checkpoint_path: str | Path, *, timing: bool = True,
+                            thresholds=DEFAULT_THRESHOLDS) -> EvalResult:
+        model, scene_map = self.load(checkpoint_path)
+        sets = self.test_sets(scene_map)
+        summaries, accs, preds = [], {}, {}
+        total_frames, total_seconds = 0, 0.0
+        for name, dataset in sets.items():
+            pred, seconds = self.predict(model, dataset, desc=name)
+            total_frames += len(dataset)
+            total_seconds += seconds
+            pos, ori = pred.errors
+            names = np.asarray(pred.scene_names)
+            for scene in sorted(set(pred.scene_names)):
+                sel = names == scene
+                summaries.append(summarize(pos[sel], ori[sel], scene=scene, thresholds=thresholds))
+                if pred.scene_pred_N is not None:
+                    accs[scene] = float((pred.scene_pred_N[sel] == pred.scene_gt_N[sel]).mean())
+            preds[name] = pred
+        result = EvalResult(self.model_name, str(checkpoint_path), summaries, accs, preds, multi_scene=self.multi)
+        if timing:
+            result.timing = {"device": str(self.device), "batch_size": self.batch_size, "amp": self.amp,
+                             "throughput_images_per_s": total_frames / max(total_seconds, 1e-9),
+                             **self.measure_latency(model, next(iter(sets.values())))}
+        return result
+
+
+def predictions_csv(result: EvalResult) -> str:
+    """Per-image rows: path, scene, predicted and ground-truth t and q, errors (and the predicted scene)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    head = ["img_path", "scene"] + [f"{c}_pred" for c in ("t1", "t2", "t3", "q1", "q2", "q3", "q4")] + \
+           ["t1", "t2", "t3", "q1", "q2", "q3", "q4", "pos_err_m", "ori_err_deg"]
+    w.writerow(head + (["scene_pred"] if result.multi_scene else []))
+    for pred in result.predictions.values():
+        pos, ori = pred.errors
+        for i, path in enumerate(pred.paths):
+            row = [path, pred.scene_names[i], *(f"{v:.6g}" for v in pred.pose_pred_N7[i]),
+                   *(f"{v:.6g}" for v in pred.pose_gt_N7[i]), f"{pos[i]:.6g}", f"{ori[i]:.6g}"]
+            if result.multi_scene:
+                row.append(int(pred.scene_pred_N[i]))
+            w.writerow(row)
+    return buf.getvalue()
+
+
+def scene_report_csv(result: EvalResult) -> str:
+    """Per-scene rows, with the reference columns ``scene,pos,ori`` first, then ours, then the averages."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    extra = [k for k in result.summaries[0].to_dict() if k not in ("scene", "median_pos_m", "median_ori_deg")]
+    w.writerow(["scene", "pos", "ori"] + extra + (["scene_acc"] if result.multi_scene else []))
+    for s in result.summaries:
+        d = s.to_dict()
+        w.writerow([s.scene, d["median_pos_m"], d["median_ori_deg"]] + [d[k] for k in extra] +
+                   ([result.scene_acc.get(s.scene, "")] if result.multi_scene else []))
+    agg = result.aggregate
+    for label, pos_key, ori_key in (("average", "mean_of_median_pos_m", "mean_of_median_ori_deg"),
+                                    ("weighted", "weighted_median_pos_m", "weighted_median_ori_deg")):
+        if pos_key in agg:
+            w.writerow([label, agg[pos_key], agg[ori_key]])
+    return buf.getvalue()
+
+
+def write_outputs(result: EvalResult, output_path: str | Path, labels_file: str | Path) -> dict[str, Path]:
+    """Write the per-image CSV, the per-scene report CSV and the summary JSON; returns their paths."""
+    out = Path(output_path)
+    stem = f"{result.model_name}_{Path(result.checkpoint).stem}_{Path(labels_file).stem}"
+    paths = {"predictions": out / f"{stem}_predictions.csv", "report": out / f"{stem}_report.csv",
+             "summary": out / f"{stem}_summary.json"}
+    atomic_write_text(paths["predictions"], predictions_csv(result))
+    atomic_write_text(paths["report"], scene_report_csv(result))
+    atomic_write_text(paths["summary"], json.dumps(result.to_dict(), indent=2, default=float) + "\n")
+    return paths
+
+
+def evaluate(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
+             config_path: str | Path, checkpoint_path: str | Path, output_path: str | Path = "./evals", *,
+             override_config=None, batch_size: int | None = None, device: str = "auto", amp: bool = False,
+             test_dataset_id: str | None = None) -> tuple[EvalResult, dict[str, Path]]:
+    """Test one checkpoint and write its outputs to ``output_path``."""
+    if not checkpoint_path:
+        raise UserError("test mode needs --checkpoint_path")
+    evaluator = Evaluator(model_name, backbone_path, dataset_root, labels_file, config_path,
+                          override_config=override_config, device=device, amp=amp, batch_size=batch_size,
+                          test_dataset_id=test_dataset_id)
+    result = evaluator.evaluate_checkpoint(checkpoint_path)
+    return result, write_outputs(result, output_path, labels_file)

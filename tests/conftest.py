@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny synthetic scenes and tiny configs, so end-to-end tests run in seconds on a CPU."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Two cores are shared by the whole suite; more threads only contend.
+torch.set_num_threads(1)
+
+
+def tiny_config_dict(n_epochs: int = 2) -> dict:
+    """The shipped synthetic config, shrunk so every model trains in seconds at 48x48 crops."""
+    cfg = json.loads((REPO / "configs" / "synthetic_config.json").read_text())
+    cfg["general"].update(n_freq_print=1, n_freq_checkpoint=1, n_workers=0, device_id="cpu")
+    small_ms = dict(hidden_dim=32, nheads=2, num_t_encoder_layers=1, num_t_decoder_layers=1,
+                    num_rot_encoder_layers=1, num_rot_decoder_layers=1, dim_feedforward=32, reg_hidden_dim=32,
+                    hyper_dim_t=16, hyper_dim_rot=32)
+    for name, section in cfg.items():
+        if name == "general":
+            continue
+        section.update(n_epochs=n_epochs, batch_size=4, image_resize=56, image_crop=48)
+        if name in ("hyperpose",):
+            section.update(hyper_dim_t=16, hyper_dim_rot=32)
+        if name in ("ems-transposenet", "mshyperpose"):
+            section.update({k: v for k, v in small_ms.items()
+                            if name == "mshyperpose" or not k.startswith("hyper_")})
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory) -> Path:
+    return write_config(tmp_path_factory.mktemp("cfg") / "tiny_config.json", tiny_config_dict())
+
+
+@pytest.fixture(scope="session")
+def scene7(tmp_path_factory) -> Path:
+    """One synthetic 7Scenes-layout scene ('chess'), 64x48 images, few frames."""
+    from datasets.synthetic import generate
+
+    root = tmp_path_factory.mktemp("scene7")
+    generate(root, scenes=1, layout="7scenes", frames_per_seq=4, size=(64, 48), seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def scenes3(tmp_path_factory) -> Path:
+    """Three synthetic 7Scenes-layout scenes for the multi-scene tests."""
+    from datasets.synthetic import generate
+
+    root = tmp_path_factory.mktemp("scenes3")
+    generate(root, scenes=3, layout="7scenes", frames_per_seq=4, size=(64, 48), seed=1)
+    return root
+
+
+def run_script(args: list[str], cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` as a user would, from ``cwd`` (repo-relative scripts resolved to the repo)."""
+    script = args[0]
+    if not os.path.isabs(script) and (REPO / script).is_file():
+        script = str(REPO / script)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, script, *args[1:]], cwd=cwd or REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,101 @@
+"""Training: run folder contents, checkpoint contents, resume equivalence, freeze, config/CSV agreement."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from conftest import tiny_config_dict, write_config
+from engine.train import train
+from models.backbone import load_backbone
+from models.registry import build_model
+from util.config import load_config
+from util.device import seed_everything
+from util.errors import UserError
+
+
+def chess(root, split):
+    return root / f"abs_7scenes_pose.csv_chess_{split}.csv"
+
+
+def test_run_folder_holds_checkpoints_metrics_and_logs(scene7, tiny_config, tmp_path):
+    result = train("hyperpose", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu")
+    run = result.run_dir
+    assert re.fullmatch(r"run_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}(_\d+)?", run.name)
+    names = sorted(p.name for p in run.glob("*.pth"))
+    assert names == sorted([f"{run.name}_checkpoint-1.pth", f"{run.name}_checkpoint-2.pth", f"{run.name}_final.pth"])
+    assert json.loads((run / "config.json").read_text())["model_name"] == "hyperpose"
+    assert "epoch 2/2" in (run / "train.log").read_text()
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("epoch,loss,") and len(metrics) == 3
+    assert any((run / "tensorboard").iterdir())
+
+    ckpt = torch.load(result.final_checkpoint, map_location="cpu", weights_only=True)
+    assert ckpt["format"] == "hyperpose-checkpoint" and ckpt["epoch"] == 2
+    assert set(ckpt["loss"]) == {"s_x", "s_q"}
+    assert ckpt["scene_map"] == {"chess": 0}
+    assert ckpt["optimizer"]["param_groups"][1]["weight_decay"] == 0.0  # s_x, s_q are not decayed
+    assert ckpt["optimizer"]["param_groups"][0]["weight_decay"] > 0.0
+    assert not list(run.glob("*.tmp"))
+
+
+def test_resumed_run_ends_with_the_same_weights(scene7, tiny_config, tmp_path):
+    full = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path / "a", device="cpu")
+    resume_dir = tmp_path / "b" / full.run_dir.name
+    resume_dir.mkdir(parents=True)
+    first = resume_dir / f"{full.run_dir.name}_checkpoint-1.pth"
+    shutil.copy(full.run_dir / first.name, first)
+    shutil.copy(full.run_dir / "metrics.csv", resume_dir / "metrics.csv")
+    resumed = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path / "unused",
+                    resume=first, device="cpu")
+    assert resumed.run_dir == resume_dir
+    a = torch.load(full.final_checkpoint, weights_only=True)
+    b = torch.load(resumed.final_checkpoint, weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["loss"]:
+        assert torch.equal(a["loss"][k], b["loss"][k]), k
+    assert len((resume_dir / "metrics.csv").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("model_name, phrases", [
+    ("hyperpose", ["hyper_in_t_proj", "hyper_in_t", "hyper_in_t_fc_2", "hypernet_t_fc_h2"]),
+    ("mshyperpose", ["hyper_in_rot", "hypernet_rot", "regressor_head_rot", "transformer_rot", "input_proj_rot"]),
+])
+def test_freeze_trains_only_the_excluded_phrases(model_name, phrases, scene7, scenes3, tmp_path):
+    cfg = tiny_config_dict(n_epochs=1)
+    cfg[model_name].update(freeze=True, freeze_exclude_phrase=phrases)
+    config_path = write_config(tmp_path / "cfg.json", cfg)
+    root = scene7 if model_name == "hyperpose" else scenes3
+    labels = chess(root, "train") if model_name == "hyperpose" else root / "7scenes_all_scenes.csv"
+    result = train(model_name, "random", root, labels, config_path, tmp_path / "out", device="cpu")
+
+    config = load_config(config_path, model_name)
+    if model_name == "mshyperpose":
+        config["num_scenes"] = 3
+    seed_everything(config["seed"])  # the trainer builds its model right after this same seeding
+    initial = build_model(model_name, config, load_backbone("random"))
+    final = torch.load(result.final_checkpoint, weights_only=True)["model"]
+    changed = {name for name, p in initial.named_parameters() if not torch.equal(p.detach(), final[name])}
+    trainable = {name for name, _ in initial.named_parameters() if any(ph in name for ph in phrases)}
+    assert changed, "nothing trained"
+    assert changed <= trainable, sorted(changed - trainable)[:5]
+
+
+def test_num_scenes_must_agree_with_the_csv(scenes3, tmp_path):
+    cfg = tiny_config_dict()
+    cfg["mshyperpose"]["num_scenes"] = 7
+    with pytest.raises(UserError, match=r"num_scenes=7 .* 3 scenes"):
+        train("mshyperpose", "random", scenes3, scenes3 / "7scenes_all_scenes.csv",
+              write_config(tmp_path / "c.json", cfg), tmp_path, device="cpu")
+
+
+def test_amp_needs_cuda(scene7, tiny_config, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(UserError, match="amp"):
+        train("hyperpose", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu", amp=True)
