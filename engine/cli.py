@@ -67,7 +67,9 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
     add_common_arguments(parser, models)
     parser.add_argument("override_config", nargs="?", default=None,
                         help="optional second JSON config whose sections override the first")
-    parser.add_argument("--checkpoint_path", default=None, help="checkpoint to test (test mode)")
+    parser.add_argument("--checkpoint_path", default=None,
+                        help="test: the checkpoint to test; train: start a new run from its weights "
+                             "(ours or a reference state_dict), e.g. for the freeze stage")
     parser.add_argument("--output_path", default=None,
                         help="train: where run_<stamp>/ is created (default ./models); "
                              "test: where results are written (default ./evals)")
@@ -89,11 +91,10 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
     def run() -> int:
         if args.mode == "train":
             from engine.train import train
-            if args.checkpoint_path:
-                raise UserError("--checkpoint_path is for test mode; use --resume to continue training")
             result = train(args.model_name, args.backbone_path, args.dataset_path, args.labels_file,
                            args.config_file, args.output_path or "./models", override_config=args.override_config,
-                           resume=args.resume, device=args.device, amp=args.amp, n_epochs=args.n_epochs)
+                           resume=args.resume, init_checkpoint=args.checkpoint_path, device=args.device,
+                           amp=args.amp, n_epochs=args.n_epochs)
             print(f"run folder: {result.run_dir}")
             print(f"final checkpoint: {result.final_checkpoint}")
             return 0

@@ -67,7 +67,7 @@ def run_demo(kind: str, data: Path, out: Path) -> int:
         batch = batch_evaluate(model_name, "random", data, test_csv, CONFIG, result.run_dir,
                                output_path=out / model_name / "batch_eval",
                                test_dataset_id="7scenes" if multi else None)
-        log.info("batch evaluation: %s", ", ".join(str(p) for p in batch.outputs.values()))
+        log.info("batch evaluation of %d checkpoints: %s, %s", len(batch.results), batch.csv_path, batch.html_path)
         for s in ev.summaries:
             rows.append((model_name, s.scene, s.median_pos_m, s.median_ori_deg, ev.scene_acc.get(s.scene)))
     print()

@@ -113,9 +113,14 @@ def prepare_model(model_name: str, backbone_path: str, config: dict, device: tor
 
 def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
           config_path: str | Path, output_path: str | Path = "./models", *, override_config=None,
-          resume: str | Path | None = None, device: str = "auto", amp: bool = False,
-          n_epochs: int | None = None) -> TrainResult:
-    """Train ``model_name`` on a label CSV and return the run folder and its final checkpoint."""
+          resume: str | Path | None = None, init_checkpoint: str | Path | None = None, device: str = "auto",
+          amp: bool = False, n_epochs: int | None = None) -> TrainResult:
+    """Train ``model_name`` on a label CSV and return the run folder and its final checkpoint.
+
+    ``resume`` continues a run (weights, optimizer, scheduler, epoch). ``init_checkpoint`` starts a new run
+    from a checkpoint's weights only, ours or the reference's, as the reference's ``--checkpoint_path`` did
+    in train mode; the second, ``freeze`` stage of the multi-stage recipe uses it.
+    """
     model_name = canonical_model_name(model_name)
     config = load_config(config_path, model_name, override_config)
     if n_epochs is not None:
@@ -127,11 +132,15 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
         raise UserError("--amp (mixed precision) needs a CUDA device")
     make_deterministic()
 
+    if resume and init_checkpoint:
+        raise UserError("use either --resume (continue a run) or --checkpoint_path (start from its weights)")
     ckpt = load_checkpoint(resume) if resume else None
     if ckpt is not None and ckpt.get("format") == "reference":
         raise UserError(f"--resume {resume}: a bare reference state_dict holds no training state; "
                         f"resume needs a checkpoint written by this toolkit")
-    scene_map = ckpt["scene_map"] if ckpt and ckpt["scene_map"] else None
+    init = load_checkpoint(init_checkpoint) if init_checkpoint else None
+    source = ckpt or init
+    scene_map = source["scene_map"] if source and source["scene_map"] else None
     dataset = CameraPoseDataset(dataset_root, labels_file, transform=build_transform(config, train=True),
                                 scene_map=scene_map)
     multi = model_class(model_name).multi_scene
@@ -141,8 +150,12 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
             raise UserError(f"config num_scenes={config['num_scenes']} but {labels_file} has {n_scenes} scenes "
                             f"({', '.join(dataset.scene_map)}); remove num_scenes or set it to {n_scenes}")
         config["num_scenes"] = n_scenes
-    if ckpt is not None:
-        check_compatible(ckpt, model_name, config, resume)
+    if source is not None:
+        if source["format"] == "reference" and multi and config.get("nheads") != 8:
+            log.warning("reference checkpoint: using 8 attention heads, as the reference code did "
+                        "(it ignored nheads=%s)", config.get("nheads"))
+            config["nheads"] = 8
+        check_compatible(source, model_name, config, resume or init_checkpoint)
 
     seed_everything(config["seed"])
     model = prepare_model(model_name, backbone_path, config, dev)
@@ -152,6 +165,9 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config["lr_scheduler_step_size"],
                                                 gamma=config["lr_scheduler_gamma"])
     start_epoch = 0
+    if init is not None:
+        load_model_weights(model, init["model"], init_checkpoint)
+        log.info("initialised %s from %s", model_name, init_checkpoint)
     if ckpt is not None:
         load_model_weights(model, ckpt["model"], resume)
         loss_fn.load_state_dict(ckpt["loss"])
