@@ -29,11 +29,12 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from engine.cli import MULTI_SCENE_MODELS, SINGLE_SCENE_MODELS, add_common_arguments, add_runtime_arguments, run_cli
+from engine.cli import (MULTI_SCENE_MODELS, SINGLE_SCENE_MODELS, add_common_arguments, add_runtime_arguments,
+                        configure_console, run_cli)
 from engine.evaluate import TEST_FILE_PATTERNS, EvalResult, Evaluator
 from util.errors import UserError
 from util.io import atomic_write_text
-from util.logs import add_log_file, setup_logging
+from util.logs import add_log_file
 from util.metrics import DEFAULT_THRESHOLDS, summarize
 from util.report import BatchReport, Column, write_batch_report
 
@@ -545,9 +546,7 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int:
     """Entry point of both batch-evaluation scripts; returns the exit status."""
     args = build_parser(multi_scene).parse_args(argv)
-    setup_logging(logging.WARNING if args.quiet else logging.INFO)
-    if args.quiet:
-        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads its defaults from TQDM_* variables
+    configure_console(args.quiet)
 
     def run() -> int:
         if args.mode != "test":

@@ -35,6 +35,13 @@ def run_cli(fn: Callable[[], int]) -> int:
         return 130
 
 
+def configure_console(quiet: bool) -> None:
+    """Console logging at INFO (WARNING and no progress bars with ``--quiet``)."""
+    setup_logging(logging.WARNING if quiet else logging.INFO)
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads its defaults from TQDM_* variables
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, models: Sequence[str],
                          modes: Sequence[str] = ("train", "test")) -> None:
     """The reference positionals, shared by the train/test and batch-evaluation scripts."""
@@ -84,9 +91,7 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int:
     args = build_parser(multi_scene).parse_args(argv)
-    setup_logging(logging.WARNING if args.quiet else logging.INFO)
-    if args.quiet:
-        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads its defaults from TQDM_* variables
+    configure_console(args.quiet)
 
     def run() -> int:
         if args.mode == "train":
