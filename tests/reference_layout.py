@@ -13,19 +13,12 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
-import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Where the tables may live: an explicit override, a copy inside the repo, or the shared folder
-# beside the checkout.
-ENV_VAR = "HYPERPOSE_REFERENCE_LAYOUTS"
-SEARCH_DIRS = (
-    REPO_ROOT / "tests" / "data" / "reference_checkpoints",
-    REPO_ROOT / "shared" / "reference_checkpoints",
-    REPO_ROOT.parent / "shared" / "reference_checkpoints",
-)
+# The tables ship with the tests (copied from the reference layouts); a missing one is a failure, not a skip.
+LAYOUT_DIR = REPO_ROOT / "tests" / "data" / "reference_checkpoints"
 DATASETS = ("7Scenes", "CambridgeLandmarks")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -39,23 +32,10 @@ class LayoutEntry(NamedTuple):
     dtype: torch.dtype
 
 
-def layout_dir() -> Path | None:
-    """The first folder holding the reference tables, or None."""
-    candidates = [Path(os.environ[ENV_VAR])] if os.environ.get(ENV_VAR) else []
-    for d in candidates + list(SEARCH_DIRS):
-        if d.is_dir() and any(d.glob("*.tsv")):
-            return d
-    return None
-
-
 def layout_path(model_name: str, dataset: str) -> Path:
-    """Path of ``<model>_<dataset>.tsv``; skips the calling test when the tables are not available."""
-    d = layout_dir()
-    if d is None:
-        pytest.skip(f"reference layout tables not found (set {ENV_VAR} or copy them to "
-                    f"tests/data/reference_checkpoints/)")
-    path = d / f"{model_name}_{dataset}.tsv"
-    assert path.is_file(), f"missing reference table {path.name} in {d}"
+    """Path of ``<model>_<dataset>.tsv``."""
+    path = LAYOUT_DIR / f"{model_name}_{dataset}.tsv"
+    assert path.is_file(), f"missing reference table {path}"
     return path
 
 
