@@ -40,12 +40,13 @@ def _infer_step(model, img_B3HW):
     model(img_B3HW)
 
 
-def bench(size: int, batch: int, iters: int, warmup: int, device: torch.device) -> dict:
+def bench(size: int, batch: int, iters: int, warmup: int, device: torch.device,
+          memory_format: torch.memory_format = torch.channels_last) -> dict:
     """Seconds per iteration, per model and mode, measured interleaved."""
     torch.manual_seed(0)
-    img_B3HW = torch.randn(batch, 3, size, size, device=device)
+    img_B3HW = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory_format)
     pose_B7 = torch.randn(batch, 7, device=device)
-    models = {n: build_model(n, CONFIG, new_backbone()).to(device) for n in MODELS}
+    models = {n: build_model(n, CONFIG, new_backbone()).to(device, memory_format=memory_format) for n in MODELS}
     optimizers = {n: torch.optim.Adam(m.parameters(), lr=1e-4, eps=1e-10, weight_decay=1e-4)
                   for n, m in models.items()}
     steps = {
@@ -78,6 +79,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per model and mode")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run")
+    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last",
+                        help="tensor layout of the models and the input (training and testing use channels_last)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch (0: torch's default); 1 is steadier on a busy machine")
     args = parser.parse_args()
@@ -86,11 +89,12 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
     device = torch.device(args.device)
-    result = bench(args.size, args.batch, args.iters, args.warmup, device)
+    fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    result = bench(args.size, args.batch, args.iters, args.warmup, device, fmt)
     sec = result["seconds"]
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"cpu ({torch.get_num_threads()} threads)")
-    print(f"device {name}, input {args.batch}x3x{args.size}x{args.size}, "
+    print(f"device {name}, input {args.batch}x3x{args.size}x{args.size} {args.memory_format}, "
           f"median of {args.iters} iterations after {args.warmup} warm-up")
     print(f"{'model':<12}{'params':>13}{'train img/s':>14}{'infer img/s':>14}")
     for n in MODELS:

@@ -170,7 +170,7 @@ class Evaluator:
             self._models = {key: build_model(self.model_name, config, load_backbone(self.backbone_path))}
         model = self._models[key]
         load_model_weights(model, ckpt["model"], checkpoint_path)
-        return model.to(self.device).eval(), scene_map
+        return model.to(self.device, memory_format=torch.channels_last).eval(), scene_map
 
     def _forward(self, model, img):
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
@@ -186,7 +186,7 @@ class Evaluator:
                             num_workers=self.config["n_workers"], pin_memory=self.device.type == "cuda")
         poses, scenes, seconds = [], [], 0.0
         for batch in tqdm(loader, desc=desc or "test", leave=False, disable=not self.progress):
-            img = batch["img"].to(self.device, non_blocking=True)
+            img = batch["img"].to(self.device, non_blocking=True, memory_format=torch.channels_last)
             synchronize(self.device)
             t0 = time.perf_counter()
             pose, scene = self._forward(model, img)
@@ -207,7 +207,7 @@ class Evaluator:
         n = min(self.latency_images, len(dataset))
         times = []
         for i in range(self.warmup + n):
-            img = dataset[i % len(dataset)]["img"][None].to(self.device)
+            img = dataset[i % len(dataset)]["img"][None].to(self.device, memory_format=torch.channels_last)
             synchronize(self.device)
             t0 = time.perf_counter()
             self._forward(model, img)

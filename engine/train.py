@@ -108,7 +108,9 @@ def read_metrics_csv(path: Path) -> list[dict]:
 
 def prepare_model(model_name: str, backbone_path: str, config: dict, device: torch.device) -> nn.Module:
     backbone = load_backbone(backbone_path)
-    return build_model(model_name, config, backbone).to(device)
+    # channels_last trains EfficientNet faster on the CPU (compare `bench/bench_single_scene.py
+    # --memory-format contiguous`) and is the layout tensor cores want on CUDA.
+    return build_model(model_name, config, backbone).to(device, memory_format=torch.channels_last)
 
 
 def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
@@ -159,6 +161,10 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
 
     seed_everything(config["seed"])
     model = prepare_model(model_name, backbone_path, config, dev)
+    if config.get("bn_momentum") is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = config["bn_momentum"]
     loss_fn = CameraPoseLoss.from_config(config).to(dev)
     n_trainable = apply_freeze(model, config)
     optimizer = build_optimizer(model, loss_fn, config)
@@ -223,7 +229,7 @@ def _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, con
             t0 = time.perf_counter()
             bar = tqdm(loader, desc=f"epoch {epoch}/{n_epochs}", leave=False, dynamic_ncols=True)
             for step, batch in enumerate(bar, 1):
-                img = batch["img"].to(dev, non_blocking=True)
+                img = batch["img"].to(dev, non_blocking=True, memory_format=torch.channels_last)
                 pose_gt = batch["pose"].to(dev, non_blocking=True)
                 with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
                     if multi:

@@ -124,7 +124,8 @@ def test_shipped_configs_set_every_key_explicitly(file_name):
 def test_synthetic_config_is_small_and_fast():
     for model in MODEL_NAMES:
         config = load_config(CONFIGS / "synthetic_config.json", model)
-        assert (config["image_resize"], config["image_crop"], config["batch_size"]) == (72, 64, 8)
+        assert config["image_crop"] <= config["image_resize"] <= 96  # small, fast images
+        assert config["bn_momentum"] is not None  # short runs: running BN statistics must keep up
         assert config["n_workers"] in (0, 2)
         assert 10 <= config["n_epochs"] <= 100
 

@@ -77,6 +77,7 @@ _TRAINING_DEFAULTS = {
     "seed": 0,
     "image_resize": 256,
     "image_crop": 224,
+    "bn_momentum": None,
 }
 _HYPER_DEFAULTS = {
     "hyper_dim_t": 256,
@@ -207,6 +208,7 @@ KEY_SPECS: Mapping[str, KeySpec] = MappingProxyType({
     "seed": KeySpec("int", _check_seed),
     "image_resize": KeySpec("int", _at_least(32)),
     "image_crop": KeySpec("int", _at_least(32)),
+    "bn_momentum": KeySpec("float", _check_gamma, nullable=True),
     "hyper_dim_t": _INT_GE1,
     "hyper_dim_rot": _INT_GE1,
     "hyper_t_hidden_scale": KeySpec("float", _greater(0)),
