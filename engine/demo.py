@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from util.logs import setup_logging
 log = logging.getLogger(__name__)
 
 DEMO_SIZE = (64, 64)
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic_config.json"
+CONFIG = Path(os.path.relpath(Path(__file__).resolve().parent.parent / "configs" / "synthetic_config.json"))
 
 
 def mean_pose_errors(train_csv: Path, test_csv: Path, root: Path) -> tuple[float, float]:
@@ -35,7 +36,7 @@ def mean_pose_errors(train_csv: Path, test_csv: Path, root: Path) -> tuple[float
     return float(np.median(pos)), float(np.median(ori))
 
 
-def ensure_data(data: Path, scenes: int) -> None:
+def ensure_data(data: Path, scenes: int, frames_per_seq: int) -> None:
     from datasets.synthetic import generate
 
     if (data / "7scenes_all_scenes.csv").is_file():
@@ -44,7 +45,8 @@ def ensure_data(data: Path, scenes: int) -> None:
     log.info("generating %d synthetic scene(s) in %s", scenes, data)
     # Small square frames (no crop shift at 64 px) on 16 short training sequences: dense coverage of the
     # room, which a randomly initialised backbone needs to learn positions in a few minutes on a CPU.
-    generate(data, scenes=scenes, layout="7scenes", size=DEMO_SIZE, train_seqs=16, frames_per_seq=50, seed=0)
+    generate(data, scenes=scenes, layout="7scenes", size=DEMO_SIZE, train_seqs=16,
+             frames_per_seq=frames_per_seq, seed=0)
     log.info("generated in %.1f s", time.perf_counter() - t0)
 
 
@@ -55,7 +57,7 @@ def run_demo(kind: str, data: Path, out: Path) -> int:
 
     t_start = time.perf_counter()
     multi = kind == "multi"
-    ensure_data(data, 3 if multi else 1)
+    ensure_data(data, 3 if multi else 1, 25 if multi else 50)
     scene = "chess"
     train_csv = data / ("7scenes_all_scenes.csv" if multi else f"abs_7scenes_pose.csv_{scene}_train.csv")
     models = ("mshyperpose", "ems-transposenet") if multi else ("hyperpose", "effposenet")
