@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from datasets import label_io
 from datasets.label_io import OFFICIAL_COUNTS, SPLITS, natural_key
-from util.errors import UserError
+from util.errors import UserError, run_cli
 from util.pose import invert_rigid, pose_to_matrix
 
 logger = logging.getLogger(__name__)
@@ -525,8 +525,4 @@ def main(argv: Optional[Sequence[str]] = None) -> PrepareReport:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_cli(main))

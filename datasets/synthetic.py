@@ -39,7 +39,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from datasets import label_io
-from util.errors import UserError
+from util.errors import UserError, run_cli
 from util.pose import rotmat_to_quat
 
 logger = logging.getLogger(__name__)
@@ -657,8 +657,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_cli(main))

@@ -8,31 +8,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
-from util.errors import UserError
+from util.errors import UserError, run_cli
 from util.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
 SINGLE_SCENE_MODELS = ("effposenet", "hyperpose")
 MULTI_SCENE_MODELS = ("mshyperpose", "ems-transposenet", "mstransformer")
-
-
-def run_cli(fn: Callable[[], int]) -> int:
-    """Run ``fn`` and turn a user mistake into a one-line message and exit status 2."""
-    try:
-        return fn()
-    except UserError as exc:
-        message = str(exc).strip()
-        if "Traceback" in message:  # re-raised from a DataLoader worker: keep the original message only
-            message = message.splitlines()[-1].split(": ", 1)[-1]
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 def configure_console(quiet: bool) -> None:

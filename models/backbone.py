@@ -29,7 +29,7 @@ from efficientnet_pytorch import model as effnet_model
 from efficientnet_pytorch import utils as effnet_utils
 from torch import nn
 
-from util.errors import UserError
+from util.errors import UserError, run_cli
 from util.io import atomic_torch_save
 
 logger = logging.getLogger(__name__)
@@ -305,8 +305,4 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        print(main())
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_cli(lambda: print(main())))

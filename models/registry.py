@@ -8,8 +8,7 @@ import importlib
 
 from torch import nn
 
-MODEL_NAMES = ("effposenet", "hyperpose", "ems-transposenet", "mshyperpose")
-ALIASES = {"mstransformer": "ems-transposenet"}
+from util.config import MODEL_ALIASES as ALIASES, MODEL_NAMES  # the one list of model names
 _CLASSES = {
     "effposenet": ("models.effposenet", "EffPoseNet"),
     "hyperpose": ("models.hyperpose", "HyperPose"),
