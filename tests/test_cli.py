@@ -70,6 +70,22 @@ def test_seed_commands_train_then_test(user_dir, trained):
     assert header.startswith("img_path,scene,t1_pred,") and header.endswith("pos_err_m,ori_err_deg")
 
 
+def test_reference_state_dict_tests_like_our_checkpoint(user_dir, trained, tmp_path):
+    """A bare state_dict, as the reference writes, loads strictly in test mode and scores the same."""
+    ours = next(trained.glob("*_final.pth"))
+    bare = tmp_path / "reference_final.pth"
+    torch.save(torch.load(ours, weights_only=True)["model"], bare)
+    medians = []
+    for ckpt in (ours, bare):
+        proc = run_script(["main_single_scene.py", "hyperpose", "test", BACKBONE, CAMBRIDGE, SHOP_TEST,
+                           "./configs/CambridgeLandmarks_config.json", "--checkpoint_path", str(ckpt),
+                           "--output_path", str(tmp_path / ckpt.stem)], cwd=user_dir)
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads(next((tmp_path / ckpt.stem).glob("*_summary.json")).read_text())
+        medians.append(summary["scenes"][0]["median_pos_m"])
+    assert medians[0] == medians[1]
+
+
 def test_missing_backbone_file(user_dir):
     proc = run_script(["main_single_scene.py", "hyperpose", "train", "./models/backbones/nope.pth", CAMBRIDGE,
                        SHOP_TRAIN, "./configs/CambridgeLandmarks_config.json"], cwd=user_dir)
