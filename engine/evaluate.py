@@ -50,6 +50,7 @@ class Predictions:
     pose_gt_N7: np.ndarray
     scene_gt_N: np.ndarray
     scene_pred_N: np.ndarray | None = None
+    id_to_scene: dict[int, str] = field(default_factory=dict)
 
     @property
     def errors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +199,8 @@ class Evaluator:
         pred = Predictions(paths=list(dataset.img_paths), scene_names=list(dataset.scene_names),
                            pose_pred_N7=np.concatenate(poses), pose_gt_N7=dataset.poses_N7.copy(),
                            scene_gt_N=dataset.scene_ids.copy(),
-                           scene_pred_N=np.concatenate(scenes) if scenes else None)
+                           scene_pred_N=np.concatenate(scenes) if scenes else None,
+                           id_to_scene={i: s for s, i in dataset.scene_map.items()})
         return pred, seconds
 
     @torch.no_grad()
@@ -256,7 +258,7 @@ def predictions_csv(result: EvalResult) -> str:
             row = [path, pred.scene_names[i], *(f"{v:.6g}" for v in pred.pose_pred_N7[i]),
                    *(f"{v:.6g}" for v in pred.pose_gt_N7[i]), f"{pos[i]:.6g}", f"{ori[i]:.6g}"]
             if result.multi_scene:
-                row.append(int(pred.scene_pred_N[i]))
+                row.append(pred.id_to_scene.get(int(pred.scene_pred_N[i]), int(pred.scene_pred_N[i])))
             w.writerow(row)
     return buf.getvalue()
 

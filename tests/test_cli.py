@@ -146,3 +146,6 @@ def test_multi_scene_seed_commands(scenes3, tmp_path):
         assert [r.split(",")[0] for r in report[1:4]] == ["chess", "fire", "heads"]
         assert report[4].startswith("average,") and report[5].startswith("weighted,")
         assert "scene accuracy" in proc.stdout
+        rows = next((tmp_path / "evals").glob(f"*{ckpt.stem}*_predictions.csv")).read_text().splitlines()
+        assert rows[0].endswith(",scene_pred")
+        assert {r.rsplit(",", 1)[1] for r in rows[1:]} <= {"chess", "fire", "heads"}
