@@ -132,7 +132,8 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
     dev = select_device(device, config.get("device_id"))
     if amp and dev.type != "cuda":
         raise UserError("--amp (mixed precision) needs a CUDA device")
-    make_deterministic()
+    if dev.type == "cpu":  # the promise is a bit-reproducible CPU run; CUDA keeps its fast kernels
+        make_deterministic()
 
     if resume and init_checkpoint:
         raise UserError("use either --resume (continue a run) or --checkpoint_path (start from its weights)")
