@@ -30,7 +30,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engine.cli import (MULTI_SCENE_MODELS, SINGLE_SCENE_MODELS, add_common_arguments, add_runtime_arguments,
-                        configure_console, run_cli)
+                        add_test_dataset_argument, configure_console, run_cli)
 from engine.evaluate import TEST_FILE_PATTERNS, EvalResult, Evaluator
 from util.errors import UserError
 from util.io import atomic_write_text
@@ -536,9 +536,7 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
                         help="skip *_checkpoint-N.pth with N below this (as in the reference); the final and "
                              "other .pth files are always evaluated")
     if multi_scene:
-        parser.add_argument("--test_dataset_id", choices=tuple(TEST_FILE_PATTERNS), default=None,
-                            help="evaluate every per-scene test CSV of this dataset found beside labels_file "
-                                 "(default: evaluate labels_file itself)")
+        add_test_dataset_argument(parser)
     add_runtime_arguments(parser)
     return parser
 

@@ -40,6 +40,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, models: Sequence[str],
     parser.add_argument("config_file", help="JSON config: a 'general' section plus one section per model")
 
 
+def add_test_dataset_argument(parser: argparse.ArgumentParser) -> None:
+    """Multi-scene testing: evaluate every per-scene test CSV of a known dataset."""
+    parser.add_argument("--test_dataset_id", choices=("7scenes", "cambridge"), default=None,
+                        help="evaluate every per-scene test CSV of this dataset found beside labels_file "
+                             "(default: evaluate labels_file itself)")
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto (config device_id when CUDA is there, else CPU), cpu, cuda or cuda:N")
@@ -67,8 +74,7 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
     parser.add_argument("--resume", default=None, help="train: continue the run of this checkpoint")
     parser.add_argument("--n_epochs", type=int, default=None, help="train: override the config's n_epochs")
     if multi_scene:
-        parser.add_argument("--test_dataset_id", choices=("7scenes", "cambridge"), default=None,
-                            help="test every per-scene test CSV of this dataset found beside labels_file")
+        add_test_dataset_argument(parser)
     add_runtime_arguments(parser)
     return parser
 
