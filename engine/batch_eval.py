@@ -33,7 +33,7 @@ from engine.cli import (MULTI_SCENE_MODELS, SINGLE_SCENE_MODELS, add_common_argu
                         add_test_dataset_argument, configure_console, run_cli)
 from engine.evaluate import TEST_FILE_PATTERNS, EvalResult, Evaluator
 from util.errors import UserError
-from util.io import atomic_write_text
+from util.io import atomic_write_text, check_output_dir
 from util.logs import add_log_file
 from util.metrics import DEFAULT_THRESHOLDS, summarize
 from util.report import BatchReport, Column, write_batch_report
@@ -394,12 +394,12 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
     the HTML report and the cache to ``output_path`` (default: ``checkpoints_dir``)."""
     checkpoints_dir = Path(checkpoints_dir)
     paths = discover_checkpoints(checkpoints_dir, ckpt_start_index)
+    out = check_output_dir(output_path if output_path else checkpoints_dir,
+                           "--output_path" if output_path else "the checkpoints folder (the default --output_path)")
     evaluator = Evaluator(model_name, backbone_path, dataset_root, labels_file, config_path,
                           override_config=override_config, device=device, amp=amp, batch_size=batch_size,
                           test_dataset_id=test_dataset_id, progress=progress)
     multi = evaluator.multi
-    out = Path(output_path) if output_path else checkpoints_dir
-    out.mkdir(parents=True, exist_ok=True)
     test_set = test_dataset_id or Path(labels_file).stem
     prefix = f"{checkpoints_dir.resolve().name}_{test_set}_batch_eval"
     csv_path, html_path, cache_path = out / f"{prefix}.csv", out / f"{prefix}.html", out / f"{prefix}_cache.json"

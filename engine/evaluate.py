@@ -28,7 +28,7 @@ from util.checkpoint import check_compatible, load_checkpoint, load_model_weight
 from util.config import canonical_model_name, load_config
 from util.device import select_device, synchronize
 from util.errors import UserError
-from util.io import atomic_write_text
+from util.io import atomic_write_text, check_output_dir
 from util.metrics import DEFAULT_THRESHOLDS, PoseSummary, aggregate, format_summaries, summarize
 from util.pose import pose_errors
 
@@ -300,6 +300,7 @@ def evaluate(model_name: str, backbone_path: str, dataset_root: str | Path, labe
     """Test one checkpoint and write its outputs to ``output_path``."""
     if not checkpoint_path:
         raise UserError("test mode needs --checkpoint_path")
+    check_output_dir(output_path)  # before the evaluation, not after it
     evaluator = Evaluator(model_name, backbone_path, dataset_root, labels_file, config_path,
                           override_config=override_config, device=device, amp=amp, batch_size=batch_size,
                           test_dataset_id=test_dataset_id)

@@ -28,12 +28,13 @@ from datasets.transforms import build_transform
 from models.backbone import load_backbone
 from models.losses import CameraPoseLoss
 from models.registry import build_model, model_class
-from util.checkpoint import check_compatible, load_checkpoint, load_model_weights, save_checkpoint
+from util.checkpoint import (check_compatible, load_checkpoint, load_model_weights, non_finite_tensors,
+                              save_checkpoint)
 from util.config import canonical_model_name, load_config
 from util.device import make_deterministic, seed_everything, select_device
 from util.errors import UserError
-from util.io import atomic_write_text
-from util.logs import add_log_file
+from util.io import atomic_write_text, check_output_dir
+from util.logs import add_log_file, log_run_failure
 from util.pose import pose_errors
 
 log = logging.getLogger(__name__)
@@ -80,15 +81,40 @@ def build_optimizer(model: nn.Module, loss_fn: nn.Module, config: dict) -> torch
     return torch.optim.Adam(groups, lr=config["lr"], eps=config["eps"])
 
 
+def check_finite(model: nn.Module, loss_fn: nn.Module, epoch: int, probe_img: torch.Tensor, multi: bool) -> None:
+    """The divergence check before a checkpoint is written. A step can ruin the model while every loss the
+    trainer saw was finite (an exploding lr on the last batch): the weights can turn NaN, or stay finite but
+    so large that every prediction overflows. Both are caught: the parameters and buffers are checked, then
+    the model predicts a few training images in eval mode, as at test time."""
+    bad = non_finite_tensors(model, loss_fn)
+    if not bad:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = model(probe_img, None) if multi else model(probe_img)
+        model.train(was_training)
+        pose = out[0] if isinstance(out, tuple) else out
+        if not bool(torch.isfinite(pose).all()):
+            bad = ["its predictions"]
+    if bad:
+        raise UserError(f"training diverged at epoch {epoch}: {bad[0]}{' and more' if len(bad) > 1 else ''} "
+                        f"hold NaN or inf after the last step; no checkpoint of this epoch was written; "
+                        f"try a lower lr")
+
+
 def new_run_dir(output_path: str | Path) -> tuple[Path, str]:
-    """A fresh ``run_<yy_mm_dd_HH_MM_SS>`` folder (suffixed if two runs start in the same second)."""
-    stamp = "run_" + datetime.now().strftime("%y_%m_%d_%H_%M_%S")
-    base, run_dir, k = stamp, Path(output_path) / stamp, 1
-    while run_dir.exists():
-        stamp = f"{base}_{k}"
-        run_dir, k = Path(output_path) / stamp, k + 1
-    run_dir.mkdir(parents=True)
-    return run_dir, stamp
+    """A fresh ``run_<yy_mm_dd_HH_MM_SS>`` folder (suffixed ``_1``, ``_2``, ... if two runs start in the
+    same second). ``mkdir`` either creates the folder or fails, so two processes never share one."""
+    base = "run_" + datetime.now().strftime("%y_%m_%d_%H_%M_%S")
+    Path(output_path).mkdir(parents=True, exist_ok=True)
+    for k in range(10_000):
+        stamp = base if k == 0 else f"{base}_{k}"
+        try:
+            (Path(output_path) / stamp).mkdir()
+        except FileExistsError:
+            continue
+        return Path(output_path) / stamp, stamp
+    raise UserError(f"{output_path}: 10000 runs already started in the second {base}")
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
@@ -124,6 +150,9 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
     in train mode; the second, ``freeze`` stage of the multi-stage recipe uses it.
     """
     model_name = canonical_model_name(model_name)
+    # The output folder first: a read-only or mistyped --output_path must not cost a training run.
+    check_output_dir(Path(resume).resolve().parent if resume else output_path,
+                     "the folder of --resume" if resume else "--output_path")
     config = load_config(config_path, model_name, override_config)
     if n_epochs is not None:
         if n_epochs < 1:
@@ -193,8 +222,13 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
         log.info("run folder %s; model %s (%d parameters, %d trainable) on %s; %d training frames, %d scenes",
                  run_dir, model_name, sum(p.numel() for p in model.parameters()), n_trainable, dev,
                  len(dataset), len(dataset.scene_map))
-        return _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, config, dev, amp, multi,
-                             run_dir, stamp, start_epoch)
+        result = _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, config, dev, amp,
+                               multi, run_dir, stamp, start_epoch)
+        log.info("run finished: %s", result.final_checkpoint.name)
+        return result
+    except BaseException as exc:  # the folder stays, and its log says why the run ended
+        log_run_failure(file_handler, exc, __name__)
+        raise
     finally:
         logging.getLogger().removeHandler(file_handler)
         file_handler.close()
@@ -289,6 +323,7 @@ def _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, con
             log.info("epoch %d/%d loss %.4f median %.3f m %.2f deg%s lr %.2e (%.1f images/s)", epoch, n_epochs,
                      row["loss"], row["median_pos_m"], row["median_ori_deg"],
                      f" scene acc {row['scene_acc']:.3f}" if multi else "", row["lr"], row["images_per_s"])
+            check_finite(model, loss_fn, epoch, img[:4].detach(), multi)
             if epoch % config["n_freq_checkpoint"] == 0:
                 path = save_checkpoint(run_dir / f"{stamp}_checkpoint-{epoch}.pth", epoch=epoch, **ckpt_common)
                 log.info("saved %s", path.name)

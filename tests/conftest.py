@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,44 @@ def run_script(args: list[str], cwd: Path | None = None, timeout: float = 600) -
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, script, *args[1:]], cwd=cwd or REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def _mount(args: list[str]) -> bool:
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A factory of small tmpfs mounts (root only; skips elsewhere, e.g. CI without root): a real full disk."""
+    mounts = []
+
+    def make(size_bytes: int) -> Path:
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        if not _mount(["-t", "tmpfs", "-o", f"size={max(int(size_bytes), 4096)}", "tmpfs", str(point)]):
+            pytest.skip("cannot mount a tmpfs here (needs root and mount)")
+        mounts.append(point)
+        return point
+
+    yield make
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """An existing folder nothing can be written in: a read-only tmpfs for root (who ignores permission
+    bits), a mode 0555 folder otherwise."""
+    point = tmp_path / "read_only"
+    point.mkdir()
+    if os.name == "posix" and os.geteuid() == 0:
+        if not _mount(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(point)]):
+            pytest.skip("running as root without mount: cannot make a folder read-only")
+        yield point
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+        return
+    point.chmod(0o555)
+    yield point
+    point.chmod(0o755)

@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
 
 import pytest
 import torch
 
 from conftest import tiny_config_dict, write_config
-from engine.train import train
+from engine.train import new_run_dir, train
 from models.backbone import load_backbone
 from models.registry import build_model
+from util.checkpoint import save_checkpoint
 from util.config import load_config
 from util.device import seed_everything
 from util.errors import UserError
@@ -99,3 +101,47 @@ def test_amp_needs_cuda(scene7, tiny_config, tmp_path):
         pytest.skip("CUDA present")
     with pytest.raises(UserError, match="amp"):
         train("hyperpose", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu", amp=True)
+
+
+def test_divergence_on_the_last_step_saves_nothing(scene7, tmp_path):
+    """One step per epoch and an absurd lr: every loss the trainer sees is finite, the weights after the
+    last step are not. That used to end with exit 0 and a 'final' checkpoint that predicts NaN."""
+    cfg = tiny_config_dict(n_epochs=1)
+    cfg["effposenet"].update(batch_size=16, lr=1e30)
+    with pytest.raises(UserError, match=r"training diverged at epoch 1: .*NaN or inf"):
+        train("effposenet", "random", scene7, chess(scene7, "train"), write_config(tmp_path / "c.json", cfg),
+              tmp_path / "out", device="cpu")
+    run = next((tmp_path / "out").glob("run_*"))
+    assert not list(run.glob("*.pth"))
+    assert "run failed: training diverged at epoch 1" in (run / "train.log").read_text()
+
+
+def test_save_checkpoint_refuses_a_non_finite_model(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.bias[0] = float("nan")
+    with pytest.raises(UserError, match=r"not saving m\.pth: .*\(e\.g\. bias\)"):
+        save_checkpoint(tmp_path / "m.pth", model_name="effposenet", config={}, model=model, epoch=1)
+    assert not list(tmp_path.iterdir())
+
+
+def test_simultaneous_runs_get_distinct_folders(tmp_path):
+    """Threads released together all ask for a run folder in the same second."""
+    n, rounds = 8, 10
+    for r in range(rounds):
+        barrier, results, errors = threading.Barrier(n), [], []
+
+        def start():
+            barrier.wait()
+            try:
+                results.append(new_run_dir(tmp_path / str(r))[0])
+            except Exception as exc:  # collected, so that the test reports it instead of the thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert len(set(results)) == n and all(p.is_dir() for p in results)

@@ -26,10 +26,28 @@ ARCH_KEYS = ("hyper_dim_t", "hyper_dim_rot", "hidden_dim", "dim_feedforward", "r
              "num_rot_decoder_layers", "nheads", "hyper_t_hidden_scale", "reduction", "num_scenes")
 
 
+def non_finite_tensors(*modules: torch.nn.Module | None) -> list[str]:
+    """Names of the floating-point parameters and buffers (e.g. BatchNorm statistics) holding NaN or inf."""
+    bad = []
+    for module in modules:
+        if module is None:
+            continue
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad.append(name)
+    return bad
+
+
 def save_checkpoint(path: str | Path, *, model_name: str, config: dict, model: torch.nn.Module,
                     epoch: int, scene_map: dict | None = None, loss: torch.nn.Module | None = None,
                     optimizer=None, scheduler=None, extra: dict | None = None) -> Path:
-    """Write the full training state to ``path`` atomically."""
+    """Write the training state to ``path`` atomically (``optimizer=None`` leaves the optimizer state out).
+
+    A model or loss with a non-finite value is never written: that is a UserError naming the tensor.
+    """
+    bad = non_finite_tensors(model, loss)
+    if bad:
+        raise UserError(f"not saving {Path(path).name}: {len(bad)} tensor(s) hold NaN or inf (e.g. {bad[0]})")
     state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -17,6 +17,8 @@ def setup_logging(level: int = logging.INFO) -> None:
         console.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
         console._hyperpose_console = True
         root.addHandler(console)
+    elif console.stream is not sys.stderr:  # stderr was replaced since (a test capture, a redirect)
+        console.stream = sys.stderr  # not setStream: it flushes the old stream, which may be closed
     console.setLevel(level)
     root.setLevel(min(level, root.level) if root.level else level)
     for noisy in ("PIL", "matplotlib", "h5py"):
@@ -33,3 +35,21 @@ def add_log_file(path: str | Path, level: int = logging.DEBUG) -> logging.Handle
     if root.level > level or root.level == logging.NOTSET:
         root.setLevel(level)
     return handler
+
+
+def log_run_failure(handler: logging.Handler, exc: BaseException, logger: str = "engine.train") -> None:
+    """Write why a run ended to ``handler`` (the run's log file) only; the console gets the script's one line.
+
+    A user error is its message; anything else keeps its traceback in the file, for the bug report.
+    """
+    from util.errors import UserError  # util.errors imports nothing from here; keep it that way
+
+    if isinstance(exc, KeyboardInterrupt):
+        message, exc_info = "run failed: interrupted", None
+    elif isinstance(exc, UserError):
+        message, exc_info = f"run failed: {exc}", None
+    else:
+        message, exc_info = f"run failed: {type(exc).__name__}: {exc}", (type(exc), exc, exc.__traceback__)
+    record = logging.LogRecord(logger, logging.ERROR, __file__, 0, message, None, exc_info)
+    handler.handle(record)
+    handler.flush()
