@@ -59,6 +59,8 @@ def load_image_uint8(path: PathLike) -> torch.Tensor:
         return _decode_pil(path)
     except FileNotFoundError:
         raise UserError(f"image not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"image {path} is a directory, not an image file") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"cannot decode image {path}: {e}") from None
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from util.errors import UserError
+from util.io import check_input_file
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,7 @@ def format_lines(lines: Sequence[int], max_listed: int = MAX_LISTED) -> str:
 
 def read_labels_csv(labels_file: PathLike) -> pd.DataFrame:
     """Read a label CSV as text, one row per non-blank line, indexed by CSV line number (header = 1)."""
-    path = Path(labels_file)
-    if not path.is_file():
-        raise UserError(f"labels file not found: {path}")
+    path = check_input_file(labels_file, "labels file")
     try:
         # Everything as text: the pose columns are parsed by validate_labels so that a bad cell is reported
         # with its line instead of silently turning a whole column into strings.
@@ -127,6 +126,12 @@ def check_images_exist(img_paths: Sequence[str], dataset_root: PathLike, source:
     missing = find_missing_images(img_paths, dataset_root)
     if not missing:
         return
+    folders = [p for p in missing if p.is_dir()]
+    if folders:
+        shown = ", ".join(str(p) for p in folders[:MAX_LISTED_PATHS])
+        more = f" and {len(folders) - MAX_LISTED_PATHS} more" if len(folders) > MAX_LISTED_PATHS else ""
+        raise UserError(f"{source}: {len(folders)} img_path value(s) name a directory, not an image file: "
+                        f"{shown}{more}")
     if not Path(dataset_root).is_dir():
         raise UserError(f"dataset root {dataset_root} is not a directory; the img_path values of {source} are "
                         f"relative to it, check the dataset root argument")

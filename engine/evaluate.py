@@ -123,7 +123,7 @@ class Evaluator:
         if amp and self.device.type != "cuda":
             raise UserError("--amp (mixed precision) needs a CUDA device")
         self.amp = amp
-        self.batch_size = batch_size or self.config["batch_size"]
+        self.batch_size = self.config["batch_size"] if batch_size is None else batch_size
         if self.batch_size < 1:
             raise UserError(f"--batch_size must be >= 1, got {self.batch_size}")
         self.test_dataset_id = test_dataset_id

@@ -149,3 +149,12 @@ def test_multi_scene_seed_commands(scenes3, tmp_path):
         rows = next((tmp_path / "evals").glob(f"*{ckpt.stem}*_predictions.csv")).read_text().splitlines()
         assert rows[0].endswith(",scene_pred")
         assert {r.rsplit(",", 1)[1] for r in rows[1:]} <= {"chess", "fire", "heads"}
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_batch_size_below_one_is_refused(user_dir, trained, size):
+    ckpt = next(trained.glob("*_final.pth"))
+    proc = run_script(["main_single_scene.py", "hyperpose", "test", BACKBONE, CAMBRIDGE, SHOP_TEST,
+                       "./configs/CambridgeLandmarks_config.json", "--checkpoint_path", str(ckpt),
+                       "--batch_size", size, "--output_path", "./evals_bs"], cwd=user_dir)
+    assert_one_line_error(proc, rf"--batch_size must be >= 1, got {size}")

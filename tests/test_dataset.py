@@ -363,3 +363,15 @@ def test_sampler_is_deterministic_given_a_generator_or_the_global_seed():
     torch.manual_seed(11)
     d = epochs(SceneBalancedSampler(SCENE_IDS.tolist()))
     assert c == d and c[0] != c[1]
+
+
+def test_a_directory_is_not_reported_as_missing(tmp_path):
+    root = tmp_path / "data"
+    write_image(root / "s" / "a.png", rgb_noise())
+    (root / "s" / "b.png").mkdir()
+    with pytest.raises(UserError, match=r"1 img_path value\(s\) name a directory, not an image file: .*b\.png"):
+        read_labels(write_csv(tmp_path, [row("s/a.png"), row("s/b.png")]), dataset_root=root)
+    with pytest.raises(UserError, match=r"image .*b\.png is a directory"):
+        load_image_uint8(root / "s" / "b.png")
+    with pytest.raises(UserError, match=r"labels file .*data is a directory, not a file"):
+        read_labels(root)

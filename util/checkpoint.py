@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import torch
 
 from util.errors import UserError
-from util.io import atomic_torch_save
+from util.io import atomic_torch_save, check_input_file
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +86,40 @@ def guess_reference_model(state_dict: dict) -> str:
     return "unknown"
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """A zip archive (torch >= 1.6) or a pickle stream (protocol 2+ starts with 0x80: the legacy format)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+def torch_load_problem(path: str | Path, exc: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in a short clause for a one-line error."""
+    path = Path(path)
+    try:
+        torch_file = _looks_like_torch_file(path)
+    except OSError:
+        torch_file = True
+    text = str(exc)
+    if not torch_file or "Unsupported operand" in text:
+        return "it is not a PyTorch file (neither a zip archive written by torch.save nor a pickle)"
+    if isinstance(exc, pickle.UnpicklingError) and "eights" in text:  # torch's weights-only refusal
+        match = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({match.group(1)})" if match else ""
+        return (f"it holds Python objects other than tensors{what}, which are never loaded from files "
+                f"for safety")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"it is not a readable PyTorch file ({type(exc).__name__}: {first[:80]})"
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint safely. Returns our dict; a reference state_dict is wrapped as ``format='reference'``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+    path = check_input_file(path, "checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types on foreign or corrupt files
-        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
-            raise UserError(f"cannot read checkpoint {path}: it holds Python objects other than tensors and "
-                            f"plain containers, which are not loaded from files for safety") from None
-        raise UserError(f"cannot read checkpoint {path}: not a readable torch file "
-                        f"({type(exc).__name__})") from None
+        raise UserError(f"cannot read checkpoint {path}: {torch_load_problem(path, exc)}") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("format_version", 0) > FORMAT_VERSION:
             raise UserError(f"checkpoint {path} has format version {obj['format_version']}; "

@@ -1,7 +1,8 @@
-"""Atomic file writes: nothing already written is lost if a process dies half-way or the disk fills up.
+"""File checks and atomic writes: nothing already written is lost if a process dies or the disk fills up.
 
 A failed write is a :class:`UserError` naming the file, the error and the free space left, and the file that
-was there before stays as it was. :func:`check_output_dir` checks a folder before any work is done in it.
+was there before stays as it was. :func:`check_output_dir` checks a folder before any work is done in it;
+:func:`check_input_file` tells a missing file from a directory given in its place.
 """
 from __future__ import annotations
 
@@ -63,6 +64,16 @@ def write_error(path: str | os.PathLike, exc: BaseException) -> UserError:
     """The one-line error for a failed write of ``path``."""
     path = Path(path)
     return UserError(f"cannot write {path}: {_describe(exc)}; {free_space(path.parent)} free in {path.parent}")
+
+
+def check_input_file(path: str | Path, what: str) -> Path:
+    """``path`` as a Path if it is a file; a one-line UserError saying "not found" or "is a directory"."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory, not a file")
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    return path
 
 
 def check_output_dir(path: str | os.PathLike, what: str = "--output_path") -> Path:
