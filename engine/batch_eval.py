@@ -26,7 +26,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engine.cli import (MULTI_SCENE_MODELS, SINGLE_SCENE_MODELS, add_common_arguments, add_runtime_arguments,
@@ -34,7 +33,7 @@ from engine.cli import (MULTI_SCENE_MODELS, SINGLE_SCENE_MODELS, add_common_argu
 from engine.evaluate import TEST_FILE_PATTERNS, EvalResult, Evaluator
 from util.errors import UserError
 from util.io import atomic_write_text, check_output_dir
-from util.logs import add_log_file
+from util.logs import add_log_file, progress_bar
 from util.metrics import DEFAULT_THRESHOLDS, summarize
 from util.report import BatchReport, Column, write_batch_report
 
@@ -458,7 +457,7 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
                      f", scene accuracy {o['scene_acc']:.3f}" if multi else "")
 
         with logging_redirect_tqdm():
-            for path, label in tqdm(todo, desc="checkpoints", unit="ckpt", disable=not progress or not todo):
+            for path, label in progress_bar(todo, desc="checkpoints", unit="ckpt", enabled=progress and bool(todo)):
                 run(path, label)
             best, retried = best_of(), set()
             while best is not None and best.frames is None and best.path not in retried:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import Sequence
 
 from util.errors import UserError, run_cli
-from util.logs import setup_logging
+from util.logs import set_progress_bars, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +19,9 @@ MULTI_SCENE_MODELS = ("mshyperpose", "ems-transposenet", "mstransformer")
 
 
 def configure_console(quiet: bool) -> None:
-    """Console logging at INFO (WARNING and no progress bars with ``--quiet``)."""
+    """Console logging at INFO (WARNING and no progress bars with ``--quiet``); bars only on a terminal."""
     setup_logging(logging.WARNING if quiet else logging.INFO)
-    if quiet:
-        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads its defaults from TQDM_* variables
+    set_progress_bars(not quiet)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, models: Sequence[str],

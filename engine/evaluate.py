@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from datasets.dataset import CameraPoseDataset
 from datasets.labels import read_labels
@@ -29,6 +28,7 @@ from util.config import canonical_model_name, load_config
 from util.device import select_device, synchronize
 from util.errors import UserError
 from util.io import atomic_write_text, check_output_dir
+from util.logs import progress_bar
 from util.metrics import DEFAULT_THRESHOLDS, PoseSummary, aggregate, format_summaries, summarize
 from util.pose import pose_errors
 
@@ -186,7 +186,7 @@ class Evaluator:
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
                             num_workers=self.config["n_workers"], pin_memory=self.device.type == "cuda")
         poses, scenes, seconds = [], [], 0.0
-        for batch in tqdm(loader, desc=desc or "test", leave=False, disable=not self.progress):
+        for batch in progress_bar(loader, desc=desc or "test", leave=False, enabled=self.progress):
             img = batch["img"].to(self.device, non_blocking=True, memory_format=torch.channels_last)
             synchronize(self.device)
             t0 = time.perf_counter()

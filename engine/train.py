@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
-from tqdm import tqdm
 
 from datasets.dataset import CameraPoseDataset
 from datasets.samplers import SceneBalancedSampler
@@ -34,7 +33,7 @@ from util.config import canonical_model_name, load_config
 from util.device import make_deterministic, seed_everything, select_device
 from util.errors import UserError
 from util.io import atomic_write_text, check_output_dir
-from util.logs import add_log_file, log_run_failure
+from util.logs import add_log_file, log_run_failure, progress_bar
 from util.pose import pose_errors
 
 log = logging.getLogger(__name__)
@@ -262,7 +261,7 @@ def _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, con
             sums = {"loss": 0.0, "pose_loss": 0.0, "scene_nll": 0.0, "correct": 0, "n": 0}
             pos_errs, ori_errs = [], []
             t0 = time.perf_counter()
-            bar = tqdm(loader, desc=f"epoch {epoch}/{n_epochs}", leave=False, dynamic_ncols=True)
+            bar = progress_bar(loader, desc=f"epoch {epoch}/{n_epochs}", leave=False, dynamic_ncols=True)
             for step, batch in enumerate(bar, 1):
                 img = batch["img"].to(dev, non_blocking=True, memory_format=torch.channels_last)
                 pose_gt = batch["pose"].to(dev, non_blocking=True)

@@ -67,12 +67,16 @@ def scenes3(tmp_path_factory) -> Path:
     return root
 
 
-def run_script(args: list[str], cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python <args>`` as a user would, from ``cwd`` (repo-relative scripts resolved to the repo)."""
+def run_script(args: list[str], cwd: Path | None = None, timeout: float = 600,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` as a user would, from ``cwd`` (repo-relative scripts resolved to the repo).
+    ``env`` updates the environment; a None value removes a variable."""
     script = args[0]
     if not os.path.isabs(script) and (REPO / script).is_file():
         script = str(REPO / script)
-    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONPATH=str(REPO))
+    base = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONPATH=str(REPO))
+    base.update(env or {})
+    env = {k: v for k, v in base.items() if v is not None}
     return subprocess.run([sys.executable, script, *args[1:]], cwd=cwd or REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

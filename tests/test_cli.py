@@ -158,3 +158,47 @@ def test_batch_size_below_one_is_refused(user_dir, trained, size):
                        "./configs/CambridgeLandmarks_config.json", "--checkpoint_path", str(ckpt),
                        "--batch_size", size, "--output_path", "./evals_bs"], cwd=user_dir)
     assert_one_line_error(proc, rf"--batch_size must be >= 1, got {size}")
+
+
+def _run_on_a_terminal(args: list[str], cwd) -> str:
+    """Run a script with stderr on a pseudo-terminal, as in an interactive shell; returns what it showed."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm draws nothing at 0 columns
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, str(REPO / args[0]), *args[1:]], cwd=cwd, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=600) == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_only_on_a_terminal_and_never_with_quiet(user_dir, trained):
+    ckpt = next(trained.glob("*_final.pth"))
+    test = ["main_single_scene.py", "hyperpose", "test", BACKBONE, CAMBRIDGE, SHOP_TEST,
+            "./configs/CambridgeLandmarks_config.json", "--checkpoint_path", str(ckpt), "--output_path", "./ev_tty"]
+    assert "it/s]" in _run_on_a_terminal(test, user_dir)  # tqdm's rate field
+    assert "it/s]" not in _run_on_a_terminal(test + ["--quiet"], user_dir)
+    train = ["main_single_scene.py", "effposenet", "train", "random", CAMBRIDGE, SHOP_TRAIN,
+             "./configs/CambridgeLandmarks_config.json", "--output_path", "./models_pipe"]
+    proc = run_script(train, cwd=user_dir, env={"TQDM_DISABLE": None})  # stderr is a pipe, as under nohup or CI
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and "epoch 2/2 loss" in proc.stderr

@@ -5,7 +5,10 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_progress_bars = True  # set by the entry scripts: off with --quiet
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -23,6 +26,18 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(min(level, root.level) if root.level else level)
     for noisy in ("PIL", "matplotlib", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def set_progress_bars(enabled: bool) -> None:
+    """Allow progress bars (the entry scripts turn them off with ``--quiet``)."""
+    global _progress_bars
+    _progress_bars = bool(enabled)
+
+
+def progress_bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
+    """A tqdm bar on a terminal only. Piped to a file, CI or ``nohup``, carriage-return updates would fill
+    the log, so there the bar is off and the caller's log lines (one per epoch) are the progress."""
+    return tqdm(iterable, disable=None if (enabled and _progress_bars) else True, **kwargs)
 
 
 def add_log_file(path: str | Path, level: int = logging.DEBUG) -> logging.Handler:
