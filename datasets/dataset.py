@@ -107,6 +107,12 @@ class CameraPoseDataset(Dataset):
         self.img_paths = labels["img_path"].tolist()
         self.poses_N7 = labels[POSE_COLUMNS].to_numpy(dtype=np.float32)
 
+    def check_sample(self, n: int = 8) -> None:
+        """Decode and transform ``n`` evenly spaced images (first and last included), so that a broken
+        image or format is found before a run folder exists, not in a worker mid-epoch."""
+        for index in np.unique(np.linspace(0, len(self) - 1, min(n, len(self))).round().astype(int)):
+            self[int(index)]
+
     @property
     def num_scenes(self) -> int:
         return len(self.scene_map)

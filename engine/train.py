@@ -174,6 +174,7 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
     scene_map = source["scene_map"] if source and source["scene_map"] else None
     dataset = CameraPoseDataset(dataset_root, labels_file, transform=build_transform(config, train=True),
                                 scene_map=scene_map)
+    dataset.check_sample()
     multi = model_class(model_name).multi_scene
     if multi:
         n_scenes = len(dataset.scene_map)

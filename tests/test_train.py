@@ -145,3 +145,21 @@ def test_simultaneous_runs_get_distinct_folders(tmp_path):
             t.join()
         assert not errors, errors
         assert len(set(results)) == n and all(p.is_dir() for p in results)
+
+
+def test_inputs_are_checked_before_the_run_folder_and_later_failures_are_logged(scene7, tiny_config, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(scene7, root)
+    labels = chess(root, "train")
+    img_paths = [line.split(",")[3] for line in labels.read_text().splitlines()[1:]]
+    (root / img_paths[0]).write_bytes(b"not a png")  # in the decoded sample: fails before any folder
+    with pytest.raises(UserError, match="cannot decode image"):
+        train("effposenet", "random", root, labels, tiny_config, tmp_path / "out", device="cpu")
+    assert not list((tmp_path / "out").glob("run_*"))
+
+    shutil.copy(scene7 / img_paths[0], root / img_paths[0])
+    (root / img_paths[1]).write_bytes(b"not a png")  # outside the sample: found mid-epoch
+    with pytest.raises(UserError, match="cannot decode image"):
+        train("effposenet", "random", root, labels, tiny_config, tmp_path / "out", device="cpu")
+    run = next((tmp_path / "out").glob("run_*"))
+    assert "run failed: cannot decode image" in (run / "train.log").read_text().splitlines()[-1]
