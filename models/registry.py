@@ -30,7 +30,7 @@ class ModelSpec:
     """Everything the toolkit knows about one model, outside its module."""
 
     name: str
-    target: str  # "module:Class"
+    target: str | type  # "module:Class" (imported on demand), or the class itself
     multi_scene: bool
     summary: str
     keys: Mapping[str, Key] = field(default_factory=dict)  # model-specific config keys
@@ -45,6 +45,8 @@ class ModelSpec:
 
     @property
     def cls(self) -> type[nn.Module]:
+        if isinstance(self.target, type):
+            return self.target
         module_name, class_name = self.target.split(":")
         return getattr(importlib.import_module(module_name), class_name)
 
