@@ -26,10 +26,10 @@ from datasets.samplers import SceneBalancedSampler
 from datasets.transforms import build_transform
 from models.backbone import load_backbone
 from models.losses import CameraPoseLoss
-from models.registry import build_model, model_class
+from models.registry import build_model, canonical_model_name, get_spec
 from util.checkpoint import (check_compatible, load_checkpoint, load_model_weights, non_finite_tensors,
                               save_checkpoint)
-from util.config import canonical_model_name, load_config
+from util.config import load_config
 from util.device import make_deterministic, seed_everything, select_device
 from util.errors import UserError
 from util.io import atomic_write_text, check_output_dir
@@ -80,7 +80,7 @@ def build_optimizer(model: nn.Module, loss_fn: nn.Module, config: dict) -> torch
     return torch.optim.Adam(groups, lr=config["lr"], eps=config["eps"])
 
 
-def check_finite(model: nn.Module, loss_fn: nn.Module, epoch: int, probe_img: torch.Tensor, multi: bool) -> None:
+def check_finite(model: nn.Module, loss_fn: nn.Module, epoch: int, probe_img: torch.Tensor) -> None:
     """The divergence check before a checkpoint is written. A step can ruin the model while every loss the
     trainer saw was finite (an exploding lr on the last batch): the weights can turn NaN, or stay finite but
     so large that every prediction overflows. Both are caught: the parameters and buffers are checked, then
@@ -90,9 +90,8 @@ def check_finite(model: nn.Module, loss_fn: nn.Module, epoch: int, probe_img: to
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            out = model(probe_img, None) if multi else model(probe_img)
+            pose, _ = model(probe_img, None)
         model.train(was_training)
-        pose = out[0] if isinstance(out, tuple) else out
         if not bool(torch.isfinite(pose).all()):
             bad = ["its predictions"]
     if bad:
@@ -132,7 +131,7 @@ def read_metrics_csv(path: Path) -> list[dict]:
 
 
 def prepare_model(model_name: str, backbone_path: str, config: dict, device: torch.device) -> nn.Module:
-    backbone = load_backbone(backbone_path)
+    backbone = load_backbone(backbone_path, config["backbone_type"])
     # channels_last trains EfficientNet faster on the CPU (compare `bench/bench_single_scene.py
     # --memory-format contiguous`) and is the layout tensor cores want on CUDA.
     return build_model(model_name, config, backbone).to(device, memory_format=torch.channels_last)
@@ -175,7 +174,7 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
     dataset = CameraPoseDataset(dataset_root, labels_file, transform=build_transform(config, train=True),
                                 scene_map=scene_map)
     dataset.check_sample()
-    multi = model_class(model_name).multi_scene
+    multi = get_spec(model_name).multi_scene
     if multi:
         n_scenes = len(dataset.scene_map)
         if config.get("num_scenes") not in (None, n_scenes):
@@ -267,16 +266,13 @@ def _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, con
                 img = batch["img"].to(dev, non_blocking=True, memory_format=torch.channels_last)
                 pose_gt = batch["pose"].to(dev, non_blocking=True)
                 with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
-                    if multi:
-                        scene = batch["scene"].to(dev, non_blocking=True)
-                        pose_pred, scene_logp = model(img, scene)
-                        pose_loss = loss_fn(pose_pred, pose_gt)
+                    scene = batch["scene"].to(dev, non_blocking=True) if multi else None
+                    pose_pred, scene_logp = model(img, scene)
+                    loss = pose_loss = loss_fn(pose_pred, pose_gt)
+                    scene_loss = None
+                    if scene_logp is not None:
                         scene_loss = nll(scene_logp.float(), scene)
                         loss = pose_loss + scene_loss
-                    else:
-                        pose_pred = model(img)
-                        loss = pose_loss = loss_fn(pose_pred, pose_gt)
-                        scene_loss = None
                 if not torch.isfinite(loss):
                     raise UserError(f"training diverged at epoch {epoch}, batch {step}: loss is {loss.item()}; "
                                     f"try a lower lr")
@@ -323,7 +319,7 @@ def _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, con
             log.info("epoch %d/%d loss %.4f median %.3f m %.2f deg%s lr %.2e (%.1f images/s)", epoch, n_epochs,
                      row["loss"], row["median_pos_m"], row["median_ori_deg"],
                      f" scene acc {row['scene_acc']:.3f}" if multi else "", row["lr"], row["images_per_s"])
-            check_finite(model, loss_fn, epoch, img[:4].detach(), multi)
+            check_finite(model, loss_fn, epoch, img[:4].detach())
             if epoch % config["n_freq_checkpoint"] == 0:
                 path = save_checkpoint(run_dir / f"{stamp}_checkpoint-{epoch}.pth", epoch=epoch, **ckpt_common)
                 log.info("saved %s", path.name)
