@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from datasets.label_io import CAMBRIDGE_FIVE, CAMBRIDGE_FOUR, SEVEN_SCENES
 from datasets.labels import POSE_COLUMNS, read_labels
 from util.errors import UserError
+from util.io import check_input_file
 
 try:
     from torchvision.io import ImageReadMode, decode_image, read_file
@@ -68,6 +71,53 @@ def load_image_uint8(path: PathLike) -> torch.Tensor:
 def build_scene_map(scene_names: Sequence[str]) -> Dict[str, int]:
     """Scene name -> id, ids in the order of the sorted unique names (7Scenes: chess 0, ..., stairs 6)."""
     return {name: scene_id for scene_id, name in enumerate(sorted(set(scene_names)))}
+
+
+# Scene maps of the reference's multi-scene training sets (SPEC section 1: ids follow the sorted names of the
+# training CSV): 7scenes_all_scenes.csv, cambridge_four_scenes.csv and cambridge_five_scenes.csv.
+CANONICAL_SCENE_SETS = {"7Scenes": SEVEN_SCENES, "Cambridge (four scenes)": CAMBRIDGE_FOUR,
+                        "Cambridge (five scenes)": CAMBRIDGE_FIVE}
+
+
+def read_scene_map_file(path: PathLike) -> Dict[str, int]:
+    """Scene name -> id from a CSV's ``scene`` column, ids in order of first appearance (``--scene_map``)."""
+    path = check_input_file(path, "--scene_map file")
+    try:
+        scenes = pd.read_csv(path, dtype=str, usecols=["scene"], skipinitialspace=True)["scene"]
+    except ValueError:
+        raise UserError(f"--scene_map {path}: no 'scene' column (a label CSV or a one-column CSV with the "
+                        f"header 'scene')") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"--scene_map {path}: cannot parse it ({' '.join(str(exc).split())[:120]})") from None
+    names = list(dict.fromkeys(s.strip() for s in scenes.dropna() if s.strip()))
+    if not names:
+        raise UserError(f"--scene_map {path}: the scene column is empty")
+    return {name: i for i, name in enumerate(names)}
+
+
+def reference_scene_map(n_scenes: int, test_scenes: Sequence[str], scene_map_file: Optional[PathLike] = None,
+                        checkpoint: str = "the checkpoint") -> tuple[Dict[str, int], str]:
+    """The scene map of a checkpoint that stores none (a bare reference state_dict with ``n_scenes``
+    scene heads), and where it came from: ``--scene_map`` if given, else the reference training set whose
+    scenes include the test scenes and number ``n_scenes``, else the test CSV's own sorted scenes."""
+    if scene_map_file is not None:
+        scene_map, source = read_scene_map_file(scene_map_file), f"--scene_map {scene_map_file}"
+    else:
+        scene_map, source = None, None
+        for name, scenes in CANONICAL_SCENE_SETS.items():
+            if len(scenes) == n_scenes and set(test_scenes) <= set(scenes):
+                scene_map, source = build_scene_map(scenes), f"the {name} training order"
+                break
+        if scene_map is None and len(set(test_scenes)) == n_scenes:
+            scene_map, source = build_scene_map(test_scenes), "the sorted scenes of the test CSV"
+        if scene_map is None:
+            raise UserError(f"{checkpoint} has {n_scenes} scene heads but stores no scene map, and the test CSV's "
+                            f"{len(set(test_scenes))} scene(s) ({', '.join(sorted(set(test_scenes)))}) fit no known "
+                            f"training set; give --scene_map FILE (a CSV whose scene column lists the training "
+                            f"scenes in id order, e.g. the training labels file)")
+    if len(scene_map) != n_scenes:
+        raise UserError(f"{source} lists {len(scene_map)} scenes but {checkpoint} has {n_scenes} scene heads")
+    return scene_map, source
 
 
 def check_scene_map(scene_map: Mapping[str, int], scene_names: Sequence[str], source: str) -> Dict[str, int]:

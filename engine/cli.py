@@ -39,10 +39,16 @@ def add_common_arguments(parser: argparse.ArgumentParser, models: Sequence[str],
 
 
 def add_test_dataset_argument(parser: argparse.ArgumentParser) -> None:
-    """Multi-scene testing: evaluate every per-scene test CSV of a known dataset."""
+    """Multi-scene testing: evaluate every per-scene test CSV of a known dataset; the scene map of a bare
+    reference state_dict."""
     parser.add_argument("--test_dataset_id", choices=("7scenes", "cambridge"), default=None,
                         help="evaluate every per-scene test CSV of this dataset found beside labels_file "
                              "(default: evaluate labels_file itself)")
+    parser.add_argument("--scene_map", default=None, metavar="FILE",
+                        help="test a reference state_dict (which stores no scene ids): a CSV whose scene column "
+                             "lists the training scenes in id order, e.g. its training labels file (default: "
+                             "the 7Scenes or Cambridge training order when the scene count fits, else the "
+                             "sorted scenes of labels_file)")
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,7 +104,8 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
                                  args.config_file, args.checkpoint_path, args.output_path or "./evals",
                                  override_config=args.override_config, batch_size=args.batch_size,
                                  device=args.device, amp=args.amp,
-                                 test_dataset_id=getattr(args, "test_dataset_id", None))
+                                 test_dataset_id=getattr(args, "test_dataset_id", None),
+                                 scene_map_file=getattr(args, "scene_map", None))
         print(result.report_text())
         for kind, path in paths.items():
             print(f"{kind}: {path}")

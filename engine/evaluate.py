@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.dataset import CameraPoseDataset
+from datasets.dataset import CameraPoseDataset, reference_scene_map
 from datasets.labels import read_labels
 from datasets.transforms import build_transform
 from models.backbone import load_backbone
 from models.registry import build_model, canonical_model_name, get_spec
-from util.checkpoint import check_compatible, load_checkpoint, load_model_weights
+from util.checkpoint import load_checkpoint, load_model_weights, reconcile_config
 from util.config import load_config
 from util.device import select_device, synchronize
 from util.errors import UserError
@@ -112,7 +112,8 @@ class Evaluator:
     def __init__(self, model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
                  config_path: str | Path, *, override_config=None, device: str = "auto", amp: bool = False,
                  batch_size: int | None = None, test_dataset_id: str | None = None,
-                 latency_images: int = 50, warmup: int = 5, progress: bool = True):
+                 scene_map_file: str | Path | None = None, latency_images: int = 50, warmup: int = 5,
+                 progress: bool = True):
         self.model_name = canonical_model_name(model_name)
         self.config = load_config(config_path, self.model_name, override_config)
         self.backbone_path = backbone_path
@@ -127,6 +128,8 @@ class Evaluator:
         if self.batch_size < 1:
             raise UserError(f"--batch_size must be >= 1, got {self.batch_size}")
         self.test_dataset_id = test_dataset_id
+        self.scene_map_file = scene_map_file
+        self._announced = None
         self.latency_images, self.warmup, self.progress = latency_images, warmup, progress
         self.transform = build_transform(self.config, train=False)
         self.labels_scenes = sorted(read_labels(self.labels_file)["scene"].astype(str).unique())
@@ -151,21 +154,10 @@ class Evaluator:
     def load(self, checkpoint_path: str | Path) -> tuple[torch.nn.Module, dict[str, int]]:
         """Build the model for a checkpoint (ours or a reference state_dict) and load its weights strictly."""
         ckpt = load_checkpoint(checkpoint_path)
-        config = dict(self.config)
-        if ckpt["format"] == "reference":
-            scene_map = {s: i for i, s in enumerate(self.labels_scenes)}
-            if self.multi and config.get("nheads") != 8:
-                log.warning("reference checkpoint %s: using 8 attention heads, as the reference code did "
-                            "(it ignored nheads=%s)", Path(checkpoint_path).name, config.get("nheads"))
-                config["nheads"] = 8
-        else:
-            scene_map = dict(ckpt["scene_map"]) or {s: i for i, s in enumerate(self.labels_scenes)}
+        config = reconcile_config(ckpt, self.model_name, self.config, checkpoint_path)
+        scene_map = self.scene_map_of(ckpt, config, checkpoint_path)
         if self.multi:
-            if config.get("num_scenes") not in (None, len(scene_map)):
-                raise UserError(f"config num_scenes={config['num_scenes']} but the checkpoint has "
-                                f"{len(scene_map)} scenes")
             config["num_scenes"] = len(scene_map)
-        check_compatible(ckpt, self.model_name, config, checkpoint_path)
         key = json.dumps(config, sort_keys=True, default=str)
         if key not in self._models:
             self._models = {key: build_model(self.model_name, config,
@@ -173,6 +165,22 @@ class Evaluator:
         model = self._models[key]
         load_model_weights(model, ckpt["model"], checkpoint_path)
         return model.to(self.device, memory_format=torch.channels_last).eval(), scene_map
+
+    def scene_map_of(self, ckpt: dict, config: dict, checkpoint_path: str | Path) -> dict[str, int]:
+        """The checkpoint's scene map; for a bare reference state_dict, one that fits its scene heads
+        (``--scene_map``, the dataset's training order, or the test CSV's scenes), logged."""
+        if ckpt.get("scene_map"):
+            return dict(ckpt["scene_map"])
+        if not self.multi:
+            return {s: i for i, s in enumerate(self.labels_scenes)}
+        n_scenes = config.get("num_scenes") or len(self.labels_scenes)
+        scene_map, source = reference_scene_map(n_scenes, self.labels_scenes, self.scene_map_file,
+                                                f"checkpoint {checkpoint_path}")
+        if self._announced != (str(checkpoint_path), source):
+            log.info("scene map of %s: %s (%s)", Path(checkpoint_path).name, source,
+                     ", ".join(f"{s} {i}" for s, i in scene_map.items()))
+            self._announced = (str(checkpoint_path), source)
+        return scene_map
 
     def _forward(self, model, img):
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
@@ -295,13 +303,14 @@ def write_outputs(result: EvalResult, output_path: str | Path, labels_file: str 
 def evaluate(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
              config_path: str | Path, checkpoint_path: str | Path, output_path: str | Path = "./evals", *,
              override_config=None, batch_size: int | None = None, device: str = "auto", amp: bool = False,
-             test_dataset_id: str | None = None) -> tuple[EvalResult, dict[str, Path]]:
+             test_dataset_id: str | None = None,
+             scene_map_file: str | Path | None = None) -> tuple[EvalResult, dict[str, Path]]:
     """Test one checkpoint and write its outputs to ``output_path``."""
     if not checkpoint_path:
         raise UserError("test mode needs --checkpoint_path")
     check_output_dir(output_path)  # before the evaluation, not after it
     evaluator = Evaluator(model_name, backbone_path, dataset_root, labels_file, config_path,
                           override_config=override_config, device=device, amp=amp, batch_size=batch_size,
-                          test_dataset_id=test_dataset_id)
+                          test_dataset_id=test_dataset_id, scene_map_file=scene_map_file)
     result = evaluator.evaluate_checkpoint(checkpoint_path)
     return result, write_outputs(result, output_path, labels_file)

@@ -27,7 +27,7 @@ from datasets.transforms import build_transform
 from models.backbone import load_backbone
 from models.losses import CameraPoseLoss
 from models.registry import build_model, canonical_model_name, get_spec
-from util.checkpoint import (check_compatible, load_checkpoint, load_model_weights, non_finite_tensors,
+from util.checkpoint import (load_checkpoint, load_model_weights, non_finite_tensors, reconcile_config,
                               save_checkpoint)
 from util.config import load_config
 from util.device import make_deterministic, seed_everything, select_device
@@ -182,11 +182,7 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
                             f"({', '.join(dataset.scene_map)}); remove num_scenes or set it to {n_scenes}")
         config["num_scenes"] = n_scenes
     if source is not None:
-        if source["format"] == "reference" and multi and config.get("nheads") != 8:
-            log.warning("reference checkpoint: using 8 attention heads, as the reference code did "
-                        "(it ignored nheads=%s)", config.get("nheads"))
-            config["nheads"] = 8
-        check_compatible(source, model_name, config, resume or init_checkpoint)
+        config = reconcile_config(source, model_name, config, resume or init_checkpoint)
 
     seed_everything(config["seed"])
     model = prepare_model(model_name, backbone_path, config, dev)

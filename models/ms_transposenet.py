@@ -168,6 +168,13 @@ class MSTransPoseNet(nn.Module):
         self.scene_embed = nn.Linear(2 * d, 1)
         self._build_regressor_heads(d, reg_hidden_dim, num_scenes)
 
+    @staticmethod
+    def scenes_in_state_dict(state_dict: dict) -> int | None:
+        """How many scenes a state_dict of this model was built for (the rows of its scene queries), or
+        None if it has no such table; a bare reference state_dict carries no other record of it."""
+        table = state_dict.get("query_embed_t.weight")
+        return int(table.shape[0]) if table is not None and table.dim() == 2 else None
+
     def _build_regressor_heads(self, d: int, reg_hidden_dim: int, num_scenes: int) -> None:
         """One t head and one rot head per scene (``regressor_head_t.{k}``, ``regressor_head_rot.{k}``)."""
         self.regressor_head_t = nn.ModuleList(

@@ -11,7 +11,7 @@ from models.backbone import new_backbone
 from models.registry import build_model, get_spec, guess_reference_model, model_names
 from tests.reference_layout import (layout_path, random_state_dict, read_layout, read_layout_header,
                                     state_dict_layout)
-from util.checkpoint import check_compatible
+from util.checkpoint import reconcile_config
 from util.config import defaults
 from util.errors import UserError
 
@@ -53,7 +53,7 @@ def test_reference_state_dict_loads_strictly_and_is_recognised(name):
     # A reference state_dict of another model is refused with one line.
     other = "hyperatloc" if name != "hyperatloc" else "atloc"
     with pytest.raises(UserError, match=f"holds a '{name}' model \\(by its parameter names\\), not '{other}'"):
-        check_compatible({"format": "reference", "model_name": name, "model": state}, other, defaults(other), "x.pth")
+        reconcile_config({"format": "reference", "model_name": name, "model": state}, other, defaults(other), "x.pth")
 
 
 def test_every_reference_table_is_recognised_as_its_model():

@@ -121,18 +121,54 @@ def architecture_keys(model_name: str) -> tuple[str, ...]:
     return ("backbone_type",) + get_spec(model_name).arch_keys
 
 
-def check_compatible(ckpt: dict, model_name: str, config: dict, path: str | Path) -> None:
-    """Raise a one-line UserError when a checkpoint belongs to another model or architecture config."""
+def check_compatible(ckpt: dict, model_name: str, path: str | Path) -> None:
+    """Raise a one-line UserError when a checkpoint holds another model."""
     trained = ckpt.get("model_name")
     if trained not in (None, "unknown") and trained != model_name:
         how = " (by its parameter names)" if ckpt.get("format") == "reference" else ""
         raise UserError(f"checkpoint {path} holds a '{trained}' model{how}, not '{model_name}'")
-    if ckpt.get("format") != FORMAT:
-        return
-    diffs = [f"{k}={ckpt['config'].get(k)!r} (config: {config.get(k)!r})" for k in architecture_keys(model_name)
-             if k in config and k in ckpt["config"] and ckpt["config"][k] != config[k]]
+
+
+def checkpoint_scene_count(ckpt: dict, model_name: str) -> int | None:
+    """How many scenes the model in ``ckpt`` was built for: its scene map, else its weights."""
+    if ckpt.get("scene_map"):
+        return len(ckpt["scene_map"])
+    from models.registry import get_spec
+
+    count = getattr(get_spec(model_name).cls, "scenes_in_state_dict", None)
+    return count(ckpt["model"]) if count is not None else None
+
+
+def reconcile_config(ckpt: dict, model_name: str, config: dict, path: str | Path) -> dict:
+    """The config to build the model that loads ``ckpt``, for testing it, resuming it or starting from it.
+
+    The checkpoint decides the architecture: a checkpoint of this toolkit records its architecture keys,
+    and they win over ``config`` with one warning listing the differences (a model fine-tuned with 8 heads
+    tests with a config that says 4). A bare reference state_dict of a multi-scene model gets 8 attention
+    heads (the reference ignored ``nheads``) and the scene count of its weights. Other keys (batch size,
+    workers, image size, ...) stay the config's. A checkpoint of another model is a UserError.
+    """
+    from models.registry import get_spec
+
+    check_compatible(ckpt, model_name, path)
+    spec, config = get_spec(model_name), dict(config)
+    if ckpt.get("format") == FORMAT:
+        wanted = {k: ckpt["config"][k] for k in architecture_keys(model_name) if k in ckpt["config"]}
+    elif spec.multi_scene:
+        wanted = {"nheads": 8}  # what the reference code ran, whatever its config said
+    else:
+        wanted = {}
+    if spec.multi_scene:
+        n_scenes = checkpoint_scene_count(ckpt, model_name)
+        if n_scenes is not None:
+            wanted["num_scenes"] = n_scenes
+    diffs = [f"{k}={v!r} (config: {config.get(k)!r})" for k, v in wanted.items()
+             if config.get(k) is not None and config.get(k) != v]
     if diffs:
-        raise UserError(f"checkpoint {path} was trained with another architecture: " + ", ".join(diffs))
+        whose = "the reference code's" if ckpt.get("format") == "reference" else "the checkpoint's"
+        log.warning("checkpoint %s: using %s architecture: %s", Path(path).name, whose, ", ".join(diffs))
+    config.update(wanted)
+    return config
 
 
 def load_model_weights(model: torch.nn.Module, state_dict: dict, path: str | Path) -> None:
