@@ -25,7 +25,7 @@ from models.backbone import load_backbone
 from models.registry import build_model, canonical_model_name, get_spec
 from util.checkpoint import load_checkpoint, load_model_weights, reconcile_config
 from util.config import load_config
-from util.device import select_device, synchronize
+from util.device import cap_workers, select_device, synchronize
 from util.errors import UserError
 from util.io import atomic_write_text, check_output_dir
 from util.logs import progress_bar
@@ -191,7 +191,7 @@ class Evaluator:
     def predict(self, model, dataset: CameraPoseDataset, desc: str = "") -> tuple[Predictions, float]:
         """Run the model over a dataset; returns the predictions and the synchronised model-only seconds."""
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
-                            num_workers=self.config["n_workers"], pin_memory=self.device.type == "cuda")
+                            num_workers=cap_workers(self.config["n_workers"]), pin_memory=self.device.type == "cuda")
         poses, scenes, seconds = [], [], 0.0
         for batch in progress_bar(loader, desc=desc or "test", leave=False, enabled=self.progress):
             img = batch["img"].to(self.device, non_blocking=True, memory_format=torch.channels_last)

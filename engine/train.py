@@ -30,7 +30,7 @@ from models.registry import build_model, canonical_model_name, get_spec
 from util.checkpoint import (load_checkpoint, load_model_weights, non_finite_tensors, reconcile_config,
                               save_checkpoint)
 from util.config import load_config
-from util.device import make_deterministic, seed_everything, select_device
+from util.device import cap_workers, make_deterministic, seed_everything, select_device
 from util.errors import UserError
 from util.io import atomic_write_text, check_output_dir
 from util.logs import add_log_file, log_run_failure, progress_bar
@@ -251,7 +251,7 @@ def _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, con
             else:
                 sampler = RandomSampler(dataset, generator=generator)
             loader = DataLoader(dataset, batch_size=config["batch_size"], sampler=sampler,
-                                num_workers=config["n_workers"], generator=generator,
+                                num_workers=cap_workers(config["n_workers"]), generator=generator,
                                 pin_memory=dev.type == "cuda", persistent_workers=False)
             model.train()
             sums = {"loss": 0.0, "pose_loss": 0.0, "scene_nll": 0.0, "correct": 0, "n": 0}

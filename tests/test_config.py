@@ -107,7 +107,7 @@ def test_shipped_configs_load_for_every_model(file_name, model):
 def test_shipped_configs_set_every_key_explicitly(file_name):
     sections = json.loads((CONFIGS / file_name).read_text())
     assert set(sections) == {"general", *model_names()}
-    assert set(sections["general"]) == {"n_freq_print", "n_freq_checkpoint", "n_workers", "device_id"}
+    assert set(sections["general"]) == {"n_freq_print", "n_freq_checkpoint", "keep_optimizer_state", "n_workers", "device_id"}
     for model in model_names():
         expected = set(defaults(model)) - set(sections["general"]) - {"num_scenes"}
         assert set(sections[model]) == expected, model

@@ -375,3 +375,19 @@ def test_a_directory_is_not_reported_as_missing(tmp_path):
         load_image_uint8(root / "s" / "b.png")
     with pytest.raises(UserError, match=r"labels file .*data is a directory, not a file"):
         read_labels(root)
+
+
+@pytest.mark.parametrize("height, width, resize, crop", [(480, 640, 256, 224), (1080, 1920, 256, 224),
+                                                         (48, 64, 40, 32), (301, 257, 256, 224)])
+def test_pil_resize_backend_gives_the_reference_input_bit_for_bit(height, width, resize, crop):
+    """The reference's test transform on a PIL image (ToPILImage, Resize, CenterCrop, ToTensor, Normalize)."""
+    from torchvision import transforms as T
+
+    rgb = rgb_noise(height, width, seed=height)
+    reference = T.Compose([T.ToPILImage(), T.Resize(resize), T.CenterCrop(crop), T.ToTensor(),
+                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(rgb)
+    img_3HW = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    config = dict(image_resize=resize, image_crop=crop)
+    assert torch.equal(build_transform(dict(config, resize_backend="pil"), train=False)(img_3HW), reference)
+    tensor = build_transform(config, train=False)(img_3HW)  # the default differs by about a grey level
+    assert tensor.shape == reference.shape and (tensor - reference).abs().max() < 0.05

@@ -71,6 +71,10 @@ def check_dropout(v: float) -> Optional[str]:
     return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
+def one_of(*options: str) -> Callable[[Any], Optional[str]]:
+    return lambda v: None if v in options else "must be " + " or ".join(f"'{o}'" for o in options)
+
+
 def _check_seed(v: int) -> Optional[str]:
     return None if 0 <= v < 2**32 else "must be in [0, 2**32)"
 
@@ -103,7 +107,9 @@ _INT_GE1 = dict(kind="int", check=at_least(1))
 GENERAL_KEYS: Mapping[str, Key] = MappingProxyType({
     "n_freq_print": Key(5, **_INT_GE1, doc="log every N batches"),
     "n_freq_checkpoint": Key(5, **_INT_GE1, doc="write a checkpoint every N epochs"),
-    "n_workers": Key(4, "int", at_least(0), doc="DataLoader worker processes"),
+    "n_workers": Key(4, "int", at_least(0), doc="DataLoader worker processes (capped at the CPU count)"),
+    "keep_optimizer_state": Key("last", "str", one_of("last", "all"),
+                                doc="which checkpoints hold the optimizer state: the latest one, or all"),
     "device_id": Key("cuda:0", "str", _check_device, doc="device used when CUDA is there"),
 })
 TRAINING_KEYS: Mapping[str, Key] = MappingProxyType({
@@ -127,6 +133,11 @@ TRAINING_KEYS: Mapping[str, Key] = MappingProxyType({
     "image_crop": Key(224, "int", at_least(32), doc="square crop size, pixels"),
     "bn_momentum": Key(None, "float", check_fraction, nullable=True,
                        doc="BatchNorm momentum; null keeps each backbone's own"),
+    "bn_recalibrate_batches": Key(None, "int", at_least(0), nullable=True,
+                                  doc="recompute the BatchNorm statistics over this many training batches "
+                                      "before each checkpoint; null: 20 for a random backbone, else 0"),
+    "resize_backend": Key("tensor", "str", one_of("tensor", "pil"),
+                          doc="resize uint8 tensors (torchvision) or PIL images, as the reference does"),
 })
 # The key every model has whose default and accepted values come from its registry entry.
 BACKBONE_TYPE_KEY = Key("efficientnet", "str", _check_backbone_type,

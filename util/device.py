@@ -42,6 +42,29 @@ def select_device(requested: str = "auto", config_device_id: str | None = None) 
     raise UserError(f"--device {requested}: expected auto, cpu, cuda or cuda:N")
 
 
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask, as in containers and under taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+_capped_workers: set = set()
+
+
+def cap_workers(requested: int) -> int:
+    """DataLoader workers: ``requested``, at most the CPU count (the reference configs ask for 4, which on a
+    2-core machine makes PyTorch warn and only adds contention). Says so once, as an info line."""
+    available = cpu_count()
+    if requested <= available:
+        return requested
+    if requested not in _capped_workers:
+        _capped_workers.add(requested)
+        log.info("n_workers %d capped at the %d CPUs of this machine", requested, available)
+    return available
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices) with one number."""
     random.seed(seed)
