@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -86,6 +87,8 @@ def validate_labels(raw: pd.DataFrame, source: str = "labels") -> pd.DataFrame:
         if len(empty):
             raise UserError(f"{source}: empty {column} at {format_lines(empty)}")
 
+    _warn_duplicates_and_outside_paths(raw, text, source)
+
     pose = raw[POSE_COLUMNS].apply(lambda col: pd.to_numeric(col.astype(str).str.strip(), errors="coerce"))
     pose_N7 = np.array(pose.to_numpy(dtype=np.float64))  # a writable copy (pandas copy-on-write)
     bad = pose.index[~np.isfinite(pose_N7).all(axis=1)]
@@ -113,6 +116,33 @@ def validate_labels(raw: pd.DataFrame, source: str = "labels") -> pd.DataFrame:
     labels = text.reset_index(drop=True)
     labels[POSE_COLUMNS] = pose_N7
     return labels[LABEL_COLUMNS]
+
+
+def _outside_root(img_path: str) -> bool:
+    """An absolute path (POSIX or Windows), or one whose ``..`` parts climb above the dataset root."""
+    if img_path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:[\\/]", img_path):
+        return True
+    depth = 0
+    for part in re.split(r"[\\/]+", img_path):
+        depth += -1 if part == ".." else 0 if part in ("", ".") else 1
+        if depth < 0:
+            return True
+    return False
+
+
+def _warn_duplicates_and_outside_paths(raw: pd.DataFrame, text: pd.DataFrame, source: str) -> None:
+    """Oddities that still load: repeated rows (weighted twice in training and testing), and img_path
+    values that point outside the dataset root (read from there, so the dataset is not self-contained)."""
+    cells = raw[LABEL_COLUMNS].apply(lambda col: col.astype(str).str.strip())
+    repeated = cells.index[cells.duplicated(keep="first")]
+    if len(repeated):
+        logger.warning("%s: %d row(s) repeat an earlier row exactly (at %s); each copy counts as a frame",
+                       source, len(repeated), format_lines(repeated))
+    outside = text.index[text["img_path"].map(_outside_root)]
+    if len(outside):
+        logger.warning("%s: %d img_path value(s) are absolute or leave the dataset root with '..' (at %s, "
+                       "e.g. %s); they are read from there", source, len(outside), format_lines(outside),
+                       text.loc[outside[0], "img_path"])
 
 
 def find_missing_images(img_paths: Sequence[str], dataset_root: PathLike) -> list:

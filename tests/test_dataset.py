@@ -391,3 +391,26 @@ def test_pil_resize_backend_gives_the_reference_input_bit_for_bit(height, width,
     assert torch.equal(build_transform(dict(config, resize_backend="pil"), train=False)(img_3HW), reference)
     tensor = build_transform(config, train=False)(img_3HW)  # the default differs by about a grey level
     assert tensor.shape == reference.shape and (tensor - reference).abs().max() < 0.05
+
+
+def test_repeated_rows_are_counted_with_their_lines(tmp_path, caplog):
+    lines = [row("a.png"), row("b.png"), row("a.png"), row("a.png"), row("a.png", t=(9, 9, 9))]
+    with caplog.at_level(logging.WARNING, logger=LABELS_LOGGER):
+        labels = read_labels(write_csv(tmp_path, lines))
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "2 row(s) repeat an earlier row exactly (at CSV lines 4, 5); each copy counts as a frame"]
+    assert len(labels) == 5
+
+
+@pytest.mark.parametrize("img_path, outside", [
+    ("/data/chess/a.png", True), ("../other/a.png", True), ("chess/../../a.png", True), ("C:\\\\x\\\\a.png", True),
+    ("chess/../fire/a.png", False), ("./chess/a.png", False), ("chess/seq-01/a..png", False)])
+def test_img_paths_outside_the_dataset_root_are_flagged(img_path, outside, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger=LABELS_LOGGER):
+        read_labels(write_csv(tmp_path, [row("chess/b.png"), row(img_path)]))
+    messages = [r.getMessage() for r in caplog.records]
+    if outside:
+        assert len(messages) == 1 and "1 img_path value(s) are absolute or leave the dataset root" in messages[0]
+        assert "CSV line 3" in messages[0]
+    else:
+        assert messages == []
