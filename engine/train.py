@@ -27,8 +27,8 @@ from datasets.transforms import build_transform
 from models.backbone import load_backbone
 from models.losses import CameraPoseLoss
 from models.registry import build_model, canonical_model_name, get_spec
-from util.checkpoint import (load_checkpoint, load_model_weights, non_finite_tensors, reconcile_config,
-                              save_checkpoint)
+from util.checkpoint import (drop_optimizer_state, load_checkpoint, load_model_weights, non_finite_tensors,
+                              reconcile_config, save_checkpoint)
 from util.config import load_config
 from util.device import cap_workers, make_deterministic, seed_everything, select_device
 from util.errors import UserError
@@ -98,6 +98,21 @@ def check_finite(model: nn.Module, loss_fn: nn.Module, epoch: int, probe_img: to
         raise UserError(f"training diverged at epoch {epoch}: {bad[0]}{' and more' if len(bad) > 1 else ''} "
                         f"hold NaN or inf after the last step; no checkpoint of this epoch was written; "
                         f"try a lower lr")
+
+
+class OptimizerStateKeeper:
+    """``keep_optimizer_state: "last"``: once a checkpoint is written, the one written before it (or the
+    one the run resumed from) is rewritten without the optimizer state. The newest checkpoint always keeps
+    it, so a run killed at any point resumes exactly."""
+
+    def __init__(self, policy: str, resumed_from: Path | None = None):
+        self.policy, self.previous = policy, resumed_from
+
+    def saved(self, path: Path) -> None:
+        if self.policy == "last" and self.previous is not None and self.previous != path and self.previous.is_file():
+            drop_optimizer_state(self.previous)
+            log.debug("dropped the optimizer state of %s", self.previous.name)
+        self.previous = path
 
 
 def new_run_dir(output_path: str | Path) -> tuple[Path, str]:
@@ -202,7 +217,12 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
     if ckpt is not None:
         load_model_weights(model, ckpt["model"], resume)
         loss_fn.load_state_dict(ckpt["loss"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["optimizer"]:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        else:
+            log.warning("%s holds no optimizer state (with keep_optimizer_state 'last' only the latest "
+                        "checkpoint of a run does): Adam restarts with zero moments, so the run will not end "
+                        "as an uninterrupted one would", Path(resume).name)
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch = int(ckpt["epoch"])
         run_dir = Path(resume).resolve().parent
@@ -218,7 +238,8 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
                  run_dir, model_name, sum(p.numel() for p in model.parameters()), n_trainable, dev,
                  len(dataset), len(dataset.scene_map))
         result = _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, config, dev, amp,
-                               multi, run_dir, stamp, start_epoch)
+                               multi, run_dir, stamp, start_epoch,
+                               resumed_from=Path(resume).resolve() if resume else None)
         log.info("run finished: %s", result.final_checkpoint.name)
         return result
     except BaseException as exc:  # the folder stays, and its log says why the run ended
@@ -230,7 +251,7 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
 
 
 def _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, config, dev, amp, multi,
-                  run_dir: Path, stamp: str, start_epoch: int) -> TrainResult:
+                  run_dir: Path, stamp: str, start_epoch: int, resumed_from: Path | None = None) -> TrainResult:
     from torch.utils.tensorboard import SummaryWriter  # slow import, only needed here
 
     metrics_path = run_dir / "metrics.csv"
@@ -239,6 +260,7 @@ def _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, con
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     nll = nn.NLLLoss()
     n_epochs = config["n_epochs"]
+    keeper = OptimizerStateKeeper(config["keep_optimizer_state"], resumed_from)
     ckpt_common = dict(model_name=model_name, config=config, scene_map=dataset.scene_map, model=model,
                        loss=loss_fn, optimizer=optimizer, scheduler=scheduler, extra={"run_stamp": stamp})
     try:
@@ -319,8 +341,10 @@ def _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, con
             if epoch % config["n_freq_checkpoint"] == 0:
                 path = save_checkpoint(run_dir / f"{stamp}_checkpoint-{epoch}.pth", epoch=epoch, **ckpt_common)
                 log.info("saved %s", path.name)
+                keeper.saved(path)
         final = save_checkpoint(run_dir / f"{stamp}_final.pth", epoch=max(n_epochs, start_epoch), **ckpt_common)
         log.info("saved %s", final.name)
+        keeper.saved(final)
     finally:
         writer.close()
     return TrainResult(run_dir=run_dir, final_checkpoint=final, metrics=rows)

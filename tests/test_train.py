@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import threading
@@ -44,7 +45,12 @@ def test_run_folder_holds_checkpoints_metrics_and_logs(scene7, tiny_config, tmp_
     assert not list(run.glob("*.tmp"))
 
 
-def test_resumed_run_ends_with_the_same_weights(scene7, tiny_config, tmp_path):
+def test_resumed_run_ends_with_the_same_weights(scene7, tmp_path):
+    # A run killed in epoch 2 has checkpoint-1 as its latest, which holds the optimizer state; "all" keeps
+    # that state in the copy taken here from a complete run.
+    cfg = tiny_config_dict()
+    cfg["general"]["keep_optimizer_state"] = "all"
+    tiny_config = write_config(tmp_path / "all.json", cfg)
     full = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path / "a", device="cpu")
     resume_dir = tmp_path / "b" / full.run_dir.name
     resume_dir.mkdir(parents=True)
@@ -163,3 +169,21 @@ def test_inputs_are_checked_before_the_run_folder_and_later_failures_are_logged(
         train("effposenet", "random", root, labels, tiny_config, tmp_path / "out", device="cpu")
     run = next((tmp_path / "out").glob("run_*"))
     assert "run failed: cannot decode image" in (run / "train.log").read_text().splitlines()[-1]
+
+
+def test_only_the_latest_checkpoint_keeps_the_optimizer_state(scene7, tiny_config, tmp_path, caplog):
+    result = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu")
+    run = result.run_dir
+    first, second = (run / f"{run.name}_checkpoint-{n}.pth" for n in (1, 2))
+    for path in (first, second):
+        ckpt = torch.load(path, weights_only=True)
+        assert ckpt["optimizer"] == {} and ckpt["epoch"] in (1, 2) and ckpt["scheduler"] and ckpt["loss"]
+        assert ckpt["scene_map"] == {"chess": 0} and ckpt["config"]["model_name"] == "effposenet"
+    final = torch.load(result.final_checkpoint, weights_only=True)
+    assert final["optimizer"]["state"]
+    assert result.final_checkpoint.stat().st_size > 2.5 * first.stat().st_size  # Adam's two moments
+    with caplog.at_level(logging.WARNING):
+        resumed = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path,
+                        resume=first, device="cpu")
+    assert "holds no optimizer state" in caplog.text and "Adam restarts" in caplog.text
+    assert torch.load(resumed.final_checkpoint, weights_only=True)["optimizer"]["state"]

@@ -61,6 +61,16 @@ def save_checkpoint(path: str | Path, *, model_name: str, config: dict, model: t
     return atomic_torch_save(state, path)
 
 
+def drop_optimizer_state(path: str | Path) -> Path:
+    """Rewrite a checkpoint without its optimizer state (``keep_optimizer_state: "last"``): Adam's two
+    moments are twice the size of the weights, and only the latest checkpoint of a run needs them."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not state.get("optimizer"):
+        return Path(path)
+    state["optimizer"] = {}
+    return atomic_torch_save(state, path)
+
+
 def is_reference_state_dict(obj) -> bool:
     """A bare state_dict (name -> tensor), as the reference code writes."""
     return isinstance(obj, dict) and bool(obj) and all(
