@@ -288,10 +288,16 @@ def scene_report_csv(result: EvalResult) -> str:
     return buf.getvalue()
 
 
-def write_outputs(result: EvalResult, output_path: str | Path, labels_file: str | Path) -> dict[str, Path]:
+def test_set_name(labels_file: str | Path, test_dataset_id: str | None = None) -> str:
+    """What was evaluated, for output names: the labels file's stem, or ``<dataset>_test`` when
+    ``--test_dataset_id`` evaluated the per-scene test files (labels_file is then the training CSV)."""
+    return f"{test_dataset_id}_test" if test_dataset_id else Path(labels_file).stem
+
+
+def write_outputs(result: EvalResult, output_path: str | Path, test_set: str) -> dict[str, Path]:
     """Write the per-image CSV, the per-scene report CSV and the summary JSON; returns their paths."""
     out = Path(output_path)
-    stem = f"{result.model_name}_{Path(result.checkpoint).stem}_{Path(labels_file).stem}"
+    stem = f"{result.model_name}_{Path(result.checkpoint).stem}_{test_set}"
     paths = {"predictions": out / f"{stem}_predictions.csv", "report": out / f"{stem}_report.csv",
              "summary": out / f"{stem}_summary.json"}
     atomic_write_text(paths["predictions"], predictions_csv(result))
@@ -313,4 +319,4 @@ def evaluate(model_name: str, backbone_path: str, dataset_root: str | Path, labe
                           override_config=override_config, device=device, amp=amp, batch_size=batch_size,
                           test_dataset_id=test_dataset_id, scene_map_file=scene_map_file)
     result = evaluator.evaluate_checkpoint(checkpoint_path)
-    return result, write_outputs(result, output_path, labels_file)
+    return result, write_outputs(result, output_path, test_set_name(labels_file, test_dataset_id))

@@ -141,6 +141,11 @@ def test_multi_scene_seed_commands(scenes3, tmp_path):
                            str(config), "--checkpoint_path", str(ckpt), "--test_dataset_id", "7scenes",
                            "--output_path", str(tmp_path / "evals")])
         assert proc.returncode == 0, proc.stderr
+        canonical = "ems-transposenet" if model == "mstransformer" else model
+        names = {p.name for p in (tmp_path / "evals").glob(f"*{ckpt.stem}*")}
+        # Named after what was evaluated (the per-scene test files), not after the training CSV.
+        assert names == {f"{canonical}_{ckpt.stem}_7scenes_test_{kind}" for kind in
+                         ("predictions.csv", "report.csv", "summary.json")}, names
         report = next((tmp_path / "evals").glob(f"*{ckpt.stem}*_report.csv")).read_text().splitlines()
         assert report[0].startswith("scene,pos,ori,")
         assert [r.split(",")[0] for r in report[1:4]] == ["chess", "fire", "heads"]
