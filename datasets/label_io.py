@@ -195,14 +195,18 @@ def sort_rows(rows: Iterable[Row]) -> list:
 
 
 def group_label_files(kind: str, rows: Iterable[Row]) -> dict:
-    """File name -> sorted rows for every label CSV a dataset kind gets (per scene and split, multi-scene).
+    """File name -> rows for every label CSV a dataset kind gets (per scene and split, multi-scene).
+
+    7Scenes rows are sorted (:func:`sort_rows`). Cambridge rows keep the order they come in, which is the
+    order of the raw ``dataset_*.txt`` files scene after scene: the reference's Cambridge CSVs keep that
+    order (KingsCollege test lists seq7, seq2, seq3), so prepared files equal them byte for byte.
 
     ``7scenes``: ``abs_7scenes_pose.csv_<scene>_<split>.csv`` and ``7scenes_all_scenes.csv`` (all train rows).
     ``cambridge``: ``abs_cambridge_pose_sorted.csv_<Scene>_<split>.csv``, ``cambridge_all_scenes.csv`` (all
     train rows) and ``cambridge_four_scenes.csv`` / ``cambridge_five_scenes.csv`` (train rows of those scenes)
     when all of their scenes are present.
     """
-    rows = sort_rows(rows)
+    rows = sort_rows(rows) if kind == "7scenes" else list(rows)
     files: dict = {}
     name_of = {"7scenes": seven_scenes_csv_name, "cambridge": cambridge_csv_name}[kind]
     for row in rows:

@@ -327,7 +327,7 @@ def prepare_ecl(raw_root: PathLike, out_dir: PathLike, scenes: Optional[Sequence
                                     if rows else f"{scene}: no test rows")
                 continue
             _count(report, "cambridge", scene, f"test_{style}", rows, official_split="test")
-            files[label_io.cambridge_csv_name(scene, f"test_{style}")] = label_io.sort_rows(rows)
+            files[label_io.cambridge_csv_name(scene, f"test_{style}")] = rows  # the base file's order
             all_rows += rows
         _check_poses(report, base_rows, _quat_norms(base_rows))
     _check_images(report, root, all_rows, check_images)

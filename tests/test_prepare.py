@@ -113,9 +113,8 @@ def test_cambridge_values_are_copied_verbatim_and_defects_listed(tmp_path):
         (raw / "StMarysChurch" / f"dataset_{split}.txt").write_text(text)
     report = prepare("cambridge", raw, tmp_path / "out")
     rows = _read_csv(tmp_path / "out" / "abs_cambridge_pose_sorted.csv_StMarysChurch_train.csv")[1:]
-    # Sorted by sequence then frame, numbers compared numerically; values string-equal to the raw file.
-    assert [r[3] for r in rows] == ["StMarysChurch/seq2/frame00003.png", "StMarysChurch/seq2/frame00009.png",
-                                    "StMarysChurch/seq2/frame00010.png", "StMarysChurch/seq10/frame00002.png"]
+    # In the raw file's order, as the reference's Cambridge CSVs; values string-equal to the raw file.
+    assert [r[3] for r in rows] == [f"StMarysChurch/{e[0]}" for e in train]
     by_name = {e[0]: list(e[1:]) for e in train}
     for row in rows:
         assert row[4:] == by_name[row[3].split("/", 1)[1]]
@@ -314,3 +313,25 @@ def test_cli_prints_report_and_errors_exit_2(raw_7scenes, tmp_path, capsys, monk
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no Cambridge scene folders") and err.count("\n") == 1
+
+
+def test_cambridge_rows_keep_the_raw_order(tmp_path):
+    """As the reference's CSVs: KingsCollege test lists seq7, seq2, seq3; Street lists img_east first."""
+    raw = tmp_path / "raw"
+    listing = {"KingsCollege": {"train": ["seq8/frame00002.png", "seq1/frame00010.png", "seq1/frame00002.png"],
+                                "test": ["seq7/frame00001.png", "seq2/frame00001.png", "seq3/frame00001.png"]},
+               "Street": {"train": ["img_east/frame00001.png", "img_north/frame00001.png", "img_west/frame00001.png",
+                                    "img_south/frame00001.png"],
+                          "test": ["img_south/frame00002.png", "img_east/frame00002.png"]}}
+    for scene, splits in listing.items():
+        (raw / scene).mkdir(parents=True)
+        for split, names in splits.items():
+            text = CAMBRIDGE_HEADER + "".join(f"{n} 1 2 3 1 0 0 0\n" for n in names)
+            (raw / scene / f"dataset_{split}.txt").write_text(text)
+    prepare("cambridge", raw, tmp_path / "out")
+    for scene, splits in listing.items():
+        for split, names in splits.items():
+            rows = _read_csv(tmp_path / "out" / label_io.cambridge_csv_name(scene, split))[1:]
+            assert [r[3] for r in rows] == [f"{scene}/{n}" for n in names]
+    combined = [r[3] for r in _read_csv(tmp_path / "out" / "cambridge_all_scenes.csv")[1:]]
+    assert combined == [f"{s}/{n}" for s in ("KingsCollege", "Street") for n in listing[s]["train"]]
