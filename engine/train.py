@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader, RandomSampler
 from datasets.dataset import CameraPoseDataset
 from datasets.samplers import SceneBalancedSampler
 from datasets.transforms import build_transform
+from engine.batchnorm import (eval_prediction_spread, log_spread, plain_loader, recalibrate,
+                             resolve_recalibrate_batches)
 from models.backbone import load_backbone
 from models.losses import CameraPoseLoss
 from models.registry import build_model, canonical_model_name, get_spec
@@ -199,6 +201,10 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
     if source is not None:
         config = reconcile_config(source, model_name, config, resume or init_checkpoint)
 
+    if ckpt is not None and config.get("bn_recalibrate_batches") is None:  # a resumed run goes on as it began
+        config["bn_recalibrate_batches"] = ckpt["config"].get("bn_recalibrate_batches")
+    config["bn_recalibrate_batches"] = resolve_recalibrate_batches(
+        config, random_backbone=backbone_path == "random" and init is None)
     seed_everything(config["seed"])
     model = prepare_model(model_name, backbone_path, config, dev)
     if config.get("bn_momentum") is not None:
@@ -261,6 +267,7 @@ def _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, con
     nll = nn.NLLLoss()
     n_epochs = config["n_epochs"]
     keeper = OptimizerStateKeeper(config["keep_optimizer_state"], resumed_from)
+    probe_loader = plain_loader(dataset, config, dev)
     ckpt_common = dict(model_name=model_name, config=config, scene_map=dataset.scene_map, model=model,
                        loss=loss_fn, optimizer=optimizer, scheduler=scheduler, extra={"run_stamp": stamp})
     try:
@@ -338,6 +345,11 @@ def _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, con
                      row["loss"], row["median_pos_m"], row["median_ori_deg"],
                      f" scene acc {row['scene_acc']:.3f}" if multi else "", row["lr"], row["images_per_s"])
             check_finite(model, loss_fn, epoch, img[:4].detach())
+            if epoch % config["n_freq_checkpoint"] == 0 or epoch == n_epochs:
+                n = recalibrate(model, probe_loader, config["bn_recalibrate_batches"], dev)
+                if n:
+                    log.info("recalibrated the BatchNorm statistics over %d training images", n)
+            log_spread(epoch, *eval_prediction_spread(model, probe_loader, dev))
             if epoch % config["n_freq_checkpoint"] == 0:
                 path = save_checkpoint(run_dir / f"{stamp}_checkpoint-{epoch}.pth", epoch=epoch, **ckpt_common)
                 log.info("saved %s", path.name)
