@@ -20,6 +20,7 @@ from efficientnet_pytorch import model as effnet_model
 from efficientnet_pytorch import utils as effnet_utils
 from torch import nn
 
+from util.checkpoint import torch_load_problem
 from util.errors import UserError
 
 # Prefixes under which the reference models store their backbone; a state_dict copied out of such a
@@ -44,6 +45,8 @@ _NOT_A_BACKBONE = "is neither a backbone state_dict nor a pickled EfficientNet m
 def read_backbone_file(path: str | Path) -> tuple[str, OrderedDict]:
     """Read a backbone file into ``(kind, state_dict)``; kind is "state_dict" or "pickled module"."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"backbone file {path} is a directory, not a file; {MISSING_HINT}")
     if not path.is_file():
         raise UserError(f"backbone file not found: {path}; {MISSING_HINT}")
     try:
@@ -51,7 +54,8 @@ def read_backbone_file(path: str | Path) -> tuple[str, OrderedDict]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a weights-only file"
         if zipfile.is_zipfile(path):
-            raise UserError(f"{path} {_NOT_A_BACKBONE} ({first_line(e)})") from None
+            raise UserError(f"backbone file {path}: {torch_load_problem(path, e)}; make one with "
+                            f"`python -m models.backbone write OUT.pth`") from None
         # torch refuses whole modules in the pre-1.6 format under weights_only: read it ourselves.
         obj = _load_legacy_pickled_module(path)
     if isinstance(obj, effnet_model.EfficientNet):

@@ -229,9 +229,33 @@ def test_pickled_module_with_foreign_class_is_refused(tmp_path, zip_format):
     source.extra = _Payload()
     path = tmp_path / "evil.pth"
     torch.save(source, path, _use_new_zipfile_serialization=zip_format)
-    with pytest.raises(UserError, match="neither a backbone state_dict nor a pickled"):
+    with pytest.raises(UserError, match="neither a backbone state_dict nor a pickled|Python objects other than"):
         load_backbone(str(path))
     assert not _Payload.constructed
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo this must never run",))
+
+
+def test_a_malicious_zip_is_one_short_line_with_a_hint(tmp_path, capfd):
+    path = tmp_path / "evil.pth"
+    torch.save({"_fc.weight": _RunsCode()}, path)
+    with pytest.raises(UserError) as info:
+        load_backbone(str(path))
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 200 + len(str(path)), message
+    assert "Python objects other than tensors (posix.system)" in message or "(nt.system)" in message
+    assert "python -m models.backbone write" in message
+    assert "must never run" not in capfd.readouterr().out
+
+
+def test_a_directory_is_not_a_backbone_file(tmp_path):
+    with pytest.raises(UserError, match=r"backbone file .* is a directory"):
+        load_backbone(str(tmp_path))
 
 
 @pytest.mark.parametrize("prefix", ["", "_backbone.", "backbone.0.body."])
