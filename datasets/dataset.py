@@ -73,8 +73,8 @@ def build_scene_map(scene_names: Sequence[str]) -> Dict[str, int]:
     return {name: scene_id for scene_id, name in enumerate(sorted(set(scene_names)))}
 
 
-# Scene maps of the reference's multi-scene training sets (SPEC section 1: ids follow the sorted names of the
-# training CSV): 7scenes_all_scenes.csv, cambridge_four_scenes.csv and cambridge_five_scenes.csv.
+# Scene maps of the reference's multi-scene training sets (ids follow the sorted names of the
+# training CSV, docs/datasets.md): 7scenes_all_scenes.csv, cambridge_four_scenes.csv and cambridge_five_scenes.csv.
 CANONICAL_SCENE_SETS = {"7Scenes": SEVEN_SCENES, "Cambridge (four scenes)": CAMBRIDGE_FOUR,
                         "Cambridge (five scenes)": CAMBRIDGE_FIVE}
 

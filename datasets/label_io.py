@@ -4,7 +4,7 @@ Both tools build every CSV row with the functions here, and write every file thr
 :func:`write_label_csv`, so a label CSV prepared from raw files is byte-identical to the one the synthetic
 generator writes beside the same raw files.
 
-Conventions (SPEC section 1, ``util.pose``): ``t`` is the camera centre in the world frame in metres;
+Conventions (docs/datasets.md, ``util.pose``): ``t`` is the camera centre in the world frame in metres;
 ``q`` is scalar-first (w, x, y, z). 7Scenes rows hold the camera-to-world rotation with w >= 0 (computed
 from the 4x4 camera-to-world ``frame-XXXXXX.pose.txt``); Cambridge rows hold the raw ``X Y Z W P Q R``
 text of ``dataset_*.txt`` (W P Q R = world-to-camera rotation), copied character for character.
@@ -34,7 +34,7 @@ CAMBRIDGE_SCENES = ("ShopFacade", "KingsCollege", "OldHospital", "StMarysChurch"
 CAMBRIDGE_FOUR = ("KingsCollege", "OldHospital", "ShopFacade", "StMarysChurch")
 CAMBRIDGE_FIVE = CAMBRIDGE_FOUR + ("GreatCourt",)
 
-# Rows per (scene, split) of the public releases (SPEC section 2), for the preparation report.
+# Rows per (scene, split) of the public releases, for the preparation report.
 OFFICIAL_COUNTS = {
     "7scenes": {"chess": (4000, 2000), "fire": (2000, 2000), "heads": (1000, 1000), "office": (6000, 4000),
                 "pumpkin": (4000, 2000), "redkitchen": (7000, 5000), "stairs": (2000, 1000)},
@@ -250,5 +250,5 @@ def write_if_changed(path: PathLike, text: str) -> bool:
 
 
 def write_label_csv(rows: Iterable[Row], path: PathLike) -> bool:
-    """Write a label CSV (SPEC section 1 header) atomically, only if its content changes. True if written."""
+    """Write a label CSV (the header of docs/datasets.md) atomically, only if its content changes. True if written."""
     return write_if_changed(path, format_label_csv(rows))

@@ -1,4 +1,4 @@
-"""Read and validate the label CSVs that every script takes (SPEC section 1).
+"""Read and validate the label CSVs that every script takes (docs/datasets.md).
 
 One row per image: ``scene, split, seq, img_path, t1, t2, t3, q1, q2, q3, q4``. ``img_path`` is relative to
 the dataset root (``<root>/<img_path>``); ``t`` is the camera centre in the world frame in metres; ``q`` is

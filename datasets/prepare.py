@@ -1,4 +1,4 @@
-"""Turn raw dataset downloads (or a COLMAP model) into the label CSVs every script reads (SPEC section 1).
+"""Turn raw dataset downloads (or a COLMAP model) into the label CSVs every script reads (docs/datasets.md).
 
     python -m datasets.prepare 7scenes   RAW_ROOT --out datasets/7Scenes
     python -m datasets.prepare cambridge RAW_ROOT --out datasets/CambridgeLandmarks
@@ -34,6 +34,7 @@ from tqdm import tqdm
 from datasets import label_io
 from datasets.label_io import OFFICIAL_COUNTS, SPLITS, natural_key
 from util.errors import UserError, run_cli
+from util.logs import setup_logging
 from util.pose import invert_rigid, pose_to_matrix
 
 logger = logging.getLogger(__name__)
@@ -510,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> PrepareReport:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     options = {"check_images": args.check_images}
     if args.kind in ("7scenes", "cambridge", "ecl"):
         options["scenes"] = _scene_list(args.scenes)

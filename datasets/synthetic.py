@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from datasets import label_io
 from util.errors import UserError, run_cli
+from util.logs import setup_logging
 from util.pose import rotmat_to_quat
 
 logger = logging.getLogger(__name__)
@@ -645,7 +646,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--names", default=None,
                         help="comma-separated scene names (overrides --scenes), e.g. ShopFacade,KingsCollege")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     names = [n for n in args.names.split(",") if n.strip()] if args.names is not None else None
     summary = generate(args.out_dir, scenes=args.scenes, layout=args.layout, frames_per_seq=args.frames_per_seq,
                        size=args.size, test_shift=args.test_shift, seed=args.seed, names=names,

@@ -1,4 +1,4 @@
-"""Image transforms of the training recipe (SPEC section 4), on tensors with torchvision.transforms.v2.
+"""Image transforms of the training recipe, on tensors with torchvision.transforms.v2.
 
 Input: a uint8 RGB tensor 3xHxW as ``datasets.dataset.load_image_uint8`` decodes it. Output: a float32
 tensor 3 x crop x crop, normalised with the ImageNet mean and std. Random choices draw from the global

@@ -13,7 +13,6 @@ from models.registry import cli_choices
 from util.errors import UserError, run_cli
 from util.logs import set_progress_bars, setup_logging
 
-log = logging.getLogger(__name__)
 
 
 

@@ -34,7 +34,7 @@ from util.pose import pose_errors
 
 log = logging.getLogger(__name__)
 
-# Per-scene test files of the known datasets, found beside the training labels file (SPEC section 1).
+# Per-scene test files of the known datasets, found beside the training labels file (docs/datasets.md).
 TEST_FILE_PATTERNS = {
     "7scenes": "abs_7scenes_pose.csv_{scene}_test.csv",
     "cambridge": "abs_cambridge_pose_sorted.csv_{scene}_test.csv",

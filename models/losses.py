@@ -1,4 +1,4 @@
-"""Camera pose loss (SPEC section 4), with fixed or learned (Kendall 2017) weighting."""
+"""Camera pose loss, with fixed or learned (Kendall 2017) weighting."""
 from __future__ import annotations
 
 import torch

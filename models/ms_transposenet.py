@@ -20,7 +20,6 @@ The state_dict layout (names, shapes and order) equals the reference's, so its c
 
 from __future__ import annotations
 
-import logging
 import numbers
 
 import torch
@@ -30,7 +29,6 @@ from torch.nn import functional as F
 from models.transformer import Transformer
 from util.errors import UserError
 
-logger = logging.getLogger(__name__)
 
 # Size of the learned position tables: the largest feature-map height/width the model accepts.
 MAX_POSITIONS = 50

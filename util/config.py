@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
 
 from util.errors import UserError
+from util.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +449,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("model_name", help="model whose section to read (see models/registry.py)")
     parser.add_argument("--override", default=None, help="second config file whose sections update the first")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         config = load_config(args.config, args.model_name, args.override)
     except UserError as e:

@@ -162,16 +162,6 @@ def invert_rigid(T_N44: Array) -> Array:
     return T_inv
 
 
-def cam_to_world_to_world_to_cam(T_cw_N44: Array) -> Array:
-    """World-to-camera matrices of camera-to-world matrices (the inverse, named for readability)."""
-    return invert_rigid(T_cw_N44)
-
-
-def world_to_cam_to_cam_to_world(T_wc_N44: Array) -> Array:
-    """Camera-to-world matrices of world-to-camera matrices."""
-    return invert_rigid(T_wc_N44)
-
-
 def position_error(t_pred_N3: Array, t_gt_N3: Array) -> Array:
     """Euclidean distance between predicted and ground-truth positions, in metres."""
     return _norm(t_pred_N3 - t_gt_N3)
