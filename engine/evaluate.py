@@ -28,6 +28,7 @@ from util.checkpoint import check_compatible, load_checkpoint, load_model_weight
 from util.config import canonical_model_name, load_config
 from util.device import select_device, synchronize
 from util.errors import UserError
+from util import jsonio
 from util.io import atomic_write_text
 from util.metrics import DEFAULT_THRESHOLDS, PoseSummary, aggregate, format_summaries, summarize
 from util.pose import pose_errors
@@ -289,7 +290,7 @@ def write_outputs(result: EvalResult, output_path: str | Path, labels_file: str 
              "summary": out / f"{stem}_summary.json"}
     atomic_write_text(paths["predictions"], predictions_csv(result))
     atomic_write_text(paths["report"], scene_report_csv(result))
-    atomic_write_text(paths["summary"], json.dumps(result.to_dict(), indent=2, default=float) + "\n")
+    atomic_write_text(paths["summary"], jsonio.dumps(result.to_dict(), indent=2) + "\n")
     return paths
 
 

@@ -21,6 +21,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from util import jsonio
 from util.io import atomic_write_text
 
 # Figure element ids, stable so that tools can find the data: <script type="application/json" id="...">.
@@ -65,22 +66,9 @@ def _finite_or_none(value):
     return value if math.isfinite(value) else None
 
 
-def _strict(obj):
-    """Recursively replace NaN/inf by None: JSON.parse rejects them."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _strict(obj.item())
-    return obj
-
-
 def script_json(obj) -> str:
-    """Strict JSON that is safe inside a <script> element (no '<', so no '</script>' either)."""
-    return json.dumps(_strict(obj), allow_nan=False, separators=(",", ":")).replace("<", "\\u003c")
+    """Strict JSON (:mod:`util.jsonio`) that is safe inside a <script> element (no '<', so no '</script>')."""
+    return jsonio.dumps(obj, separators=(",", ":")).replace("<", "\\u003c")
 
 
 def read_embedded_json(page: str, element_id: str):
