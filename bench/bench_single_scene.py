@@ -30,7 +30,7 @@ def _sync(device: torch.device) -> None:
 
 def _train_step(model, optimizer, img_B3HW, pose_B7):
     optimizer.zero_grad(set_to_none=True)
-    loss = (model(img_B3HW) - pose_B7).abs().mean()
+    loss = (model(img_B3HW)[0] - pose_B7).abs().mean()
     loss.backward()
     optimizer.step()
 

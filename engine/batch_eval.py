@@ -24,11 +24,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engine.batch_report import build_report, format_batch, results_csv
 from engine.checkpoints import checkpoint_labels, discover_checkpoints
-from engine.cli import (MULTI_SCENE_MODELS, SINGLE_SCENE_MODELS, add_common_arguments, add_runtime_arguments,
-                        add_test_dataset_argument, configure_console, run_cli)
+from engine.cli import (add_common_arguments, add_runtime_arguments, add_test_dataset_argument,
+                        configure_console, run_cli)
 from engine.evaluate import Evaluator
 from engine.records import CheckpointResult, first_line, summarize_result
 from engine.result_cache import ResultCache, evaluator_context
+from models.registry import cli_choices
 from util.errors import UserError
 from util.io import atomic_write_text
 from util.logs import add_log_file
@@ -201,7 +202,7 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
         description=("Evaluate every checkpoint of a %s training run: a CSV and an interactive HTML report "
                      "(re-runs evaluate only new checkpoints)." % ("multi-scene" if multi_scene else "single-scene")),
         formatter_class=_HelpFormatter)
-    add_common_arguments(parser, MULTI_SCENE_MODELS if multi_scene else SINGLE_SCENE_MODELS)
+    add_common_arguments(parser, cli_choices(multi_scene))
     parser.add_argument("paths", nargs="+", metavar="[eval_config_file] checkpoints_dir",
                         help="optional second JSON config whose sections override the first (an evaluation "
                              "config), then the folder of *.pth checkpoints (e.g. ./models/run_<stamp>)")

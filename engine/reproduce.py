@@ -31,8 +31,8 @@ from engine.checkpoints import checkpoint_number
 from engine.cli import configure_console
 from engine.result_cache import file_stamp
 from engine.table import ReproTable
-from models.registry import model_class
-from util.config import canonical_model_name, load_config
+from models.registry import canonical_model_name, get_spec
+from util.config import load_config
 from util.errors import UserError, run_cli
 from util.io import atomic_write_text
 
@@ -131,7 +131,7 @@ class Reproduction:
         defined = (1, 2) if config.get("freeze_exclude_phrase") else (1,)
         stages = tuple(s for s in stages if s in defined) or (1,)
         base = self.out / self.dataset / model
-        if model_class(model).multi_scene:
+        if get_spec(model).multi_scene:
             train = self.labels / self.recipe.multi_train
             return [Job(model, None, train, train, base / "all", stages)]
         return [Job(model, s, self.labels / self.recipe.csv_name(s, "train"),

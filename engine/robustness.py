@@ -25,14 +25,15 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.cli import MULTI_SCENE_MODELS, SINGLE_SCENE_MODELS, add_runtime_arguments, configure_console
+from engine.cli import add_runtime_arguments, configure_console
 from engine.conditions import (Condition, base_test_csvs, check_condition, ecl_conditions, group_conditions,
                                parse_condition, shift_conditions)
 from engine.evaluate import EvalResult, Evaluator
 from engine.records import CheckpointResult, first_line, frames_by_scene, summarize_result
 from engine.result_cache import ResultCache, evaluator_context
 from util.checkpoint import load_checkpoint
-from util.config import GENERAL_KEYS, canonical_model_name, load_config, read_config_file
+from models.registry import canonical_model_name, cli_choices
+from util.config import GENERAL_KEYS, load_config, read_config_file
 from util.errors import UserError, run_cli
 from util.io import atomic_write_text
 from util.logs import add_log_file
@@ -300,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m engine.robustness", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Evaluate checkpoints on several test conditions (appearance changes of the same poses): "
                     "one CSV and one self-contained HTML report with the degradation from the base condition.")
-    parser.add_argument("model_name", choices=SINGLE_SCENE_MODELS + MULTI_SCENE_MODELS,
+    parser.add_argument("model_name", choices=cli_choices(False) + cli_choices(True),
                         help="model of checkpoints that do not record one (bare reference state_dicts)")
     parser.add_argument("backbone_path", help="EfficientNet-B0 weights, or 'random' (checkpoints hold theirs)")
     parser.add_argument("dataset_path", help="dataset root; img_path in the label CSVs is relative to it")
