@@ -139,3 +139,16 @@ def test_different_scene_maps_are_refused(shifted_runs, tmp_path, capsys):
                           tmp_path / "fire.pth", "--shifts", "--output_path", tmp_path / "out"], capsys)
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert status == 2 and len(lines) == 1 and "different scene maps" in lines[0] and "Traceback" not in err
+
+
+def test_demo_robustness_step(shifted_runs, tmp_path, capsys):
+    from engine.demo import robustness_step
+
+    root, _, ckpts = shifted_runs
+    robustness_step("hyperpose", list(ckpts.values()), root, tmp_path / "demo", "chess")
+    out = capsys.readouterr().out
+    assert "Robustness to appearance change" in out and "mean training pose" in out
+    table = out.split("same poses at every shift level):\n", 1)[1].splitlines()
+    assert table[0].split() == ["condition", *MODELS] and [line.split()[0] for line in table[1:6]] == \
+        [f"shift{v:g}" for v in LEVELS]
+    assert (tmp_path / "demo" / "robustness.html").is_file()
