@@ -56,7 +56,8 @@ def ensure_data(data: Path, scenes: int, frames_per_seq: int, test_shifts=None) 
 def robustness_step(model_name: str, checkpoints, data: Path, out: Path, scene: str) -> None:
     """Both final checkpoints on the same test poses at each demo shift level: a table and an HTML report."""
     from engine.conditions import shift_conditions
-    from engine.robustness import format_table, robustness_report
+    from engine.robustness import robustness_report
+    from engine.robustness_report import format_table
 
     test_csv = data / f"abs_7scenes_pose.csv_{scene}_test.csv"
     result = robustness_report(model_name, "random", data, CONFIG, checkpoints, shift_conditions([test_csv], data),

@@ -33,6 +33,7 @@ from engine.result_cache import file_stamp
 from engine.table import ReproTable
 from models.registry import canonical_model_name, get_spec
 from util.config import load_config
+from util import jsonio
 from util.errors import UserError, run_cli
 from util.io import atomic_write_text
 
@@ -232,7 +233,7 @@ class Reproduction:
 
         record = job.folder / "test" / "result.json"
         if record.is_file():
-            saved = json.loads(record.read_text())
+            saved = jsonio.loads(record.read_text())
             if saved["checkpoint"] == file_stamp(final):
                 return {s: tuple(v) for s, v in saved["scenes"].items()}
         log.info("running: %s", self.test_command(job, final))
@@ -240,7 +241,7 @@ class Reproduction:
                              job.folder / "test", device=self.device,
                              test_dataset_id=self.dataset if job.multi else None)
         scenes = {s.scene: (s.median_pos_m, s.median_ori_deg) for s in result.summaries}
-        atomic_write_text(record, json.dumps({"checkpoint": file_stamp(final), "scenes": scenes}) + "\n")
+        atomic_write_text(record, jsonio.dumps({"checkpoint": file_stamp(final), "scenes": scenes}) + "\n")
         return scenes
 
     def batch(self, job: Job) -> None:
