@@ -151,7 +151,16 @@ class Reproduction:
             raise UserError(f"{self.labels} lacks {len(missing)} label file(s) of {self.dataset}, e.g. "
                             f"{missing[0].name} (write them with python -m datasets.prepare)")
         for path in sorted(needed):
-            read_labels(path, self.root, check_images=True)
+            labels = read_labels(path, self.root, check_images=True)
+            if any(job.multi and job.train_csv == path for job in self.jobs):
+                # A multi-scene run is tested on the test file of every scene it trains on.
+                tests = {self.labels / self.recipe.csv_name(s, "test") for s in labels["scene"].astype(str)}
+                gone = sorted(p.name for p in tests if not p.is_file())
+                if gone:
+                    raise UserError(f"{path.name} trains on scenes without a test file in {self.labels}, e.g. "
+                                    f"{gone[0]}")
+                for test in sorted(tests - needed):
+                    read_labels(test, self.root, check_images=True)
 
     # Commands -----------------------------------------------------------------------------------------------
     def _script(self, job: Job, batch: bool = False) -> str:
@@ -271,6 +280,13 @@ def _list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _stages(text: str) -> list[int]:
+    try:
+        return [int(v) for v in _list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 1, 2 or 1,2, got {text!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.reproduce",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -282,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backbone", required=True, help="EfficientNet-B0 weights, or 'random'")
     parser.add_argument("--models", type=_list, required=True, help="comma-separated model names")
     parser.add_argument("--out", required=True, help="output folder (runs, tests, batch evaluations, tables)")
-    parser.add_argument("--stages", type=lambda t: [int(v) for v in _list(t)], default=[1, 2],
+    parser.add_argument("--stages", type=_stages, default=[1, 2],
                         help="training stages to run: 1, 2 or 1,2 (stage 2 only where the config defines it)")
     parser.add_argument("--config", default=None,
                         help="config file (default: the shipped 7Scenes / CambridgeLandmarks config)")
