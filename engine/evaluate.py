@@ -24,11 +24,11 @@ from datasets.labels import read_labels
 from datasets.transforms import build_transform
 from models.backbone import load_backbone
 from models.registry import build_model, canonical_model_name, get_spec
+from util import jsonio
 from util.checkpoint import check_compatible, load_checkpoint, load_model_weights
 from util.config import load_config
 from util.device import select_device, synchronize
 from util.errors import UserError
-from util import jsonio
 from util.io import atomic_write_text
 from util.metrics import DEFAULT_THRESHOLDS, PoseSummary, aggregate, format_summaries, summarize
 from util.pose import pose_errors

@@ -30,7 +30,7 @@ from engine.result_cache import ResultCache, evaluator_context
 from engine.robustness_report import build_report, format_table, results_csv
 from models.registry import canonical_model_name, cli_choices
 from util.checkpoint import load_checkpoint
-from util.config import GENERAL_KEYS, load_config, read_config_file
+from util.config import GENERAL_KEYS, defaults, load_config, read_config_file
 from util.errors import UserError, run_cli
 from util.io import atomic_write_text
 from util.logs import add_log_file
@@ -94,7 +94,8 @@ def load_entries(model_name: str, config_path: str | Path, checkpoints: Sequence
         if ckpt["format"] == "reference":  # a bare state_dict records neither: MODEL and CONFIG apply
             entries.append(Entry(path, model_name, load_config(config_path, model_name), {}))
         else:
-            entries.append(Entry(path, ckpt["model_name"], {**ckpt["config"], **runtime}, dict(ckpt["scene_map"])))
+            name = canonical_model_name(ckpt["model_name"])  # defaults fill keys older checkpoints lack
+            entries.append(Entry(path, name, {**defaults(name), **ckpt["config"], **runtime}, dict(ckpt["scene_map"])))
     maps = {json.dumps(sorted(e.scene_map.items())): e for e in entries if e.scene_map}
     if len(maps) > 1:
         a, b = list(maps.values())[:2]
