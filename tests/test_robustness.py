@@ -152,3 +152,21 @@ def test_demo_robustness_step(shifted_runs, tmp_path, capsys):
     assert table[0].split() == ["condition", *MODELS] and [line.split()[0] for line in table[1:6]] == \
         [f"shift{v:g}" for v in LEVELS]
     assert (tmp_path / "demo" / "robustness.html").is_file()
+
+
+def test_multi_scene_condition_pools_one_csv_per_scene(scenes3, tiny_config, tmp_path, capsys):
+    """A repeated condition name adds a scene's CSV; the medians are the mean of the per-scene medians."""
+    ckpt = train("ems-transposenet", "random", scenes3, scenes3 / "7scenes_all_scenes.csv", tiny_config,
+                 tmp_path / "models", device="cpu", n_epochs=1).final_checkpoint
+    scenes = ("chess", "fire", "heads")
+    conditions = [f"base={scenes3 / f'abs_7scenes_pose.csv_{s}_test.csv'}" for s in scenes]
+    status, _, err = run(["ems-transposenet", "random", scenes3, tiny_config, "--checkpoint_path", ckpt,
+                          "--conditions", *conditions, "--output_path", tmp_path / "out"], capsys)
+    assert status == 0, err
+    (row,) = read_rows(tmp_path / "out" / "robustness.csv")
+    ev, _ = evaluate("ems-transposenet", "random", scenes3, scenes3 / "7scenes_all_scenes.csv", tiny_config, ckpt,
+                     tmp_path / "evals", device="cpu", test_dataset_id="7scenes")
+    assert [s.scene for s in ev.summaries] == list(scenes)
+    assert float(row["median_pos_m"]) == pytest.approx(sum(s.median_pos_m for s in ev.summaries) / 3)
+    assert int(row["n_frames"]) == sum(s.n_frames for s in ev.summaries)
+    assert 0.0 <= float(row["scene_acc"]) <= 1.0
