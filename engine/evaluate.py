@@ -23,6 +23,7 @@ from datasets.labels import read_labels
 from datasets.transforms import build_transform
 from models.backbone import load_backbone
 from models.registry import build_model, canonical_model_name, get_spec
+from util import jsonio
 from util.checkpoint import load_checkpoint, load_model_weights, reconcile_config
 from util.config import load_config
 from util.device import cap_workers, select_device, synchronize
@@ -113,9 +114,11 @@ class Evaluator:
                  config_path: str | Path, *, override_config=None, device: str = "auto", amp: bool = False,
                  batch_size: int | None = None, test_dataset_id: str | None = None,
                  scene_map_file: str | Path | None = None, latency_images: int = 50, warmup: int = 5,
-                 progress: bool = True):
+                 progress: bool = True, config: dict | None = None):
         self.model_name = canonical_model_name(model_name)
-        self.config = load_config(config_path, self.model_name, override_config)
+        # ``config``: an effective config already resolved (e.g. the one a checkpoint records); else loaded.
+        self.config = dict(config) if config is not None else load_config(config_path, self.model_name,
+                                                                           override_config)
         self.backbone_path = backbone_path
         self.dataset_root = Path(dataset_root)
         self.labels_file = Path(labels_file)
@@ -302,7 +305,7 @@ def write_outputs(result: EvalResult, output_path: str | Path, test_set: str) ->
              "summary": out / f"{stem}_summary.json"}
     atomic_write_text(paths["predictions"], predictions_csv(result))
     atomic_write_text(paths["report"], scene_report_csv(result))
-    atomic_write_text(paths["summary"], json.dumps(result.to_dict(), indent=2, default=float) + "\n")
+    atomic_write_text(paths["summary"], jsonio.dumps(result.to_dict(), indent=2) + "\n")
     return paths
 
 

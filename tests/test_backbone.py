@@ -331,3 +331,16 @@ def test_cli_pretrained_fails_cleanly_without_network(tmp_path):
     assert last.startswith("error: could not download ImageNet weights")
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("backbone_type", ["resnet34", "timm:resnet18"])
+def test_cli_writes_and_checks_every_type(tmp_path, backbone_type):
+    out = tmp_path / "weights.pth"
+    written = _run_cli("write", out, "--type", backbone_type)
+    assert written.returncode == 0, written.stderr
+    assert list(torch.load(out, weights_only=True)) == list(new_backbone(backbone_type).state_dict())
+    args = ("--type", backbone_type) if backbone_type.startswith("timm:") else ()
+    checked = _run_cli("check", out, *args)
+    assert checked.returncode == 0 and f"{backbone_type} state_dict, loads strictly" in checked.stdout
+    unknown = _run_cli("write", out, "--type", "resnet43")
+    assert unknown.returncode == 2 and "did you mean 'resnet34'" in unknown.stderr
