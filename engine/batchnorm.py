@@ -21,16 +21,19 @@ from util.device import cap_workers
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RANDOM_INIT_BATCHES = 20  # bn_recalibrate_batches: null means this for a random backbone, else 0
+DEFAULT_RANDOM_INIT_BATCHES = 20  # bn_recalibrate_batches null: this for a random backbone at its own momentum
 COLLAPSE_RATIO = 0.1  # eval predictions spread less than this fraction of the ground truth: collapsed
 SPREAD_BATCHES = 4
 
 
 def resolve_recalibrate_batches(config: dict, random_backbone: bool) -> int:
-    """``bn_recalibrate_batches`` with null resolved: on for a random-init backbone, off otherwise."""
+    """``bn_recalibrate_batches`` with null resolved: on for a random-init backbone that keeps its own
+    BatchNorm momentum (``bn_momentum`` null: EfficientNet's 0.01, the setting where the statistics lag),
+    off otherwise. With ``bn_momentum`` 0.1 the statistics keep up, and statistics recomputed without the
+    colour jitter then fit a colour-shifted test set worse (measured on the demo: see docs/configs.md)."""
     value = config.get("bn_recalibrate_batches")
     if value is None:
-        return DEFAULT_RANDOM_INIT_BATCHES if random_backbone else 0
+        return DEFAULT_RANDOM_INIT_BATCHES if random_backbone and config.get("bn_momentum") is None else 0
     return int(value)
 
 

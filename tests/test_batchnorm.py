@@ -42,10 +42,12 @@ def test_recalibration_is_the_plain_average_over_the_batches(scene7, tiny_config
     assert model.training and first.momentum == pytest.approx(0.01)  # EfficientNet's own, restored
 
 
-def test_the_default_is_on_for_a_random_backbone_only():
-    assert resolve_recalibrate_batches({"bn_recalibrate_batches": None}, random_backbone=True) == 20
-    assert resolve_recalibrate_batches({"bn_recalibrate_batches": None}, random_backbone=False) == 0
-    assert resolve_recalibrate_batches({"bn_recalibrate_batches": 3}, random_backbone=False) == 3
+def test_the_default_is_on_for_a_random_backbone_at_its_own_momentum_only():
+    null = {"bn_recalibrate_batches": None, "bn_momentum": None}
+    assert resolve_recalibrate_batches(null, random_backbone=True) == 20
+    assert resolve_recalibrate_batches(null, random_backbone=False) == 0
+    assert resolve_recalibrate_batches(dict(null, bn_momentum=0.1), random_backbone=True) == 0
+    assert resolve_recalibrate_batches(dict(null, bn_recalibrate_batches=3), random_backbone=False) == 3
 
 
 @pytest.mark.parametrize("batches", [0, None])

@@ -136,7 +136,8 @@ TRAINING_KEYS: Mapping[str, Key] = MappingProxyType({
                        doc="BatchNorm momentum; null keeps each backbone's own"),
     "bn_recalibrate_batches": Key(None, "int", at_least(0), nullable=True,
                                   doc="recompute the BatchNorm statistics over this many training batches "
-                                      "before each checkpoint; null: 20 for a random backbone, else 0"),
+                                      "before each checkpoint; null: 20 for a random backbone with "
+                                      "bn_momentum null, else 0"),
     "resize_backend": Key("tensor", "str", one_of("tensor", "pil"),
                           doc="resize uint8 tensors (torchvision) or PIL images, as the reference does"),
 })
