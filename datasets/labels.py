@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from util.errors import UserError
+from util.errors import UserError, printable
 from util.io import check_input_file
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def validate_labels(raw: pd.DataFrame, source: str = "labels") -> pd.DataFrame:
     missing = [c for c in LABEL_COLUMNS if c not in raw.columns]
     if missing:
         raise UserError(f"{source}: missing column(s) {', '.join(missing)}; "
-                        f"the header must be {','.join(LABEL_COLUMNS)} (found {','.join(map(str, raw.columns))})")
+                        f"the header must be {','.join(LABEL_COLUMNS)} (found {printable(','.join(map(str, raw.columns)), 200)})")
     if len(raw) == 0:
         raise UserError(f"{source}: no data rows after the header")
 

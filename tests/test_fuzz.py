@@ -6,7 +6,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from datasets.labels import LABEL_COLUMNS, POSE_COLUMNS, read_labels
@@ -52,6 +52,7 @@ _row = st.lists(_cell, min_size=0, max_size=13).map(",".join)
 @given(header=st.one_of(st.just(HEADER), st.just(HEADER.upper()), st.just(HEADER + ",extra"),
                         st.just(",".join(reversed(LABEL_COLUMNS))), _row),
        rows=st.lists(_row, max_size=8), newline=st.sampled_from(["\n", "\r\n", "\r"]))
+@example(header='",', rows=[',"'], newline="\n")  # found by a longer run: a quoted newline in the header
 def test_label_reader_on_csv_like_text(header, rows, newline):
     text = newline.join([header, *rows]) + newline
     _read_labels_bytes(text.encode("utf-8"))
@@ -89,6 +90,7 @@ _section = st.dictionaries(_key, _json_value, max_size=6)
 @given(sections=st.dictionaries(st.sampled_from(["general", "hyperpose", "mshyperpose", "posenet", "other", ""]),
                                 st.one_of(_section, _json_value), max_size=4),
        model=st.sampled_from(["hyperpose", "mshyperpose", "effposenet"]))
+@example(sections={"general": {"\n": None}}, model="hyperpose")  # found by a longer run: a newline as key
 def test_config_loader_on_random_json(sections, model):
     config = _load_config_bytes(json.dumps(sections).encode(), model)
     if config is not None:  # whatever was accepted is a complete, typed config

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
 
-from util.errors import UserError
+from util.errors import UserError, printable
 from util.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def _check_key_names(section: Mapping[str, Any], model: str, where: str) -> None
                             f"(it is a key of {', '.join(owners)})")
         closest = _closest_key(str(key), valid)
         hint = f"did you mean '{closest}'?" if closest else f"valid keys: {', '.join(valid)}"
-        raise UserError(f"{where}: unknown key '{key}' for model '{model}'; {hint}")
+        raise UserError(f"{where}: unknown key '{printable(key)}' for model '{model}'; {hint}")
 
 
 def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:

@@ -28,3 +28,10 @@ def run_cli(fn: Callable[[], object]) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return result if isinstance(result, int) else 0
+
+
+def printable(text: object, limit: int = 80) -> str:
+    """A user-given string (a CSV header, a config key) made safe for a one-line message: newlines and
+    other control characters escaped, long text shortened."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+    return text if len(text) <= limit else text[:limit] + "..."
