@@ -166,8 +166,10 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
     """
     model_name = canonical_model_name(model_name)
     # The output folder first: a read-only or mistyped --output_path must not cost a training run.
-    check_output_dir(Path(resume).resolve().parent if resume else output_path,
-                     "the folder of --resume" if resume else "--output_path")
+    if not resume:
+        check_output_dir(output_path)
+    elif Path(resume).is_file():  # a missing file is reported by load_checkpoint, below
+        check_output_dir(Path(resume).resolve().parent, "the run folder of --resume")
     config = load_config(config_path, model_name, override_config)
     if n_epochs is not None:
         if n_epochs < 1:

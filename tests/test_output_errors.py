@@ -96,3 +96,10 @@ def test_an_output_path_below_a_file(tmp_path):
     with pytest.raises(UserError, match="a part of the path is a file"):
         check_output_dir(tmp_path / "a" / "b")
     assert check_output_dir(tmp_path / "new" / "folder").is_dir()
+
+
+def test_a_mistyped_resume_path_creates_no_folder(scene7, tiny_config, tmp_path):
+    with pytest.raises(UserError, match="checkpoint not found"):
+        train("effposenet", "random", scene7, chess_train(scene7), tiny_config, tmp_path / "out",
+              resume=tmp_path / "typo" / "run_checkpoint-1.pth", device="cpu")
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "out").exists()
