@@ -7,6 +7,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from util.errors import UserError
+
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _progress_bars = True  # set by the entry scripts: off with --quiet
 
@@ -57,8 +59,6 @@ def log_run_failure(handler: logging.Handler, exc: BaseException, logger: str = 
 
     A user error is its message; anything else keeps its traceback in the file, for the bug report.
     """
-    from util.errors import UserError  # util.errors imports nothing from here; keep it that way
-
     if isinstance(exc, KeyboardInterrupt):
         message, exc_info = "run failed: interrupted", None
     elif isinstance(exc, UserError):
