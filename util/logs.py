@@ -1,4 +1,5 @@
-"""Logging set-up, done once by each entry script: console plus a log file in the run folder."""
+"""Logging set-up, done once by each entry script (console plus a log file in the run folder), and the
+progress bars, which only a terminal gets."""
 from __future__ import annotations
 
 import logging
