@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -38,6 +38,7 @@ class ImageList:
     files: list[Path]
     names: list[str]
     kind: str  # "folder", "glob", "list" or "labels"
+    scenes: list[str] = field(default_factory=list)  # the label CSV's scene column, else empty
 
     def __len__(self) -> int:
         return len(self.files)
@@ -77,7 +78,8 @@ def _label_csv(path: Path, root: Path) -> ImageList:
         raise UserError(f"{path}: empty img_path on CSV line {empty[0]}")
     if not names:
         raise UserError(f"{path}: label CSV without rows")
-    return ImageList([root / name for name in names], names, "labels")
+    scenes = [(row.get("scene") or "").strip() for row in rows]
+    return ImageList([root / name for name in names], names, "labels", scenes)
 
 
 def _text_list(path: Path, root: Path) -> ImageList:
