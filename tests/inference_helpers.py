@@ -47,3 +47,7 @@ def save_tiny_checkpoint(path: Path, model_name: str, images: Sequence[Path] = (
     model.eval()
     return save_checkpoint(path, model_name=model_name, config=config, model=model, epoch=1,
                            scene_map={s: i for i, s in enumerate(sorted(scenes))})
+
+
+def is_multi_scene(model_name: str) -> bool:
+    return bool(model_class(model_name).multi_scene)
