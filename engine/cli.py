@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from models.registry import cli_choices
 from util.errors import UserError, run_cli
 from util.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
-SINGLE_SCENE_MODELS = ("effposenet", "hyperpose")
-MULTI_SCENE_MODELS = ("mshyperpose", "ems-transposenet", "mstransformer")
 
 
 def configure_console(quiet: bool) -> None:
@@ -38,8 +37,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, models: Sequence[str],
         mode_help += "; predict localizes unlabelled images (other positionals: see MODEL predict -h)"
     parser.add_argument("mode", choices=modes, help=mode_help)
     parser.add_argument("backbone_path",
-                        help="EfficientNet-B0 weights: a state_dict file, the reference's pickled module, "
-                             "or 'random' for random initialisation")
+                        help="backbone weights (of the config's backbone_type): a state_dict file, the "
+                             "reference's pickled EfficientNet, 'imagenet' for local ImageNet weights, or "
+                             "'random' for random initialisation")
     parser.add_argument("dataset_path", help="dataset root; img_path in the labels file is relative to it")
     parser.add_argument("labels_file", help="label CSV (scene,split,seq,img_path,t1,t2,t3,q1,q2,q3,q4)")
     parser.add_argument("config_file", help="JSON config: a 'general' section plus one section per model")
@@ -62,7 +62,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
-    models = MULTI_SCENE_MODELS if multi_scene else SINGLE_SCENE_MODELS
+    models = cli_choices(multi_scene)
     parser = argparse.ArgumentParser(
         description=("Train or test a multi-scene absolute pose regressor." if multi_scene
                      else "Train or test a single-scene absolute pose regressor.")

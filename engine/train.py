@@ -27,9 +27,9 @@ from datasets.samplers import SceneBalancedSampler
 from datasets.transforms import build_transform
 from models.backbone import load_backbone
 from models.losses import CameraPoseLoss
-from models.registry import build_model, model_class
+from models.registry import build_model, canonical_model_name, get_spec
 from util.checkpoint import check_compatible, load_checkpoint, load_model_weights, save_checkpoint
-from util.config import canonical_model_name, load_config
+from util.config import load_config
 from util.device import make_deterministic, seed_everything, select_device
 from util.errors import UserError
 from util.io import atomic_write_text
@@ -107,7 +107,7 @@ def read_metrics_csv(path: Path) -> list[dict]:
 
 
 def prepare_model(model_name: str, backbone_path: str, config: dict, device: torch.device) -> nn.Module:
-    backbone = load_backbone(backbone_path)
+    backbone = load_backbone(backbone_path, config["backbone_type"])
     # channels_last trains EfficientNet faster on the CPU (compare `bench/bench_single_scene.py
     # --memory-format contiguous`) and is the layout tensor cores want on CUDA.
     return build_model(model_name, config, backbone).to(device, memory_format=torch.channels_last)
@@ -146,7 +146,7 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
     scene_map = source["scene_map"] if source and source["scene_map"] else None
     dataset = CameraPoseDataset(dataset_root, labels_file, transform=build_transform(config, train=True),
                                 scene_map=scene_map)
-    multi = model_class(model_name).multi_scene
+    multi = get_spec(model_name).multi_scene
     if multi:
         n_scenes = len(dataset.scene_map)
         if config.get("num_scenes") not in (None, n_scenes):
@@ -233,16 +233,13 @@ def _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, con
                 img = batch["img"].to(dev, non_blocking=True, memory_format=torch.channels_last)
                 pose_gt = batch["pose"].to(dev, non_blocking=True)
                 with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
-                    if multi:
-                        scene = batch["scene"].to(dev, non_blocking=True)
-                        pose_pred, scene_logp = model(img, scene)
-                        pose_loss = loss_fn(pose_pred, pose_gt)
+                    scene = batch["scene"].to(dev, non_blocking=True) if multi else None
+                    pose_pred, scene_logp = model(img, scene)
+                    loss = pose_loss = loss_fn(pose_pred, pose_gt)
+                    scene_loss = None
+                    if scene_logp is not None:
                         scene_loss = nll(scene_logp.float(), scene)
                         loss = pose_loss + scene_loss
-                    else:
-                        pose_pred = model(img)
-                        loss = pose_loss = loss_fn(pose_pred, pose_gt)
-                        scene_loss = None
                 if not torch.isfinite(loss):
                     raise UserError(f"training diverged at epoch {epoch}, batch {step}: loss is {loss.item()}; "
                                     f"try a lower lr")
