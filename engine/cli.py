@@ -93,7 +93,7 @@ def build_predict_parser(multi_scene: bool) -> argparse.ArgumentParser:
         prog=f"{script} MODEL predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Localize unlabelled images with a checkpoint; writes <...>_poses.csv "
                     "(img_path,t1,t2,t3,q1,q2,q3,q4" + (",scene_pred,scene_prob" if multi_scene else "") + ").")
-    parser.add_argument("model_name", choices=MULTI_SCENE_MODELS if multi_scene else SINGLE_SCENE_MODELS,
+    parser.add_argument("model_name", choices=cli_choices(multi_scene),
                         help="the model the checkpoint holds")
     parser.add_argument("mode", choices=("predict",), help="localize images")
     parser.add_argument("backbone_path", help="as for train/test ('random' or a backbone file); the checkpoint "

@@ -36,7 +36,7 @@ from torch import nn
 from datasets.dataset import load_image_uint8
 from datasets.image_source import resolve_image_source
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, build_resize_crop
-from engine.localize import LoadedModel, forward, load_for_inference
+from engine.localize import LoadedModel, load_for_inference
 from util.errors import UserError, run_cli
 from util.io import atomic_write_bytes
 from util.logs import setup_logging
@@ -66,7 +66,7 @@ class ExportGraph(nn.Module):
 
     def forward(self, image_B3HW: torch.Tensor):
         img = (image_B3HW.float() - self.mean) / self.std
-        pose_B7, scene_logp_BS = forward(self.model, img)
+        pose_B7, scene_logp_BS = self.model(img)
         q_B4 = pose_B7[:, 3:]
         q_B4 = q_B4 / q_B4.norm(dim=1, keepdim=True).clamp_min(1e-12)
         if scene_logp_BS is None:

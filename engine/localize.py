@@ -28,9 +28,9 @@ from PIL import Image
 from datasets.dataset import load_image_uint8
 from datasets.transforms import build_transform
 from models.backbone import new_backbone
-from models.registry import build_model, model_class
+from models.registry import build_model, canonical_model_name, get_spec
 from util.checkpoint import check_compatible, load_checkpoint, load_model_weights
-from util.config import canonical_model_name, load_config, validate_config
+from util.config import load_config, validate_config
 from util.device import select_device
 from util.errors import UserError
 
@@ -72,13 +72,6 @@ class LoadedModel:
     num_scenes: int  # 0 for single-scene models
 
 
-def forward(model: torch.nn.Module, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``(pose_B7, scene_logp_BS or None)`` of any registered model, the most probable scene being used."""
-    if getattr(model, "multi_scene", False):
-        return model(img_B3HW, None)
-    return model(img_B3HW), None
-
-
 def unit_quaternions(pose_B7: torch.Tensor) -> torch.Tensor:
     """``pose_B7`` with its quaternion part scaled to unit norm (q of norm 0 stays 0, never NaN)."""
     t_B3, q_B4 = pose_B7[:, :3], pose_B7[:, 3:]
@@ -115,7 +108,7 @@ def load_for_inference(checkpoint_path: str | os.PathLike, *, model_name: Option
         model_name = stored
     model_name = canonical_model_name(model_name)
     cfg = _effective_config(model_name, config, ckpt)
-    multi = model_class(model_name).multi_scene
+    multi = get_spec(model_name).multi_scene
     if ckpt["format"] == "reference":
         scene_map = {s: i for i, s in enumerate(sorted(scenes))} if scenes else {}
         if multi and cfg.get("nheads") != 8:
@@ -134,7 +127,7 @@ def load_for_inference(checkpoint_path: str | os.PathLike, *, model_name: Option
             raise UserError(f"config num_scenes={cfg['num_scenes']} but the checkpoint has {num_scenes} scenes")
         cfg["num_scenes"] = num_scenes
     check_compatible(ckpt, model_name, cfg, checkpoint_path)
-    model = build_model(model_name, cfg, new_backbone())
+    model = build_model(model_name, cfg, new_backbone(cfg["backbone_type"]))  # weights: the checkpoint's
     load_model_weights(model, ckpt["model"], checkpoint_path)
     return LoadedModel(model.eval(), model_name, cfg, scene_map, num_scenes)
 
@@ -227,7 +220,7 @@ class Localizer:
     def predict_batch(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Preprocessed batch -> (pose_B7 with unit q, scene_logp_BS or None), on the CPU."""
         img = img_B3HW.to(self.device, memory_format=torch.channels_last)
-        pose_B7, logp_BS = forward(self.model, img)
+        pose_B7, logp_BS = self.model(img)  # the most probable scene's pose for multi-scene models
         pose_B7 = unit_quaternions(pose_B7.float()).cpu()
         return pose_B7, (logp_BS.float().cpu() if logp_BS is not None else None)
 

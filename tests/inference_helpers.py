@@ -13,9 +13,8 @@ import torch
 from conftest import tiny_config_dict
 from datasets.dataset import load_image_uint8
 from datasets.transforms import build_transform
-from engine.localize import forward
 from models.backbone import new_backbone
-from models.registry import build_model, model_class
+from models.registry import build_model, get_spec
 from util.checkpoint import save_checkpoint
 from util.config import validate_config
 
@@ -23,7 +22,7 @@ from util.config import validate_config
 def tiny_model_config(model_name: str, num_scenes: int = 0) -> dict:
     cfg = tiny_config_dict()
     config = validate_config(model_name, {**cfg[model_name], **cfg["general"]})
-    if model_class(model_name).multi_scene:
+    if get_spec(model_name).multi_scene:
         config["num_scenes"] = num_scenes
     return config
 
@@ -33,7 +32,7 @@ def save_tiny_checkpoint(path: Path, model_name: str, images: Sequence[Path] = (
     """A checkpoint in our format of ``model_name`` with the tiny config; BN statistics from ``images``."""
     config = tiny_model_config(model_name, len(scenes))
     torch.manual_seed(seed)
-    model = build_model(model_name, config, new_backbone())
+    model = build_model(model_name, config, new_backbone(config["backbone_type"]))
     if images:
         transform = build_transform(config, train=False)
         batch = torch.stack([transform(load_image_uint8(p)) for p in images])
@@ -43,11 +42,11 @@ def save_tiny_checkpoint(path: Path, model_name: str, images: Sequence[Path] = (
                 module.momentum = None  # cumulative average over the calibration passes
         with torch.no_grad():
             for _ in range(2):
-                forward(model, batch)
+                model(batch)
     model.eval()
     return save_checkpoint(path, model_name=model_name, config=config, model=model, epoch=1,
                            scene_map={s: i for i, s in enumerate(sorted(scenes))})
 
 
 def is_multi_scene(model_name: str) -> bool:
-    return bool(model_class(model_name).multi_scene)
+    return get_spec(model_name).multi_scene

@@ -18,7 +18,7 @@ from engine.export import EXPORT_TOLERANCE, export_checkpoint, load_check_images
 from engine.exported import ExportedModel
 from engine.localize import Localizer
 from inference_helpers import is_multi_scene, save_tiny_checkpoint
-from models.registry import MODEL_NAMES
+from models.registry import model_names
 from util.errors import UserError
 
 
@@ -35,7 +35,7 @@ def checkpoints(images, tmp_path_factory):
     scenes = sorted({p.relative_to(images[0].parents[2]).parts[0] for p in images})
     return {name: save_tiny_checkpoint(tmp / f"{name}_final.pth", name, images,
                                        scenes if is_multi_scene(name) else ())
-            for name in MODEL_NAMES}
+            for name in model_names()}
 
 
 def assert_matches(got: dict, localizer: Localizer, crops_N3HW: torch.Tensor) -> None:
@@ -55,7 +55,7 @@ def assert_matches(got: dict, localizer: Localizer, crops_N3HW: torch.Tensor) ->
 
 
 @pytest.mark.parametrize("fmt,batch", [("onnx", "dynamic"), ("torchscript", 4)])
-@pytest.mark.parametrize("model_name", MODEL_NAMES)
+@pytest.mark.parametrize("model_name", model_names())
 def test_export_reproduces_pytorch(model_name, fmt, batch, checkpoints, scenes3, tmp_path):
     ckpt = checkpoints[model_name]
     out = tmp_path / f"model.{fmt}"
