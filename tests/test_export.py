@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import numpy as np
 import pytest
@@ -115,26 +116,35 @@ def test_export_cli_then_run_equals_predict(checkpoints, scenes3, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["unknown_format", "wrong_model", "opset", "wrong_size", "not_exported"])
-def test_export_errors_are_one_line(case, checkpoints, scenes3, tmp_path):
-    from test_cli import assert_one_line_error
+def test_export_errors_are_one_line(case, checkpoints, scenes3, tmp_path, capsys, monkeypatch):
+    """Each mistake: exit status 2 and one 'error:' line (the CLI functions, in-process to keep this fast)."""
+    from engine import export, exported
+
+    # The console handler would hold on to this test's captured stderr after it is closed.
+    monkeypatch.setattr(export, "setup_logging", lambda level: None)
 
     ckpt = checkpoints["hyperpose"]
-    base = ["-m", "engine.export", str(ckpt), "--out", str(tmp_path / "m.onnx")]
+    out = tmp_path / "m.onnx"
+    base = [str(ckpt), "--out", str(out)]
     if case == "unknown_format":
-        proc, pattern = run_script(base + ["--format", "tflite"]), r"unknown export format 'tflite'"
+        rc, pattern = export.main(base + ["--format", "tflite"]), r"unknown export format 'tflite'"
     elif case == "wrong_model":
-        proc = run_script(base + ["--format", "onnx", "--model_name", "effposenet"])
+        rc = export.main(base + ["--format", "onnx", "--model_name", "effposenet"])
         pattern = r"holds a 'hyperpose' model, not 'effposenet'"
     elif case == "opset":
-        proc, pattern = run_script(base + ["--format", "onnx", "--opset", "9"]), r"--opset 9: the exporter writes"
+        rc, pattern = export.main(base + ["--format", "onnx", "--opset", "9"]), r"--opset 9: the exporter writes"
     elif case == "wrong_size":
-        export_checkpoint(ckpt, tmp_path / "m.onnx", "onnx", batch=1, check_images=str(scenes3 / "chess"))
-        proc = run_script(["-m", "engine.exported", str(tmp_path / "m.onnx"), str(scenes3 / "chess")])
-        pattern = r"is 64x48 pixels but m.onnx takes 48x48 images"
+        out = tmp_path / "m.pt"
+        export_checkpoint(ckpt, out, "torchscript", batch=1, check_images=str(scenes3 / "chess"))
+        capsys.readouterr()
+        rc = exported.main([str(out), str(scenes3 / "chess")])
+        pattern = r"is 64x48 pixels but m.pt takes 48x48 images"
     else:
-        (tmp_path / "m.onnx").write_bytes(b"junk")
-        proc = run_script(["-m", "engine.exported", str(tmp_path / "m.onnx"), str(scenes3 / "chess")])
-        pattern = r"neither an ONNX model nor a TorchScript archive"
-    assert_one_line_error(proc, pattern)
+        out.write_bytes(b"junk")
+        rc, pattern = exported.main([str(out), str(scenes3 / "chess")]), r"neither an ONNX model nor a TorchScript"
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(pattern, lines[0]), lines[0]
     if case in ("unknown_format", "wrong_model", "opset"):
-        assert not (tmp_path / "m.onnx").exists()
+        assert not out.exists()
