@@ -90,7 +90,7 @@ def build_predict_parser(multi_scene: bool) -> argparse.ArgumentParser:
     """``model_name predict backbone_path images config_file [override_config]`` and its options."""
     script = "main_multi_scene.py" if multi_scene else "main_single_scene.py"
     parser = argparse.ArgumentParser(
-        prog=f"{script} MODEL predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=script, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Localize unlabelled images with a checkpoint; writes <...>_poses.csv "
                     "(img_path,t1,t2,t3,q1,q2,q3,q4" + (",scene_pred,scene_prob" if multi_scene else "") + ").")
     parser.add_argument("model_name", choices=cli_choices(multi_scene),
@@ -118,7 +118,7 @@ def build_predict_parser(multi_scene: bool) -> argparse.ArgumentParser:
 
 def run_predict(args: argparse.Namespace) -> int:
     from engine.predict import predict
-    if args.backbone_path != "random" and not Path(args.backbone_path).is_file():
+    if args.backbone_path not in ("random", "imagenet") and not Path(args.backbone_path).is_file():
         raise UserError(f"backbone file not found: {args.backbone_path} (the order is MODEL predict BACKBONE "
                         f"IMAGES CONFIG; 'random' is accepted, as the checkpoint holds the weights)")
     result = predict(args.model_name, args.images, args.config_file, args.checkpoint_path, args.output_path,
