@@ -148,3 +148,13 @@ def test_export_errors_are_one_line(case, checkpoints, scenes3, tmp_path, capsys
     assert re.search(pattern, lines[0]), lines[0]
     if case in ("unknown_format", "wrong_model", "opset"):
         assert not out.exists()
+
+
+def test_bench_export_runs():
+    """The benchmark runs end to end (one call per runtime; its figures are not looked at here)."""
+    proc = run_script(["bench/bench_export.py", "--tiny", "--models", "hyperpose", "--size", "48", "--batch", "2",
+                       "--iters", "1", "--warmup", "0", "--threads", "1"])
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("hyperpose ")]
+    assert [r[1] for r in rows] == ["eager", "channels_last", "torchscript", "onnxruntime"]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
