@@ -107,6 +107,7 @@ def load_for_inference(checkpoint_path: str | os.PathLike, *, model_name: Option
             raise UserError(f"cannot tell which model {checkpoint_path} holds: pass model_name=")
         model_name = stored
     model_name = canonical_model_name(model_name)
+    check_compatible(ckpt, model_name, {}, checkpoint_path)  # the model first, before its config is read
     cfg = _effective_config(model_name, config, ckpt)
     multi = get_spec(model_name).multi_scene
     if ckpt["format"] == "reference":
