@@ -158,3 +158,15 @@ def test_bench_export_runs():
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("hyperpose ")]
     assert [r[1] for r in rows] == ["eager", "channels_last", "torchscript", "onnxruntime"]
     assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+
+
+def test_reference_state_dict_exports_with_model_config_and_scenes(checkpoints, scenes3, tmp_path):
+    bare = tmp_path / "reference.pth"
+    torch.save(torch.load(checkpoints["ems-transposenet"], weights_only=True)["model"], bare)
+    config = write_config(tmp_path / "tiny.json", tiny_config_dict())
+    out = tmp_path / "ref.pt"
+    result = export_checkpoint(bare, out, "torchscript", batch=2, model_name="ems-transposenet", config=config,
+                               scenes=["heads", "chess", "fire"], check_images=str(scenes3 / "chess"))
+    assert result.metadata["scene_names"] == ["chess", "fire", "heads"]  # numbered in sorted order
+    assert ExportedModel(out).poses(load_check_images(str(scenes3), tiny_config_dict()["ems-transposenet"],
+                                                      limit=2).numpy()).scene_names[0] in ("chess", "fire", "heads")
