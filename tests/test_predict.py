@@ -152,3 +152,21 @@ def test_predict_errors_are_one_line(case, single, tmp_path):
     proc = run_script(predict_cmd("main_single_scene.py", model, source, config, ckpt, tmp_path / "out"))
     assert_one_line_error(proc, pattern)
     assert not (tmp_path / "out").exists()
+
+
+def test_reference_multi_scene_state_dict_takes_scene_names_from_a_label_csv(scenes3, tmp_path):
+    """A bare state_dict has no scene map: with a label CSV as the source its sorted scenes name the ids."""
+    import torch
+
+    labels = scenes3 / "7scenes_all_scenes.csv"
+    scenes = sorted({line.split(",")[0] for line in labels.read_text().splitlines()[1:]})
+    ckpt = save_tiny_checkpoint(tmp_path / "ours.pth", "ems-transposenet", sorted(scenes3.rglob("*.color.png")),
+                                scenes)
+    bare = tmp_path / "reference.pth"
+    torch.save(torch.load(ckpt, weights_only=True)["model"], bare)
+    config = write_config(tmp_path / "tiny.json", tiny_config_dict())
+    proc = run_script(predict_cmd("main_multi_scene.py", "ems-transposenet", labels, config, bare, tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert "using 8 attention heads" in proc.stderr  # the reference's quirk, as in test mode
+    rows = read_poses(only_csv(tmp_path / "out"))
+    assert {r["scene_pred"] for r in rows.values()} <= set(scenes)
