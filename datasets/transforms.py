@@ -50,25 +50,43 @@ class PILResize(torch.nn.Module):
         return torch.from_numpy(resized.copy()).permute(2, 0, 1).contiguous()
 
 
+def image_sizes(config: Mapping) -> tuple[int, int]:
+    """``(image_resize, image_crop)`` of a config, checked."""
+    resize = int(config.get("image_resize", DEFAULT_IMAGE_RESIZE))
+    crop = int(config.get("image_crop", DEFAULT_IMAGE_CROP))
+    if not 0 < crop <= resize:
+        raise UserError(f"image_crop ({crop}) must be positive and at most image_resize ({resize})")
+    return resize, crop
+
+
+def build_resize_crop(config: Mapping) -> v2.Compose:
+    """The geometric part of the test transform alone: uint8 in, uint8 crop x crop out (for exported models,
+    which normalise inside their graph)."""
+    resize, crop = image_sizes(config)
+    return v2.Compose([resize_step(config, resize), v2.CenterCrop(crop)])
+
+
+def resize_step(config: Mapping, resize: int) -> torch.nn.Module:
+    """Resize the shorter side to ``resize`` with the config's ``resize_backend``."""
+    backend = config.get("resize_backend", "tensor")
+    if backend == "pil":
+        return PILResize(resize)
+    if backend == "tensor":
+        return v2.Resize(resize, antialias=True)  # an int resizes the shorter side, keeping the aspect ratio
+    raise UserError(f"resize_backend must be 'tensor' or 'pil', got {backend!r}")
+
+
 def build_transform(config: Mapping, train: bool) -> v2.Compose:
     """Resize the short side to ``image_resize``, crop ``image_crop`` and normalise.
 
     Training: random crop and colour jitter (brightness, contrast, saturation 0.5, hue 0.2). Testing, or
     training with ``no_augment``: centre crop and nothing random.
     """
-    resize = int(config.get("image_resize", DEFAULT_IMAGE_RESIZE))
-    crop = int(config.get("image_crop", DEFAULT_IMAGE_CROP))
-    if not 0 < crop <= resize:
-        raise UserError(f"image_crop ({crop}) must be positive and at most image_resize ({resize})")
+    resize, crop = image_sizes(config)
     augment = train and not config.get("no_augment", False)
 
     backend = config.get("resize_backend", "tensor")
-    if backend == "pil":
-        steps = [PILResize(resize)]
-    elif backend == "tensor":
-        steps = [v2.Resize(resize, antialias=True)]  # an int resizes the shorter side, keeping the aspect ratio
-    else:
-        raise UserError(f"resize_backend must be 'tensor' or 'pil', got {backend!r}")
+    steps = [resize_step(config, resize)]
     steps.append(v2.RandomCrop(crop) if augment else v2.CenterCrop(crop))
     # Jitter after cropping (less work) and on floats (no uint8 rounding between its four adjustments).
     # The reference's ToTensor divides by 255; ToDtype multiplies by 1/255, a float ulp away on some values.

@@ -76,7 +76,7 @@ def test_a_seven_scene_reference_state_dict_tests_on_one_scene(scene7, tmp_path,
         result, paths = evaluate("mshyperpose", "random", scene7, test_csv, config_path, bare, tmp_path / "ev",
                                  device="cpu")
     assert "the 7Scenes training order (chess 0, fire 1, heads 2" in caplog.text
-    assert "nheads=8 (config: 2)" in caplog.text  # the reference ran 8 heads
+    assert "using 8 attention heads, as the reference code did (it ignored nheads=2)" in caplog.text
     rows = _test_rows(paths)
     assert {r[-1] for r in rows[1:]} <= set(SEVEN_SCENES) and result.summaries[0].scene == "chess"
 
@@ -102,7 +102,7 @@ def test_the_checkpoint_architecture_wins_over_the_config(scenes3, tmp_path, cap
         result, _ = evaluate("mshyperpose", "random", scenes3, scenes3 / "7scenes_all_scenes.csv", config_path,
                              ckpt, tmp_path / "ev", device="cpu")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "architecture" in r.message]
-    assert warnings == [f"checkpoint ft.pth: using the checkpoint's architecture: nheads=8 (config: 2)"]
+    assert warnings == ["checkpoint ft.pth: using its architecture: nheads=8 (config: 2)"]
     assert len(result.summaries) == 3
     reconciled = reconcile_config(torch.load(ckpt, weights_only=True), "mshyperpose",
                                   load_config(config_path, "mshyperpose"), ckpt)

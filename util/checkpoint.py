@@ -172,11 +172,15 @@ def reconcile_config(ckpt: dict, model_name: str, config: dict, path: str | Path
         n_scenes = checkpoint_scene_count(ckpt, model_name)
         if n_scenes is not None:
             wanted["num_scenes"] = n_scenes
-    diffs = [f"{k}={v!r} (config: {config.get(k)!r})" for k, v in wanted.items()
-             if config.get(k) is not None and config.get(k) != v]
-    if diffs:
-        whose = "the reference code's" if ckpt.get("format") == "reference" else "the checkpoint's"
-        log.warning("checkpoint %s: using %s architecture: %s", Path(path).name, whose, ", ".join(diffs))
+    differ = [k for k, v in wanted.items() if config.get(k) is not None and config.get(k) != v]
+    if ckpt.get("format") == "reference" and "nheads" in differ:
+        log.warning("reference checkpoint %s: using 8 attention heads, as the reference code did (it ignored "
+                    "nheads=%s)", Path(path).name, config["nheads"])
+        differ.remove("nheads")
+    if differ:
+        whose = "the scene count of its weights" if ckpt.get("format") == "reference" else "its architecture"
+        log.warning("checkpoint %s: using %s: %s", Path(path).name, whose,
+                    ", ".join(f"{k}={wanted[k]!r} (config: {config[k]!r})" for k in differ))
     config.update(wanted)
     return config
 

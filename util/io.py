@@ -130,6 +130,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return _atomic(path, write)
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return _atomic(path, write)
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically."""
     return _atomic(path, lambda tmp: torch.save(obj, tmp))
