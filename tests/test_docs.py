@@ -87,11 +87,14 @@ def _help(target: tuple[str, ...]) -> str:
 
 
 def _flags_of(target: list[str], args: list[str]) -> set[str]:
-    """The options a command accepts, with those of its subcommand when the first argument names one."""
+    """The options a command accepts, with those of the subcommand or mode its leading arguments name
+    (``datasets.prepare colmap``, ``main_single_scene.py hyperpose predict``, whose options differ)."""
     text = _help(tuple(target))
-    subcommands = {c for group in re.findall(r"\{([\w.,-]+)\}", text) for c in group.split(",")}
-    if args and args[0] in subcommands:
-        text += _help(tuple(target + [args[0]]))
+    choices = {c for group in re.findall(r"\{([\w.,-]+)\}", text) for c in group.split(",")}
+    for i, arg in enumerate(args[:2]):
+        if arg not in choices:  # a placeholder or an example name (`mynet`): nothing more to ask
+            break
+        text += _help(tuple(target + args[:i + 1]))
     return set(FLAG.findall(text))
 
 
