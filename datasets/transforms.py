@@ -19,6 +19,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_IMAGE_RESIZE = 256
 DEFAULT_IMAGE_CROP = 224
 COLOR_JITTER = dict(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.2)
+# How the short side is resized; part of the decoded-image cache's key (datasets/image_cache.py).
+RESIZE_METHOD = "torchvision-v2-bilinear-antialias"
+
+
+def resize_short_side(img_3HW: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize so that the shorter side is ``size``, keeping the aspect ratio (the first training step)."""
+    return v2.functional.resize(img_3HW, [int(size)], antialias=True)
 
 
 def build_transform(config: Mapping, train: bool) -> v2.Compose:
@@ -33,7 +40,9 @@ def build_transform(config: Mapping, train: bool) -> v2.Compose:
         raise UserError(f"image_crop ({crop}) must be positive and at most image_resize ({resize})")
     augment = train and not config.get("no_augment", False)
 
-    steps = [v2.Resize(resize, antialias=True)]  # an int resizes the shorter side, keeping the aspect ratio
+    # An int resizes the shorter side, as resize_short_side does; an image already at that size (from the
+    # decoded-image cache) is returned unchanged.
+    steps = [v2.Resize(resize, antialias=True)]
     steps.append(v2.RandomCrop(crop) if augment else v2.CenterCrop(crop))
     # Jitter after cropping (less work) and on floats (no uint8 rounding between its four adjustments).
     steps.append(v2.ToDtype(torch.float32, scale=True))

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 # Config keys that cannot change a test result; editing them keeps the cache.
-RUNTIME_KEYS = ("n_workers", "n_freq_print", "n_freq_checkpoint", "device_id", "batch_size")
+RUNTIME_KEYS = ("n_workers", "n_freq_print", "n_freq_checkpoint", "device_id", "batch_size", "cache_dir")
 BEST_RULE = ("Best = the lowest median position error ({what}); ties go to the lower median orientation error, "
              "then to the earlier checkpoint.")
 SINGLE_REF_COLUMNS = ["checkpoint", "Model", "Median Position Error [m]", "Median Orientation Error[deg]"]
@@ -389,14 +389,14 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
                    config_path: str | Path, checkpoints_dir: str | Path, output_path: str | Path | None = None, *,
                    override_config: str | Path | None = None, ckpt_start_index: int = 0, device: str = "auto",
                    amp: bool = False, batch_size: int | None = None, test_dataset_id: str | None = None,
-                   progress: bool = True) -> BatchResult:
+                   progress: bool = True, cache_dir: str | None = None) -> BatchResult:
     """Evaluate the checkpoints of ``checkpoints_dir`` (cached ones are not run again) and write the CSV,
     the HTML report and the cache to ``output_path`` (default: ``checkpoints_dir``)."""
     checkpoints_dir = Path(checkpoints_dir)
     paths = discover_checkpoints(checkpoints_dir, ckpt_start_index)
     evaluator = Evaluator(model_name, backbone_path, dataset_root, labels_file, config_path,
                           override_config=override_config, device=device, amp=amp, batch_size=batch_size,
-                          test_dataset_id=test_dataset_id, progress=progress)
+                          test_dataset_id=test_dataset_id, progress=progress, cache_dir=cache_dir)
     multi = evaluator.multi
     out = Path(output_path) if output_path else checkpoints_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -555,7 +555,7 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
                                args.config_file, folder, args.output_path, override_config=override,
                                ckpt_start_index=args.ckpt_start_index, device=args.device, amp=args.amp,
                                batch_size=args.batch_size, test_dataset_id=getattr(args, "test_dataset_id", None),
-                               progress=not args.quiet)
+                               progress=not args.quiet, cache_dir=args.cache)
         print(format_batch(batch))
         print(f"evaluated {batch.n_evaluated}, from the cache {sum(not r.evaluated for r in batch.results)}, "
               f"skipped {len(batch.skipped)}")

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 SINGLE_SCENE_MODELS = ("effposenet", "hyperpose")
 MULTI_SCENE_MODELS = ("mshyperpose", "ems-transposenet", "mstransformer")
+DEFAULT_CACHE_DIR = "./cache"
 
 
 def configure_console(quiet: bool) -> None:
@@ -53,6 +54,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     parser.add_argument("--batch_size", type=int, default=None,
                         help="test batch size (default: the config's batch_size)")
+    parser.add_argument("--cache", nargs="?", const=DEFAULT_CACHE_DIR, default=None, metavar="DIR",
+                        help="decode and resize each labels file's images once into a memory-mapped cache in DIR "
+                             f"(default DIR: {DEFAULT_CACHE_DIR}; the config key cache_dir does the same)")
     parser.add_argument("--quiet", action="store_true", help="only warnings on the console, no progress bars")
 
 
@@ -89,7 +93,7 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
             result = train(args.model_name, args.backbone_path, args.dataset_path, args.labels_file,
                            args.config_file, args.output_path or "./models", override_config=args.override_config,
                            resume=args.resume, init_checkpoint=args.checkpoint_path, device=args.device,
-                           amp=args.amp, n_epochs=args.n_epochs)
+                           amp=args.amp, n_epochs=args.n_epochs, cache_dir=args.cache)
             print(f"run folder: {result.run_dir}")
             print(f"final checkpoint: {result.final_checkpoint}")
             return 0
@@ -100,7 +104,7 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
                                  args.config_file, args.checkpoint_path, args.output_path or "./evals",
                                  override_config=args.override_config, batch_size=args.batch_size,
                                  device=args.device, amp=args.amp,
-                                 test_dataset_id=getattr(args, "test_dataset_id", None))
+                                 test_dataset_id=getattr(args, "test_dataset_id", None), cache_dir=args.cache)
         print(result.report_text())
         for kind, path in paths.items():
             print(f"{kind}: {path}")

@@ -112,9 +112,11 @@ class Evaluator:
     def __init__(self, model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
                  config_path: str | Path, *, override_config=None, device: str = "auto", amp: bool = False,
                  batch_size: int | None = None, test_dataset_id: str | None = None,
-                 latency_images: int = 50, warmup: int = 5, progress: bool = True):
+                 latency_images: int = 50, warmup: int = 5, progress: bool = True, cache_dir: str | None = None):
         self.model_name = canonical_model_name(model_name)
         self.config = load_config(config_path, self.model_name, override_config)
+        if cache_dir:
+            self.config["cache_dir"] = str(cache_dir)
         self.backbone_path = backbone_path
         self.dataset_root = Path(dataset_root)
         self.labels_file = Path(labels_file)
@@ -142,9 +144,14 @@ class Evaluator:
                 files = find_scene_test_files(self.labels_file, list(scene_map), self.test_dataset_id)
             else:
                 files = {self.labels_file.stem: self.labels_file}
-            self._datasets[key] = {name: CameraPoseDataset(self.dataset_root, path, transform=self.transform,
-                                                           scene_map=scene_map if self.multi else None)
-                                   for name, path in files.items()}
+            sets = {name: CameraPoseDataset(self.dataset_root, path, transform=self.transform,
+                                            scene_map=scene_map if self.multi else None)
+                    for name, path in files.items()}
+            if self.config.get("cache_dir"):
+                for dataset in sets.values():
+                    dataset.use_image_cache(self.config["cache_dir"], self.config["image_resize"],
+                                            self.config["n_workers"])
+            self._datasets[key] = sets
         return self._datasets[key]
 
     # Model ------------------------------------------------------------------------------------------------
@@ -296,12 +303,12 @@ def write_outputs(result: EvalResult, output_path: str | Path, labels_file: str 
 def evaluate(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
              config_path: str | Path, checkpoint_path: str | Path, output_path: str | Path = "./evals", *,
              override_config=None, batch_size: int | None = None, device: str = "auto", amp: bool = False,
-             test_dataset_id: str | None = None) -> tuple[EvalResult, dict[str, Path]]:
+             test_dataset_id: str | None = None, cache_dir: str | None = None) -> tuple[EvalResult, dict[str, Path]]:
     """Test one checkpoint and write its outputs to ``output_path``."""
     if not checkpoint_path:
         raise UserError("test mode needs --checkpoint_path")
     evaluator = Evaluator(model_name, backbone_path, dataset_root, labels_file, config_path,
                           override_config=override_config, device=device, amp=amp, batch_size=batch_size,
-                          test_dataset_id=test_dataset_id)
+                          test_dataset_id=test_dataset_id, cache_dir=cache_dir)
     result = evaluator.evaluate_checkpoint(checkpoint_path)
     return result, write_outputs(result, output_path, labels_file)

@@ -116,7 +116,7 @@ def prepare_model(model_name: str, backbone_path: str, config: dict, device: tor
 def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
           config_path: str | Path, output_path: str | Path = "./models", *, override_config=None,
           resume: str | Path | None = None, init_checkpoint: str | Path | None = None, device: str = "auto",
-          amp: bool = False, n_epochs: int | None = None) -> TrainResult:
+          amp: bool = False, n_epochs: int | None = None, cache_dir: str | None = None) -> TrainResult:
     """Train ``model_name`` on a label CSV and return the run folder and its final checkpoint.
 
     ``resume`` continues a run (weights, optimizer, scheduler, epoch). ``init_checkpoint`` starts a new run
@@ -129,6 +129,8 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
         if n_epochs < 1:
             raise UserError(f"--n_epochs must be >= 1, got {n_epochs}")
         config["n_epochs"] = n_epochs
+    if cache_dir:
+        config["cache_dir"] = str(cache_dir)
     dev = select_device(device, config.get("device_id"))
     if amp and dev.type != "cuda":
         raise UserError("--amp (mixed precision) needs a CUDA device")
@@ -146,6 +148,8 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
     scene_map = source["scene_map"] if source and source["scene_map"] else None
     dataset = CameraPoseDataset(dataset_root, labels_file, transform=build_transform(config, train=True),
                                 scene_map=scene_map)
+    if config["cache_dir"]:
+        dataset.use_image_cache(config["cache_dir"], config["image_resize"], config["n_workers"])
     multi = model_class(model_name).multi_scene
     if multi:
         n_scenes = len(dataset.scene_map)

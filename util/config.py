@@ -57,6 +57,7 @@ _GENERAL_DEFAULTS = {
     "n_freq_checkpoint": 5,
     "n_workers": 4,
     "device_id": "cuda:0",
+    "cache_dir": None,
 }
 _TRAINING_DEFAULTS = {
     "batch_size": 8,
@@ -190,6 +191,7 @@ KEY_SPECS: Mapping[str, KeySpec] = MappingProxyType({
     "n_freq_checkpoint": _INT_GE1,
     "n_workers": KeySpec("int", _at_least(0)),
     "device_id": KeySpec("str", _check_device),
+    "cache_dir": KeySpec("str", nullable=True),
     "batch_size": _INT_GE1,
     "learnable": KeySpec("bool"),
     "s_x": KeySpec("float"),
