@@ -260,7 +260,7 @@ def cache_context(evaluator: Evaluator, amp: bool) -> dict:
     files = [labels]
     if evaluator.test_dataset_id:
         files += sorted(labels.parent.glob(TEST_FILE_PATTERNS[evaluator.test_dataset_id].format(scene="*")))
-    return {"version": CACHE_VERSION, "model": evaluator.model_name, "amp": bool(amp),
+    return {"version": CACHE_VERSION, "model": evaluator.model_name, "amp": evaluator.amp,
             "dataset_root": str(evaluator.dataset_root.resolve()), "test_dataset_id": evaluator.test_dataset_id,
             "test_files": [_file_stamp(f) for f in files if f.is_file()],
             "thresholds": [list(t) for t in DEFAULT_THRESHOLDS],

@@ -10,6 +10,8 @@ import logging
 import os
 from typing import Sequence
 
+from util.device import AMP_CHOICES
+from util.distributed import launched_by_torchrun
 from util.errors import UserError, run_cli
 from util.logs import setup_logging
 
@@ -21,7 +23,9 @@ DEFAULT_CACHE_DIR = "./cache"
 
 
 def configure_console(quiet: bool) -> None:
-    """Console logging at INFO (WARNING and no progress bars with ``--quiet``)."""
+    """Console logging at INFO (WARNING and no progress bars with ``--quiet``, and on every process of a
+    ``torchrun`` job but the first)."""
+    quiet = quiet or (launched_by_torchrun() and int(os.environ.get("RANK", "0")) > 0)
     setup_logging(logging.WARNING if quiet else logging.INFO)
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"  # tqdm reads its defaults from TQDM_* variables
@@ -51,7 +55,9 @@ def add_test_dataset_argument(parser: argparse.ArgumentParser) -> None:
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto (config device_id when CUDA is there, else CPU), cpu, cuda or cuda:N")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    parser.add_argument("--amp", nargs="?", const="auto", default=None, choices=AMP_CHOICES,
+                        help="mixed precision: bf16 (CUDA GPUs that support it, and CPUs) or fp16 (CUDA, with "
+                             "gradient scaling in training); --amp alone picks bf16 where supported, else fp16")
     parser.add_argument("--batch_size", type=int, default=None,
                         help="test batch size (default: the config's batch_size)")
     parser.add_argument("--cache", nargs="?", const=DEFAULT_CACHE_DIR, default=None, metavar="DIR",
@@ -77,6 +83,10 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
                              "test: where results are written (default ./evals)")
     parser.add_argument("--resume", default=None, help="train: continue the run of this checkpoint")
     parser.add_argument("--n_epochs", type=int, default=None, help="train: override the config's n_epochs")
+    parser.add_argument("--compile", action="store_true", help="train: run the model through torch.compile")
+    parser.add_argument("--micro_batches", type=int, default=1,
+                        help="train: split each batch into this many parts, one optimizer step per batch "
+                             "(batch statistics per part, as on that many GPUs)")
     if multi_scene:
         add_test_dataset_argument(parser)
     add_runtime_arguments(parser)
@@ -93,7 +103,8 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
             result = train(args.model_name, args.backbone_path, args.dataset_path, args.labels_file,
                            args.config_file, args.output_path or "./models", override_config=args.override_config,
                            resume=args.resume, init_checkpoint=args.checkpoint_path, device=args.device,
-                           amp=args.amp, n_epochs=args.n_epochs, cache_dir=args.cache)
+                           amp=args.amp, n_epochs=args.n_epochs, cache_dir=args.cache, compile=args.compile,
+                           micro_batches=args.micro_batches)
             print(f"run folder: {result.run_dir}")
             print(f"final checkpoint: {result.final_checkpoint}")
             return 0

@@ -26,7 +26,7 @@ from models.backbone import load_backbone
 from models.registry import build_model, model_class
 from util.checkpoint import check_compatible, load_checkpoint, load_model_weights
 from util.config import canonical_model_name, load_config
-from util.device import select_device, synchronize
+from util.device import autocast_dtype, select_device, synchronize
 from util.errors import UserError
 from util.io import atomic_write_text
 from util.metrics import DEFAULT_THRESHOLDS, PoseSummary, aggregate, format_summaries, summarize
@@ -122,9 +122,8 @@ class Evaluator:
         self.labels_file = Path(labels_file)
         self.multi = model_class(self.model_name).multi_scene
         self.device = select_device(device, self.config.get("device_id"))
-        if amp and self.device.type != "cuda":
-            raise UserError("--amp (mixed precision) needs a CUDA device")
-        self.amp = amp
+        self.amp_dtype = autocast_dtype(amp, self.device)
+        self.amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else False
         self.batch_size = batch_size or self.config["batch_size"]
         if self.batch_size < 1:
             raise UserError(f"--batch_size must be >= 1, got {self.batch_size}")
@@ -181,7 +180,8 @@ class Evaluator:
         return model.to(self.device, memory_format=torch.channels_last).eval(), scene_map
 
     def _forward(self, model, img):
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
             if self.multi:
                 pose, scene_logp = model(img, None)
                 return pose.float(), scene_logp.argmax(1)

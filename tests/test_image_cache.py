@@ -64,6 +64,7 @@ def test_second_open_reuses_the_file(data, tmp_path, caplog):
     open_image_cache(tmp_path / "c", root, labels, paths, RESIZE)
     (first,) = _files(tmp_path / "c")
     stamp = first.stat().st_mtime_ns
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="datasets.image_cache"):
         open_image_cache(tmp_path / "c", root, labels, paths, RESIZE)
     assert "building" not in caplog.text
@@ -107,6 +108,7 @@ def test_damaged_cache_is_rebuilt_with_a_warning(damage, data, tmp_path, caplog)
     else:
         blob = bytearray(b"not a cache at all")
     path.write_bytes(bytes(blob))
+    caplog.clear()
 
     again = _dataset(root, labels, transform=transform)
     with caplog.at_level(logging.WARNING, logger="datasets.image_cache"):

@@ -94,8 +94,44 @@ def test_num_scenes_must_agree_with_the_csv(scenes3, tmp_path):
               write_config(tmp_path / "c.json", cfg), tmp_path, device="cpu")
 
 
-def test_amp_needs_cuda(scene7, tiny_config, tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present")
-    with pytest.raises(UserError, match="amp"):
-        train("hyperpose", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu", amp=True)
+def test_fp16_needs_cuda(scene7, tiny_config, tmp_path):
+    with pytest.raises(UserError, match="amp fp16.*CUDA"):
+        train("hyperpose", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu", amp="fp16")
+
+
+def test_persistent_workers_give_the_same_weights_and_resume_bit_identically(scene7, tmp_path):
+    """The augmentation of a sample depends on (seed, epoch, position) only, not on the workers."""
+    runs = {}
+    for workers in (0, 2):
+        cfg = tiny_config_dict()
+        cfg["general"]["n_workers"] = workers
+        config = write_config(tmp_path / f"cfg{workers}.json", cfg)
+        runs[workers] = train("hyperpose", "random", scene7, chess(scene7, "train"), config,
+                              tmp_path / f"w{workers}", device="cpu")
+    a = torch.load(runs[0].final_checkpoint, weights_only=True)["model"]
+    b = torch.load(runs[2].final_checkpoint, weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    first = tmp_path / "r" / runs[2].run_dir.name / f"{runs[2].run_dir.name}_checkpoint-1.pth"
+    first.parent.mkdir(parents=True)
+    shutil.copy(runs[2].run_dir / first.name, first)
+    resumed = train("hyperpose", "random", scene7, chess(scene7, "train"), tmp_path / "cfg2.json", tmp_path / "x",
+                    resume=first, device="cpu")
+    c = torch.load(resumed.final_checkpoint, weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+
+
+def test_bf16_autocast_trains_on_the_cpu(scene7, tiny_config, tmp_path):
+    result = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu",
+                   amp="bf16", n_epochs=1)
+    ckpt = torch.load(result.final_checkpoint, weights_only=True)
+    assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # weights stay fp32
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert "autocast torch.bfloat16" in (result.run_dir / "train.log").read_text()
+
+
+def test_micro_batches_must_fit_the_batch(scene7, tiny_config, tmp_path):
+    with pytest.raises(UserError, match="micro_batches"):
+        train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu",
+              micro_batches=5)
