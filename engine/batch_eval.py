@@ -29,9 +29,10 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from engine.cli import (MULTI_SCENE_MODELS, SINGLE_SCENE_MODELS, add_common_arguments, add_runtime_arguments,
+from engine.cli import (add_common_arguments, add_runtime_arguments,
                         add_test_dataset_argument, configure_console, run_cli)
 from engine.evaluate import TEST_FILE_PATTERNS, EvalResult, Evaluator
+from models.registry import cli_choices
 from util.errors import UserError
 from util.io import atomic_write_text
 from util.logs import add_log_file
@@ -525,7 +526,7 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
         description=("Evaluate every checkpoint of a %s training run: a CSV and an interactive HTML report "
                      "(re-runs evaluate only new checkpoints)." % ("multi-scene" if multi_scene else "single-scene")),
         formatter_class=_HelpFormatter)
-    add_common_arguments(parser, MULTI_SCENE_MODELS if multi_scene else SINGLE_SCENE_MODELS)
+    add_common_arguments(parser, cli_choices(multi_scene))
     parser.add_argument("paths", nargs="+", metavar="[eval_config_file] checkpoints_dir",
                         help="optional second JSON config whose sections override the first (an evaluation "
                              "config), then the folder of *.pth checkpoints (e.g. ./models/run_<stamp>)")

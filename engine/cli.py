@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Sequence
 
+from models.registry import cli_choices
 from util.device import AMP_CHOICES
 from util.distributed import launched_by_torchrun
 from util.errors import UserError, run_cli
@@ -17,8 +18,6 @@ from util.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
-SINGLE_SCENE_MODELS = ("effposenet", "hyperpose")
-MULTI_SCENE_MODELS = ("mshyperpose", "ems-transposenet", "mstransformer")
 DEFAULT_CACHE_DIR = "./cache"
 
 
@@ -38,8 +37,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, models: Sequence[str],
     parser.add_argument("mode", choices=modes,
                         help="train a model or test a checkpoint" if "train" in modes else "test checkpoints")
     parser.add_argument("backbone_path",
-                        help="EfficientNet-B0 weights: a state_dict file, the reference's pickled module, "
-                             "or 'random' for random initialisation")
+                        help="backbone weights (of the config's backbone_type): a state_dict file, the "
+                             "reference's pickled EfficientNet, 'imagenet' for local ImageNet weights, or "
+                             "'random' for random initialisation")
     parser.add_argument("dataset_path", help="dataset root; img_path in the labels file is relative to it")
     parser.add_argument("labels_file", help="label CSV (scene,split,seq,img_path,t1,t2,t3,q1,q2,q3,q4)")
     parser.add_argument("config_file", help="JSON config: a 'general' section plus one section per model")
@@ -67,7 +67,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
-    models = MULTI_SCENE_MODELS if multi_scene else SINGLE_SCENE_MODELS
+    models = cli_choices(multi_scene)
     parser = argparse.ArgumentParser(
         description=("Train or test a multi-scene absolute pose regressor." if multi_scene
                      else "Train or test a single-scene absolute pose regressor."),

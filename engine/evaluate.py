@@ -23,9 +23,9 @@ from datasets.dataset import CameraPoseDataset
 from datasets.labels import read_labels
 from datasets.transforms import build_transform
 from models.backbone import load_backbone
-from models.registry import build_model, model_class
+from models.registry import build_model, canonical_model_name, get_spec
 from util.checkpoint import check_compatible, load_checkpoint, load_model_weights
-from util.config import canonical_model_name, load_config
+from util.config import load_config
 from util.device import autocast_dtype, select_device, synchronize
 from util.errors import UserError
 from util.io import atomic_write_text
@@ -120,7 +120,7 @@ class Evaluator:
         self.backbone_path = backbone_path
         self.dataset_root = Path(dataset_root)
         self.labels_file = Path(labels_file)
-        self.multi = model_class(self.model_name).multi_scene
+        self.multi = get_spec(self.model_name).multi_scene
         self.device = select_device(device, self.config.get("device_id"))
         self.amp_dtype = autocast_dtype(amp, self.device)
         self.amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else False
@@ -174,7 +174,8 @@ class Evaluator:
         check_compatible(ckpt, self.model_name, config, checkpoint_path)
         key = json.dumps(config, sort_keys=True, default=str)
         if key not in self._models:
-            self._models = {key: build_model(self.model_name, config, load_backbone(self.backbone_path))}
+            self._models = {key: build_model(self.model_name, config,
+                                                   load_backbone(self.backbone_path, config["backbone_type"]))}
         model = self._models[key]
         load_model_weights(model, ckpt["model"], checkpoint_path)
         return model.to(self.device, memory_format=torch.channels_last).eval(), scene_map
@@ -182,10 +183,8 @@ class Evaluator:
     def _forward(self, model, img):
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            if self.multi:
-                pose, scene_logp = model(img, None)
-                return pose.float(), scene_logp.argmax(1)
-            return model(img).float(), None
+            pose, scene_logp = model(img)
+        return pose.float(), None if scene_logp is None else scene_logp.argmax(1)
 
     @torch.no_grad()
     def predict(self, model, dataset: CameraPoseDataset, desc: str = "") -> tuple[Predictions, float]:

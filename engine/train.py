@@ -38,9 +38,9 @@ from datasets.samplers import EpochSampler, SeededSamples, epoch_seed
 from datasets.transforms import build_transform
 from models.backbone import load_backbone
 from models.losses import CameraPoseLoss
-from models.registry import build_model, model_class
+from models.registry import build_model, canonical_model_name, get_spec
 from util.checkpoint import check_compatible, load_checkpoint, load_model_weights, save_checkpoint
-from util.config import canonical_model_name, load_config
+from util.config import load_config
 from util.device import RandomStreams, autocast_dtype, make_deterministic, seed_everything
 from util.distributed import (DistContext, all_gather_cat, all_reduce_sum, barrier, broadcast_object,
                               init_distributed, shutdown)
@@ -124,29 +124,23 @@ def read_metrics_csv(path: Path) -> list[dict]:
 
 
 def prepare_model(model_name: str, backbone_path: str, config: dict, device: torch.device) -> nn.Module:
-    backbone = load_backbone(backbone_path)
+    backbone = load_backbone(backbone_path, config["backbone_type"])
     # channels_last trains EfficientNet faster on the CPU (compare `bench/bench_single_scene.py
     # --memory-format contiguous`) and is the layout tensor cores want on CUDA.
     return build_model(model_name, config, backbone).to(device, memory_format=torch.channels_last)
-
-
-def forward_pose(model: nn.Module, img_B3HW: torch.Tensor, scene_B: torch.Tensor | None):
-    """``(pose_B7, scene_logp_BS or None)`` of any model."""
-    if getattr(model, "multi_scene", False):
-        return model(img_B3HW, scene_B)
-    return model(img_B3HW), None
 
 
 class TrainingModule(nn.Module):
     """The model and its loss as one module, so that DistributedDataParallel also averages the gradients
     of the learned loss weights."""
 
-    def __init__(self, model: nn.Module, loss_fn: CameraPoseLoss):
+    def __init__(self, model: nn.Module, loss_fn: CameraPoseLoss, multi_scene: bool):
         super().__init__()
-        self.model, self.loss_fn = model, loss_fn
+        self.model, self.loss_fn, self.multi_scene = model, loss_fn, multi_scene
 
     def forward(self, img_B3HW, pose_gt_B7, scene_gt_B):
-        pose_B7, scene_logp_BS = forward_pose(self.model, img_B3HW, scene_gt_B)
+        # Multi-scene models train with the true scene's head (as in the reference); the others ignore it.
+        pose_B7, scene_logp_BS = self.model(img_B3HW, scene_gt_B if self.multi_scene else None)
         loss, pose_loss, scene_nll = self.loss_fn.total(pose_B7, pose_gt_B7, scene_logp_BS, scene_gt_B)
         return loss, pose_loss, scene_nll, pose_B7, scene_logp_BS
 
@@ -162,8 +156,8 @@ class Trainer:
         self.optimizer, self.scheduler, self.dataset, self.config = optimizer, scheduler, dataset, config
         self.device, self.run_dir, self.stamp, self.ctx = device, run_dir, stamp, ctx
         self.amp_dtype, self.micro_batches = amp_dtype, micro_batches
-        self.multi = model_class(model_name).multi_scene
-        module = TrainingModule(model, loss_fn)
+        self.multi = get_spec(model_name).multi_scene
+        module = TrainingModule(model, loss_fn, self.multi)
         self.ddp = None
         if ctx.enabled:
             # The backbone's ImageNet classifier (and, with some reductions, late blocks) never gets a gradient.
@@ -371,7 +365,7 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
                                     scene_map=scene_map)
         if config["cache_dir"]:
             _attach_cache(dataset, config, ctx)
-        multi = model_class(model_name).multi_scene
+        multi = get_spec(model_name).multi_scene
         if multi:
             n_scenes = len(dataset.scene_map)
             if config.get("num_scenes") not in (None, n_scenes):

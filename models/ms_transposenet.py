@@ -1,8 +1,8 @@
 """Multi-scene transformer pose regressor (MS-Transformer, "ems-transposenet"; Shavit et al., ICCV 2021).
 
-One EfficientNet-B0 pass gives two intermediate maps: the position (t) branch reads ``reduction[0]``
-(default reduction_4, 112 ch, 14x14 at 224 px) and the orientation (rot) branch ``reduction[1]``
-(default reduction_3, 40 ch, 28x28). Each map is projected to d channels, given a learned 2D position
+One backbone pass gives two intermediate maps: the position (t) branch reads ``reduction[0]``
+(default reduction_4, stride 16: 112 ch, 14x14 at 224 px on B0) and the orientation (rot) branch
+``reduction[1]`` (default reduction_3, stride 8: 40 ch, 28x28 on B0), on any backbone. Each map is projected to d channels, given a learned 2D position
 embedding and fed to its own transformer, whose decoder has one learned query per scene. A linear
 layer over the concatenated t and rot query outputs scores the scenes; the selected scene's
 descriptors go through that scene's own MLP heads.
@@ -15,7 +15,7 @@ Differences from the reference implementation, all deliberate:
 - Per-scene heads are applied batched, without a Python loop over the batch.
 
 The state_dict layout (names, shapes and order) equals the reference's, so its checkpoints load with
-``strict=True``; see ``shared/reference_checkpoints/ems-transposenet_*.tsv``.
+``strict=True``; see ``tests/data/reference_checkpoints/ems-transposenet_*.tsv``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.backbone import endpoint_blocks, extract_features, global_pool
 from models.transformer import Transformer
 from util.errors import UserError
 
@@ -35,14 +34,6 @@ logger = logging.getLogger(__name__)
 
 # Size of the learned position tables: the largest feature-map height/width the model accepts.
 MAX_POSITIONS = 50
-
-
-def endpoint_channels(backbone: nn.Module) -> dict[str, int]:
-    """Channel count of each intermediate endpoint of ``backbone`` (B0: reduction_3 40, reduction_4 112)."""
-    return {
-        name: backbone._blocks[idx]._project_conv.out_channels
-        for name, idx in endpoint_blocks(backbone).items()
-    }
 
 
 def require(config: dict, key: str):
@@ -136,8 +127,6 @@ class MSTransPoseNet(nn.Module):
     by the reference implementation need ``nheads = 8`` to reproduce their outputs.
     """
 
-    multi_scene = True
-
     def __init__(self, config: dict, backbone: nn.Module):
         super().__init__()
         d = int(require(config, "hidden_dim"))
@@ -148,9 +137,10 @@ class MSTransPoseNet(nn.Module):
         if d % 2 != 0 or d % nheads != 0:
             raise UserError(f"hidden_dim ({d}) must be even and divisible by nheads ({nheads})")
         reduction = list(require(config, "reduction"))
-        channels = endpoint_channels(backbone)
+        channels = {name: endpoint.channels for name, endpoint in backbone.endpoints.items()}
         if len(reduction) != 2 or any(name not in channels for name in reduction):
-            raise UserError(f"reduction must name two endpoints among {sorted(channels)}, got {reduction}")
+            raise UserError(f"reduction must name two endpoints of backbone {backbone.type_name} among "
+                            f"{sorted(channels)}, got {reduction}")
         self.reduction = tuple(reduction)
         self.hidden_dim = d
         self.num_scenes = num_scenes = int(num_scenes)
@@ -189,16 +179,16 @@ class MSTransPoseNet(nn.Module):
 
     @property
     def body(self) -> nn.Module:
-        """The EfficientNet-B0 backbone."""
+        """The backbone (EfficientNet-B0 in the reference layout)."""
         return self.backbone[0].body
 
     def encode(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One backbone pass, both transformers -> (desc_t_BSd, desc_rot_BSd, pooled_BC).
 
         ``desc_*_BSd`` holds the decoder output of every scene query; ``pooled_BC`` is the
-        spatially averaged 1280-channel backbone feature.
+        pooled backbone feature (B x feature_dim; 1280 on EfficientNet-B0).
         """
-        maps = extract_features(self.body, img_B3HW, endpoints=tuple(dict.fromkeys(self.reduction)))
+        maps = self.body.extract(img_B3HW)
         descs = []
         for name, proj, transformer, queries in (
             (self.reduction[0], self.input_proj_t, self.transformer_t, self.query_embed_t),
@@ -208,7 +198,7 @@ class MSTransPoseNet(nn.Module):
             batch, _, height, width = src_BdHW.shape
             pos_BdHW = self.backbone[1](height, width).unsqueeze(0).expand(batch, -1, -1, -1)
             descs.append(transformer(src_BdHW, pos_BdHW.to(src_BdHW.dtype), queries.weight))
-        pooled_BC = global_pool(maps["features"])
+        pooled_BC = maps["pooled"]
         return descs[0], descs[1], pooled_BC
 
     def scene_log_probs(self, desc_t_BSd: torch.Tensor, desc_rot_BSd: torch.Tensor) -> torch.Tensor:

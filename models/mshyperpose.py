@@ -12,7 +12,7 @@ Layer widths: t branch d -> Ht -> int(Ht * hyper_t_hidden_scale) -> 3, rot branc
 (the rot branch always uses hidden scale 1). With the reference config (d=256, Ht=256, Hr=512,
 scale 0.5) the model has 142.7 M parameters for 7 scenes, 126 M of them in the four large generators.
 
-State_dict layout equals ``shared/reference_checkpoints/mshyperpose_*.tsv``: the shared heads keep
+State_dict layout equals ``tests/data/reference_checkpoints/mshyperpose_*.tsv``: the shared heads keep
 the position the parent gave its per-scene heads (right after ``scene_embed``), but without the
 ``.{k}`` index; the hypernetwork layers follow.
 """
@@ -22,16 +22,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.backbone import FEATURE_DIM
-from models.hypernet import apply_generated_linear, swish
+from models.hypernet import GeneratedMLP
 from models.ms_transposenet import MSTransPoseNet, PoseRegressor, require
 from util.errors import UserError
 
 
 class MSHyperPose(MSTransPoseNet):
     """MS-Transformer with a shared head plus per-image generated MLPs; same forward contract."""
-
-    multi_scene = True
 
     def __init__(self, config: dict, backbone: nn.Module):
         super().__init__(config, backbone)
@@ -43,26 +40,11 @@ class MSHyperPose(MSTransPoseNet):
             raise UserError(
                 "hyper_dim_t, hyper_dim_rot and int(hyper_dim_t * hyper_t_hidden_scale) must be >= 1"
             )
-        # (in, out) of the three generated layers per branch.
-        self.hyper_layers_t = ((d, hyper_dim_t), (hyper_dim_t, hidden_t2), (hidden_t2, 3))
-        self.hyper_layers_rot = ((d, hyper_dim_rot), (hyper_dim_rot, hyper_dim_rot), (hyper_dim_rot, 4))
-
         # Registration order fixes the state_dict order, which must match the reference layout.
-        self.hyper_in_t_proj = nn.Linear(FEATURE_DIM, d)
-        self.hyper_in_t_fc_0 = nn.Linear(d, d)
-        self.hyper_in_t_fc_1 = nn.Linear(d, d)
-        self.hyper_in_t_fc_2 = nn.Linear(d, d)
-        self.hypernet_t_fc_h0 = nn.Linear(d, (d + 1) * hyper_dim_t)
-        self.hypernet_t_fc_h1 = nn.Linear(d, (hyper_dim_t + 1) * hidden_t2)
-        self.hypernet_t_fc_h2 = nn.Linear(d, (hidden_t2 + 1) * 3)
-
-        self.hyper_in_rot_proj = nn.Linear(FEATURE_DIM, d)
-        self.hyper_in_rot_fc_0 = nn.Linear(d, d)
-        self.hyper_in_rot_fc_1 = nn.Linear(d, d)
-        self.hyper_in_rot_fc_2 = nn.Linear(d, d)
-        self.hypernet_rot_fc_h0 = nn.Linear(d, (d + 1) * hyper_dim_rot)
-        self.hypernet_rot_fc_h1 = nn.Linear(d, (hyper_dim_rot + 1) * hyper_dim_rot)
-        self.hypernet_rot_fc_h2 = nn.Linear(d, (hyper_dim_rot + 1) * 4)
+        self.hyper_in_t_proj = nn.Linear(backbone.feature_dim, d)
+        GeneratedMLP(d, (d, hyper_dim_t, hidden_t2, 3)).attach(self, "t")
+        self.hyper_in_rot_proj = nn.Linear(backbone.feature_dim, d)
+        GeneratedMLP(d, (d, hyper_dim_rot, hyper_dim_rot, 4)).attach(self, "rot")
 
     def _build_regressor_heads(self, d: int, reg_hidden_dim: int, num_scenes: int) -> None:
         """One shared t head and one shared rot head (keys without a scene index)."""
@@ -72,16 +54,7 @@ class MSHyperPose(MSTransPoseNet):
     def hyper_regress(self, branch: str, desc_Bd: torch.Tensor, pooled_BC: torch.Tensor) -> torch.Tensor:
         """The generated-MLP output of ``branch`` ("t" -> B x 3, "rot" -> B x 4), batched."""
         h_Bd = desc_Bd + getattr(self, f"hyper_in_{branch}_proj")(pooled_BC)
-        x_BI = desc_Bd
-        layers = self.hyper_layers_t if branch == "t" else self.hyper_layers_rot
-        for k, (_, out_features) in enumerate(layers):
-            fc_in = getattr(self, f"hyper_in_{branch}_fc_{k}")
-            generator = getattr(self, f"hypernet_{branch}_fc_h{k}")
-            w_flat_BK = generator(swish(fc_in(h_Bd)))
-            x_BI = apply_generated_linear(x_BI, w_flat_BK, out_features)
-            if k < len(layers) - 1:
-                x_BI = swish(x_BI)
-        return x_BI
+        return getattr(self, f"_hyper_head_{branch}")(h_Bd, desc_Bd)
 
     def regress(
         self,

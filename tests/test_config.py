@@ -6,16 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from util.config import (
-    DEFAULTS,
-    IGNORED_KEYS,
-    KEY_SPECS,
-    MODEL_NAMES,
-    canonical_model_name,
-    load_config,
-    main,
-    validate_config,
-)
+from models.registry import canonical_model_name, get_spec, model_names
+from util.config import all_keys, defaults, load_config, main, validate_config
 from util.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,11 +94,11 @@ def load_error(*args) -> str:
 # ------------------------------------------------------------------ shipped and reference files
 
 @pytest.mark.parametrize("file_name", SHIPPED)
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", model_names())
 def test_shipped_configs_load_for_every_model(file_name, model):
     config = load_config(CONFIGS / file_name, model)
     assert config["model_name"] == model
-    assert set(config) == {"model_name"} | set(DEFAULTS[model])
+    assert set(config) == {"model_name"} | set(defaults(model))
     # Passing the same file again as the override (the documented command does) changes nothing.
     assert load_config(CONFIGS / file_name, model, CONFIGS / file_name) == config
 
@@ -114,16 +106,16 @@ def test_shipped_configs_load_for_every_model(file_name, model):
 @pytest.mark.parametrize("file_name", SHIPPED)
 def test_shipped_configs_set_every_key_explicitly(file_name):
     sections = json.loads((CONFIGS / file_name).read_text())
-    assert set(sections) == {"general", *MODEL_NAMES}
+    assert set(sections) == {"general", *model_names()}
     assert set(sections["general"]) == {"n_freq_print", "n_freq_checkpoint", "n_workers", "device_id"}
-    for model in MODEL_NAMES:
+    for model in model_names():
         # num_scenes comes from the data and cache_dir is a folder of the machine: neither is a recipe setting.
-        expected = set(DEFAULTS[model]) - set(sections["general"]) - {"num_scenes", "cache_dir"}
+        expected = set(defaults(model)) - set(sections["general"]) - {"num_scenes", "cache_dir"}
         assert set(sections[model]) == expected, model
 
 
 def test_synthetic_config_is_small_and_fast():
-    for model in MODEL_NAMES:
+    for model in model_names():
         config = load_config(CONFIGS / "synthetic_config.json", model)
         assert config["image_crop"] <= config["image_resize"] <= 96  # small, fast images
         assert config["bn_momentum"] is not None  # short runs: running BN statistics must keep up
@@ -173,7 +165,7 @@ def test_ems_transposenet_is_missing_from_the_reference_file(ref7):
 
 def test_unread_sections_are_not_validated(tmp_path):
     path = write_json(tmp_path / "c.json", {"posenet": {"anything": "goes"}, "hyperpose": {}})
-    assert load_config(path, "hyperpose")["lr"] == DEFAULTS["hyperpose"]["lr"]
+    assert load_config(path, "hyperpose")["lr"] == defaults("hyperpose")["lr"]
 
 
 # ------------------------------------------------------------------ names and aliases
@@ -181,8 +173,8 @@ def test_unread_sections_are_not_validated(tmp_path):
 def test_model_name_alias_and_case():
     assert canonical_model_name("mstransformer") == "ems-transposenet"
     assert canonical_model_name(" HyperPose ") == "hyperpose"
-    with pytest.raises(UserError, match="valid models: effposenet, hyperpose"):
-        canonical_model_name("posenet")
+    with pytest.raises(UserError, match="valid models: posenet, effposenet, hyperpose, atloc, hyperatloc"):
+        canonical_model_name("posnet")
 
 
 def test_alias_reads_either_section_name(tmp_path):
@@ -256,7 +248,9 @@ def test_wrong_type(tmp_path, key, value, expected):
     ("hyperpose", {"norm": 0.5}, "'norm' must be >= 1"),
     ("hyperpose", {"lr_scheduler_gamma": 1.5}, "'lr_scheduler_gamma' must be in (0, 1]"),
     ("hyperpose", {"seed": -1}, "'seed'"),
-    ("hyperpose", {"backbone_type": "googlenet"}, "'backbone_type' must be 'efficientnet'"),
+    ("hyperpose", {"backbone_type": "googlenett"}, "did you mean 'googlenet'"),
+    ("hyperpose", {"backbone_type": "timm:resnet5O"}, "unknown timm model 'resnet5o'; closest: resnet50"),
+    ("posenet", {"backbone_type": "resnet34"}, "model 'posenet' does not accept backbone_type 'resnet34'"),
     ("hyperpose", {"device_id": "gpu0"}, "'device_id' must be 'cpu', 'cuda' or 'cuda:N'"),
     ("hyperpose", {"image_crop": 300}, "'image_crop' (300) must be <= 'image_resize' (256)"),
     ("hyperpose", {"freeze": True}, "'freeze_exclude_phrase' is empty"),
@@ -369,10 +363,10 @@ def test_sections_copied_from_a_hypernetwork_model_load_with_warnings(tmp_path, 
 
 
 def test_every_ignored_key_is_a_documented_key():
-    for model, keys in IGNORED_KEYS.items():
-        assert model in MODEL_NAMES
-        assert set(keys) <= set(KEY_SPECS)
-        assert not set(keys) & set(DEFAULTS[model])
+    for model in model_names():
+        keys = get_spec(model).ignored_keys
+        assert set(keys) <= set(all_keys())
+        assert not set(keys) & set(defaults(model))
 
 
 def test_general_wins_over_the_model_section_with_a_warning(tmp_path, caplog):
@@ -413,30 +407,30 @@ def test_errors_in_the_override_name_the_override(tmp_path, ref7):
 
 # ------------------------------------------------------------------ validate_config and DEFAULTS
 
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", model_names())
 def test_defaults_are_valid_and_complete(model):
     config = validate_config(model, {})
-    assert config == {"model_name": model, **DEFAULTS[model]}
-    assert set(DEFAULTS[model]) <= set(KEY_SPECS)
+    assert config == {"model_name": model, **defaults(model)}
+    assert set(defaults(model)) <= set(all_keys())
 
 
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", model_names())
 def test_validate_is_idempotent_and_copies(model):
     config = load_config(CONFIGS / "7Scenes_config.json", model)
     again = validate_config(model, copy.deepcopy(config))
     assert again == config
     if "reduction" in again:
         again["reduction"].append("reduction_1")
-        assert DEFAULTS[model]["reduction"] == ["reduction_4", "reduction_3"]
+        assert defaults(model)["reduction"] == ["reduction_4", "reduction_3"]
 
 
 def test_defaults_by_model():
-    assert DEFAULTS["mshyperpose"]["nheads"] == 8 and DEFAULTS["mshyperpose"]["hyper_t_hidden_scale"] == 0.5
-    assert DEFAULTS["mshyperpose"]["num_scenes"] is None
-    assert "nheads" not in DEFAULTS["hyperpose"] and "hyper_dim_t" not in DEFAULTS["effposenet"]
-    assert DEFAULTS["hyperpose"]["hyper_dim_rot"] == 512 and DEFAULTS["ems-transposenet"]["reg_hidden_dim"] == 1024
-    for model in MODEL_NAMES:
-        assert DEFAULTS[model]["seed"] == 0 and DEFAULTS[model]["image_crop"] == 224
+    assert defaults("mshyperpose")["nheads"] == 8 and defaults("mshyperpose")["hyper_t_hidden_scale"] == 0.5
+    assert defaults("mshyperpose")["num_scenes"] is None
+    assert "nheads" not in defaults("hyperpose") and "hyper_dim_t" not in defaults("effposenet")
+    assert defaults("hyperpose")["hyper_dim_rot"] == 512 and defaults("ems-transposenet")["reg_hidden_dim"] == 1024
+    for model in model_names():
+        assert defaults(model)["seed"] == 0 and defaults(model)["image_crop"] == 224
 
 
 def test_validate_config_checks_model_name_and_unknown_keys():
@@ -451,9 +445,9 @@ def test_validate_config_checks_model_name_and_unknown_keys():
 
 def test_docs_describe_every_key_and_model():
     text = (REPO / "docs" / "configs.md").read_text()
-    for key in KEY_SPECS:
+    for key in all_keys():
         assert f"`{key}`" in text, key
-    for model in MODEL_NAMES:
+    for model in model_names():
         assert model in text
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from models.backbone import extract_features, load_backbone
+from models.backbone import load_backbone
 from models.ms_transposenet import MSTransPoseNet
 from models.mshyperpose import MSHyperPose
 from tests.reference_layout import (
@@ -74,7 +74,7 @@ def build(model_name: str, config: dict, seed: int = 0) -> torch.nn.Module:
             module.momentum = None  # cumulative average: one batch sets the statistics
     body.train()
     with torch.no_grad():
-        extract_features(body, images(batch=4, seed=123))
+        body.extract(images(batch=4, seed=123))
     for module in body.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = 0.01
@@ -147,7 +147,8 @@ def _position_map(sd, height, width):
 
 def _descriptors(model, sd, config, img_B3HW):
     """Per-scene t and rot descriptors (B x S x d) and pooled features, recomputed functionally."""
-    maps = extract_features(model.backbone[0].body, img_B3HW, endpoints=tuple(config["reduction"]))
+    body = model.backbone[0].body
+    maps = body.extract(img_B3HW)
     descs = []
     for branch, endpoint in zip(("t", "rot"), config["reduction"]):
         src = F.conv2d(maps[endpoint], sd[f"input_proj_{branch}.weight"], sd[f"input_proj_{branch}.bias"])
@@ -156,7 +157,7 @@ def _descriptors(model, sd, config, img_B3HW):
         descs.append(_transformer(
             sd, f"transformer_{branch}.", src_BNd, pos_Nd, sd[f"query_embed_{branch}.weight"],
             config["nheads"], config[f"num_{branch}_encoder_layers"], config[f"num_{branch}_decoder_layers"]))
-    return descs[0], descs[1], maps["features"].mean(dim=(2, 3))
+    return descs[0], descs[1], body.extract_features(img_B3HW).mean(dim=(2, 3))
 
 
 def _mlp(sd, prefix, x):

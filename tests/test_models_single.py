@@ -1,13 +1,13 @@
-"""Single-scene models (effposenet, hyperpose): reference layouts, strict loading, forward math."""
+"""Single-scene EfficientNet models (effposenet, hyperpose): reference layouts, strict loading, forward math."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from models.backbone import new_backbone
 from models.effposenet import EffPoseNet
-from models.hypernet import apply_generated_linear, apply_generated_mlp, swish
+from models.hypernet import GeneratedMLP, apply_generated_linear, swish
 from models.hyperpose import HyperPose
-from models.registry import MODEL_NAMES, build_model, canonical_model_name
+from models.registry import build_model, canonical_model_name, model_names
 from tests.reference_layout import (DATASETS, layout_path, random_state_dict, read_layout,
                                     read_layout_header, state_dict_layout)
 
@@ -24,9 +24,9 @@ def _build(name: str, config=CONFIG):
 @pytest.mark.parametrize("name", SINGLE_SCENE)
 def test_pose_shape_at_224(name):
     model = _build(name).eval()
-    assert model.multi_scene is False
     with torch.no_grad():
-        pose_B7 = model(torch.randn(2, 3, 224, 224))
+        pose_B7, scene_logp = model(torch.randn(2, 3, 224, 224))
+    assert scene_logp is None
     assert pose_B7.shape == (2, 7) and pose_B7.dtype == torch.float32
     assert torch.isfinite(pose_B7).all()
 
@@ -53,7 +53,7 @@ def test_hyper_dims_come_from_config():
     assert model.hypernet_t_fc_h2.weight.shape == (3 * 9, 8)
     assert model.hypernet_rot_fc_h2.weight.shape == (4 * 17, 16)
     with torch.no_grad():
-        assert model.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+        assert model.eval()(torch.randn(2, 3, 64, 64))[0].shape == (2, 7)
 
 
 def _linear(state, name, x):
@@ -116,7 +116,7 @@ def test_reference_state_dict_loads_strictly_and_reproduces_head_math(name, data
     model.eval()
     img = torch.randn(2, 3, 64, 64, generator=gen)
     with torch.no_grad():
-        pose_B7 = model(img)
+        pose_B7 = model(img)[0]
         feat_BC = backbone.extract_features(img).mean(dim=(2, 3))
         expected_B7 = _reference_forward(state, feat_BC, hyper=name == "hyperpose")
     assert (feat_BC[0] - feat_BC[1]).abs().max() > 0.1
@@ -128,16 +128,16 @@ def test_hyper_branch_changes_the_output():
     model = _build("hyperpose").eval()
     img = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        before = model(img)
+        before = model(img)[0]
         model.hypernet_t_fc_h2.bias.add_(1.0)  # adds 1 to every generated weight and bias
-        after = model(img)
+        after = model(img)[0]
     assert not torch.allclose(before[:, :3], after[:, :3])
     assert torch.equal(before[:, 3:], after[:, 3:])
 
 
 def test_every_head_parameter_gets_gradient():
     model = _build("hyperpose").train()
-    model(torch.randn(2, 3, 64, 64)).square().sum().backward()
+    model(torch.randn(2, 3, 64, 64))[0].square().sum().backward()
     missing = [n for n, p in model.named_parameters()
                if not n.startswith("_backbone._fc.") and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert missing == []
@@ -151,11 +151,11 @@ def test_head_dropout_only_in_training():
         model.train()
         model.backbone.eval()  # keep the backbone deterministic; only the head's dropout is random
         torch.manual_seed(0)
-        a = model(img)
+        a = model(img)[0]
         torch.manual_seed(1)
-        b = model(img)
+        b = model(img)[0]
         model.eval()
-        c, d = model(img), model(img)
+        c, d = model(img)[0], model(img)[0]
     assert not torch.equal(a, b)
     assert torch.equal(c, d)
     assert model.dropout.p == pytest.approx(0.1)
@@ -173,21 +173,34 @@ def test_apply_generated_linear_equals_per_sample_loop():
                                w_flat_BK.view(5, 7, 3)[:, 6])
 
 
-def test_apply_generated_mlp_equals_per_sample_loop():
-    gen = torch.Generator().manual_seed(1)
+def test_generated_mlp_equals_per_sample_loop():
+    torch.manual_seed(1)
     dims = (4, 5, 3, 2)
-    x_BI = torch.randn(3, dims[0], generator=gen)
-    w_flats = [torch.randn(3, (i + 1) * o, generator=gen) for i, o in zip(dims[:-1], dims[1:])]
-    y = apply_generated_mlp(x_BI, w_flats, dims[1:])
-    rows = []
-    for b in range(3):
-        h = x_BI[b]
-        for k, (w, i, o) in enumerate(zip(w_flats, dims[:-1], dims[1:])):
-            h = torch.cat([h, torch.ones(1)]) @ w[b].view(i + 1, o)
-            h = F.silu(h) if k < 2 else h
-        rows.append(h)
+    head = GeneratedMLP(6, dims)
+    h_BG, x_BI = torch.randn(3, 6), torch.randn(3, dims[0])
+    with torch.no_grad():
+        y = head(h_BG, x_BI)
+        rows = []
+        for b in range(3):
+            x = x_BI[b]
+            for k, (i, o) in enumerate(zip(dims[:-1], dims[1:])):
+                w = head.heads[k](F.silu(head.fc[k](h_BG[b])))
+                x = torch.cat([x, torch.ones(1)]) @ w.view(i + 1, o)
+                x = F.silu(x) if k < 2 else x
+            rows.append(x)
     torch.testing.assert_close(y, torch.stack(rows))
     torch.testing.assert_close(swish(x_BI), F.silu(x_BI))
+
+
+def test_generated_mlp_attaches_under_reference_names():
+    owner = torch.nn.Module()
+    GeneratedMLP(4, (4, 3)).attach(owner, "t")
+    assert list(owner.state_dict()) == ["hyper_in_t_fc_2.weight", "hyper_in_t_fc_2.bias",
+                                        "hypernet_t_fc_h2.weight", "hypernet_t_fc_h2.bias"]
+    GeneratedMLP(4, (4, 5, 5, 3)).attach(owner, "rot")
+    assert [k for k in owner.state_dict() if "rot" in k and k.endswith("weight")] == [
+        "hyper_in_rot_fc_0.weight", "hyper_in_rot_fc_1.weight", "hyper_in_rot_fc_2.weight",
+        "hypernet_rot_fc_h0.weight", "hypernet_rot_fc_h1.weight", "hypernet_rot_fc_h2.weight"]
 
 
 def test_apply_generated_linear_rejects_wrong_size():
@@ -196,7 +209,8 @@ def test_apply_generated_linear_rejects_wrong_size():
 
 
 def test_registry_names_and_classes():
-    assert MODEL_NAMES == ("effposenet", "hyperpose", "ems-transposenet", "mshyperpose")
+    assert model_names() == ("posenet", "effposenet", "hyperpose", "atloc", "hyperatloc", "ems-transposenet",
+                             "mshyperpose")
     assert canonical_model_name("mstransformer") == "ems-transposenet"
     assert isinstance(_build("effposenet"), EffPoseNet)
     assert isinstance(_build("hyperpose"), HyperPose)
@@ -204,6 +218,6 @@ def test_registry_names_and_classes():
 
 def test_registry_unknown_name_lists_valid_names():
     with pytest.raises(ValueError) as info:
-        build_model("posenet", CONFIG, new_backbone())
-    for name in MODEL_NAMES + ("mstransformer",):
+        build_model("posnet", CONFIG, new_backbone())
+    for name in model_names() + ("mstransformer",):
         assert name in str(info.value)

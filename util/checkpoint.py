@@ -20,12 +20,6 @@ log = logging.getLogger(__name__)
 FORMAT = "hyperpose-checkpoint"
 FORMAT_VERSION = 1
 
-# Config keys that change the architecture (shapes or numerics); a checkpoint must agree on them.
-ARCH_KEYS = ("hyper_dim_t", "hyper_dim_rot", "hidden_dim", "dim_feedforward", "reg_hidden_dim",
-             "num_t_encoder_layers", "num_t_decoder_layers", "num_rot_encoder_layers",
-             "num_rot_decoder_layers", "nheads", "hyper_t_hidden_scale", "reduction", "num_scenes")
-
-
 def save_checkpoint(path: str | Path, *, model_name: str, config: dict, model: torch.nn.Module,
                     epoch: int, scene_map: dict | None = None, loss: torch.nn.Module | None = None,
                     optimizer=None, scheduler=None, extra: dict | None = None) -> Path:
@@ -52,20 +46,6 @@ def is_reference_state_dict(obj) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def guess_reference_model(state_dict: dict) -> str:
-    """Which model a bare reference state_dict belongs to, from its key names."""
-    keys = state_dict.keys()
-    if "hypernet_t_fc_h0.weight" in keys:
-        return "mshyperpose"
-    if any(k.startswith("regressor_head_t.0.") for k in keys):
-        return "ems-transposenet"
-    if "hypernet_t_fc_h2.weight" in keys:
-        return "hyperpose"
-    if "fc1.weight" in keys and any(k.startswith("backbone.") for k in keys):
-        return "effposenet"
-    return "unknown"
-
-
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint safely. Returns our dict; a reference state_dict is wrapped as ``format='reference'``."""
     path = Path(path)
@@ -85,19 +65,29 @@ def load_checkpoint(path: str | Path) -> dict:
                             f"this code reads up to {FORMAT_VERSION}")
         return obj
     if is_reference_state_dict(obj):
+        from models.registry import guess_reference_model
+
         return {"format": "reference", "model_name": guess_reference_model(obj), "model": obj,
                 "config": {}, "scene_map": {}, "epoch": None}
     raise UserError(f"{path} is neither a HyperPose checkpoint nor a model state_dict")
+
+
+def architecture_keys(model_name: str) -> tuple[str, ...]:
+    """Config keys that change a model's architecture (shapes or numerics), from its registry entry."""
+    from models.registry import get_spec
+
+    return ("backbone_type",) + get_spec(model_name).arch_keys
 
 
 def check_compatible(ckpt: dict, model_name: str, config: dict, path: str | Path) -> None:
     """Raise a one-line UserError when a checkpoint belongs to another model or architecture config."""
     trained = ckpt.get("model_name")
     if trained not in (None, "unknown") and trained != model_name:
-        raise UserError(f"checkpoint {path} holds a '{trained}' model, not '{model_name}'")
+        how = " (by its parameter names)" if ckpt.get("format") == "reference" else ""
+        raise UserError(f"checkpoint {path} holds a '{trained}' model{how}, not '{model_name}'")
     if ckpt.get("format") != FORMAT:
         return
-    diffs = [f"{k}={ckpt['config'].get(k)!r} (config: {config.get(k)!r})" for k in ARCH_KEYS
+    diffs = [f"{k}={ckpt['config'].get(k)!r} (config: {config.get(k)!r})" for k in architecture_keys(model_name)
              if k in config and k in ckpt["config"] and ckpt["config"][k] != config[k]]
     if diffs:
         raise UserError(f"checkpoint {path} was trained with another architecture: " + ", ".join(diffs))

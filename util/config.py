@@ -4,8 +4,11 @@ A config file holds a ``general`` section (printing, checkpointing, workers, dev
 model name, as the reference ``configs/*.json`` do. The effective config of a model is its section
 updated by ``general`` (``general`` wins on a clash). An optional override file with the same layout
 updates the first file section by section before that merge, so passing the same file twice is harmless.
-Sections of models not implemented here (``posenet``, ``atloc``, ``hyperatloc``) may be present; they
-are not read.
+Only the section of the model being run is read.
+
+This module is the schema engine (:class:`Key`) plus the keys every model has (``general`` and the
+training recipe); each model's own keys, defaults, accepted backbones and checks between its keys come
+from its entry in ``models/registry.py``.
 
 Every key of the effective config is checked: its name (an unknown key names the closest valid one),
 its JSON type (``true`` is not an integer; integers are accepted where a number is expected), its range,
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import difflib
 import json
 import logging
@@ -33,135 +37,37 @@ from util.errors import UserError
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("effposenet", "hyperpose", "ems-transposenet", "mshyperpose")
-MULTI_SCENE_MODELS = ("ems-transposenet", "mshyperpose")
-MODEL_ALIASES = MappingProxyType({"mstransformer": "ems-transposenet"})
-# Sections the reference configs carry for models this toolkit does not implement; never read.
-UNIMPLEMENTED_MODELS = ("posenet", "atloc", "hyperatloc")
-
-# Stride of each EfficientNet-B0 endpoint usable by the multi-scene transformers. With the backbone's
-# fixed "SAME" padding every stride-2 stage floors, so a crop of c pixels gives maps of c // stride cells.
-REDUCTION_STRIDES = MappingProxyType(
-    {"reduction_1": 2, "reduction_2": 4, "reduction_3": 8, "reduction_4": 16, "reduction_5": 32})
-# Rows of the learned 2D position tables of the multi-scene models (a reference-checkpoint shape).
-MAX_POSITIONS = 50
 _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
 
 # ---------------------------------------------------------------------------------------------------
-# Defaults: the one place they live. Built from shared parts, one dict per model.
-# Values are the reference 7Scenes ones; the multi-scene schedule is the reference mshyperpose one.
-
-_GENERAL_DEFAULTS = {
-    "n_freq_print": 5,
-    "n_freq_checkpoint": 5,
-    "n_workers": 4,
-    "device_id": "cuda:0",
-    "cache_dir": None,
-}
-_TRAINING_DEFAULTS = {
-    "batch_size": 8,
-    "learnable": True,
-    "s_x": 0.0,
-    "s_q": 0.0,
-    "norm": 2.0,
-    "lr": 1e-4,
-    "weight_decay": 1e-4,
-    "eps": 1e-10,
-    "lr_scheduler_step_size": 5,
-    "lr_scheduler_gamma": 0.75,
-    "n_epochs": 10,
-    "freeze": False,
-    "freeze_exclude_phrase": [],
-    "no_augment": False,
-    "backbone_type": "efficientnet",
-    "seed": 0,
-    "image_resize": 256,
-    "image_crop": 224,
-    "bn_momentum": None,
-}
-_HYPER_DEFAULTS = {
-    "hyper_dim_t": 256,
-    "hyper_dim_rot": 512,
-}
-_MULTI_SCENE_DEFAULTS = {
-    "lr_scheduler_step_size": 10,
-    "n_epochs": 50,
-    "equalize_scenes": False,
-    "num_scenes": None,
-    "num_t_encoder_layers": 4,
-    "num_t_decoder_layers": 4,
-    "num_rot_encoder_layers": 4,
-    "num_rot_decoder_layers": 4,
-    "dim_feedforward": 256,
-    "hidden_dim": 256,
-    "reg_hidden_dim": 1024,
-    "dropout": 0.1,
-    "nheads": 8,
-    "reduction": ["reduction_4", "reduction_3"],
-}
-
-DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
-    "effposenet": MappingProxyType({**_GENERAL_DEFAULTS, **_TRAINING_DEFAULTS}),
-    "hyperpose": MappingProxyType({**_GENERAL_DEFAULTS, **_TRAINING_DEFAULTS, **_HYPER_DEFAULTS}),
-    "ems-transposenet": MappingProxyType({**_GENERAL_DEFAULTS, **_TRAINING_DEFAULTS, **_MULTI_SCENE_DEFAULTS}),
-    "mshyperpose": MappingProxyType({**_GENERAL_DEFAULTS, **_TRAINING_DEFAULTS, **_MULTI_SCENE_DEFAULTS,
-                                     **_HYPER_DEFAULTS, "hyper_t_hidden_scale": 0.5}),
-})
-GENERAL_KEYS = tuple(_GENERAL_DEFAULTS)
-
-_NO_HYPERNETWORK = "it has no hypernetwork"
-# Keys a model accepts (so a section copied from a sibling model loads) but does not use.
-IGNORED_KEYS: Mapping[str, Mapping[str, str]] = MappingProxyType({
-    "effposenet": MappingProxyType({"hyper_dim_t": _NO_HYPERNETWORK, "hyper_dim_rot": _NO_HYPERNETWORK,
-                                    "hyper_t_hidden_scale": _NO_HYPERNETWORK}),
-    "hyperpose": MappingProxyType({"hyper_t_hidden_scale": "it scales a hidden layer that only mshyperpose's "
-                                                           "generated position regressor has"}),
-    "ems-transposenet": MappingProxyType({"hyper_dim_t": _NO_HYPERNETWORK, "hyper_dim_rot": _NO_HYPERNETWORK,
-                                          "hyper_t_hidden_scale": _NO_HYPERNETWORK}),
-    "mshyperpose": MappingProxyType({}),
-})
-
-# Names users reach for that are spelled differently here; used only to suggest the right key.
-_SYNONYMS = {
-    "learning_rate": "lr", "nhead": "nheads", "num_heads": "nheads", "n_heads": "nheads",
-    "epochs": "n_epochs", "num_epochs": "n_epochs", "batchsize": "batch_size", "num_workers": "n_workers",
-    "workers": "n_workers", "device": "device_id", "gamma": "lr_scheduler_gamma",
-    "step_size": "lr_scheduler_step_size", "random_seed": "seed", "crop_size": "image_crop",
-    "resize": "image_resize", "n_scenes": "num_scenes", "d_model": "hidden_dim",
-}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Key specifications: JSON type and range of every key (defaults are above, not here).
+# The schema engine: how one key is described and checked.
 
 @dataclass(frozen=True)
-class KeySpec:
-    """How one key is checked: its JSON type, an optional range check, and whether null is allowed."""
+class Key:
+    """One config key: its default, JSON type, an optional range check, and whether null is allowed."""
 
+    default: Any
     kind: str  # "int", "float", "bool", "str" or "str_list"
     check: Optional[Callable[[Any], Optional[str]]] = None  # returns what is wrong, or None
     nullable: bool = False
     scalar_as_list: bool = False  # a "str_list" key also takes one bare string
+    doc: str = ""
 
 
-def _greater(lo: float) -> Callable[[Any], Optional[str]]:
+def greater(lo: float) -> Callable[[Any], Optional[str]]:
     return lambda v: None if v > lo else f"must be > {lo:g}"
 
 
-def _at_least(lo: float) -> Callable[[Any], Optional[str]]:
+def at_least(lo: float) -> Callable[[Any], Optional[str]]:
     return lambda v: None if v >= lo else f"must be >= {lo:g}"
 
 
-def _choice(*options: str) -> Callable[[Any], Optional[str]]:
-    return lambda v: None if v in options else "must be " + " or ".join(f"'{o}'" for o in options)
-
-
-def _check_gamma(v: float) -> Optional[str]:
+def check_fraction(v: float) -> Optional[str]:
     return None if 0 < v <= 1 else "must be in (0, 1]"
 
 
-def _check_dropout(v: float) -> Optional[str]:
+def check_dropout(v: float) -> Optional[str]:
     return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
@@ -178,77 +84,109 @@ def _check_phrases(v: list) -> Optional[str]:
     return "must not contain an empty string" if any(p == "" for p in v) else None
 
 
-def _check_reduction(v: list) -> Optional[str]:
-    if len(v) != 2:
-        return "must list two endpoints: [position branch, orientation branch]"
-    bad = [r for r in v if r not in REDUCTION_STRIDES]
-    return f"has unknown endpoint(s) {bad}; valid: {', '.join(REDUCTION_STRIDES)}" if bad else None
+def _check_backbone_type(v: str) -> Optional[str]:
+    from models.backbone import parse_backbone_type
+
+    try:
+        parse_backbone_type(v)
+    except UserError as e:
+        return f"is invalid ({e})"
+    return None
 
 
-_INT_GE1 = KeySpec("int", _at_least(1))
-KEY_SPECS: Mapping[str, KeySpec] = MappingProxyType({
-    "n_freq_print": _INT_GE1,
-    "n_freq_checkpoint": _INT_GE1,
-    "n_workers": KeySpec("int", _at_least(0)),
-    "device_id": KeySpec("str", _check_device),
-    "cache_dir": KeySpec("str", nullable=True),
-    "batch_size": _INT_GE1,
-    "learnable": KeySpec("bool"),
-    "s_x": KeySpec("float"),
-    "s_q": KeySpec("float"),
-    "norm": KeySpec("float", _at_least(1)),
-    "lr": KeySpec("float", _greater(0)),
-    "weight_decay": KeySpec("float", _at_least(0)),
-    "eps": KeySpec("float", _greater(0)),
-    "lr_scheduler_step_size": _INT_GE1,
-    "lr_scheduler_gamma": KeySpec("float", _check_gamma),
-    "n_epochs": _INT_GE1,
-    "freeze": KeySpec("bool"),
-    "freeze_exclude_phrase": KeySpec("str_list", _check_phrases, scalar_as_list=True),
-    "no_augment": KeySpec("bool"),
-    "backbone_type": KeySpec("str", _choice("efficientnet")),
-    "seed": KeySpec("int", _check_seed),
-    "image_resize": KeySpec("int", _at_least(32)),
-    "image_crop": KeySpec("int", _at_least(32)),
-    "bn_momentum": KeySpec("float", _check_gamma, nullable=True),
-    "hyper_dim_t": _INT_GE1,
-    "hyper_dim_rot": _INT_GE1,
-    "hyper_t_hidden_scale": KeySpec("float", _greater(0)),
-    "equalize_scenes": KeySpec("bool"),
-    "num_scenes": KeySpec("int", _at_least(1), nullable=True),
-    "num_t_encoder_layers": _INT_GE1,
-    "num_t_decoder_layers": _INT_GE1,
-    "num_rot_encoder_layers": _INT_GE1,
-    "num_rot_decoder_layers": _INT_GE1,
-    "dim_feedforward": _INT_GE1,
-    "hidden_dim": KeySpec("int", _at_least(2)),
-    "reg_hidden_dim": _INT_GE1,
-    "dropout": KeySpec("float", _check_dropout),
-    "nheads": _INT_GE1,
-    "reduction": KeySpec("str_list", _check_reduction),
+_INT_GE1 = dict(kind="int", check=at_least(1))
+
+# ---------------------------------------------------------------------------------------------------
+# Keys every model has. Model-specific keys live in the model's registry entry (models/registry.py).
+# Values are the reference 7Scenes ones.
+
+GENERAL_KEYS: Mapping[str, Key] = MappingProxyType({
+    "n_freq_print": Key(5, **_INT_GE1, doc="log every N batches"),
+    "n_freq_checkpoint": Key(5, **_INT_GE1, doc="write a checkpoint every N epochs"),
+    "n_workers": Key(4, "int", at_least(0), doc="DataLoader worker processes"),
+    "device_id": Key("cuda:0", "str", _check_device, doc="device used when CUDA is there"),
+    "cache_dir": Key(None, "str", nullable=True,
+                     doc="folder of the decoded-image cache (datasets/image_cache.py); null decodes every epoch"),
 })
+TRAINING_KEYS: Mapping[str, Key] = MappingProxyType({
+    "batch_size": Key(8, **_INT_GE1, doc="training batch size"),
+    "learnable": Key(True, "bool", doc="learn the loss weights s_x, s_q (Kendall 2017)"),
+    "s_x": Key(0.0, "float", doc="initial (learnable) or fixed position loss weight"),
+    "s_q": Key(0.0, "float", doc="initial (learnable) or fixed orientation loss weight"),
+    "norm": Key(2.0, "float", at_least(1), doc="p of the p-norm in the loss"),
+    "lr": Key(1e-4, "float", greater(0), doc="Adam learning rate"),
+    "weight_decay": Key(1e-4, "float", at_least(0), doc="Adam weight decay (model parameters only)"),
+    "eps": Key(1e-10, "float", greater(0), doc="Adam epsilon"),
+    "lr_scheduler_step_size": Key(5, **_INT_GE1, doc="StepLR period in epochs"),
+    "lr_scheduler_gamma": Key(0.75, "float", check_fraction, doc="StepLR factor"),
+    "n_epochs": Key(10, **_INT_GE1, doc="training epochs"),
+    "freeze": Key(False, "bool", doc="train only parameters named by freeze_exclude_phrase"),
+    "freeze_exclude_phrase": Key([], "str_list", _check_phrases, scalar_as_list=True,
+                                 doc="substrings of the parameter names that stay trainable with freeze"),
+    "no_augment": Key(False, "bool", doc="train with the test transform"),
+    "seed": Key(0, "int", _check_seed, doc="seed of the run; every epoch reseeds from (seed, epoch)"),
+    "image_resize": Key(256, "int", at_least(32), doc="short side after resizing, pixels"),
+    "image_crop": Key(224, "int", at_least(32), doc="square crop size, pixels"),
+    "bn_momentum": Key(None, "float", check_fraction, nullable=True,
+                       doc="BatchNorm momentum; null keeps each backbone's own"),
+})
+# The key every model has whose default and accepted values come from its registry entry.
+BACKBONE_TYPE_KEY = Key("efficientnet", "str", _check_backbone_type,
+                        doc="efficientnet, googlenet, resnet34 or timm:<name>")
+
+# Names users reach for that are spelled differently here; used only to suggest the right key.
+_SYNONYMS = {
+    "learning_rate": "lr", "nhead": "nheads", "num_heads": "nheads", "n_heads": "nheads",
+    "epochs": "n_epochs", "num_epochs": "n_epochs", "batchsize": "batch_size", "num_workers": "n_workers",
+    "workers": "n_workers", "device": "device_id", "gamma": "lr_scheduler_gamma",
+    "step_size": "lr_scheduler_step_size", "random_seed": "seed", "crop_size": "image_crop",
+    "resize": "image_resize", "n_scenes": "num_scenes", "d_model": "hidden_dim", "backbone": "backbone_type",
+}
 
 _KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                "str_list": "a list of strings"}
 
 
 # ---------------------------------------------------------------------------------------------------
-# Model names
+# The keys of a model, from its registry entry
 
-def canonical_model_name(name: str) -> str:
-    """The canonical model name (``mstransformer`` -> ``ems-transposenet``); UserError if unknown."""
-    key = str(name).strip().lower()
-    key = MODEL_ALIASES.get(key, key)
-    if key not in MODEL_NAMES:
-        aliases = ", ".join(f"{a} = {t}" for a, t in MODEL_ALIASES.items())
-        raise UserError(f"unknown model '{name}'; valid models: {', '.join(MODEL_NAMES)} (alias: {aliases})")
-    return key
+def _spec(model_name: str):
+    from models.registry import get_spec  # the registry builds on this module's schema engine
+
+    return get_spec(model_name)
+
+
+def model_keys(model_name: str) -> dict[str, Key]:
+    """Every key the effective config of ``model_name`` holds, with the model's own defaults."""
+    spec = _spec(model_name)
+    keys = {**GENERAL_KEYS, **TRAINING_KEYS}
+    for key, default in spec.training_defaults.items():
+        keys[key] = dataclasses.replace(keys[key], default=default)
+    keys["backbone_type"] = dataclasses.replace(BACKBONE_TYPE_KEY, default=spec.default_backbone)
+    keys.update(spec.keys)
+    return keys
+
+
+def defaults(model_name: str) -> dict[str, Any]:
+    """The default effective config of ``model_name`` (without ``model_name``)."""
+    return {k: copy.deepcopy(key.default) for k, key in model_keys(model_name).items()}
 
 
 def accepted_keys(model_name: str) -> tuple[str, ...]:
     """Every key a section read for ``model_name`` may hold (used and ignored ones)."""
-    model = canonical_model_name(model_name)
-    return tuple(DEFAULTS[model]) + tuple(k for k in IGNORED_KEYS[model] if k not in DEFAULTS[model])
+    spec = _spec(model_name)
+    keys = tuple(model_keys(model_name))
+    return keys + tuple(k for k in spec.ignored_keys if k not in keys)
+
+
+def all_keys() -> dict[str, Key]:
+    """Every key of every registered model (for checking ignored keys' types)."""
+    from models.registry import model_names
+
+    out: dict[str, Key] = {}
+    for name in model_names():
+        out.update(model_keys(name))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -284,11 +222,13 @@ def _closest_key(key: str, valid: tuple[str, ...]) -> Optional[str]:
 
 def _check_key_names(section: Mapping[str, Any], model: str, where: str) -> None:
     """UserError for the first key of ``section`` that ``model`` does not accept."""
+    from models.registry import model_names
+
     valid = accepted_keys(model)
     for key in section:
         if key in valid or key == "model_name":
             continue
-        owners = [m for m in MODEL_NAMES if m != model and key in accepted_keys(m)]
+        owners = [m for m in model_names() if m != model and key in accepted_keys(m)]
         if owners:
             raise UserError(f"{where}: key '{key}' does not apply to model '{model}' "
                             f"(it is a key of {', '.join(owners)})")
@@ -297,9 +237,8 @@ def _check_key_names(section: Mapping[str, Any], model: str, where: str) -> None
         raise UserError(f"{where}: unknown key '{key}' for model '{model}'; {hint}")
 
 
-def _coerce(key: str, value: Any, where: str) -> Any:
+def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
     """``value`` checked against the type and range of ``key``, as the effective config stores it."""
-    spec = KEY_SPECS[key]
     if value is None and spec.nullable:
         return None
     kind, ok = spec.kind, False
@@ -344,23 +283,14 @@ def _check_relations(config: dict, model: str, where: Callable[[str], str]) -> N
     if config["freeze"] and not config["freeze_exclude_phrase"]:
         raise UserError(f"{where('freeze')}: 'freeze' is true but 'freeze_exclude_phrase' is empty, "
                         f"so no parameter would train")
-    if model in MULTI_SCENE_MODELS:
-        d, heads = config["hidden_dim"], config["nheads"]
-        if d % 2:
-            raise UserError(f"{where('hidden_dim')}: 'hidden_dim' ({d}) must be even: the 2D position "
-                            f"embedding gives half of it to rows and half to columns")
-        if d % heads:
-            raise UserError(f"{where('hidden_dim')}: 'hidden_dim' ({d}) must be divisible by 'nheads' ({heads})")
-        for endpoint in config["reduction"]:
-            cells = config["image_crop"] // REDUCTION_STRIDES[endpoint]
-            if cells > MAX_POSITIONS:
-                raise UserError(f"{where('image_crop')}: 'image_crop' {config['image_crop']} gives "
-                                f"{cells}x{cells} cells at {endpoint}, more than the {MAX_POSITIONS} rows of "
-                                f"the learned position tables; use image_crop <= "
-                                f"{(MAX_POSITIONS + 1) * REDUCTION_STRIDES[endpoint] - 1}")
-    if model == "mshyperpose" and int(config["hyper_dim_t"] * config["hyper_t_hidden_scale"]) < 1:
-        raise UserError(f"{where('hyper_t_hidden_scale')}: 'hyper_t_hidden_scale' * 'hyper_dim_t' must be "
-                        f">= 1 (the width of a generated layer)")
+    spec = _spec(model)
+    if not spec.accepts_backbone(config["backbone_type"]):
+        raise UserError(f"{where('backbone_type')}: model '{model}' does not accept backbone_type "
+                        f"'{config['backbone_type']}'; it accepts: {', '.join(spec.backbones)}")
+    problem = spec.check(config) if spec.check else None
+    if problem:
+        key, message = problem
+        raise UserError(f"{where(key)}: {message}")
 
 
 def validate_config(model_name: str, section: Mapping[str, Any], *,
@@ -370,9 +300,9 @@ def validate_config(model_name: str, section: Mapping[str, Any], *,
     ``section`` is one flat dict of settings (a model section already merged with ``general``, or a
     config saved earlier by this function). ``origins`` maps a key to where it was set, for messages.
     The result starts with ``model_name`` (canonical) and is a fresh dict that shares nothing mutable
-    with ``section`` or :data:`DEFAULTS`. Raises UserError on any invalid key or value.
+    with ``section`` or the key defaults. Raises UserError on any invalid key or value.
     """
-    model = canonical_model_name(model_name)
+    model = _spec(model_name).name
     origins = origins or {}
     default_where = f"config of model '{model}'"
 
@@ -383,16 +313,17 @@ def validate_config(model_name: str, section: Mapping[str, Any], *,
         raise UserError(f"{default_where}: expected a JSON object of settings, got {_json_type(section)}")
     for key in section:
         _check_key_names({key: None}, model, where(key))
-    if "model_name" in section and canonical_model_name(section["model_name"]) != model:
+    if "model_name" in section and _spec(section["model_name"]).name != model:
         raise UserError(f"{where('model_name')}: 'model_name' is '{section['model_name']}' but the config "
                         f"is being read for '{model}'")
 
     config: dict[str, Any] = {"model_name": model}
-    for key, default in DEFAULTS[model].items():
-        config[key] = _coerce(key, section[key], where(key)) if key in section else copy.deepcopy(default)
-    for key, reason in IGNORED_KEYS[model].items():
+    for key, spec in model_keys(model).items():
+        config[key] = _coerce(key, spec, section[key], where(key)) if key in section else copy.deepcopy(spec.default)
+    every_key = all_keys()
+    for key, reason in _spec(model).ignored_keys.items():
         if key in section:
-            _coerce(key, section[key], where(key))
+            _coerce(key, every_key[key], section[key], where(key))
             log.warning("%s: '%s' is accepted but ignored by %s: %s", where(key), key, model, reason)
     _check_relations(config, model, where)
     return config
@@ -447,7 +378,7 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
 
 def _model_section(sections: Mapping[str, dict], model: str, path: Path) -> Optional[tuple[str, dict]]:
     """(name, section) of the model's section in one file, under its canonical name or an alias."""
-    names = [model] + [alias for alias, target in MODEL_ALIASES.items() if target == model]
+    names = [model] + list(_spec(model).aliases)
     present = [n for n in names if n in sections]
     if len(present) > 1:
         raise UserError(f"{path}: sections {present} describe the same model; keep one")
@@ -460,7 +391,7 @@ def load_config(config_path: str | Path, model_name: str, override_path: str | P
     Each file's ``general`` and model sections are merged section by section (the override wins), then
     the model section is updated by ``general``. See the module docstring for the checks.
     """
-    model = canonical_model_name(model_name)
+    model = _spec(model_name).name
     general: dict[str, Any] = {}
     model_section: dict[str, Any] = {}
     general_origin: dict[str, str] = {}
@@ -505,7 +436,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m util.config", description=main.__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("config", help="config JSON file (general + one section per model)")
-    parser.add_argument("model_name", help="model whose section to read; one of " + ", ".join(MODEL_NAMES))
+    parser.add_argument("model_name", help="model whose section to read (see models/registry.py)")
     parser.add_argument("--override", default=None, help="second config file whose sections update the first")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
