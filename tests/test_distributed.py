@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import tiny_config_dict, write_config
+from conftest import REPO, tiny_config_dict, write_config
 from engine.train import train
 
 MODEL = "mshyperpose"
@@ -100,3 +102,21 @@ def test_resume_a_two_process_run_in_one_process(ddp_run, scenes3, tmp_path):
                     resume=first, device="cpu", micro_batches=2)
     _assert_close(ranks[0]["params"], {k: p.detach() for k, p in resumed.model.named_parameters()},
                   "resumed in 1 process vs 2 processes")
+
+
+def test_torchrun_launches_the_training_script(scene7, tmp_path):
+    """The documented command: torchrun (torch.distributed.run) with 2 CPU processes on 127.0.0.1."""
+    config = write_config(tmp_path / "cfg.json", tiny_config_dict(n_epochs=1))
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(REPO / "main_single_scene.py"),
+           "effposenet", "train", "random", str(scene7), str(scene7 / "abs_7scenes_pose.csv_chess_train.csv"),
+           str(config), "--output_path", str(tmp_path / "runs"), "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / f"{run_dir.name}_final.pth").is_file()
+    assert proc.stdout.count("final checkpoint:") == 2  # both processes report the same path
+    assert proc.stderr.count("epoch 1/1 loss") == 1  # only rank 0 logs
+    ckpt = torch.load(run_dir / f"{run_dir.name}_final.pth", weights_only=True)
+    assert ckpt["extra"]["world_size"] == 2 and ckpt["epoch"] == 1
