@@ -77,13 +77,13 @@ class TrainingModule(nn.Module):
     """The model and its loss as one module, so that DistributedDataParallel also averages the gradients
     of the learned loss weights."""
 
-    def __init__(self, model: nn.Module, loss_fn: CameraPoseLoss, multi_scene: bool):
+    def __init__(self, model: nn.Module, loss_fn: CameraPoseLoss):
         super().__init__()
-        self.model, self.loss_fn, self.multi_scene = model, loss_fn, multi_scene
+        self.model, self.loss_fn = model, loss_fn
 
     def forward(self, img_B3HW, pose_gt_B7, scene_gt_B):
         # Multi-scene models train with the true scene's head (as in the reference); the others ignore it.
-        pose_B7, scene_logp_BS = self.model(img_B3HW, scene_gt_B if self.multi_scene else None)
+        pose_B7, scene_logp_BS = self.model(img_B3HW, scene_gt_B)
         loss, pose_loss, scene_nll = self.loss_fn.total(pose_B7, pose_gt_B7, scene_logp_BS, scene_gt_B)
         return loss, pose_loss, scene_nll, pose_B7, scene_logp_BS
 
@@ -100,7 +100,7 @@ class Trainer:
         self.device, self.run_dir, self.stamp, self.ctx = device, run_dir, stamp, ctx
         self.amp_dtype, self.micro_batches = amp_dtype, micro_batches
         self.multi = get_spec(model_name).multi_scene
-        module = TrainingModule(model, loss_fn, self.multi)
+        module = TrainingModule(model, loss_fn)
         self.ddp = None
         if ctx.enabled:
             # The backbone's ImageNet classifier (and, with some reductions, late blocks) never gets a gradient.
