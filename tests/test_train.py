@@ -122,9 +122,11 @@ def test_persistent_workers_give_the_same_weights_and_resume_bit_identically(sce
         assert torch.equal(a[k], c[k]), k
 
 
-def test_bf16_autocast_trains_on_the_cpu(scene7, tiny_config, tmp_path):
-    result = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu",
-                   amp="bf16", n_epochs=1)
+@pytest.mark.parametrize("model_name", ["effposenet", "mshyperpose"])
+def test_bf16_autocast_trains_on_the_cpu(model_name, scene7, scenes3, tiny_config, tmp_path):
+    root = scene7 if model_name == "effposenet" else scenes3
+    labels = chess(root, "train") if model_name == "effposenet" else root / "7scenes_all_scenes.csv"
+    result = train(model_name, "random", root, labels, tiny_config, tmp_path, device="cpu", amp="bf16", n_epochs=1)
     ckpt = torch.load(result.final_checkpoint, weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # weights stay fp32
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -135,3 +137,18 @@ def test_micro_batches_must_fit_the_batch(scene7, tiny_config, tmp_path):
     with pytest.raises(UserError, match="micro_batches"):
         train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu",
               micro_batches=5)
+
+
+def test_bf16_test_mode_on_the_cpu_is_close_to_fp32(scene7, tiny_config, tmp_path):
+    from engine.evaluate import Evaluator
+
+    run = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu",
+                n_epochs=1)
+    preds = {}
+    for amp in (False, "bf16"):
+        ev = Evaluator("effposenet", "random", scene7, chess(scene7, "test"), tiny_config, device="cpu", amp=amp,
+                       progress=False)
+        result = ev.evaluate_checkpoint(run.final_checkpoint, timing=False)
+        preds[amp] = torch.from_numpy(next(iter(result.predictions.values())).pose_pred_N7)
+    assert not torch.equal(preds[False], preds["bf16"])  # bf16 really ran
+    torch.testing.assert_close(preds["bf16"], preds[False], atol=0.05, rtol=0.05)
