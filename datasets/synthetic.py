@@ -6,7 +6,8 @@ images and tinted per scene, so scenes look different from one another. A numpy 
 through a pinhole camera that moves along smooth closed trajectories: 3 training sequences (by default)
 and 1 test sequence per scene, all sweeping the same region along different paths. Test frames get a
 controllable appearance change (``test_shift``: darker, colour cast, moved light, haze, sensor noise), the
-kind of domain gap HyperPose targets.
+kind of domain gap HyperPose targets. ``--test-shifts 0,0.5,1`` renders the same test poses once per
+level as well (``<scene>/test_shift<level>/``, ``..._test_shift<level>.csv``): a degradation curve.
 
 Conventions:
 - World frame: metres, z up; the room spans ``[lo, hi]`` on each axis with the floor at z = 0.
@@ -494,9 +495,62 @@ def _png_bytes(img_HW3: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _write_frame(layout: str, scene: str, scene_dir: Path, prefix: str, seq: int, frame: int, split: str,
+                 png: bytes, cam_to_world_44: np.ndarray) -> tuple[tuple, list]:
+    """Write one rendered frame (and, for 7Scenes, its pose file) under ``scene_dir / prefix``.
+
+    Returns the label row and the raw split-file entry (Cambridge only; empty for 7Scenes).
+    """
+    base = scene_dir / prefix if prefix else scene_dir
+    rel = f"{scene}/{prefix}/" if prefix else f"{scene}/"
+    if layout == "7scenes":
+        seq_name = label_io.seven_scenes_seq_name(seq)
+        stem = label_io.seven_scenes_frame_stem(frame)
+        (base / seq_name).mkdir(parents=True, exist_ok=True)
+        (base / seq_name / f"{stem}.color.png").write_bytes(png)
+        pose_text = label_io.format_pose_txt(cam_to_world_44)
+        (base / seq_name / f"{stem}.pose.txt").write_text(pose_text)
+        # Labels come from the text as written, exactly as the preparation tool reads it back.
+        pose_fields = label_io.seven_scenes_pose_fields(label_io.parse_pose_txt(pose_text, stem))
+        return (scene, split, seq_name, f"{rel}{seq_name}/{stem}.color.png", *pose_fields), []
+    name = label_io.cambridge_frame_name(seq, frame + 1)
+    (base / name).parent.mkdir(parents=True, exist_ok=True)
+    (base / name).write_bytes(png)
+    q_world_to_cam_4 = rotmat_to_quat(cam_to_world_44[:3, :3].T)
+    values = [label_io.format_float(v) for v in cam_to_world_44[:3, 3]] + \
+             [label_io.format_float(v) for v in q_world_to_cam_4]
+    return (scene, split, f"seq{seq}", f"{rel}{name}", *values), [name] + values
+
+
+def shift_label(level: float) -> str:
+    """``0.25`` -> ``shift0.25``: the suffix of a shift level's test CSV and image folder."""
+    return f"shift{float(level):g}"
+
+
+def shift_csv_name(test_csv_name: str, level: float) -> str:
+    """``..._chess_test.csv`` -> ``..._chess_test_shift0.25.csv``."""
+    if not test_csv_name.endswith("_test.csv"):
+        raise ValueError(f"not a test CSV name: {test_csv_name}")
+    return f"{test_csv_name[:-len('.csv')]}_{shift_label(level)}.csv"
+
+
+def find_shift_csvs(test_csv: PathLike) -> list[tuple[float, Path]]:
+    """(level, path) of every ``<test_csv stem>_shift<level>.csv`` beside ``test_csv``, by level."""
+    test_csv = Path(test_csv)
+    found = []
+    for path in test_csv.parent.glob(f"{test_csv.stem}_shift*.csv"):
+        try:
+            found.append((float(path.stem[len(test_csv.stem) + len("_shift"):]), path))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
 def _write_scene(layout: str, scene: str, scene_index: int, scene_dir: Path, camera: Camera,
-                 frames_per_seq: int, train_seqs: int, test_shift: float, seed: int, progress: tqdm) -> list:
-    """Render all sequences of one scene into ``scene_dir``; return its label rows."""
+                 frames_per_seq: int, train_seqs: int, test_shift: float, seed: int, progress: tqdm,
+                 shift_levels: Sequence[float] = ()) -> tuple[list, dict]:
+    """Render all sequences of one scene into ``scene_dir``; return its label rows and, per extra shift
+    level, the rows of the test sequence rendered again at that level (under ``test_shift<level>/``)."""
     texels_per_m = camera.fx * SUPERSAMPLING / (12.0 if layout == "cambridge" else 2.0)
     world = build_world(layout, scene_index, seed, texels_per_m)
     rows = []
@@ -508,26 +562,23 @@ def _write_scene(layout: str, scene: str, scene_index: int, scene_dir: Path, cam
         for frame, cam_to_world_44 in enumerate(poses_N44):
             appearance = frame_appearance(seed, scene_index, seq, frame, split == "test", test_shift)
             png = _png_bytes(render(world, camera, cam_to_world_44, appearance))
-            if layout == "7scenes":
-                seq_name = label_io.seven_scenes_seq_name(seq)
-                stem = label_io.seven_scenes_frame_stem(frame)
-                (scene_dir / seq_name).mkdir(parents=True, exist_ok=True)
-                (scene_dir / seq_name / f"{stem}.color.png").write_bytes(png)
-                pose_text = label_io.format_pose_txt(cam_to_world_44)
-                (scene_dir / seq_name / f"{stem}.pose.txt").write_text(pose_text)
-                # Labels come from the text as written, exactly as the preparation tool reads it back.
-                pose_fields = label_io.seven_scenes_pose_fields(label_io.parse_pose_txt(pose_text, stem))
-                rows.append((scene, split, seq_name, f"{scene}/{seq_name}/{stem}.color.png", *pose_fields))
-            else:
-                name = label_io.cambridge_frame_name(seq, frame + 1)
-                (scene_dir / name).parent.mkdir(parents=True, exist_ok=True)
-                (scene_dir / name).write_bytes(png)
-                q_world_to_cam_4 = rotmat_to_quat(cam_to_world_44[:3, :3].T)
-                values = [label_io.format_float(v) for v in cam_to_world_44[:3, 3]] + \
-                         [label_io.format_float(v) for v in q_world_to_cam_4]
-                split_entries[split].append([name] + values)
-                rows.append((scene, split, f"seq{seq}", f"{scene}/{name}", *values))
+            row, entry = _write_frame(layout, scene, scene_dir, "", seq, frame, split, png, cam_to_world_44)
+            rows.append(row)
+            if entry:
+                split_entries[split].append(entry)
             progress.update(1)
+    # The same test poses once per shift level: only the appearance differs.
+    shifted = {}
+    for level in shift_levels:
+        shifted[level] = []
+        for seq in test_numbers:
+            for frame, cam_to_world_44 in enumerate(trajectory(world, scene_index, seq, frames_per_seq, seed)):
+                appearance = frame_appearance(seed, scene_index, seq, frame, True, level)
+                png = _png_bytes(render(world, camera, cam_to_world_44, appearance))
+                row, _ = _write_frame(layout, scene, scene_dir, f"test_{shift_label(level)}", seq, frame, "test",
+                                      png, cam_to_world_44)
+                shifted[level].append(row)
+                progress.update(1)
     if layout == "7scenes":
         for split, seqs in (("train", train_numbers), ("test", test_numbers)):
             text = "".join(f"sequence{seq}\n" for seq in seqs)
@@ -536,14 +587,18 @@ def _write_scene(layout: str, scene: str, scene_index: int, scene_dir: Path, cam
         for split, entries in split_entries.items():
             text = label_io.format_cambridge_split(entries)
             (scene_dir / label_io.CAMBRIDGE_SPLIT_FILES[split]).write_text(text)
-    return rows
+    return rows, shifted
 
 
 def generate(out_dir: PathLike, scenes: int = 2, layout: str = "7scenes",
              frames_per_seq: int = DEFAULT_FRAMES_PER_SEQ, size: tuple = DEFAULT_SIZE,
              test_shift: float = DEFAULT_TEST_SHIFT, seed: int = 0, names: Optional[Sequence[str]] = None,
-             train_seqs: int = DEFAULT_TRAIN_SEQS) -> dict:
+             train_seqs: int = DEFAULT_TRAIN_SEQS, test_shifts: Optional[Sequence[float]] = None) -> dict:
     """Render a synthetic dataset into ``out_dir`` (raw files and label CSVs); return a summary dict.
+
+    ``test_shifts`` with one level is ``test_shift``. With several, the test sequence is also rendered once
+    per level (identical poses, only the appearance changes) under ``<scene>/test_shift<level>/``, with the
+    label CSVs ``..._test_shift<level>.csv`` beside the usual ones; the raw test sequence keeps ``test_shift``.
 
     Each scene folder is rendered into a temporary folder inside ``out_dir`` and then swapped into place, so
     a scene folder is always complete. Label CSVs are written atomically and only when their content changes.
@@ -567,20 +622,31 @@ def generate(out_dir: PathLike, scenes: int = 2, layout: str = "7scenes",
     width, height = (int(v) for v in size)
     if width < 8 or height < 8:
         raise UserError(f"--size must be at least 8x8, got {width}x{height}")
+    levels = [float(v) for v in (test_shifts if test_shifts is not None else [])]
+    if len(levels) == 1:
+        test_shift, levels = levels[0], []
     if not 0.0 <= test_shift <= 1.0:
         raise UserError(f"--test-shift must be in [0, 1], got {test_shift}")
+    bad = [v for v in levels if not 0.0 <= v <= 1.0]
+    if bad:
+        raise UserError(f"--test-shifts levels must be in [0, 1], got {bad[0]:g}")
+    if len({shift_label(v) for v in levels}) != len(levels):
+        raise UserError(f"--test-shifts repeats a level: {','.join(f'{v:g}' for v in levels)}")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     camera = Camera.for_size(width, height)
-    n_frames = len(names) * (train_seqs + 1) * frames_per_seq
-    rows = []
+    n_frames = len(names) * (train_seqs + 1 + len(levels)) * frames_per_seq
+    rows, shifted_rows = [], {level: [] for level in levels}
     with tqdm(total=n_frames, desc="rendering", unit="frame", disable=None) as progress:
         for scene_index, scene in enumerate(names):
             staging = Path(tempfile.mkdtemp(prefix=f".{scene}.", suffix=".tmp", dir=out))
             try:
-                rows += _write_scene(layout, scene, scene_index, staging, camera, frames_per_seq, train_seqs,
-                                     test_shift, seed, progress)
+                scene_rows, shifted = _write_scene(layout, scene, scene_index, staging, camera, frames_per_seq,
+                                                   train_seqs, test_shift, seed, progress, levels)
+                rows += scene_rows
+                for level, level_rows in shifted.items():
+                    shifted_rows[level] += level_rows
                 _swap_into_place(staging, out / scene)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -589,8 +655,14 @@ def generate(out_dir: PathLike, scenes: int = 2, layout: str = "7scenes",
     for file_name, file_rows in label_io.group_label_files(layout, rows).items():
         label_io.write_label_csv(file_rows, out / file_name)
         csv_files.append(file_name)
+    for level, level_rows in shifted_rows.items():
+        for file_name, file_rows in label_io.group_label_files(layout, level_rows).items():
+            if file_name.endswith("_test.csv"):
+                label_io.write_label_csv(file_rows, out / shift_csv_name(file_name, level))
+                csv_files.append(shift_csv_name(file_name, level))
     summary = {
         "layout": layout, "scenes": names, "seed": seed, "test_shift": test_shift,
+        "test_shifts": levels,
         "frames_per_seq": frames_per_seq, "train_seqs": list(range(1, train_seqs + 1)),
         "test_seqs": [train_seqs + 1],
         "camera": {"model": "PINHOLE", "axes": "x right, y down, z forward (OpenCV)", "width": width,
@@ -625,6 +697,16 @@ def _parse_size(text: str) -> tuple:
     return width, height
 
 
+def _parse_levels(text: str) -> list:
+    try:
+        levels = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0,0.5,1, got {text!r}") from None
+    if not levels:
+        raise argparse.ArgumentTypeError("expected at least one level")
+    return levels
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m datasets.synthetic", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -641,6 +723,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         help="image size in pixels")
     parser.add_argument("--test-shift", type=float, default=DEFAULT_TEST_SHIFT,
                         help="appearance change of the test sequences, 0 (none) .. 1 (strong)")
+    parser.add_argument("--test-shifts", type=_parse_levels, default=None, metavar="S1,S2,...",
+                        help="render the test sequences once per shift level as well (same poses, other "
+                             "appearance), written as ..._test_shift<level>.csv; one level = --test-shift")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     parser.add_argument("--names", default=None,
                         help="comma-separated scene names (overrides --scenes), e.g. ShopFacade,KingsCollege")
@@ -649,7 +734,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     names = [n for n in args.names.split(",") if n.strip()] if args.names is not None else None
     summary = generate(args.out_dir, scenes=args.scenes, layout=args.layout, frames_per_seq=args.frames_per_seq,
                        size=args.size, test_shift=args.test_shift, seed=args.seed, names=names,
-                       train_seqs=args.train_seqs)
+                       train_seqs=args.train_seqs, test_shifts=args.test_shifts)
     for scene, counts in summary["frames"].items():
         print(f"{scene}: {counts['train']} train / {counts['test']} test frames")
     print(f"wrote {len(summary['csv_files'])} label CSVs to {summary['out_dir']}: {', '.join(summary['csv_files'])}")

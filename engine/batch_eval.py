@@ -4,147 +4,41 @@
 run :func:`main`, which calls :func:`batch_evaluate`. Every checkpoint goes through
 :class:`engine.evaluate.Evaluator`, so the test set is loaded once and scored exactly as in ``test`` mode.
 
-Results are cached per checkpoint file in ``<prefix>_batch_eval_cache.json`` beside the CSV, keyed by the
-file's size and mtime: a re-run evaluates only new or changed checkpoints. The cache also records what the
-results depend on (model, effective config, test files, dataset root, AMP); when that changes, everything is
-evaluated again. Per-frame data (positions and errors, for the CDFs and the 3D view) is kept for the best
-checkpoint only, which keeps the cache small.
+Results are cached per checkpoint file in ``<prefix>_batch_eval_cache.json`` beside the CSV
+(:mod:`engine.result_cache`): a re-run evaluates only new or changed checkpoints, and everything again when
+the model, the effective config, the test files, the dataset root or AMP change. Per-frame data (for the
+CDFs and the 3D view) is kept for the best checkpoint only, which keeps the cache small. Discovery lives in
+:mod:`engine.checkpoints`, the record in :mod:`engine.records`, the CSV and the page's data in
+:mod:`engine.batch_report`.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import logging
-import math
-import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from engine.cli import (add_common_arguments, add_runtime_arguments,
-                        add_test_dataset_argument, configure_console, run_cli)
-from engine.evaluate import TEST_FILE_PATTERNS, EvalResult, Evaluator
+from engine.batch_report import build_report, format_batch, results_csv
+from engine.checkpoints import checkpoint_labels, discover_checkpoints
+from engine.cli import (add_common_arguments, add_runtime_arguments, add_test_dataset_argument,
+                        configure_console, run_cli)
+from engine.evaluate import Evaluator
+from engine.records import CheckpointResult, first_line, summarize_result
+from engine.result_cache import ResultCache, evaluator_context
 from models.registry import cli_choices
 from util.errors import UserError
 from util.io import atomic_write_text
 from util.logs import add_log_file
-from util.metrics import DEFAULT_THRESHOLDS, summarize
-from util.report import BatchReport, Column, write_batch_report
+from util.report import write_batch_report
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-# Config keys that cannot change a test result; editing them keeps the cache.
-RUNTIME_KEYS = ("n_workers", "n_freq_print", "n_freq_checkpoint", "device_id", "batch_size", "cache_dir")
-BEST_RULE = ("Best = the lowest median position error ({what}); ties go to the lower median orientation error, "
-             "then to the earlier checkpoint.")
-SINGLE_REF_COLUMNS = ["checkpoint", "Model", "Median Position Error [m]", "Median Orientation Error[deg]"]
-_NUMBERED = re.compile(r".+_checkpoint-(\d+)\.pth")
-
-
-# Discovery ---------------------------------------------------------------------------------------------------
-def checkpoint_number(path: str | Path) -> int | None:
-    """N of ``*_checkpoint-N.pth``, else None."""
-    match = _NUMBERED.fullmatch(Path(path).name)
-    return int(match.group(1)) if match else None
-
-
-def discover_checkpoints(folder: str | Path, start_index: int = 0) -> list[Path]:
-    """The ``.pth`` files of ``folder`` in evaluation order.
-
-    Order: ``*_checkpoint-N.pth`` by N, then ``*final*.pth``, then any other ``.pth``, each by name (hidden
-    files are ignored). As in the reference, ``start_index`` skips the numbered checkpoints whose N (the
-    epoch in the file name) is below it; final and other files are always kept.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"checkpoints folder not found: {folder} (expected a training run folder such as "
-                        f"./models/run_<stamp>)")
-    if start_index < 0:
-        raise UserError(f"--ckpt_start_index must be >= 0, got {start_index}")
-    files = [p for p in folder.iterdir() if p.suffix == ".pth" and p.is_file() and not p.name.startswith(".")]
-    numbered = sorted((checkpoint_number(p), p.name, p) for p in files if checkpoint_number(p) is not None)
-    finals = sorted((p for p in files if checkpoint_number(p) is None and "final" in p.name), key=lambda p: p.name)
-    others = sorted((p for p in files if checkpoint_number(p) is None and "final" not in p.name),
-                    key=lambda p: p.name)
-    selected = [p for n, _, p in numbered if n >= start_index] + finals + others
-    if not selected:
-        if not files:
-            raise UserError(f"no .pth checkpoints in {folder}")
-        raise UserError(f"--ckpt_start_index {start_index} skips all {len(files)} checkpoints in {folder} "
-                        f"(highest N: {max(n for n, _, _ in numbered)})")
-    return selected
-
-
-def checkpoint_labels(paths: Sequence[Path]) -> list[str]:
-    """Short unique names: ``checkpoint-N``, ``final`` (the reference's names), else the file stem."""
-    labels = []
-    for p in paths:
-        n = checkpoint_number(p)
-        labels.append(f"checkpoint-{n}" if n is not None else "final" if p.stem.endswith("_final") else p.stem)
-    return [lab if labels.count(lab) == 1 else p.stem for lab, p in zip(labels, paths)]
-
-
-def split_trailing_positionals(paths: Sequence[str]) -> tuple[str | None, str]:
-    """``[eval_config_file] checkpoints_dir`` -> (eval config or None, checkpoints folder).
-
-    The reference's multi-scene command passes a second JSON config before the folder; it is an evaluation
-    config whose sections override the first config.
-    """
-    paths = list(paths)
-    if len(paths) == 1:
-        config2, folder = None, paths[0]
-    elif len(paths) == 2:
-        config2, folder = paths
-        if not config2.lower().endswith(".json"):
-            raise UserError(f"expected '[eval_config_file.json] checkpoints_dir' after config_file, got "
-                            f"{config2!r} {folder!r}: the first is not a .json file")
-    else:
-        raise UserError(f"expected '[eval_config_file.json] checkpoints_dir' after config_file, got "
-                        f"{len(paths)} paths: {' '.join(paths)}")
-    if folder.lower().endswith(".json"):
-        raise UserError(f"the last positional must be the checkpoints folder, got the JSON file {folder!r}")
-    return config2, folder
-
-
-# Results -----------------------------------------------------------------------------------------------------
-@dataclass
-class CheckpointResult:
-    """The scores of one checkpoint file, as evaluated now or read from the cache."""
-    path: Path
-    label: str
-    size: int
-    mtime_ns: int
-    epoch: int | None
-    scenes: list[dict]            # PoseSummary.to_dict() per scene
-    overall: dict                 # every frame pooled; multi-scene medians: mean of the per-scene medians
-    scene_acc: dict[str, float] = field(default_factory=dict)
-    frames: dict | None = None    # per-frame positions and errors (see frames_of); best checkpoint only
-    evaluated: bool = False       # False when taken from the cache
-
-    def sort_key(self) -> tuple[float, float]:
-        """Best = lowest median position error, then lowest median orientation error (NaN counts as inf)."""
-        def val(x):
-            return math.inf if x is None or math.isnan(x) else x
-        return val(self.overall["median_pos_m"]), val(self.overall["median_ori_deg"])
-
-    def to_cache(self) -> dict:
-        return {"size": self.size, "mtime_ns": self.mtime_ns, "epoch": self.epoch, "scenes": self.scenes,
-                "overall": self.overall, "scene_acc": self.scene_acc, "frames": self.frames}
-
-    @classmethod
-    def from_cache(cls, path: Path, label: str, entry: dict) -> "CheckpointResult":
-        return cls(path=path, label=label, size=entry["size"], mtime_ns=entry["mtime_ns"], epoch=entry["epoch"],
-                   scenes=[_unjson(s) for s in entry["scenes"]], overall=_unjson(entry["overall"]),
-                   scene_acc=entry["scene_acc"], frames=entry.get("frames"))
+__all__ = ["BatchResult", "batch_evaluate", "build_parser", "checkpoint_labels", "discover_checkpoints",
+           "format_batch", "main", "split_trailing_positionals"]
 
 
 @dataclass
@@ -159,233 +53,6 @@ class BatchResult:
     cache_path: Path
 
 
-def _json_float(x):
-    """JSON has no inf/NaN: store them as strings, read back by :func:`_unjson`."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    return x
-
-
-def _unjson(d: dict) -> dict:
-    return {k: float(v) if v in ("inf", "-inf", "nan") else v for k, v in d.items()}
-
-
-def _first_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else text
-
-
-def _round(x: float, digits: int = 6) -> float | None:
-    x = float(x)
-    return float(f"{x:.{digits}g}") if math.isfinite(x) else None
-
-
-def frames_of(result: EvalResult) -> dict:
-    """Per-frame data of every test set, compact: scene index, t_gt, t_pred, pos_err, ori_err."""
-    scenes, scene_idx, t_gt, t_pred, pos_err, ori_err = [], [], [], [], [], []
-    for pred in result.predictions.values():
-        pos, ori = pred.errors
-        for name in pred.scene_names:
-            if name not in scenes:
-                scenes.append(name)
-            scene_idx.append(scenes.index(name))
-        t_gt += [[_round(v) for v in row] for row in pred.pose_gt_N7[:, :3]]
-        t_pred += [[_round(v) for v in row] for row in pred.pose_pred_N7[:, :3]]
-        pos_err += [_round(v) for v in pos]
-        ori_err += [_round(v) for v in ori]
-    return {"scenes": scenes, "scene_index": scene_idx, "t_gt": t_gt, "t_pred": t_pred,
-            "pos_err": pos_err, "ori_err": ori_err}
-
-
-def _frames_by_scene(frames: dict | None) -> dict[str, dict[str, np.ndarray]]:
-    """Group the per-frame lists by scene as float arrays (missing values become NaN / inf errors)."""
-    if not frames:
-        return {}
-    idx = np.asarray(frames["scene_index"], dtype=np.int64)
-
-    def arr(key, fill):
-        return np.array([fill if v is None else v for v in frames[key]], dtype=np.float64)
-
-    t_gt = np.array([[np.nan if v is None else v for v in row] for row in frames["t_gt"]], dtype=np.float64)
-    t_pred = np.array([[np.nan if v is None else v for v in row] for row in frames["t_pred"]], dtype=np.float64)
-    pos, ori = arr("pos_err", np.inf), arr("ori_err", np.inf)
-    return {scene: {"t_gt": t_gt[idx == k].reshape(-1, 3), "t_pred": t_pred[idx == k].reshape(-1, 3),
-                    "pos": pos[idx == k], "ori": ori[idx == k]} for k, scene in enumerate(frames["scenes"])}
-
-
-def read_epoch(path: Path) -> int | None:
-    """The epoch stored in one of our checkpoints, read without loading its tensors (None if unknown)."""
-    n = checkpoint_number(path)
-    if n is not None:
-        return n
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None
-        return int(epoch) if isinstance(epoch, int) else None
-    except Exception:  # mmap needs the zip format (not legacy files); the epoch is only informative
-        return None
-
-
-def summarize_result(result: EvalResult, path: Path, label: str, stat: os.stat_result,
-                     multi_scene: bool) -> CheckpointResult:
-    """Turn an :class:`EvalResult` into the cached row (per-frame data included)."""
-    scenes = [{k: _json_float(v) for k, v in s.to_dict().items()} for s in result.summaries]
-    pos = np.concatenate([p.errors[0] for p in result.predictions.values()])
-    ori = np.concatenate([p.errors[1] for p in result.predictions.values()])
-    # Means, recalls and failures over every frame pooled (frame-weighted across scenes).
-    overall = summarize(pos, ori, scene="all", thresholds=DEFAULT_THRESHOLDS).to_dict()
-    if multi_scene:
-        # The medians of a multi-scene row are the reference's avrg_x / avrg_q: every scene counts once.
-        overall.update(scene="average",
-                       median_pos_m=float(np.mean([s.median_pos_m for s in result.summaries])),
-                       median_ori_deg=float(np.mean([s.median_ori_deg for s in result.summaries])))
-        n = {s.scene: s.n_frames for s in result.summaries}
-        total = sum(n[s] for s in result.scene_acc)
-        overall["scene_acc"] = (sum(result.scene_acc[s] * n[s] for s in result.scene_acc) / total
-                                if total else float("nan"))
-    return CheckpointResult(path=path, label=label, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                            epoch=read_epoch(path), scenes=scenes,
-                            overall={k: _json_float(v) for k, v in overall.items()},
-                            scene_acc=dict(result.scene_acc), frames=frames_of(result), evaluated=True)
-
-
-# Cache -------------------------------------------------------------------------------------------------------
-def _file_stamp(path: Path) -> list:
-    st = path.stat()
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
-
-
-def cache_context(evaluator: Evaluator, amp: bool) -> dict:
-    """Everything besides the checkpoint file that a test result depends on."""
-    labels = evaluator.labels_file
-    files = [labels]
-    if evaluator.test_dataset_id:
-        files += sorted(labels.parent.glob(TEST_FILE_PATTERNS[evaluator.test_dataset_id].format(scene="*")))
-    return {"version": CACHE_VERSION, "model": evaluator.model_name, "amp": evaluator.amp,
-            "dataset_root": str(evaluator.dataset_root.resolve()), "test_dataset_id": evaluator.test_dataset_id,
-            "test_files": [_file_stamp(f) for f in files if f.is_file()],
-            "thresholds": [list(t) for t in DEFAULT_THRESHOLDS],
-            "config": {k: v for k, v in sorted(evaluator.config.items()) if k not in RUNTIME_KEYS}}
-
-
-def load_cache(path: Path, context: dict) -> dict[str, dict]:
-    """File name -> cached entry; empty when the cache is missing, unreadable or for another context."""
-    if not path.is_file():
-        return {}
-    try:
-        cache = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable cache %s (%s); evaluating every checkpoint", path, exc)
-        return {}
-    if json.loads(json.dumps(context, default=str)) != cache.get("context"):
-        log.info("cache %s was made with another model, config, test set or AMP setting; evaluating again",
-                 path.name)
-        return {}
-    return dict(cache.get("checkpoints", {}))
-
-
-def save_cache(path: Path, context: dict, entries: dict[str, dict]) -> None:
-    atomic_write_text(path, json.dumps({"context": context, "checkpoints": entries}, default=str) + "\n")
-
-
-# Outputs -----------------------------------------------------------------------------------------------------
-def _scene_names(results: Sequence[CheckpointResult]) -> list[str]:
-    names: list[str] = []
-    for r in results:
-        names += [s["scene"] for s in r.scenes if s["scene"] not in names]
-    return names
-
-
-def _recall_keys(results: Sequence[CheckpointResult]) -> list[str]:
-    return [k for k in results[0].overall if k.startswith("recall_")]
-
-
-def _scene_value(r: CheckpointResult, scene: str, key: str):
-    return next((s[key] for s in r.scenes if s["scene"] == scene), None)
-
-
-def results_csv(results: Sequence[CheckpointResult], best: CheckpointResult, model_name: str,
-                multi_scene: bool) -> str:
-    """The CSV: the reference's columns first, then ours (see docs/batch_eval.md)."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    recalls = _recall_keys(results)
-    ours = ["epoch", "mean_pos_m", "mean_ori_deg"] + recalls + ["n_frames", "n_failed"]
-    if multi_scene:
-        scenes = _scene_names(results)
-        w.writerow(["model"] + [f"{s}_{c}" for s in scenes for c in ("x", "q")] + ["avrg_x", "avrg_q"] +
-                   ["checkpoint"] + ours + [f"{s}_scene_acc" for s in scenes] + ["scene_acc", "best"])
-        for r in results:
-            n = checkpoint_number(r.path)
-            w.writerow([n if n is not None else r.label] +
-                       [_scene_value(r, s, k) for s in scenes for k in ("median_pos_m", "median_ori_deg")] +
-                       [r.overall["median_pos_m"], r.overall["median_ori_deg"], str(r.path)] +
-                       [r.epoch] + [r.overall[k] for k in ours[1:]] +
-                       [r.scene_acc.get(s) for s in scenes] + [r.overall["scene_acc"], int(r is best)])
-    else:
-        w.writerow(SINGLE_REF_COLUMNS + ours + ["best"])
-        for r in results:
-            w.writerow([r.label, str(r.path), r.overall["median_pos_m"], r.overall["median_ori_deg"], r.epoch] +
-                       [r.overall[k] for k in ours[1:]] + [int(r is best)])
-    return buf.getvalue()
-
-
-def build_report(results: Sequence[CheckpointResult], best: CheckpointResult, skipped: Sequence[tuple[Path, str]],
-                 *, model_name: str, multi_scene: bool, checkpoints_dir: Path, test_set: str,
-                 facts: Sequence[tuple[str, str]]) -> BatchReport:
-    """Assemble the plain data of the HTML page."""
-    labels = [r.label for r in results]
-    best_index = list(results).index(best)
-    recalls = _recall_keys(results)
-    scenes = _scene_names(results)
-    pct = dict(fmt="{:.1f}", percent=True)
-    columns = [Column("#", "{:.0f}"), Column("checkpoint"), Column("epoch", "{:.0f}")]
-    if multi_scene:
-        curves = {s: ([_scene_value(r, s, "median_pos_m") for r in results],
-                      [_scene_value(r, s, "median_ori_deg") for r in results]) for s in scenes}
-        curves["average"] = ([r.overall["median_pos_m"] for r in results],
-                             [r.overall["median_ori_deg"] for r in results])
-        columns += [Column("avrg median pos [m]"), Column("avrg median ori [deg]", "{:.2f}")]
-        columns += [c for s in scenes for c in (Column(f"{s} pos [m]"), Column(f"{s} ori [deg]", "{:.2f}"))]
-        columns += [Column("scene acc [%]", **pct)]
-    else:
-        curves = {"median": ([r.overall["median_pos_m"] for r in results],
-                             [r.overall["median_ori_deg"] for r in results]),
-                  "mean": ([r.overall["mean_pos_m"] for r in results], [r.overall["mean_ori_deg"] for r in results])}
-        columns += [Column("median pos [m]"), Column("median ori [deg]", "{:.2f}")]
-    columns += [Column("mean pos [m]"), Column("mean ori [deg]", "{:.2f}")]
-    columns += [Column(k[len("recall_"):].replace("_", " / ") + " [%]", **pct) for k in recalls]
-    columns += [Column("failed", "{:.0f}"), Column("frames", "{:.0f}"), Column("file")]
-    rows = []
-    for i, r in enumerate(results):
-        row = [i + 1, r.label, r.epoch, r.overall["median_pos_m"], r.overall["median_ori_deg"]]
-        if multi_scene:
-            row += [_scene_value(r, s, k) for s in scenes for k in ("median_pos_m", "median_ori_deg")]
-            row += [r.overall.get("scene_acc")]
-        row += [r.overall["mean_pos_m"], r.overall["mean_ori_deg"]] + [r.overall[k] for k in recalls]
-        row += [r.overall["n_failed"], r.overall["n_frames"], r.path.name]
-        rows.append(row)
-
-    per_scene = _frames_by_scene(best.frames)
-    cdf = {s: (d["pos"], d["ori"]) for s, d in per_scene.items()}
-    if len(cdf) > 1:
-        cdf["all"] = (np.concatenate([d["pos"] for d in per_scene.values()]),
-                      np.concatenate([d["ori"] for d in per_scene.values()]))
-    what = "for multi-scene, the mean of the per-scene medians" if multi_scene else "all test frames"
-    data = {"model": model_name, "multi_scene": multi_scene, "checkpoints_dir": str(checkpoints_dir),
-            "test_set": test_set, "best": best.label, "best_index": best_index,
-            "checkpoints": [{"label": r.label, "file": r.path.name, "epoch": r.epoch, "overall": r.overall,
-                             "scenes": r.scenes, "scene_acc": r.scene_acc} for r in results],
-            "skipped": [[p.name, reason] for p, reason in skipped]}
-    return BatchReport(
-        title=f"Batch evaluation: {model_name} on {test_set}", facts=list(facts), labels=labels, curves=curves,
-        columns=columns, rows=rows, best_index=best_index, best_rule=BEST_RULE.format(what=what),
-        cdf_errors=cdf, positions={s: (d["t_gt"], d["t_pred"]) for s, d in per_scene.items()},
-        skipped=[(p.name, reason) for p, reason in skipped], data=data,
-        hidden_curves=() if multi_scene else ("mean",))
-
-
-# The batch ---------------------------------------------------------------------------------------------------
 def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
                    config_path: str | Path, checkpoints_dir: str | Path, output_path: str | Path | None = None, *,
                    override_config: str | Path | None = None, ckpt_start_index: int = 0, device: str = "auto",
@@ -407,16 +74,13 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
 
     file_handler = add_log_file(out / f"{prefix}.log")
     try:
-        context = cache_context(evaluator, amp)
-        cache = load_cache(cache_path, context)
-        present = {p.name for p in checkpoints_dir.glob("*.pth")}
-        cache = {name: entry for name, entry in cache.items() if name in present}
+        cache = ResultCache(cache_path, evaluator_context(evaluator))
+        cache.keep_only(p.name for p in checkpoints_dir.glob("*.pth"))
         results, todo = {}, []
         for path, label in zip(paths, checkpoint_labels(paths)):
-            st = path.stat()
-            entry = cache.get(path.name)
-            if entry and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns:
-                results[path] = CheckpointResult.from_cache(path, label, entry)
+            cached = cache.lookup(path.name, path, label)
+            if cached is not None:
+                results[path] = cached
             else:
                 todo.append((path, label))
         log.info("%s: %d checkpoints, %d cached, %d to evaluate; outputs go to %s", checkpoints_dir,
@@ -436,15 +100,15 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
                 st = path.stat()
                 result = evaluator.evaluate_checkpoint(path, timing=False)
             except UserError as exc:
-                reason = _first_line(str(exc))
+                reason = first_line(str(exc))
             except Exception as exc:  # one broken file must not end a long batch; the reason is still shown
-                reason = _first_line(f"cannot evaluate {path}: {type(exc).__name__}: {exc}")
+                reason = first_line(f"cannot evaluate {path}: {type(exc).__name__}: {exc}")
                 log.debug("traceback for %s", path, exc_info=True)
             if reason is not None:
                 log.warning("skipping %s: %s", path.name, reason)
                 skipped.append((path, reason))
                 results.pop(path, None)
-                cache.pop(path.name, None)
+                cache.drop(path.name)
                 return
             n_evaluated += 1
             results[path] = summarize_result(result, path, label, st, multi)
@@ -452,8 +116,9 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
             for r in results.values():  # per-frame data is kept for the best checkpoint only
                 if r is not best:
                     r.frames = None
-            cache.update({p.name: r.to_cache() for p, r in results.items()})
-            save_cache(cache_path, context, cache)
+            for p, r in results.items():
+                cache.store(p.name, r)
+            cache.save()
             o = results[path].overall
             log.info("%s: median %.4f m, %.3f deg%s", label, o["median_pos_m"], o["median_ori_deg"],
                      f", scene accuracy {o['scene_acc']:.3f}" if multi else "")
@@ -475,7 +140,7 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
                             f"(see the messages above)")
 
         ordered = [results[p] for p in paths if p in results]
-        save_cache(cache_path, context, cache)
+        cache.save()
         atomic_write_text(csv_path, results_csv(ordered, best, evaluator.model_name, multi))
         id_note = f" (--test_dataset_id {test_dataset_id})" if test_dataset_id else ""
         config_note = f" + {override_config}" if override_config else ""
@@ -498,18 +163,29 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
         file_handler.close()
 
 
-def format_batch(batch: BatchResult) -> str:
-    """A short text table for the console: one line per checkpoint, the best marked."""
-    width = max(len(r.label) for r in batch.results)
-    lines = [f"{'checkpoint'.ljust(width)}  {'median pos [m]':>14}  {'median ori [deg]':>16}"]
-    for r in batch.results:
-        mark = "  <- best" if r is batch.best else ""
-        lines.append(f"{r.label.ljust(width)}  {r.overall['median_pos_m']:14.4f}  "
-                     f"{r.overall['median_ori_deg']:16.3f}{mark}")
-    return "\n".join(lines)
-
-
 # Command line ------------------------------------------------------------------------------------------------
+def split_trailing_positionals(paths: Sequence[str]) -> tuple[str | None, str]:
+    """``[eval_config_file] checkpoints_dir`` -> (eval config or None, checkpoints folder).
+
+    The reference's multi-scene command passes a second JSON config before the folder; it is an evaluation
+    config whose sections override the first config.
+    """
+    paths = list(paths)
+    if len(paths) == 1:
+        config2, folder = None, paths[0]
+    elif len(paths) == 2:
+        config2, folder = paths
+        if not config2.lower().endswith(".json"):
+            raise UserError(f"expected '[eval_config_file.json] checkpoints_dir' after config_file, got "
+                            f"{config2!r} {folder!r}: the first is not a .json file")
+    else:
+        raise UserError(f"expected '[eval_config_file.json] checkpoints_dir' after config_file, got "
+                        f"{len(paths)} paths: {' '.join(paths)}")
+    if folder.lower().endswith(".json"):
+        raise UserError(f"the last positional must be the checkpoints folder, got the JSON file {folder!r}")
+    return config2, folder
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except None (whose meaning the help text states)."""
 

@@ -2,7 +2,8 @@
 
 Everything runs on the bundled synthetic scenes with a randomly initialised backbone, so it needs no
 download. The errors are printed beside those of always predicting the mean training pose, the baseline
-any absolute pose regressor has to beat.
+any absolute pose regressor has to beat. The single-scene demo ends with the robustness step: both models
+on the same test poses at three appearance-shift levels (:mod:`engine.robustness`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from util.logs import setup_logging
 log = logging.getLogger(__name__)
 
 DEMO_SIZE = (64, 64)
+DEMO_SHIFTS = (0.0, 0.5, 1.0)  # the robustness step: the test poses without, with the usual and a strong shift
 CONFIG = Path(os.path.relpath(Path(__file__).resolve().parent.parent / "configs" / "synthetic_config.json"))
 
 
@@ -36,18 +38,35 @@ def mean_pose_errors(train_csv: Path, test_csv: Path, root: Path) -> tuple[float
     return float(np.median(pos)), float(np.median(ori))
 
 
-def ensure_data(data: Path, scenes: int, frames_per_seq: int) -> None:
-    from datasets.synthetic import generate
+def ensure_data(data: Path, scenes: int, frames_per_seq: int, test_shifts=None) -> None:
+    from datasets.synthetic import find_shift_csvs, generate
 
-    if (data / "7scenes_all_scenes.csv").is_file():
+    if (data / "7scenes_all_scenes.csv").is_file() and (
+            not test_shifts or len(find_shift_csvs(data / "abs_7scenes_pose.csv_chess_test.csv")) == len(test_shifts)):
         return
     t0 = time.perf_counter()
     log.info("generating %d synthetic scene(s) in %s", scenes, data)
     # Small square frames (no crop shift at 64 px) on 16 short training sequences: dense coverage of the
     # room, which a randomly initialised backbone needs to learn positions in a few minutes on a CPU.
     generate(data, scenes=scenes, layout="7scenes", size=DEMO_SIZE, train_seqs=16,
-             frames_per_seq=frames_per_seq, seed=0)
+             frames_per_seq=frames_per_seq, seed=0, test_shifts=test_shifts)
     log.info("generated in %.1f s", time.perf_counter() - t0)
+
+
+def robustness_step(model_name: str, checkpoints, data: Path, out: Path, scene: str) -> None:
+    """Both final checkpoints on the same test poses at each demo shift level: a table and an HTML report."""
+    from engine.conditions import shift_conditions
+    from engine.robustness import robustness_report
+    from engine.robustness_report import format_table
+
+    test_csv = data / f"abs_7scenes_pose.csv_{scene}_test.csv"
+    result = robustness_report(model_name, "random", data, CONFIG, checkpoints, shift_conditions([test_csv], data),
+                               out)
+    base_pos, base_ori = mean_pose_errors(data / f"abs_7scenes_pose.csv_{scene}_train.csv", test_csv, data)
+    print(f"\nRobustness to appearance change ({scene}, median errors; same poses at every shift level):")
+    print(format_table(result))
+    print(f"mean training pose: {base_pos:.3f} m / {base_ori:.2f} deg at every level")
+    print(f"robustness report: {result.html_path}")
 
 
 def run_demo(kind: str, data: Path, out: Path) -> int:
@@ -57,14 +76,15 @@ def run_demo(kind: str, data: Path, out: Path) -> int:
 
     t_start = time.perf_counter()
     multi = kind == "multi"
-    ensure_data(data, 3 if multi else 1, 25 if multi else 50)
+    ensure_data(data, 3 if multi else 1, 25 if multi else 50, None if multi else DEMO_SHIFTS)
     scene = "chess"
     train_csv = data / ("7scenes_all_scenes.csv" if multi else f"abs_7scenes_pose.csv_{scene}_train.csv")
     models = ("mshyperpose", "ems-transposenet") if multi else ("hyperpose", "effposenet")
-    rows = []
+    rows, finals = [], []
     for model_name in models:
         log.info("training %s on %s", model_name, train_csv.name)
         result = train(model_name, "random", data, train_csv, CONFIG, out / model_name)
+        finals.append(result.final_checkpoint)
         test_csv = train_csv if multi else data / f"abs_7scenes_pose.csv_{scene}_test.csv"
         ev, paths = evaluate(model_name, "random", data, test_csv, CONFIG, result.final_checkpoint,
                              out / model_name / "evals", test_dataset_id="7scenes" if multi else None)
@@ -84,6 +104,8 @@ def run_demo(kind: str, data: Path, out: Path) -> int:
         base_pos, base_ori = mean_pose_errors(s_train, test_csv, data)
         print(f"{model_name:<18}{s:<12}{pos:>16.3f}{ori:>18.2f}{base_pos:>15.3f}{base_ori:>15.2f}"
               + (f"  {acc:9.3f}" if acc is not None else ""))
+    if not multi:
+        robustness_step(models[0], finals, data, out / "robustness", scene)
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; outputs in {out}")
     return 0
 

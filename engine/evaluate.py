@@ -24,6 +24,7 @@ from datasets.labels import read_labels
 from datasets.transforms import build_transform
 from models.backbone import load_backbone
 from models.registry import build_model, canonical_model_name, get_spec
+from util import jsonio
 from util.checkpoint import check_compatible, load_checkpoint, load_model_weights
 from util.config import load_config
 from util.device import autocast_dtype, select_device, synchronize
@@ -112,9 +113,12 @@ class Evaluator:
     def __init__(self, model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
                  config_path: str | Path, *, override_config=None, device: str = "auto", amp: bool = False,
                  batch_size: int | None = None, test_dataset_id: str | None = None,
-                 latency_images: int = 50, warmup: int = 5, progress: bool = True, cache_dir: str | None = None):
+                 latency_images: int = 50, warmup: int = 5, progress: bool = True, config: dict | None = None,
+                 cache_dir: str | None = None):
         self.model_name = canonical_model_name(model_name)
-        self.config = load_config(config_path, self.model_name, override_config)
+        # ``config``: an effective config already resolved (e.g. the one a checkpoint records); else loaded.
+        self.config = dict(config) if config is not None else load_config(config_path, self.model_name,
+                                                                           override_config)
         if cache_dir:
             self.config["cache_dir"] = str(cache_dir)
         self.backbone_path = backbone_path
@@ -295,7 +299,7 @@ def write_outputs(result: EvalResult, output_path: str | Path, labels_file: str 
              "summary": out / f"{stem}_summary.json"}
     atomic_write_text(paths["predictions"], predictions_csv(result))
     atomic_write_text(paths["report"], scene_report_csv(result))
-    atomic_write_text(paths["summary"], json.dumps(result.to_dict(), indent=2, default=float) + "\n")
+    atomic_write_text(paths["summary"], jsonio.dumps(result.to_dict(), indent=2) + "\n")
     return paths
 
 

@@ -235,3 +235,56 @@ def test_cli_and_bad_arguments(tmp_path, capsys):
                    {"names": ["x", "x"]}, {"frames_per_seq": 1}, {"size": (4, 4)}):
         with pytest.raises(UserError):
             generate(tmp_path / "bad", **{"frames_per_seq": 2, "size": (8, 8), **kwargs})
+
+
+# ---- shift levels -------------------------------------------------------------------------------------------
+
+LEVELS = (0.0, 0.5, 1.0)
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shifted")
+    generate(out, scenes=1, layout="7scenes", frames_per_seq=FRAMES, size=SIZE, test_shift=0.5, seed=3,
+             test_shifts=LEVELS)
+    return out
+
+
+def test_shift_levels_share_poses_and_differ_in_appearance(shifted):
+    base = _read_csv(shifted / "abs_7scenes_pose.csv_chess_test.csv")
+    found = synthetic.find_shift_csvs(shifted / "abs_7scenes_pose.csv_chess_test.csv")
+    assert [level for level, _ in found] == list(LEVELS)
+    assert [p.name for _, p in found] == [f"abs_7scenes_pose.csv_chess_test_shift{v:g}.csv" for v in LEVELS]
+    images = {}
+    for level, path in found:
+        rows = _read_csv(path)
+        assert rows[0] == base[0] and len(rows) == len(base)
+        assert [r[4:] for r in rows[1:]] == [r[4:] for r in base[1:]]  # identical poses
+        assert all(r[3].startswith(f"chess/test_shift{level:g}/seq-04/") for r in rows[1:])
+        images[level] = np.stack([_image(shifted, r[3]) for r in rows[1:]])
+    # The level equal to --test-shift renders the raw test sequence byte for byte.
+    for r_base, r_half in zip(base[1:], _read_csv(found[1][1])[1:]):
+        assert (shifted / r_base[3]).read_bytes() == (shifted / r_half[3]).read_bytes()
+    # Stronger shift, further from the unshifted look (and darker).
+    d_half = np.abs(images[0.5] - images[0.0]).mean()
+    d_full = np.abs(images[1.0] - images[0.0]).mean()
+    assert 0 < d_half < d_full
+    assert images[1.0].mean() < images[0.5].mean() < images[0.0].mean()
+    # The raw layout is untouched: the split file still names only the real test sequence.
+    assert (shifted / "chess" / "TestSplit.txt").read_text() == "sequence4\n"
+
+
+def test_one_shift_level_is_test_shift(tmp_path):
+    generate(tmp_path / "a", scenes=1, frames_per_seq=2, size=SIZE, test_shift=0.8, seed=3)
+    generate(tmp_path / "b", scenes=1, frames_per_seq=2, size=SIZE, seed=3, test_shifts=[0.8])
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+
+
+def test_shift_levels_cli_and_bad_levels(tmp_path, capsys):
+    synthetic.main([str(tmp_path / "c"), "--scenes", "1", "--frames-per-seq", "2", "--size", "16x12",
+                    "--layout", "cambridge", "--names", "ShopFacade", "--test-shifts", "0,1"])
+    assert (tmp_path / "c" / "abs_cambridge_pose_sorted.csv_ShopFacade_test_shift1.csv").is_file()
+    assert (tmp_path / "c" / "ShopFacade" / "test_shift0" / "seq4" / "frame00001.png").is_file()
+    for levels, message in (([0.0, 1.5], "in \\[0, 1\\]"), ([0.5, 0.5], "repeats")):
+        with pytest.raises(UserError, match=message):
+            generate(tmp_path / "d", scenes=1, frames_per_seq=2, size=SIZE, test_shifts=levels)

@@ -1,4 +1,4 @@
-"""Self-contained HTML report of a batch evaluation: error curves, a sortable table, CDFs and a 3D view.
+"""Self-contained HTML reports (batch evaluation, robustness): error curves, a sortable table, CDFs, a 3D view.
 
 The page embeds plotly.js, so it opens offline and survives being copied or mailed as one file (about 5 MB,
 small next to the checkpoints it describes). Each figure is stored as plotly JSON in a
@@ -21,6 +21,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from util import jsonio
 from util.io import atomic_write_text
 
 # Figure element ids, stable so that tools can find the data: <script type="application/json" id="...">.
@@ -42,20 +43,31 @@ class Column:
 
 @dataclass
 class BatchReport:
-    """Everything the page shows, as plain data (one entry per checkpoint, in evaluation order)."""
+    """Everything the page shows, as plain data.
+
+    A batch evaluation has one x-axis entry and one table row per checkpoint and marks the best one; the
+    robustness report (``best_index=None``) has one x-axis entry per test condition, one series per
+    checkpoint and no 3D view (``positions`` empty).
+    """
     title: str
     facts: list[tuple[str, str]]                           # (key, value) lines under the title
     labels: list[str]                                      # x axis of the error curves
     curves: dict[str, tuple[list[float], list[float]]]     # series -> (position m, orientation deg)
     columns: list[Column]
     rows: list[list]                                       # one cell per column: str, int, float or None
-    best_index: int
+    best_index: int | None
     best_rule: str
     cdf_errors: dict[str, tuple[np.ndarray, np.ndarray]]   # group -> (pos_err_N, ori_err_N), best checkpoint
     positions: dict[str, tuple[np.ndarray, np.ndarray]]    # scene -> (t_gt_N3, t_pred_N3), best checkpoint
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     data: dict = field(default_factory=dict)               # embedded as JSON (id ``batch-eval-data``)
     hidden_curves: tuple[str, ...] = ()                    # series shown only after a click on the legend
+    x_title: str = "checkpoint"                            # what the x axis and the table rows are
+    table_title: str = "Checkpoints"
+    skipped_title: str = "Skipped checkpoints"
+    cdf_note: str = ""                                     # what the CDF groups are, when not the best's scenes
+    # Extra curve figures, fig id -> (heading, y titles (position, orientation), series -> (pos, ori)).
+    more_curves: dict[str, tuple[str, tuple[str, str], dict]] = field(default_factory=dict)
 
 
 def _finite_or_none(value):
@@ -65,22 +77,9 @@ def _finite_or_none(value):
     return value if math.isfinite(value) else None
 
 
-def _strict(obj):
-    """Recursively replace NaN/inf by None: JSON.parse rejects them."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _strict(obj.item())
-    return obj
-
-
 def script_json(obj) -> str:
-    """Strict JSON that is safe inside a <script> element (no '<', so no '</script>' either)."""
-    return json.dumps(_strict(obj), allow_nan=False, separators=(",", ":")).replace("<", "\\u003c")
+    """Strict JSON (:mod:`util.jsonio`) that is safe inside a <script> element (no '<', so no '</script>')."""
+    return jsonio.dumps(obj, separators=(",", ":")).replace("<", "\\u003c")
 
 
 def read_embedded_json(page: str, element_id: str):
@@ -99,10 +98,10 @@ def _figure_dict(fig: go.Figure) -> dict:
 
 # Figures -----------------------------------------------------------------------------------------------------
 def error_curves_figure(labels: Sequence[str], curves: dict[str, tuple[list[float], list[float]]],
-                        best_index: int, hidden: Sequence[str] = ()) -> go.Figure:
-    """Position (top) and orientation (bottom) error against checkpoint, one trace per series."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=("Position error [m]", "Orientation error [deg]"))
+                        best_index: int | None, hidden: Sequence[str] = (), x_title: str = "checkpoint",
+                        titles: tuple[str, str] = ("Position error [m]", "Orientation error [deg]")) -> go.Figure:
+    """Position (top) and orientation (bottom) error against checkpoint (or condition), one trace per series."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=titles)
     x = list(labels)
     colors = pio.templates["plotly"].layout.colorway
     for k, (name, (pos, ori)) in enumerate(curves.items()):
@@ -114,11 +113,12 @@ def error_curves_figure(labels: Sequence[str], curves: dict[str, tuple[list[floa
         fig.add_trace(go.Scatter(x=x, y=[_finite_or_none(v) for v in ori], name=name, showlegend=False, **style),
                       row=2, col=1)
     # Category axes place shapes at the category's index.
-    for row in (1, 2):
-        fig.add_vline(x=best_index, line=dict(color="#d62728", width=1, dash="dash"), row=row, col=1)
-    fig.add_annotation(x=best_index, y=1.0, xref="x", yref="paper", text="best", showarrow=False,
-                       yanchor="bottom", font=dict(color="#d62728"))
-    fig.update_xaxes(type="category", title_text="checkpoint", row=2, col=1)
+    if best_index is not None:
+        for row in (1, 2):
+            fig.add_vline(x=best_index, line=dict(color="#d62728", width=1, dash="dash"), row=row, col=1)
+        fig.add_annotation(x=best_index, y=1.0, xref="x", yref="paper", text="best", showarrow=False,
+                           yanchor="bottom", font=dict(color="#d62728"))
+    fig.update_xaxes(type="category", title_text=x_title, row=2, col=1)
     fig.update_xaxes(type="category", row=1, col=1)
     fig.update_layout(height=620, margin=dict(l=60, r=20, t=50, b=60), hovermode="x unified",
                       legend=dict(title="series (click to toggle)"))
@@ -206,7 +206,7 @@ def _cell(value, column: Column) -> tuple[str, str]:
     return shown, repr(value)
 
 
-def sortable_table(columns: Sequence[Column], rows: Sequence[Sequence], best_index: int) -> str:
+def sortable_table(columns: Sequence[Column], rows: Sequence[Sequence], best_index: int | None) -> str:
     """An HTML table whose headers sort it on click (see the JS in :func:`render_batch_report`)."""
     head = "".join(f'<th title="click to sort">{html.escape(c.header)}</th>' for c in columns)
     body = []
@@ -272,21 +272,40 @@ document.querySelectorAll('table.sortable th').forEach(function (th, col) {
 
 def render_batch_report(report: BatchReport) -> str:
     """The complete HTML page (plotly.js inline)."""
-    figures = {
-        "fig-errors": error_curves_figure(report.labels, report.curves, report.best_index, report.hidden_curves),
-        "fig-cdf": cdf_figure(report.cdf_errors),
-        "fig-positions": positions_figure(report.positions),
-    }
-    best = report.labels[report.best_index]
+    figures = {"fig-errors": error_curves_figure(report.labels, report.curves, report.best_index,
+                                                 report.hidden_curves, report.x_title)}
+    for fid, (_, titles, curves) in report.more_curves.items():
+        figures[fid] = error_curves_figure(report.labels, curves, report.best_index, x_title=report.x_title,
+                                           titles=titles)
+    figures["fig-cdf"] = cdf_figure(report.cdf_errors)
+    if report.positions:
+        figures["fig-positions"] = positions_figure(report.positions)
     facts = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in report.facts)
     skipped = ""
     if report.skipped:
         items = "".join(f"<li><code>{html.escape(name)}</code>: {html.escape(reason)}</li>"
                         for name, reason in report.skipped)
-        skipped = f"<h2>Skipped checkpoints</h2><ul>{items}</ul>"
+        skipped = f"<h2>{html.escape(report.skipped_title)}</h2><ul>{items}</ul>"
     blocks = "\n".join(f'<script type="application/json" id="{fid}" class="plotly-figure" '
                        f'data-target="{fid}-plot">{script_json(_figure_dict(fig))}</script>'
                        for fid, fig in figures.items())
+    more = "".join(f'<h2>{html.escape(heading)}</h2>\n<div id="{fid}-plot" class="plot"></div>\n'
+                   for fid, (heading, _, _) in report.more_curves.items())
+    if report.best_index is not None:
+        best = html.escape(report.labels[report.best_index])
+        rule = f'<p class="rule">Best checkpoint: <b>{best}</b>. {html.escape(report.best_rule)}</p>'
+        table_note = "The best checkpoint is highlighted."
+        cdf_heading = f"Error CDFs of the best checkpoint ({best})"
+    else:
+        rule = f'<p class="rule">{html.escape(report.best_rule)}</p>' if report.best_rule else ""
+        table_note, cdf_heading = "", "Error CDFs"
+    positions = ""
+    if report.positions:
+        positions = f"""<h2>Camera positions of the best checkpoint ({best})</h2>
+<p>Ground truth (blue) and predicted (orange) camera centres; grey segments join each prediction to its
+ground truth. Drag to rotate; click a legend entry to show or hide a scene.</p>
+<div id="fig-positions-plot" class="plot"></div>
+"""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -298,20 +317,16 @@ def render_batch_report(report: BatchReport) -> str:
 <body>
 <h1>{html.escape(report.title)}</h1>
 <dl class="facts">{facts}</dl>
-<p class="rule">Best checkpoint: <b>{html.escape(best)}</b>. {html.escape(report.best_rule)}</p>
-<h2>Error against checkpoint</h2>
+{rule}
+<h2>Error against {html.escape(report.x_title)}</h2>
 <div id="fig-errors-plot" class="plot"></div>
-<h2>Checkpoints</h2>
-<p>Click a column header to sort; click it again to reverse. The best checkpoint is highlighted.</p>
+{more}<h2>{html.escape(report.table_title)}</h2>
+<p>Click a column header to sort; click it again to reverse. {table_note}</p>
 <div class="table-wrap">{sortable_table(report.columns, report.rows, report.best_index)}</div>
-<h2>Error CDFs of the best checkpoint ({html.escape(best)})</h2>
-<p>Fraction of frames whose error is at most x; failed estimates never count.</p>
+<h2>{cdf_heading}</h2>
+<p>Fraction of frames whose error is at most x; failed estimates never count. {html.escape(report.cdf_note)}</p>
 <div id="fig-cdf-plot" class="plot"></div>
-<h2>Camera positions of the best checkpoint ({html.escape(best)})</h2>
-<p>Ground truth (blue) and predicted (orange) camera centres; grey segments join each prediction to its
-ground truth. Drag to rotate; click a legend entry to show or hide a scene.</p>
-<div id="fig-positions-plot" class="plot"></div>
-{skipped}
+{positions}{skipped}
 {blocks}
 <script type="application/json" id="{DATA_ID}">{script_json(report.data)}</script>
 <script type="text/javascript">{_JS}</script>

@@ -1,0 +1,266 @@
+"""Robustness to appearance change: several checkpoints on several test conditions, one CSV and one HTML page.
+
+    python -m engine.robustness MODEL BACKBONE ROOT CONFIG --checkpoint_path A.pth B.pth \
+        --shifts | --ecl | --conditions NAME=CSV[:ROOT] ... --output_path DIR
+
+HyperPose claims that generated heads lose less accuracy than static ones under a domain shift. This puts
+the claim in one table: for every checkpoint and condition the median and mean errors and recalls, and the
+relative degradation from the base (first) condition. Each checkpoint's own model name and config win over
+MODEL and CONFIG (CONFIG still gives the runtime settings), so hyperpose and effposenet sit in one report;
+checkpoints trained on different scene maps are refused. A condition whose CSV or images are missing is
+reported on one line and skipped. Scores go through :class:`engine.evaluate.Evaluator` (exactly as ``test``
+mode) and are cached per checkpoint and condition (:mod:`engine.result_cache`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from engine.cli import add_runtime_arguments, configure_console
+from engine.conditions import (Condition, base_test_csvs, check_condition, ecl_conditions, group_conditions,
+                               parse_condition, shift_conditions)
+from engine.evaluate import EvalResult, Evaluator
+from engine.records import CheckpointResult, first_line, summarize_result
+from engine.result_cache import ResultCache, evaluator_context
+from engine.robustness_report import build_report, format_table, results_csv
+from models.registry import canonical_model_name, cli_choices
+from util.checkpoint import load_checkpoint
+from util.config import GENERAL_KEYS, defaults, load_config, read_config_file
+from util.errors import UserError, run_cli
+from util.io import atomic_write_text
+from util.logs import add_log_file
+from util.report import write_batch_report
+
+log = logging.getLogger(__name__)
+
+PREFIX = "robustness"
+
+
+@dataclass
+class Entry:
+    """One checkpoint of the report, with the model and config it is evaluated with."""
+    path: Path
+    model_name: str
+    config: dict
+    scene_map: dict
+    label: str = ""
+
+
+@dataclass
+class RobustnessResult:
+    """What :func:`robustness_report` scored and wrote."""
+    entries: list[Entry]
+    conditions: list[Condition]                    # the usable ones, base first
+    records: dict[tuple[str, str], CheckpointResult]  # (entry label, condition name) -> record
+    skipped: list[tuple[str, str]]                 # (what, one-line reason)
+    n_evaluated: int
+    csv_path: Path
+    html_path: Path
+    cache_path: Path
+
+    @property
+    def base(self) -> str:
+        return self.conditions[0].name
+
+    def change(self, label: str, condition: str, key: str) -> float:
+        """Relative change of ``key`` from the base condition: (x - x_base) / x_base (NaN if unknown)."""
+        base, here = self.records.get((label, self.base)), self.records.get((label, condition))
+        if base is None or here is None or not base.overall[key] > 0:
+            return float("nan")
+        return (here.overall[key] - base.overall[key]) / base.overall[key]
+
+    def rank(self, label: str, condition: str) -> int | None:
+        """1 = the lowest median position error at this condition (ties: orientation), among the checkpoints."""
+        scored = sorted((r.sort_key(), e.label) for e in self.entries
+                        if (r := self.records.get((e.label, condition))) is not None)
+        order = [lab for _, lab in scored]
+        return order.index(label) + 1 if label in order else None
+
+
+def load_entries(model_name: str, config_path: str | Path, checkpoints: Sequence[str | Path]) -> list[Entry]:
+    """Read the checkpoints: model name, config and scene map of each (refuses differing scene maps)."""
+    if not checkpoints:
+        raise UserError("--checkpoint_path needs at least one checkpoint")
+    model_name = canonical_model_name(model_name)
+    runtime = {k: v for k, v in read_config_file(config_path).get("general", {}).items() if k in GENERAL_KEYS}
+    entries = []
+    for path in map(Path, checkpoints):
+        ckpt = load_checkpoint(path)
+        if ckpt["format"] == "reference":  # a bare state_dict records neither: MODEL and CONFIG apply
+            entries.append(Entry(path, model_name, load_config(config_path, model_name), {}))
+        else:
+            name = canonical_model_name(ckpt["model_name"])  # defaults fill keys older checkpoints lack
+            entries.append(Entry(path, name, {**defaults(name), **ckpt["config"], **runtime}, dict(ckpt["scene_map"])))
+    maps = {json.dumps(sorted(e.scene_map.items())): e for e in entries if e.scene_map}
+    if len(maps) > 1:
+        a, b = list(maps.values())[:2]
+        raise UserError(f"checkpoints of different scene maps cannot share a report: {a.path.name} has "
+                        f"{a.scene_map}, {b.path.name} has {b.scene_map}")
+    names = [e.model_name for e in entries]
+    for e in entries:
+        e.label = e.model_name if names.count(e.model_name) == 1 else f"{e.model_name} ({e.path.stem})"
+    labels = [e.label for e in entries]
+    for e in entries:
+        if labels.count(e.label) > 1:
+            e.label = f"{e.model_name} ({e.path})"
+    return entries
+
+
+def _merge(results: Sequence[EvalResult]) -> EvalResult:
+    """The parts of one condition as one result (their scenes side by side, as a multi-scene test has)."""
+    first = results[0]
+    return EvalResult(first.model_name, first.checkpoint, [s for r in results for s in r.summaries],
+                      {k: v for r in results for k, v in r.scene_acc.items()},
+                      {f"{i}:{name}": p for i, r in enumerate(results) for name, p in r.predictions.items()},
+                      multi_scene=first.multi_scene)
+
+
+def robustness_report(model_name: str, backbone_path: str, dataset_root: str | Path, config_path: str | Path,
+                      checkpoints: Sequence[str | Path | Entry], conditions: Sequence[Condition],
+                      output_path: str | Path, *, device: str = "auto", amp: bool = False,
+                      batch_size: int | None = None, progress: bool = True) -> RobustnessResult:
+    """Evaluate every checkpoint on every usable condition and write the CSV, the HTML report and the cache.
+
+    ``checkpoints`` are paths, or the entries :func:`load_entries` made of them."""
+    entries = (list(checkpoints) if checkpoints and all(isinstance(c, Entry) for c in checkpoints)
+               else load_entries(model_name, config_path, checkpoints))
+    out = Path(output_path)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, html_path, cache_path = (out / f"{PREFIX}.csv", out / f"{PREFIX}.html",
+                                       out / f"{PREFIX}_cache.json")
+    file_handler = add_log_file(out / f"{PREFIX}.log")
+    try:
+        skipped, usable = [], []
+        for condition in conditions:
+            reason = check_condition(condition)
+            if reason is None:
+                usable.append(condition)
+            else:
+                log.warning("skipping condition %s: %s", condition.name, reason)
+                skipped.append((f"condition {condition.name}", reason))
+        if not usable:
+            raise UserError(f"none of the {len(conditions)} conditions is usable: "
+                            + "; ".join(f"{what}: {why}" for what, why in skipped))
+
+        cache = ResultCache(cache_path, {"amp": bool(amp)})
+        evaluators: dict[tuple, Evaluator] = {}
+        records: dict[tuple[str, str], CheckpointResult] = {}
+        n_evaluated, keys = 0, []
+        for condition in usable:
+            for e in entries:
+                key = f"{condition.name}|{e.path.resolve()}"
+                keys.append(key)
+                try:
+                    evs = []
+                    for csv_file, root in condition.parts:
+                        ev_key = (e.model_name, json.dumps(e.config, sort_keys=True, default=str), csv_file, root)
+                        if ev_key not in evaluators:
+                            evaluators[ev_key] = Evaluator(e.model_name, backbone_path, root, csv_file, config_path,
+                                                           config=e.config, device=device, amp=amp,
+                                                           batch_size=batch_size, progress=progress)
+                        evs.append(evaluators[ev_key])
+                    inputs = {"parts": [evaluator_context(ev) for ev in evs]}
+                    record = cache.lookup(key, e.path, e.label, inputs)
+                    if record is None:
+                        stat = e.path.stat()
+                        merged = _merge([ev.evaluate_checkpoint(e.path, timing=False) for ev in evs])
+                        record = summarize_result(merged, e.path, e.label, stat, evs[0].multi)
+                        cache.store(key, record, inputs)
+                        cache.save()
+                        n_evaluated += 1
+                except UserError as exc:
+                    reason = first_line(str(exc))
+                    log.warning("skipping %s on %s: %s", e.label, condition.name, reason)
+                    skipped.append((f"{e.label} on {condition.name}", reason))
+                    continue
+                records[(e.label, condition.name)] = record
+                log.info("%s on %s: median %.4f m, %.3f deg", e.label, condition.name,
+                         record.overall["median_pos_m"], record.overall["median_ori_deg"])
+        usable = [c for c in usable if any((e.label, c.name) in records for e in entries)]
+        if not usable:
+            raise UserError("no checkpoint could be evaluated on any condition (see the messages above)")
+        cache.keep_only(keys)
+        cache.save()
+        result = RobustnessResult(entries, usable, records, skipped, n_evaluated, csv_path, html_path, cache_path)
+        atomic_write_text(csv_path, results_csv(result))
+        facts = [("checkpoints", ", ".join(f"{e.label}: {e.path}" for e in entries)),
+                 ("conditions", "; ".join(f"{c.name}: {c.describe()}" for c in usable)),
+                 ("base condition", result.base), ("config", f"{config_path} (runtime settings; each "
+                                                             f"checkpoint's own config wins)"),
+                 ("results", f"{len(records)} ({n_evaluated} evaluated in this run, "
+                             f"{len(records) - n_evaluated} from the cache), {len(skipped)} skipped"),
+                 ("device", str(next(iter(evaluators.values())).device) + (" (AMP)" if amp else ""))]
+        write_batch_report(html_path, build_report(result, facts))
+        log.info("wrote %s and %s", csv_path, html_path)
+        return result
+    finally:
+        logging.getLogger().removeHandler(file_handler)
+        file_handler.close()
+
+
+# Command line ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.robustness", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Evaluate checkpoints on several test conditions (appearance changes of the same poses): "
+                    "one CSV and one self-contained HTML report with the degradation from the base condition.")
+    parser.add_argument("model_name", choices=cli_choices(False) + cli_choices(True),
+                        help="model of checkpoints that do not record one (bare reference state_dicts)")
+    parser.add_argument("backbone_path", help="EfficientNet-B0 weights, or 'random' (checkpoints hold theirs)")
+    parser.add_argument("dataset_path", help="dataset root; img_path in the label CSVs is relative to it")
+    parser.add_argument("config_file", help="JSON config: runtime settings, and the config of bare state_dicts")
+    parser.add_argument("--checkpoint_path", nargs="+", required=True, metavar="CKPT",
+                        help="one or more checkpoints, e.g. a hyperpose and an effposenet final checkpoint")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--conditions", nargs="+", metavar="NAME=CSV[:ROOT]",
+                       help="named test CSVs, the first is the base; repeat a name to add a scene's CSV")
+    which.add_argument("--ecl", nargs="*", metavar="BASE_CSV",
+                       help="the base test CSV(s) and the ECL styles (evening, winter, summer) beside them; "
+                            "without CSVs, each scene's base test CSV in dataset_path")
+    which.add_argument("--shifts", nargs="*", metavar="BASE_CSV",
+                       help="the synthetic shift levels (..._test_shift<level>.csv) beside the base test "
+                            "CSV(s); without CSVs, each scene's test CSV in dataset_path")
+    parser.add_argument("--output_path", required=True, help="folder for the CSV, the HTML report, cache and log")
+    add_runtime_arguments(parser)
+    return parser
+
+
+def conditions_from_args(args, scenes: Sequence[str]) -> list[Condition]:
+    root = Path(args.dataset_path)
+    if args.conditions is not None:
+        return group_conditions(parse_condition(text, root) for text in args.conditions)
+    listed = args.ecl if args.ecl is not None else args.shifts
+    if not listed and not scenes:
+        raise UserError("the checkpoints record no scene names: name the base test CSVs after --ecl / --shifts")
+    base = [Path(p) for p in listed] if listed else base_test_csvs(root, scenes)
+    return ecl_conditions(base, root) if args.ecl is not None else shift_conditions(base, root)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_console(args.quiet)
+
+    def run() -> int:
+        entries = load_entries(args.model_name, args.config_file, args.checkpoint_path)
+        scenes = sorted({s for e in entries for s in e.scene_map})
+        result = robustness_report(args.model_name, args.backbone_path, args.dataset_path, args.config_file,
+                                   entries, conditions_from_args(args, scenes), args.output_path,
+                                   device=args.device, amp=args.amp, batch_size=args.batch_size,
+                                   progress=not args.quiet)
+        print(format_table(result))
+        for what, reason in result.skipped:
+            print(f"skipped {what}: {reason}")
+        print(f"csv: {result.csv_path}")
+        print(f"html: {result.html_path}")
+        return 0
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
