@@ -119,8 +119,9 @@ class Evaluator:
         # ``config``: an effective config already resolved (e.g. the one a checkpoint records); else loaded.
         self.config = dict(config) if config is not None else load_config(config_path, self.model_name,
                                                                            override_config)
-        if cache_dir:
-            self.config["cache_dir"] = str(cache_dir)
+        if cache_dir or config is not None:
+            # A config recorded in a checkpoint names the training machine's cache folder: not used here.
+            self.config["cache_dir"] = str(cache_dir) if cache_dir else None
         self.backbone_path = backbone_path
         self.dataset_root = Path(dataset_root)
         self.labels_file = Path(labels_file)
