@@ -4,8 +4,10 @@ For each model, each image format (640x480 PNG as 7Scenes ships, and the same fr
 and without the decoded-image cache, times the trainer's real path: DataLoader workers decoding (or reading
 the cache), cropping, jittering, normalising, collating, the host-to-device copy and the training step
 (engine/trainer.py). The model-only figure repeats the same step on one batch already on the device. The
-ratio end-to-end / model-only is what the data path costs (1.0 = nothing). Images come from the repo's
-synthetic generator, rendered once into ``--data`` and reused.
+ratio end-to-end / model-only is what the data path costs (1.0 = nothing). A last line times the bare
+backbone's forward + backward on the same batch size, the ceiling the end-to-end figure is compared with on
+a GPU; on CUDA the GPU utilisation sampled during the end-to-end steps is printed where pynvml is
+installed. Images come from the repo's synthetic generator, rendered once into ``--data`` and reused.
 
     python bench/bench_train_e2e.py --models hyperpose mshyperpose --batch 8 --workers 2 --steps 20
     python bench/bench_train_e2e.py --device cuda --batch 64 --workers 8 --amp bf16 --steps 50
@@ -13,6 +15,7 @@ synthetic generator, rendered once into ``--data`` and reused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 import tempfile
@@ -27,6 +30,7 @@ from PIL import Image  # noqa: E402
 from datasets.dataset import CameraPoseDataset  # noqa: E402
 from datasets.synthetic import generate  # noqa: E402
 from datasets.transforms import build_transform  # noqa: E402
+from models.backbone import load_backbone  # noqa: E402
 from engine.train import build_optimizer, prepare_model  # noqa: E402
 from engine.trainer import Trainer  # noqa: E402
 from models.losses import CameraPoseLoss  # noqa: E402
@@ -86,8 +90,16 @@ def _batches(trainer: Trainer, loader):
         epoch += 1
 
 
-def time_e2e(trainer: Trainer, steps: int, warmup: int) -> tuple[float, dict]:
-    """Images/s of loader + step over ``steps`` steps after ``warmup``; also returns one batch."""
+def _utilisation(device: torch.device) -> float | None:
+    try:
+        return float(torch.cuda.utilization(device)) if device.type == "cuda" else None
+    except Exception:  # needs pynvml / the NVML library
+        return None
+
+
+def time_e2e(trainer: Trainer, steps: int, warmup: int) -> tuple[float, dict, float | None]:
+    """Images/s of loader + step over ``steps`` steps after ``warmup``; also one batch and the mean GPU
+    utilisation (percent, None where it cannot be read)."""
     loader = trainer.make_loader()
     trainer.model.train()
     batches = _batches(trainer, loader)
@@ -96,15 +108,17 @@ def time_e2e(trainer: Trainer, steps: int, warmup: int) -> tuple[float, dict]:
         batch = next(batches)
         trainer.step(batch, 1, 1)
     synchronize(trainer.device)
-    n, t0 = 0, time.perf_counter()
+    n, t0, util = 0, time.perf_counter(), []
     for _ in range(steps):
         batch = next(batches)
         trainer.step(batch, 1, 1)
         n += batch["img"].shape[0]
+        util.append(_utilisation(trainer.device))
     synchronize(trainer.device)
     seconds = time.perf_counter() - t0
     del batches, loader
-    return n / seconds, batch
+    util = [u for u in util if u is not None]
+    return n / seconds, batch, sum(util) / len(util) if util else None
 
 
 def time_model_only(trainer: Trainer, batch: dict, steps: int, warmup: int) -> float:
@@ -120,6 +134,28 @@ def time_model_only(trainer: Trainer, batch: dict, steps: int, warmup: int) -> f
     return steps * batch["img"].shape[0] / (time.perf_counter() - t0)
 
 
+def time_backbone(args, device: torch.device) -> float:
+    """Images/s of the bare EfficientNet-B0 forward + backward (sum of pooled features) at the crop size."""
+    backbone = load_backbone("random", "efficientnet").to(device, memory_format=torch.channels_last).train()
+    img = torch.randn(args.batch, 3, args.crop, args.crop, device=device).contiguous(
+        memory_format=torch.channels_last)
+    dtype = autocast_dtype(args.amp, device)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            loss = backbone.extract(img)["pooled"].float().sum()
+        loss.backward()
+
+    for _ in range(args.warmup):
+        step()
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    synchronize(device)
+    return args.steps * args.batch / (time.perf_counter() - t0)
+
+
 def bench(args) -> list[dict]:
     device = torch.device(args.device)
     data = make_data(Path(args.data), args.frames, (args.width, args.height))
@@ -132,17 +168,22 @@ def bench(args) -> list[dict]:
                     t0 = time.perf_counter()
                     trainer = make_trainer(model, data[fmt], args, device, cache_dir)
                     setup_s = time.perf_counter() - t0
-                    e2e, batch = time_e2e(trainer, args.steps, args.warmup)
+                    e2e, batch, util = time_e2e(trainer, args.steps, args.warmup)
                     model_only = time_model_only(trainer, batch, args.steps, args.warmup)
-                    rows.append({"model": model, "format": fmt, "cache": cached, "e2e": e2e,
+                    rows.append({"model": model, "format": fmt, "cache": cached, "e2e": e2e, "util": util,
                                  "model_only": model_only, "ratio": e2e / model_only, "setup_s": setup_s})
                     print(format_row(rows[-1]), flush=True)
+    backbone = time_backbone(args, device)
+    print(f"bare backbone (efficientnet) forward+backward: {backbone:.2f} img/s at batch {args.batch}; "
+          f"end-to-end / backbone: " + ", ".join(f"{r['model']} {r['format']}{' cache' if r['cache'] else ''} "
+                                                  f"{r['e2e'] / backbone:.2f}" for r in rows))
     return rows
 
 
 def format_row(r: dict) -> str:
+    util = "" if r["util"] is None else f"{r['util']:>8.0f}%"
     return (f"{r['model']:<18}{r['format']:<6}{'yes' if r['cache'] else 'no':<7}{r['e2e']:>12.2f}"
-            f"{r['model_only']:>14.2f}{r['ratio']:>8.2f}{r['setup_s']:>10.1f}")
+            f"{r['model_only']:>14.2f}{r['ratio']:>8.2f}{r['setup_s']:>10.1f}{util}")
 
 
 def main(argv=None) -> int:
@@ -174,7 +215,7 @@ def main(argv=None) -> int:
     print(f"device={args.device} ({name}) images {args.width}x{args.height} resize {args.resize} crop {args.crop} "
           f"batch {args.batch} workers {args.workers} steps {args.steps} warmup {args.warmup} "
           f"amp {args.amp or 'off'}{' compile' if args.compile else ''}")
-    print(f"{'model':<18}{'fmt':<6}{'cache':<7}{'e2e img/s':>12}{'model img/s':>14}{'ratio':>8}{'setup s':>10}")
+    print(f"{'model':<18}{'fmt':<6}{'cache':<7}{'e2e img/s':>12}{'model img/s':>14}{'ratio':>8}{'setup s':>10}{'GPU util' if args.device == 'cuda' else ''}")
     try:
         bench(args)
     except UserError as err:
