@@ -184,7 +184,14 @@ class Trainer:
                     stack.enter_context(self.streams.use(i))
                 if self.amp_dtype is not None:
                     stack.enter_context(torch.autocast(dev.type, dtype=self.amp_dtype))
-                loss, pose_loss, scene_nll, pose_pred, scene_logp = self.module(*part)
+                try:
+                    loss, pose_loss, scene_nll, pose_pred, scene_logp = self.module(*part)
+                except ValueError as e:
+                    if "Expected more than 1 value per channel" not in str(e):
+                        raise
+                    raise UserError(f"epoch {epoch}, batch {step}: a batch part of {part[0].shape[0]} image "
+                                    f"reaches a BatchNorm layer with 1x1 maps, which needs at least 2; change "
+                                    f"batch_size or --micro_batches so that no part holds a single image") from None
                 if not torch.isfinite(loss):
                     raise UserError(f"training diverged at epoch {epoch}, batch {step}: loss is {loss.item()}; "
                                     f"try a lower lr")

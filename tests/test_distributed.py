@@ -106,13 +106,16 @@ def test_resume_a_two_process_run_in_one_process(ddp_run, scenes3, tmp_path):
 
 def test_torchrun_launches_the_training_script(scene7, tmp_path):
     """The documented command: torchrun (torch.distributed.run) with 2 CPU processes on 127.0.0.1, with the
-    image cache that local rank 0 builds and rank 1 waits for."""
-    config = write_config(tmp_path / "cfg.json", tiny_config_dict(n_epochs=1))
+    image cache that local rank 0 builds and rank 1 waits for, and micro-batches (DDP's no_sync)."""
+    cfg = tiny_config_dict(n_epochs=1)
+    cfg["effposenet"]["batch_size"] = 6  # 12 frames: one global batch of 2 x 6, parts of 3
+    config = write_config(tmp_path / "cfg.json", cfg)
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(REPO / "main_single_scene.py"),
            "effposenet", "train", "random", str(scene7), str(scene7 / "abs_7scenes_pose.csv_chess_train.csv"),
-           str(config), "--output_path", str(tmp_path / "runs"), "--device", "cpu", "--cache", str(tmp_path / "cache")]
+           str(config), "--output_path", str(tmp_path / "runs"), "--device", "cpu", "--cache", str(tmp_path / "cache"),
+           "--micro_batches", "2"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -120,5 +123,5 @@ def test_torchrun_launches_the_training_script(scene7, tmp_path):
     assert proc.stdout.count("final checkpoint:") == 2  # both processes report the same path
     assert proc.stderr.count("epoch 1/1 loss") == 1  # only rank 0 logs
     ckpt = torch.load(run_dir / f"{run_dir.name}_final.pth", weights_only=True)
-    assert ckpt["extra"]["world_size"] == 2 and ckpt["epoch"] == 1
+    assert ckpt["extra"]["world_size"] == 2 and ckpt["extra"]["micro_batches"] == 2 and ckpt["epoch"] == 1
     assert len(list((tmp_path / "cache").glob("*.u8cache"))) == 1  # built by local rank 0, read by both

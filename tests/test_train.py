@@ -152,3 +152,9 @@ def test_bf16_test_mode_on_the_cpu_is_close_to_fp32(scene7, tiny_config, tmp_pat
         preds[amp] = torch.from_numpy(next(iter(result.predictions.values())).pose_pred_N7)
     assert not torch.equal(preds[False], preds["bf16"])  # bf16 really ran
     torch.testing.assert_close(preds["bf16"], preds[False], atol=0.05, rtol=0.05)
+
+
+def test_a_single_image_part_at_1x1_maps_is_a_clear_error(scene7, tiny_config, tmp_path):
+    with pytest.raises(UserError, match="part of 1 image.*BatchNorm"):
+        train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu",
+              micro_batches=4, n_epochs=1)
