@@ -32,12 +32,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, args: tuple, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, args: tuple, out_dir: str, device: str = "cpu") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    result = train(*args, device="cpu")
-    torch.save({"params": {k: p.detach().clone() for k, p in result.model.named_parameters()},
+    result = train(*args, device=device)
+    torch.save({"params": {k: p.detach().cpu().clone() for k, p in result.model.named_parameters()},
                 "run_dir": str(result.run_dir), "final": str(result.final_checkpoint)},
                os.path.join(out_dir, f"rank{rank}.pt"))
 
