@@ -28,16 +28,29 @@ def resize_short_side(img_3HW: torch.Tensor, size: int) -> torch.Tensor:
     return v2.functional.resize(img_3HW, [int(size)], antialias=True)
 
 
+def image_sizes(config: Mapping) -> tuple[int, int]:
+    """``(image_resize, image_crop)`` of a config, checked."""
+    resize = int(config.get("image_resize", DEFAULT_IMAGE_RESIZE))
+    crop = int(config.get("image_crop", DEFAULT_IMAGE_CROP))
+    if not 0 < crop <= resize:
+        raise UserError(f"image_crop ({crop}) must be positive and at most image_resize ({resize})")
+    return resize, crop
+
+
+def build_resize_crop(config: Mapping) -> v2.Compose:
+    """The geometric part of the test transform alone: uint8 in, uint8 crop x crop out (for exported models,
+    which normalise inside their graph)."""
+    resize, crop = image_sizes(config)
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(crop)])
+
+
 def build_transform(config: Mapping, train: bool) -> v2.Compose:
     """Resize the short side to ``image_resize``, crop ``image_crop`` and normalise.
 
     Training: random crop and colour jitter (brightness, contrast, saturation 0.5, hue 0.2). Testing, or
     training with ``no_augment``: centre crop and nothing random.
     """
-    resize = int(config.get("image_resize", DEFAULT_IMAGE_RESIZE))
-    crop = int(config.get("image_crop", DEFAULT_IMAGE_CROP))
-    if not 0 < crop <= resize:
-        raise UserError(f"image_crop ({crop}) must be positive and at most image_resize ({resize})")
+    resize, crop = image_sizes(config)
     augment = train and not config.get("no_augment", False)
 
     # An int resizes the shorter side, as resize_short_side does; an image already at that size (from the

@@ -1,13 +1,16 @@
 """Command-line front end shared by ``main_single_scene.py`` and ``main_multi_scene.py``.
 
 The positional order is the reference's: ``model_name mode backbone_path dataset_path labels_file
-config_file``; an optional second JSON overrides the first.
+config_file``; an optional second JSON overrides the first. The ``predict`` mode, which has no labels, takes
+``model_name predict backbone_path images config_file``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
+from pathlib import Path
 from typing import Sequence
 
 from models.registry import cli_choices
@@ -34,8 +37,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, models: Sequence[str],
                          modes: Sequence[str] = ("train", "test")) -> None:
     """The reference positionals, shared by the train/test and batch-evaluation scripts."""
     parser.add_argument("model_name", choices=models, help="model to train or test")
-    parser.add_argument("mode", choices=modes,
-                        help="train a model or test a checkpoint" if "train" in modes else "test checkpoints")
+    mode_help = "train a model or test a checkpoint" if "train" in modes else "test checkpoints"
+    if "predict" in modes:
+        mode_help += "; predict localizes unlabelled images (other positionals: see MODEL predict -h)"
+    parser.add_argument("mode", choices=modes, help=mode_help)
     parser.add_argument("backbone_path",
                         help="backbone weights (of the config's backbone_type): a state_dict file, the "
                              "reference's pickled EfficientNet, 'imagenet' for local ImageNet weights, or "
@@ -70,9 +75,11 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
     models = cli_choices(multi_scene)
     parser = argparse.ArgumentParser(
         description=("Train or test a multi-scene absolute pose regressor." if multi_scene
-                     else "Train or test a single-scene absolute pose regressor."),
+                     else "Train or test a single-scene absolute pose regressor.")
+        + " To localize unlabelled images: MODEL predict BACKBONE IMAGES CONFIG --checkpoint_path CKPT "
+          "(see MODEL predict -h).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_arguments(parser, models)
+    add_common_arguments(parser, models, modes=("train", "test", "predict"))
     parser.add_argument("override_config", nargs="?", default=None,
                         help="optional second JSON config whose sections override the first")
     parser.add_argument("--checkpoint_path", default=None,
@@ -93,7 +100,56 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
     return parser
 
 
+def build_predict_parser(multi_scene: bool) -> argparse.ArgumentParser:
+    """``model_name predict backbone_path images config_file [override_config]`` and its options."""
+    script = "main_multi_scene.py" if multi_scene else "main_single_scene.py"
+    parser = argparse.ArgumentParser(
+        prog=script, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Localize unlabelled images with a checkpoint; writes <...>_poses.csv "
+                    "(img_path,t1,t2,t3,q1,q2,q3,q4" + (",scene_pred,scene_prob" if multi_scene else "") + ").")
+    parser.add_argument("model_name", choices=cli_choices(multi_scene),
+                        help="the model the checkpoint holds")
+    parser.add_argument("mode", choices=("predict",), help="localize images")
+    parser.add_argument("backbone_path", help="as for train/test ('random' or a backbone file); the checkpoint "
+                                              "holds the backbone weights that are used")
+    parser.add_argument("images", help="a folder (searched recursively), a glob pattern in quotes, a text file "
+                                       "with one image path per line, or a label CSV (ground truth ignored)")
+    parser.add_argument("config_file", help="JSON config: a 'general' section plus one section per model")
+    parser.add_argument("override_config", nargs="?", default=None,
+                        help="optional second JSON config whose sections override the first")
+    parser.add_argument("--checkpoint_path", required=True, help="the checkpoint to localize with")
+    parser.add_argument("--output_path", default="./predictions", help="where the poses CSV (and HTML) go")
+    parser.add_argument("--dataset_path", default=None,
+                        help="root of the relative paths in a text list or label CSV (default: its folder)")
+    parser.add_argument("--html", action="store_true", help="also write a self-contained 3D view of the "
+                                                            "predicted camera centres")
+    parser.add_argument("--device", default="auto",
+                        help="auto (config device_id when CUDA is there, else CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--batch_size", type=int, default=None, help="default: the config's batch_size")
+    parser.add_argument("--quiet", action="store_true", help="only warnings on the console, no progress bars")
+    return parser
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from engine.predict import predict
+    if args.backbone_path not in ("random", "imagenet") and not Path(args.backbone_path).is_file():
+        raise UserError(f"backbone file not found: {args.backbone_path} (the order is MODEL predict BACKBONE "
+                        f"IMAGES CONFIG; 'random' is accepted, as the checkpoint holds the weights)")
+    result = predict(args.model_name, args.images, args.config_file, args.checkpoint_path, args.output_path,
+                     override_config=args.override_config, dataset_root=args.dataset_path,
+                     batch_size=args.batch_size, device=args.device, html=args.html, progress=not args.quiet)
+    print(result.summary_line())  # each skipped image was logged as a warning when it failed
+    for kind, path in result.paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[1] == "predict":
+        args = build_predict_parser(multi_scene).parse_args(argv)
+        configure_console(args.quiet)
+        return run_cli(lambda: run_predict(args))
     args = build_parser(multi_scene).parse_args(argv)
     configure_console(args.quiet)
 

@@ -1,0 +1,123 @@
+"""CPU inference of every registered model as PyTorch eager, eager + channels_last, TorchScript and onnxruntime.
+
+Each model is built with its default config (random weights; ``--num_scenes`` scenes for multi-scene
+models), wrapped as :class:`engine.export.ExportGraph` (uint8 image in, normalisation and unit quaternion
+inside) and exported with a dynamic batch through :func:`engine.export.export_loaded` (without its comparison with
+PyTorch, which ``tests/test_export.py`` makes on real images). Printed per model and runtime: latency at batch 1 (median ms over ``--iters``
+calls after ``--warmup``) and throughput at batch ``--batch`` (images/s over ``--iters`` calls).
+
+    python bench/bench_export.py --size 224 --iters 20 --threads 4
+    python bench/bench_export.py --tiny --iters 2 --warmup 1            # check that it runs (small configs)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+import torch  # noqa: E402
+
+from engine.export import ExportGraph, example_input, export_loaded, prepare_for_export  # noqa: E402
+from engine.localize import LoadedModel  # noqa: E402
+from models.backbone import new_backbone  # noqa: E402
+from models.registry import build_model, get_spec, model_names  # noqa: E402
+from util.config import defaults  # noqa: E402
+
+RUNTIMES = ("eager", "channels_last", "torchscript", "onnxruntime")
+# --tiny: the sizes of the test suite's configs, so that every model builds and exports in seconds.
+TINY = dict(hidden_dim=32, nheads=2, num_t_encoder_layers=1, num_t_decoder_layers=1, num_rot_encoder_layers=1,
+            num_rot_decoder_layers=1, dim_feedforward=32, reg_hidden_dim=32, hyper_dim_t=16, hyper_dim_rot=32)
+
+
+def model_config(name: str, size: int, num_scenes: int, tiny: bool) -> dict:
+    config = dict(defaults(name), image_resize=size, image_crop=size)
+    if tiny:
+        config.update({k: v for k, v in TINY.items() if k in config})
+    if get_spec(name).multi_scene:
+        config["num_scenes"] = num_scenes
+    return config
+
+
+def runners(name: str, config: dict, num_scenes: int, folder: Path, threads: int) -> dict:
+    """Runtime name -> callable(uint8 batch as a tensor)."""
+    import onnxruntime as ort
+
+    model = build_model(name, config, new_backbone(config["backbone_type"])).eval()
+    loaded = LoadedModel(model, name, config, {}, num_scenes if get_spec(name).multi_scene else 0)
+    onnx_path, ts_path = folder / f"{name}.onnx", folder / f"{name}.pt"
+    # Random weights can tie scene scores, which rounding then breaks either way: no comparison here (the
+    # test suite checks the exports of every model on real images).
+    export_loaded(loaded, onnx_path, "onnx", batch="dynamic", check=False)
+    export_loaded(loaded, ts_path, "torchscript", batch="dynamic", check=False)
+    graph = ExportGraph(prepare_for_export(model), uint8_input=True).eval()
+    graph_cl = copy.deepcopy(graph).to(memory_format=torch.channels_last)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks torch.jit as deprecated
+        scripted = torch.jit.load(str(ts_path), map_location="cpu")
+    return {
+        "eager": graph,
+        "channels_last": lambda x: graph_cl(x.contiguous(memory_format=torch.channels_last)),
+        "torchscript": scripted,
+        "onnxruntime": lambda x: session.run(None, {"image": x.numpy()}),
+    }
+
+
+@torch.no_grad()
+def time_calls(fn, x: torch.Tensor, iters: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn(x)
+    seconds = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn(x)
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--models", default=",".join(model_names()), help="comma-separated model names")
+    parser.add_argument("--size", type=int, default=224, help="crop size (square input)")
+    parser.add_argument("--batch", type=int, default=32, help="batch size of the throughput runs")
+    parser.add_argument("--iters", type=int, default=20, help="timed calls per runtime and batch size")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls first")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="CPU threads, for torch and onnxruntime alike")
+    parser.add_argument("--num_scenes", type=int, default=7, help="scenes of the multi-scene models")
+    parser.add_argument("--tiny", action="store_true", help="small configs (the test suite's sizes)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    print(f"CPU, {args.threads} threads, {args.size}x{args.size} uint8 input, torch {torch.__version__}; "
+          f"latency: median of {args.iters} calls at batch 1; throughput: batch {args.batch}, "
+          f"{args.iters} calls; {'tiny' if args.tiny else 'default'} configs")
+    header = f"{'model':<18}{'runtime':<15}{'latency b1 [ms]':>17}{'throughput [img/s]':>20}"
+    print(header)
+    print("-" * len(header))
+    x1 = example_input(1, args.size, "uint8")
+    xb = example_input(args.batch, args.size, "uint8", seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            config = model_config(name, args.size, args.num_scenes, args.tiny)
+            for runtime, fn in runners(name, config, args.num_scenes, Path(tmp), args.threads).items():
+                latency = statistics.median(time_calls(fn, x1, args.iters, args.warmup)) * 1e3
+                throughput = args.batch * args.iters / sum(time_calls(fn, xb, args.iters, args.warmup))
+                print(f"{name:<18}{runtime:<15}{latency:>17.2f}{throughput:>20.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
