@@ -2,6 +2,8 @@
 
 Both decoders return a uint8 RGB tensor of shape 3xHxW, which is what ``datasets.dataset`` feeds its
 transforms. Runs on one thread, like a data-loader worker. Usage: ``python bench/bench_decode.py``.
+With ``--device cuda`` a further column decodes the JPEGs on the GPU (torchvision's nvjpeg path, one image
+per call, synchronised); PNG has no GPU decoder there.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.dataset import load_image_uint8  # noqa: E402
@@ -28,6 +30,12 @@ def decode_pil(path: str) -> torch.Tensor:
 
 def decode_torchvision(path: str) -> torch.Tensor:
     return decode_image(read_file(path), mode=ImageReadMode.RGB)
+
+
+def decode_jpeg_cuda(path: str) -> torch.Tensor:
+    img_3HW = decode_jpeg(read_file(path), mode=ImageReadMode.RGB, device="cuda")
+    torch.cuda.synchronize()
+    return img_3HW
 
 
 DECODERS = {"PIL": decode_pil, "torchvision.io": decode_torchvision, "dataset (chosen)": load_image_uint8}
@@ -71,24 +79,31 @@ def main(argv=None) -> None:
     parser.add_argument("--min-seconds", type=float, default=1.0, help="minimum timing per measurement")
     parser.add_argument("--small", type=int, nargs=2, default=[128, 96], metavar=("W", "H"),
                         help="the small image size")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: also decode the JPEGs on the GPU")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    decoders = dict(DECODERS, **({"nvjpeg (cuda)": decode_jpeg_cuda} if args.device == "cuda" else {}))
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     sizes = [(640, 480), tuple(args.small)]
-    print(f"{'size':>9} {'format':>6} {'KiB/img':>8} " + " ".join(f"{name:>17}" for name in DECODERS)
+    print(f"{'size':>9} {'format':>6} {'KiB/img':>8} " + " ".join(f"{name:>17}" for name in decoders)
           + "   (images/s, 1 thread)")
     with tempfile.TemporaryDirectory() as tmp:
         for width, height in sizes:
             paths = make_images(Path(tmp), width, height, args.n_images, rng)
             for ext, ext_paths in paths.items():
                 reference_3HW = decode_pil(ext_paths[0])
-                for decode in DECODERS.values():
+                usable = {n: d for n, d in decoders.items() if ext == "jpg" or d is not decode_jpeg_cuda}
+                for decode in usable.values():
                     img_3HW = decode(ext_paths[0])
                     assert img_3HW.dtype == torch.uint8 and img_3HW.shape == reference_3HW.shape
                 kib = np.mean([Path(p).stat().st_size for p in ext_paths]) / 1024
-                rates = [images_per_second(decode, ext_paths, args.min_seconds) for decode in DECODERS.values()]
-                print(f"{width:>4}x{height:<4} {ext:>6} {kib:>8.1f} " + " ".join(f"{r:>17.0f}" for r in rates))
+                rates = [f"{images_per_second(usable[n], ext_paths, args.min_seconds):>17.0f}" if n in usable
+                         else f"{'n/a':>17}" for n in decoders]
+                print(f"{width:>4}x{height:<4} {ext:>6} {kib:>8.1f} " + " ".join(rates))
 
 
 if __name__ == "__main__":

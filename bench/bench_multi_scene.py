@@ -3,26 +3,32 @@
 Reports images/s for a training step (forward, pose + scene loss, backward, Adam step) and for
 inference (eval mode, no autograd), plus parameter counts. Warm-up iterations are excluded and the
 two models are timed alternately, iteration by iteration, so that load changes on the machine hit
-both alike and their ratio stays fair.
+both alike and their ratio stays fair. A second, separate pass splits the training step's time into the
+backbone's forward, the two transformers' forward, the rest of the forward (input projections, position
+embeddings, heads, hypernetworks/generators, loss), backward, and the optimizer step; it synchronises
+the device around each part, so its total is a little above the first pass's.
 
     python bench/bench_multi_scene.py --size 224 --batch 8 --iters 20 --device cuda
+    python bench/bench_multi_scene.py --amp bf16      # compare with the fp32 run for the bf16 speed-up
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
 
 from models.backbone import load_backbone  # noqa: E402
 from models.losses import CameraPoseLoss  # noqa: E402
 from models.ms_transposenet import MSTransPoseNet  # noqa: E402
 from models.mshyperpose import MSHyperPose  # noqa: E402
+from util.device import autocast_dtype  # noqa: E402
 from util.errors import UserError  # noqa: E402
 
 MODELS = {"ems-transposenet": MSTransPoseNet, "mshyperpose": MSHyperPose}
@@ -45,27 +51,81 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _train_step(model, optimizer, pose_loss, img, pose_gt, scene_gt) -> None:
-    pose, log_probs = model(img, scene_gt)
-    loss = pose_loss(pose, pose_gt) + F.nll_loss(log_probs, scene_gt)
+def _autocast(device: torch.device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _train_step(model, optimizer, pose_loss, img, pose_gt, scene_gt, dtype=None, clock=None) -> None:
+    with _autocast(img.device, dtype):
+        pose, log_probs = model(img, scene_gt)
+        loss = pose_loss.total(pose, pose_gt, log_probs, scene_gt)[0]
+    if clock is not None:
+        clock.lap("forward")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if clock is not None:
+        clock.lap("backward")
     optimizer.step()
+    if clock is not None:
+        clock.lap("optimizer step")
 
 
-def _infer_step(model, img) -> None:
-    with torch.inference_mode():
+def _infer_step(model, img, dtype=None) -> None:
+    with torch.inference_mode(), _autocast(img.device, dtype):
         model(img)
 
 
+class SplitClock:
+    """Synchronised wall time per part of a training step; the named calls are wrapped to time themselves."""
+
+    # part -> (attribute path of the object, method) whose calls belong to it
+    PARTS = {"backbone": (("body", "extract"),),
+             "transformers": (("transformer_t", "forward"), ("transformer_rot", "forward"))}
+
+    def __init__(self, model, device: torch.device):
+        self.device, self.seconds, self.inside = device, defaultdict(float), defaultdict(float)
+        self._start = None
+        for part, calls in self.PARTS.items():
+            for attr, method in calls:
+                obj = getattr(model, attr)
+                setattr(obj, method, self._timed(getattr(obj, method), part))
+
+    def _timed(self, fn, part: str):
+        def timed(*args, **kwargs):
+            _sync(self.device)
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            _sync(self.device)
+            self.inside[part] += time.perf_counter() - t0
+            return out
+        return timed
+
+    def start(self) -> None:
+        _sync(self.device)
+        self._start, self.inside = time.perf_counter(), defaultdict(float)
+
+    def lap(self, name: str) -> None:
+        _sync(self.device)
+        now = time.perf_counter()
+        spent = now - self._start
+        if name == "forward":  # split the forward into the hooked parts and the rest
+            for part, t in self.inside.items():
+                self.seconds[f"{part} forward"] += t
+                spent -= t
+            name = "heads, generators, loss forward"
+        self.seconds[name] += spent
+        self._start = now
+
+
 def bench(size: int, batch: int, iters: int, warmup: int, num_scenes: int, nheads: int,
-          device_name: str, seed: int = 0) -> list[dict]:
+          device_name: str, seed: int = 0, amp: str | None = None, split: bool = True) -> list[dict]:
     """Time both models alternately; returns one row per model with params and images/s."""
     if device_name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but CUDA is not available")
     if min(size, batch, iters) < 1 or warmup < 0:
         raise UserError("--size, --batch and --iters must be >= 1 and --warmup >= 0")
     device = torch.device(device_name)
+    dtype = autocast_dtype(amp, device)
     gen = torch.Generator().manual_seed(seed)
     img = torch.randn(batch, 3, size, size, generator=gen).to(device)
     pose_gt = torch.randn(batch, 7, generator=gen).to(device)
@@ -88,12 +148,21 @@ def bench(size: int, batch: int, iters: int, warmup: int, num_scenes: int, nhead
                 _sync(device)
                 start = time.perf_counter()
                 if phase == "train":
-                    _train_step(run["model"], run["opt"], run["loss"], img, pose_gt, scene_gt)
+                    _train_step(run["model"], run["opt"], run["loss"], img, pose_gt, scene_gt, dtype)
                 else:
-                    _infer_step(run["model"], img)
+                    _infer_step(run["model"], img, dtype)
                 _sync(device)
                 if it >= warmup:
                     run[f"{phase}_s"] += time.perf_counter() - start
+
+    if split:
+        for run in runs.values():
+            run["model"].train()
+            run["clock"] = SplitClock(run["model"], device)
+        for _ in range(iters):
+            for run in runs.values():
+                run["clock"].start()
+                _train_step(run["model"], run["opt"], run["loss"], img, pose_gt, scene_gt, dtype, run["clock"])
 
     return [
         {
@@ -101,6 +170,7 @@ def bench(size: int, batch: int, iters: int, warmup: int, num_scenes: int, nhead
             "params": sum(p.numel() for p in run["model"].parameters()),
             "train_img_s": batch * iters / run["train_s"],
             "infer_img_s": batch * iters / run["infer_s"],
+            "split_ms": {k: 1000 * v / iters for k, v in run["clock"].seconds.items()} if split else {},
         }
         for name, run in runs.items()
     ]
@@ -115,6 +185,11 @@ def format_rows(rows: list[dict]) -> str:
     hyper, base = by_name["mshyperpose"], by_name["ems-transposenet"]
     lines.append(f"mshyperpose / ems-transposenet speed: train {hyper['train_img_s'] / base['train_img_s']:.2f}x, "
                  f"inference {hyper['infer_img_s'] / base['infer_img_s']:.2f}x")
+    for r in rows:
+        if r["split_ms"]:
+            total = sum(r["split_ms"].values())
+            parts = ", ".join(f"{k} {v:.1f} ms ({100 * v / total:.0f}%)" for k, v in r["split_ms"].items())
+            lines.append(f"{r['model']} training step split (synchronised, {total:.1f} ms): {parts}")
     return "\n".join(lines)
 
 
@@ -127,14 +202,17 @@ def main(argv=None) -> str:
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
     parser.add_argument("--num-scenes", type=int, default=7, help="number of scenes (7 for 7Scenes)")
     parser.add_argument("--nheads", type=int, default=8, help="attention heads per transformer layer")
+    parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (fp16: CUDA only)")
+    parser.add_argument("--no-split", action="store_true", help="skip the pass that splits the step's time")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where to run")
     args = parser.parse_args(argv)
-    rows = bench(args.size, args.batch, args.iters, args.warmup, args.num_scenes, args.nheads, args.device)
+    rows = bench(args.size, args.batch, args.iters, args.warmup, args.num_scenes, args.nheads, args.device,
+                 amp=args.amp, split=not args.no_split)
     header = (f"device={args.device}"
               + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else f" ({torch.get_num_threads()} threads)")
               + f" size={args.size} batch={args.batch} iters={args.iters} warmup={args.warmup} "
-              f"num_scenes={args.num_scenes} nheads={args.nheads}")
+              f"num_scenes={args.num_scenes} nheads={args.nheads} amp={args.amp or 'off'}")
     return header + "\n" + format_rows(rows)
 
 

@@ -140,7 +140,8 @@ class CameraPoseDataset(Dataset):
     ``transform`` receives the decoded uint8 RGB tensor 3xHxW and returns the float tensor the model takes
     (see ``datasets.transforms.build_transform``); without one the image is returned as floats in [0, 1].
     ``scene_map`` (name -> id) is derived from the CSV's sorted scene names unless given, e.g. the training
-    map stored with a model, so that test-time ids agree with training.
+    map stored with a model, so that test-time ids agree with training. ``image_cache`` (see
+    ``datasets.image_cache``) replaces decoding with a read of the already decoded, resized image.
     """
 
     def __init__(self, dataset_root: PathLike, labels_file: PathLike,
@@ -156,6 +157,17 @@ class CameraPoseDataset(Dataset):
         self.scene_ids = np.array([self.scene_map[name] for name in self.scene_names], dtype=np.int64)
         self.img_paths = labels["img_path"].tolist()
         self.poses_N7 = labels[POSE_COLUMNS].to_numpy(dtype=np.float32)
+        self.image_cache = None
+
+    def use_image_cache(self, cache_dir: PathLike, image_resize: int, n_workers: int = 0,
+                        build: bool = True) -> bool:
+        """Read images from the decoded-image cache in ``cache_dir`` (built on first use); False if absent
+        and ``build`` is off."""
+        from datasets.image_cache import open_image_cache
+
+        self.image_cache = open_image_cache(cache_dir, self.dataset_root, self.labels_file, self.img_paths,
+                                            image_resize, n_workers=n_workers, build=build)
+        return self.image_cache is not None
 
     def check_sample(self, n: int = 8) -> None:
         """Decode and transform ``n`` evenly spaced images (first and last included), so that a broken
@@ -172,7 +184,10 @@ class CameraPoseDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         rel_path = self.img_paths[index]
-        img_3HW = load_image_uint8(self.dataset_root / rel_path)
+        if self.image_cache is not None:
+            img_3HW = self.image_cache[index]
+        else:
+            img_3HW = load_image_uint8(self.dataset_root / rel_path)
         img = self.transform(img_3HW) if self.transform is not None else img_3HW.float().div_(255.0)
         return {
             "img": img,

@@ -1,11 +1,12 @@
-"""Scene-balanced sampling for multi-scene training (the recipe's ``equalize_scenes``)."""
+"""Training samplers: scene-balanced sampling (the recipe's ``equalize_scenes``) and the per-epoch order
+with per-sample augmentation seeds that single-process and distributed training share."""
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 
 class SceneBalancedSampler(Sampler[int]):
@@ -51,3 +52,83 @@ class SceneBalancedSampler(Sampler[int]):
                              for frames, n in zip(self.frames_by_scene, draws_S) if n > 0])
         indices = indices[torch.randperm(len(indices), generator=generator)]
         return iter(indices.tolist())
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch: resuming at any epoch replays the same random stream."""
+    return seed * 100_003 + epoch
+
+
+class EpochSampler(Sampler[Tuple[int, int]]):
+    """The training order of one epoch for one process: ``(dataset index, sample seed)`` pairs.
+
+    Every epoch draws one global order from the generator seeded by ``epoch_seed(seed, epoch)`` (a random
+    permutation, or :class:`SceneBalancedSampler` with ``equalize_scenes``) and one seed per position, which
+    :class:`SeededSamples` uses for that sample's augmentation. The order and the augmentations therefore
+    depend only on (seed, epoch), not on the worker count, persistent workers or the world size.
+
+    With ``world_size`` W > 1 the order is padded by wrapping around to a multiple of W, and each global
+    batch of ``batch_size`` x W positions is cut into W equal parts, part ``rank`` going to this process:
+    the W processes together step through exactly the global batches one process would see with
+    ``batch_size`` x W. Call :meth:`set_epoch` before iterating.
+    """
+
+    def __init__(self, scene_ids: Union[Sequence[int], np.ndarray], seed: int, batch_size: int,
+                 equalize_scenes: bool = False, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.scene_ids = np.asarray(scene_ids, dtype=np.int64)
+        self.seed, self.batch_size, self.equalize_scenes = int(seed), int(batch_size), bool(equalize_scenes)
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 1
+        self.padded = -(-len(self.scene_ids) // world_size) * world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.padded // self.world_size
+
+    def global_order(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(indices, sample seeds) of the whole epoch, before the split across processes."""
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        n = len(self.scene_ids)
+        if self.equalize_scenes:
+            indices = torch.tensor(list(SceneBalancedSampler(self.scene_ids, generator=generator)))
+        else:
+            indices = torch.randperm(n, generator=generator)
+        seeds = torch.randint(0, 2**62, (n,), generator=generator)
+        return indices, seeds
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        indices, seeds = self.global_order()
+        if self.padded > len(indices):
+            wrap = torch.arange(self.padded - len(indices)) % len(indices)
+            indices, seeds = torch.cat([indices, indices[wrap]]), torch.cat([seeds, seeds[wrap]])
+        mine = []
+        step = self.batch_size * self.world_size
+        for start in range(0, self.padded, step):
+            part = min(step, self.padded - start) // self.world_size
+            mine.append(torch.arange(start + self.rank * part, start + (self.rank + 1) * part))
+        positions = torch.cat(mine)
+        return iter(zip(indices[positions].tolist(), seeds[positions].tolist()))
+
+
+class SeededSamples(Dataset):
+    """``dataset[i]`` drawn under ``torch.manual_seed(s)`` for a key ``(i, s)`` from :class:`EpochSampler`.
+
+    The global torch RNG is restored afterwards, so loading in the main process (``n_workers`` 0) leaves
+    the stream that dropout draws from untouched.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]

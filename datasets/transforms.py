@@ -21,6 +21,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_IMAGE_RESIZE = 256
 DEFAULT_IMAGE_CROP = 224
 COLOR_JITTER = dict(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.2)
+# How the short side is resized; part of the decoded-image cache's key (datasets/image_cache.py).
+RESIZE_METHOD = "torchvision-v2-bilinear-antialias"
+
+
+def resize_short_side(img_3HW: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize so that the shorter side is ``size``, keeping the aspect ratio (the first training step)."""
+    return v2.functional.resize(img_3HW, [int(size)], antialias=True)
 
 
 def _div255(img: torch.Tensor) -> torch.Tensor:
@@ -85,6 +92,8 @@ def build_transform(config: Mapping, train: bool) -> v2.Compose:
     resize, crop = image_sizes(config)
     augment = train and not config.get("no_augment", False)
 
+    # An int resizes the shorter side, as resize_short_side does; an image already at that size (from the
+    # decoded-image cache) is returned unchanged.
     backend = config.get("resize_backend", "tensor")
     steps = [resize_step(config, resize)]
     steps.append(v2.RandomCrop(crop) if augment else v2.CenterCrop(crop))

@@ -56,7 +56,8 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
                    config_path: str | Path, checkpoints_dir: str | Path, output_path: str | Path | None = None, *,
                    override_config: str | Path | None = None, ckpt_start_index: int = 0, device: str = "auto",
                    amp: bool = False, batch_size: int | None = None, test_dataset_id: str | None = None,
-                   scene_map_file: str | Path | None = None, progress: bool = True) -> BatchResult:
+                   scene_map_file: str | Path | None = None, progress: bool = True,
+                   cache_dir: str | None = None) -> BatchResult:
     """Evaluate the checkpoints of ``checkpoints_dir`` (cached ones are not run again) and write the CSV,
     the HTML report and the cache to ``output_path`` (default: ``checkpoints_dir``)."""
     checkpoints_dir = Path(checkpoints_dir)
@@ -65,7 +66,8 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
                            "--output_path" if output_path else "the checkpoints folder (the default --output_path)")
     evaluator = Evaluator(model_name, backbone_path, dataset_root, labels_file, config_path,
                           override_config=override_config, device=device, amp=amp, batch_size=batch_size,
-                          test_dataset_id=test_dataset_id, scene_map_file=scene_map_file, progress=progress)
+                          test_dataset_id=test_dataset_id, scene_map_file=scene_map_file, progress=progress,
+                          cache_dir=cache_dir)
     multi = evaluator.multi
     test_set = test_dataset_id or Path(labels_file).stem
     prefix = f"{checkpoints_dir.resolve().name}_{test_set}_batch_eval"
@@ -231,7 +233,8 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
                                args.config_file, folder, args.output_path, override_config=override,
                                ckpt_start_index=args.ckpt_start_index, device=args.device, amp=args.amp,
                                batch_size=args.batch_size, test_dataset_id=getattr(args, "test_dataset_id", None),
-                               scene_map_file=getattr(args, "scene_map", None), progress=not args.quiet)
+                               scene_map_file=getattr(args, "scene_map", None), progress=not args.quiet,
+                               cache_dir=args.cache)
         print(format_batch(batch))
         print(f"evaluated {batch.n_evaluated}, from the cache {sum(not r.evaluated for r in batch.results)}, "
               f"skipped {len(batch.skipped)}")

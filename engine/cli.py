@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from models.registry import cli_choices
+from util.device import AMP_CHOICES
+from util.distributed import launched_by_torchrun
 from util.errors import UserError, run_cli
 from util.logs import set_progress_bars, setup_logging
 
 
+DEFAULT_CACHE_DIR = "./cache"
 
 
 def configure_console(quiet: bool) -> None:
-    """Console logging at INFO (WARNING and no progress bars with ``--quiet``); bars only on a terminal."""
+    """Console logging at INFO (WARNING and no progress bars with ``--quiet``, and on every process of a
+    ``torchrun`` job but the first); progress bars only on a terminal."""
+    quiet = quiet or (launched_by_torchrun() and int(os.environ.get("RANK", "0")) > 0)
     setup_logging(logging.WARNING if quiet else logging.INFO)
     set_progress_bars(not quiet)
 
@@ -58,9 +64,14 @@ def add_test_dataset_argument(parser: argparse.ArgumentParser) -> None:
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto (config device_id when CUDA is there, else CPU), cpu, cuda or cuda:N")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    parser.add_argument("--amp", nargs="?", const="auto", default=None, choices=AMP_CHOICES,
+                        help="mixed precision: bf16 (CUDA GPUs that support it, and CPUs) or fp16 (CUDA, with "
+                             "gradient scaling in training); --amp alone picks bf16 where supported, else fp16")
     parser.add_argument("--batch_size", type=int, default=None,
                         help="test batch size (default: the config's batch_size)")
+    parser.add_argument("--cache", nargs="?", const=DEFAULT_CACHE_DIR, default=None, metavar="DIR",
+                        help="decode and resize each labels file's images once into a memory-mapped cache in DIR "
+                             f"(default DIR: {DEFAULT_CACHE_DIR}; the config key cache_dir does the same)")
     parser.add_argument("--quiet", action="store_true", help="only warnings on the console, no progress bars")
 
 
@@ -83,6 +94,10 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
                              "test: where results are written (default ./evals)")
     parser.add_argument("--resume", default=None, help="train: continue the run of this checkpoint")
     parser.add_argument("--n_epochs", type=int, default=None, help="train: override the config's n_epochs")
+    parser.add_argument("--compile", action="store_true", help="train: run the model through torch.compile")
+    parser.add_argument("--micro_batches", type=int, default=1,
+                        help="train: split each batch into this many parts, one optimizer step per batch "
+                             "(batch statistics per part, as on that many GPUs)")
     if multi_scene:
         add_test_dataset_argument(parser)
     add_runtime_arguments(parser)
@@ -148,7 +163,8 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
             result = train(args.model_name, args.backbone_path, args.dataset_path, args.labels_file,
                            args.config_file, args.output_path or "./models", override_config=args.override_config,
                            resume=args.resume, init_checkpoint=args.checkpoint_path, device=args.device,
-                           amp=args.amp, n_epochs=args.n_epochs)
+                           amp=args.amp, n_epochs=args.n_epochs, cache_dir=args.cache, compile=args.compile,
+                           micro_batches=args.micro_batches)
             print(f"run folder: {result.run_dir}")
             print(f"final checkpoint: {result.final_checkpoint}")
             return 0
@@ -160,7 +176,7 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
                                  override_config=args.override_config, batch_size=args.batch_size,
                                  device=args.device, amp=args.amp,
                                  test_dataset_id=getattr(args, "test_dataset_id", None),
-                                 scene_map_file=getattr(args, "scene_map", None))
+                                 scene_map_file=getattr(args, "scene_map", None), cache_dir=args.cache)
         print(result.report_text())
         for kind, path in paths.items():
             print(f"{kind}: {path}")

@@ -26,7 +26,7 @@ from models.registry import build_model, canonical_model_name, get_spec
 from util import jsonio
 from util.checkpoint import load_checkpoint, load_model_weights, reconcile_config
 from util.config import load_config
-from util.device import cap_workers, select_device, synchronize
+from util.device import autocast_dtype, cap_workers, select_device, synchronize
 from util.errors import UserError
 from util.io import atomic_write_text, check_output_dir
 from util.logs import progress_bar
@@ -114,19 +114,21 @@ class Evaluator:
                  config_path: str | Path, *, override_config=None, device: str = "auto", amp: bool = False,
                  batch_size: int | None = None, test_dataset_id: str | None = None,
                  scene_map_file: str | Path | None = None, latency_images: int = 50, warmup: int = 5,
-                 progress: bool = True, config: dict | None = None):
+                 progress: bool = True, config: dict | None = None, cache_dir: str | None = None):
         self.model_name = canonical_model_name(model_name)
         # ``config``: an effective config already resolved (e.g. the one a checkpoint records); else loaded.
         self.config = dict(config) if config is not None else load_config(config_path, self.model_name,
                                                                            override_config)
+        if cache_dir or config is not None:
+            # A config recorded in a checkpoint names the training machine's cache folder: not used here.
+            self.config["cache_dir"] = str(cache_dir) if cache_dir else None
         self.backbone_path = backbone_path
         self.dataset_root = Path(dataset_root)
         self.labels_file = Path(labels_file)
         self.multi = get_spec(self.model_name).multi_scene
         self.device = select_device(device, self.config.get("device_id"))
-        if amp and self.device.type != "cuda":
-            raise UserError("--amp (mixed precision) needs a CUDA device")
-        self.amp = amp
+        self.amp_dtype = autocast_dtype(amp, self.device)
+        self.amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else False
         self.batch_size = self.config["batch_size"] if batch_size is None else batch_size
         if self.batch_size < 1:
             raise UserError(f"--batch_size must be >= 1, got {self.batch_size}")
@@ -148,9 +150,14 @@ class Evaluator:
                 files = find_scene_test_files(self.labels_file, list(scene_map), self.test_dataset_id)
             else:
                 files = {self.labels_file.stem: self.labels_file}
-            self._datasets[key] = {name: CameraPoseDataset(self.dataset_root, path, transform=self.transform,
-                                                           scene_map=scene_map if self.multi else None)
-                                   for name, path in files.items()}
+            sets = {name: CameraPoseDataset(self.dataset_root, path, transform=self.transform,
+                                            scene_map=scene_map if self.multi else None)
+                    for name, path in files.items()}
+            if self.config.get("cache_dir"):
+                for dataset in sets.values():
+                    dataset.use_image_cache(self.config["cache_dir"], self.config["image_resize"],
+                                            self.config["n_workers"])
+            self._datasets[key] = sets
         return self._datasets[key]
 
     # Model ------------------------------------------------------------------------------------------------
@@ -186,7 +193,8 @@ class Evaluator:
         return scene_map
 
     def _forward(self, model, img):
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
             pose, scene_logp = model(img)
         return pose.float(), None if scene_logp is None else scene_logp.argmax(1)
 
@@ -312,14 +320,14 @@ def write_outputs(result: EvalResult, output_path: str | Path, test_set: str) ->
 def evaluate(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
              config_path: str | Path, checkpoint_path: str | Path, output_path: str | Path = "./evals", *,
              override_config=None, batch_size: int | None = None, device: str = "auto", amp: bool = False,
-             test_dataset_id: str | None = None,
-             scene_map_file: str | Path | None = None) -> tuple[EvalResult, dict[str, Path]]:
+             test_dataset_id: str | None = None, scene_map_file: str | Path | None = None,
+             cache_dir: str | None = None) -> tuple[EvalResult, dict[str, Path]]:
     """Test one checkpoint and write its outputs to ``output_path``."""
     if not checkpoint_path:
         raise UserError("test mode needs --checkpoint_path")
     check_output_dir(output_path)  # before the evaluation, not after it
     evaluator = Evaluator(model_name, backbone_path, dataset_root, labels_file, config_path,
                           override_config=override_config, device=device, amp=amp, batch_size=batch_size,
-                          test_dataset_id=test_dataset_id, scene_map_file=scene_map_file)
+                          test_dataset_id=test_dataset_id, scene_map_file=scene_map_file, cache_dir=cache_dir)
     result = evaluator.evaluate_checkpoint(checkpoint_path)
     return result, write_outputs(result, output_path, test_set_name(labels_file, test_dataset_id))

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
 # Config keys that cannot change a test result; editing them keeps the cache.
-RUNTIME_KEYS = ("n_workers", "n_freq_print", "n_freq_checkpoint", "device_id", "batch_size")
+RUNTIME_KEYS = ("n_workers", "n_freq_print", "n_freq_checkpoint", "device_id", "batch_size", "cache_dir")
 
 
 def file_stamp(path: Path) -> list:
@@ -38,7 +38,7 @@ def evaluator_context(evaluator: Evaluator) -> dict:
         files += sorted(labels.parent.glob(TEST_FILE_PATTERNS[evaluator.test_dataset_id].format(scene="*")))
     if getattr(evaluator, "scene_map_file", None):  # the scene ids of reference state_dicts
         files.append(Path(evaluator.scene_map_file))
-    return {"model": evaluator.model_name, "amp": bool(evaluator.amp),
+    return {"model": evaluator.model_name, "amp": evaluator.amp,
             "dataset_root": str(evaluator.dataset_root.resolve()), "test_dataset_id": evaluator.test_dataset_id,
             "test_files": [file_stamp(f) for f in files if f.is_file()],
             "config": {k: v for k, v in sorted(evaluator.config.items()) if k not in RUNTIME_KEYS}}

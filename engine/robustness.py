@@ -123,7 +123,8 @@ def _merge(results: Sequence[EvalResult]) -> EvalResult:
 def robustness_report(model_name: str, backbone_path: str, dataset_root: str | Path, config_path: str | Path,
                       checkpoints: Sequence[str | Path | Entry], conditions: Sequence[Condition],
                       output_path: str | Path, *, device: str = "auto", amp: bool = False,
-                      batch_size: int | None = None, progress: bool = True) -> RobustnessResult:
+                      batch_size: int | None = None, progress: bool = True,
+                      cache_dir: str | None = None) -> RobustnessResult:
     """Evaluate every checkpoint on every usable condition and write the CSV, the HTML report and the cache.
 
     ``checkpoints`` are paths, or the entries :func:`load_entries` made of them."""
@@ -162,7 +163,8 @@ def robustness_report(model_name: str, backbone_path: str, dataset_root: str | P
                         if ev_key not in evaluators:
                             evaluators[ev_key] = Evaluator(e.model_name, backbone_path, root, csv_file, config_path,
                                                            config=e.config, device=device, amp=amp,
-                                                           batch_size=batch_size, progress=progress)
+                                                           batch_size=batch_size, progress=progress,
+                                                           cache_dir=cache_dir)
                         evs.append(evaluators[ev_key])
                     inputs = {"parts": [evaluator_context(ev) for ev in evs]}
                     record = cache.lookup(key, e.path, e.label, inputs)
@@ -251,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = robustness_report(args.model_name, args.backbone_path, args.dataset_path, args.config_file,
                                    entries, conditions_from_args(args, scenes), args.output_path,
                                    device=args.device, amp=args.amp, batch_size=args.batch_size,
-                                   progress=not args.quiet)
+                                   progress=not args.quiet, cache_dir=args.cache)
         print(format_table(result))
         for what, reason in result.skipped:
             print(f"skipped {what}: {reason}")

@@ -1,59 +1,39 @@
-"""Training loop shared by the single-scene and multi-scene models.
+"""Setting up a training run: config, device and processes, checkpoint to resume or start from, dataset,
+model, loss and optimizer; then :class:`engine.trainer.Trainer` runs it.
 
 One run lives in ``<output_path>/run_<yy_mm_dd_HH_MM_SS>/``: the resolved config, a log file, ``metrics.csv``,
 TensorBoard events, ``run_<stamp>_checkpoint-<epoch>.pth`` every ``n_freq_checkpoint`` epochs and
-``run_<stamp>_final.pth``. Every epoch reseeds from (seed, epoch), so a run resumed from a checkpoint ends
-with the same weights as an uninterrupted one on the CPU.
+``run_<stamp>_final.pth``. A run resumed from a checkpoint ends with the same weights as an uninterrupted
+one on the CPU, also when it is resumed with another number of processes and ``micro_batches`` equal to
+the processes it replaces (see engine/trainer.py).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
 
 from datasets.dataset import CameraPoseDataset
-from datasets.samplers import SceneBalancedSampler
 from datasets.transforms import build_transform
-from engine.batchnorm import (eval_prediction_spread, log_spread, plain_loader, recalibrate,
-                             resolve_recalibrate_batches)
+from engine.trainer import Trainer, TrainResult
 from models.backbone import load_backbone
 from models.losses import CameraPoseLoss
 from models.registry import build_model, canonical_model_name, get_spec
-from util.checkpoint import (drop_optimizer_state, load_checkpoint, load_model_weights, non_finite_tensors,
-                              reconcile_config, save_checkpoint)
+from engine.batchnorm import resolve_recalibrate_batches
+from util.checkpoint import load_checkpoint, load_model_weights, reconcile_config
 from util.config import load_config
-from util.device import cap_workers, make_deterministic, seed_everything, select_device
+from util.device import autocast_dtype, make_deterministic, seed_everything
+from util.distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
 from util.errors import UserError
 from util.io import atomic_write_text, check_output_dir
-from util.logs import add_log_file, log_run_failure, progress_bar
-from util.pose import pose_errors
+from util.logs import add_log_file, log_run_failure
 
 log = logging.getLogger(__name__)
-
-METRIC_COLUMNS = ["epoch", "loss", "pose_loss", "scene_nll", "median_pos_m", "median_ori_deg", "scene_acc",
-                  "lr", "s_x", "s_q", "seconds", "images_per_s"]
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    final_checkpoint: Path
-    metrics: list[dict]
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch: resuming at any epoch replays the same random stream."""
-    return seed * 100_003 + epoch
 
 
 def apply_freeze(model: nn.Module, config: dict) -> int:
@@ -82,41 +62,6 @@ def build_optimizer(model: nn.Module, loss_fn: nn.Module, config: dict) -> torch
     return torch.optim.Adam(groups, lr=config["lr"], eps=config["eps"])
 
 
-def check_finite(model: nn.Module, loss_fn: nn.Module, epoch: int, probe_img: torch.Tensor) -> None:
-    """The divergence check before a checkpoint is written. A step can ruin the model while every loss the
-    trainer saw was finite (an exploding lr on the last batch): the weights can turn NaN, or stay finite but
-    so large that every prediction overflows. Both are caught: the parameters and buffers are checked, then
-    the model predicts a few training images in eval mode, as at test time."""
-    bad = non_finite_tensors(model, loss_fn)
-    if not bad:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            pose, _ = model(probe_img, None)
-        model.train(was_training)
-        if not bool(torch.isfinite(pose).all()):
-            bad = ["its predictions"]
-    if bad:
-        raise UserError(f"training diverged at epoch {epoch}: {bad[0]}{' and more' if len(bad) > 1 else ''} "
-                        f"hold NaN or inf after the last step; no checkpoint of this epoch was written; "
-                        f"try a lower lr")
-
-
-class OptimizerStateKeeper:
-    """``keep_optimizer_state: "last"``: once a checkpoint is written, the one written before it (or the
-    one the run resumed from) is rewritten without the optimizer state. The newest checkpoint always keeps
-    it, so a run killed at any point resumes exactly."""
-
-    def __init__(self, policy: str, resumed_from: Path | None = None):
-        self.policy, self.previous = policy, resumed_from
-
-    def saved(self, path: Path) -> None:
-        if self.policy == "last" and self.previous is not None and self.previous != path and self.previous.is_file():
-            drop_optimizer_state(self.previous)
-            log.debug("dropped the optimizer state of %s", self.previous.name)
-        self.previous = path
-
-
 def new_run_dir(output_path: str | Path) -> tuple[Path, str]:
     """A fresh ``run_<yy_mm_dd_HH_MM_SS>`` folder (suffixed ``_1``, ``_2``, ... if two runs start in the
     same second). ``mkdir`` either creates the folder or fails, so two processes never share one."""
@@ -132,21 +77,6 @@ def new_run_dir(output_path: str | Path) -> tuple[Path, str]:
     raise UserError(f"{output_path}: 10000 runs already started in the second {base}")
 
 
-def write_metrics_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
-def read_metrics_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def prepare_model(model_name: str, backbone_path: str, config: dict, device: torch.device) -> nn.Module:
     backbone = load_backbone(backbone_path, config["backbone_type"])
     # channels_last trains EfficientNet faster on the CPU (compare `bench/bench_single_scene.py
@@ -154,15 +84,40 @@ def prepare_model(model_name: str, backbone_path: str, config: dict, device: tor
     return build_model(model_name, config, backbone).to(device, memory_format=torch.channels_last)
 
 
+def _sources(resume, init_checkpoint) -> tuple[dict | None, dict | None]:
+    """(checkpoint to resume, checkpoint to initialise from), each read once."""
+    if resume and init_checkpoint:
+        raise UserError("use either --resume (continue a run) or --checkpoint_path (start from its weights)")
+    ckpt = load_checkpoint(resume) if resume else None
+    if ckpt is not None and ckpt.get("format") == "reference":
+        raise UserError(f"--resume {resume}: a bare reference state_dict holds no training state; "
+                        f"resume needs a checkpoint written by this toolkit")
+    return ckpt, load_checkpoint(init_checkpoint) if init_checkpoint else None
+
+
+def _attach_cache(dataset: CameraPoseDataset, config: dict, ctx: DistContext) -> None:
+    """The decoded-image cache: the first process of each node builds it, the others then open it."""
+    builder = ctx.local_rank == 0
+    if builder:
+        dataset.use_image_cache(config["cache_dir"], config["image_resize"], config["n_workers"])
+    barrier(ctx)
+    if not builder and not dataset.use_image_cache(config["cache_dir"], config["image_resize"], build=False):
+        raise UserError(f"process {ctx.rank} cannot read the image cache in {config['cache_dir']} that local "
+                        f"rank 0 built")
+
+
 def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
           config_path: str | Path, output_path: str | Path = "./models", *, override_config=None,
           resume: str | Path | None = None, init_checkpoint: str | Path | None = None, device: str = "auto",
-          amp: bool = False, n_epochs: int | None = None) -> TrainResult:
+          amp=False, n_epochs: int | None = None, cache_dir: str | Path | None = None, compile: bool = False,
+          micro_batches: int = 1) -> TrainResult:
     """Train ``model_name`` on a label CSV and return the run folder and its final checkpoint.
 
-    ``resume`` continues a run (weights, optimizer, scheduler, epoch). ``init_checkpoint`` starts a new run
-    from a checkpoint's weights only, ours or the reference's, as the reference's ``--checkpoint_path`` did
-    in train mode; the second, ``freeze`` stage of the multi-stage recipe uses it.
+    ``resume`` continues a run (weights, optimizer, scheduler, epoch), also with another number of
+    processes. ``init_checkpoint`` starts a new run from a checkpoint's weights only, ours or the
+    reference's, as the reference's ``--checkpoint_path`` did in train mode; the second, ``freeze`` stage
+    of the multi-stage recipe uses it. ``amp``: False, ``auto``, ``bf16`` or ``fp16`` (see
+    :func:`util.device.autocast_dtype`); ``compile`` wraps the training module in ``torch.compile``.
     """
     model_name = canonical_model_name(model_name)
     # The output folder first: a read-only or mistyped --output_path must not cost a training run.
@@ -175,193 +130,94 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
         if n_epochs < 1:
             raise UserError(f"--n_epochs must be >= 1, got {n_epochs}")
         config["n_epochs"] = n_epochs
-    dev = select_device(device, config.get("device_id"))
-    if amp and dev.type != "cuda":
-        raise UserError("--amp (mixed precision) needs a CUDA device")
-    if dev.type == "cpu":  # the promise is a bit-reproducible CPU run; CUDA keeps its fast kernels
-        make_deterministic()
-
-    if resume and init_checkpoint:
-        raise UserError("use either --resume (continue a run) or --checkpoint_path (start from its weights)")
-    ckpt = load_checkpoint(resume) if resume else None
-    if ckpt is not None and ckpt.get("format") == "reference":
-        raise UserError(f"--resume {resume}: a bare reference state_dict holds no training state; "
-                        f"resume needs a checkpoint written by this toolkit")
-    init = load_checkpoint(init_checkpoint) if init_checkpoint else None
-    source = ckpt or init
-    scene_map = source["scene_map"] if source and source["scene_map"] else None
-    dataset = CameraPoseDataset(dataset_root, labels_file, transform=build_transform(config, train=True),
-                                scene_map=scene_map)
-    dataset.check_sample()
-    multi = get_spec(model_name).multi_scene
-    if multi:
-        n_scenes = len(dataset.scene_map)
-        if config.get("num_scenes") not in (None, n_scenes):
-            raise UserError(f"config num_scenes={config['num_scenes']} but {labels_file} has {n_scenes} scenes "
-                            f"({', '.join(dataset.scene_map)}); remove num_scenes or set it to {n_scenes}")
-        config["num_scenes"] = n_scenes
-    if source is not None:
-        config = reconcile_config(source, model_name, config, resume or init_checkpoint)
-
-    if ckpt is not None and config.get("bn_recalibrate_batches") is None:  # a resumed run goes on as it began
-        config["bn_recalibrate_batches"] = ckpt["config"].get("bn_recalibrate_batches")
-    config["bn_recalibrate_batches"] = resolve_recalibrate_batches(
-        config, random_backbone=backbone_path == "random" and init is None)
-    seed_everything(config["seed"])
-    model = prepare_model(model_name, backbone_path, config, dev)
-    if config.get("bn_momentum") is not None:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.momentum = config["bn_momentum"]
-    loss_fn = CameraPoseLoss.from_config(config).to(dev)
-    n_trainable = apply_freeze(model, config)
-    optimizer = build_optimizer(model, loss_fn, config)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config["lr_scheduler_step_size"],
-                                                gamma=config["lr_scheduler_gamma"])
-    start_epoch = 0
-    if init is not None:
-        load_model_weights(model, init["model"], init_checkpoint)
-        log.info("initialised %s from %s", model_name, init_checkpoint)
-    if ckpt is not None:
-        load_model_weights(model, ckpt["model"], resume)
-        loss_fn.load_state_dict(ckpt["loss"])
-        if ckpt["optimizer"]:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        else:
-            log.warning("%s holds no optimizer state (with keep_optimizer_state 'last' only the latest "
-                        "checkpoint of a run does): Adam restarts with zero moments, so the run will not end "
-                        "as an uninterrupted one would", Path(resume).name)
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch = int(ckpt["epoch"])
-        run_dir = Path(resume).resolve().parent
-        stamp = ckpt["extra"].get("run_stamp", run_dir.name)
-        log.info("resuming %s from epoch %d in %s", model_name, start_epoch, run_dir)
-    else:
-        run_dir, stamp = new_run_dir(output_path)
-
-    file_handler = add_log_file(run_dir / "train.log")
+    if micro_batches < 1 or micro_batches > config["batch_size"]:
+        raise UserError(f"--micro_batches must be in 1..batch_size ({config['batch_size']}), got {micro_batches}")
+    if cache_dir:
+        config["cache_dir"] = str(cache_dir)
+    ckpt, init = _sources(resume, init_checkpoint)
+    ctx, dev = init_distributed(device, config.get("device_id"))
+    file_handler = None
     try:
-        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
-        log.info("run folder %s; model %s (%d parameters, %d trainable) on %s; %d training frames, %d scenes",
-                 run_dir, model_name, sum(p.numel() for p in model.parameters()), n_trainable, dev,
-                 len(dataset), len(dataset.scene_map))
-        result = _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, config, dev, amp,
-                               multi, run_dir, stamp, start_epoch,
-                               resumed_from=Path(resume).resolve() if resume else None)
+        amp_dtype = autocast_dtype(amp, dev)
+        if dev.type == "cpu":  # the promise is a bit-reproducible CPU run; CUDA keeps its fast kernels
+            make_deterministic()
+        source = ckpt or init
+        scene_map = source["scene_map"] if source and source["scene_map"] else None
+        dataset = CameraPoseDataset(dataset_root, labels_file, transform=build_transform(config, train=True),
+                                    scene_map=scene_map)
+        dataset.check_sample()  # a broken image fails here, before any run folder exists
+        if config["cache_dir"]:
+            _attach_cache(dataset, config, ctx)
+        multi = get_spec(model_name).multi_scene
+        if multi:
+            n_scenes = len(dataset.scene_map)
+            if config.get("num_scenes") not in (None, n_scenes):
+                raise UserError(f"config num_scenes={config['num_scenes']} but {labels_file} has {n_scenes} "
+                                f"scenes ({', '.join(dataset.scene_map)}); remove num_scenes or set it to {n_scenes}")
+            config["num_scenes"] = n_scenes
+        if source is not None:
+            config = reconcile_config(source, model_name, config, resume or init_checkpoint)
+        if ckpt is not None and config.get("bn_recalibrate_batches") is None:  # a resumed run goes on as it began
+            config["bn_recalibrate_batches"] = ckpt["config"].get("bn_recalibrate_batches")
+        config["bn_recalibrate_batches"] = resolve_recalibrate_batches(
+            config, random_backbone=backbone_path == "random" and init is None)
+
+        seed_everything(config["seed"])
+        model = prepare_model(model_name, backbone_path, config, dev)
+        if config.get("bn_momentum") is not None:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.momentum = config["bn_momentum"]
+        loss_fn = CameraPoseLoss.from_config(config).to(dev)
+        n_trainable = apply_freeze(model, config)
+        optimizer = build_optimizer(model, loss_fn, config)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config["lr_scheduler_step_size"],
+                                                    gamma=config["lr_scheduler_gamma"])
+        start_epoch = 0
+        if init is not None:
+            load_model_weights(model, init["model"], init_checkpoint)
+            log.info("initialised %s from %s", model_name, init_checkpoint)
+        if ckpt is not None:
+            load_model_weights(model, ckpt["model"], resume)
+            loss_fn.load_state_dict(ckpt["loss"])
+            if ckpt["optimizer"]:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            else:
+                log.warning("%s holds no optimizer state (with keep_optimizer_state 'last' only the latest "
+                            "checkpoint of a run does): Adam restarts with zero moments, so the run will not end "
+                            "as an uninterrupted one would", Path(resume).name)
+            scheduler.load_state_dict(ckpt["scheduler"])
+            start_epoch = int(ckpt["epoch"])
+            run_dir = Path(resume).resolve().parent
+            stamp = ckpt["extra"].get("run_stamp", run_dir.name)
+            log.info("resuming %s from epoch %d in %s", model_name, start_epoch, run_dir)
+        else:
+            run_dir, stamp = broadcast_object(ctx, new_run_dir(output_path) if ctx.is_main else None)
+
+        if ctx.is_main:
+            file_handler = add_log_file(run_dir / "train.log")
+            atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+        log.info("run folder %s; model %s (%d parameters, %d trainable) on %s; %d training frames, %d scenes; "
+                 "global batch %d (%d process(es) x %d)%s%s", run_dir, model_name,
+                 sum(p.numel() for p in model.parameters()), n_trainable, dev, len(dataset), len(dataset.scene_map),
+                 config["batch_size"] * ctx.world_size, ctx.world_size, config["batch_size"],
+                 f" in {micro_batches} micro-batches" if micro_batches > 1 else "",
+                 f"; autocast {amp_dtype}" if amp_dtype is not None else "")
+        trainer = Trainer(model_name, model, loss_fn, optimizer, scheduler, dataset, config, dev, run_dir, stamp,
+                          ctx=ctx, amp_dtype=amp_dtype, compile=compile, micro_batches=micro_batches,
+                          resumed_from=Path(resume).resolve() if resume else None)
+        result = trainer.fit(start_epoch)
         log.info("run finished: %s", result.final_checkpoint.name)
         return result
-    except BaseException as exc:  # the folder stays, and its log says why the run ended
-        log_run_failure(file_handler, exc, __name__)
+    except BaseException as exc:  # once the folder exists it stays, and its log says why the run ended
+        if file_handler is not None:
+            log_run_failure(file_handler, exc, __name__)
         raise
     finally:
-        logging.getLogger().removeHandler(file_handler)
-        file_handler.close()
-
-
-def _train_epochs(model_name, model, loss_fn, optimizer, scheduler, dataset, config, dev, amp, multi,
-                  run_dir: Path, stamp: str, start_epoch: int, resumed_from: Path | None = None) -> TrainResult:
-    from torch.utils.tensorboard import SummaryWriter  # slow import, only needed here
-
-    metrics_path = run_dir / "metrics.csv"
-    rows = [r for r in read_metrics_csv(metrics_path) if int(r["epoch"]) <= start_epoch]
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    nll = nn.NLLLoss()
-    n_epochs = config["n_epochs"]
-    keeper = OptimizerStateKeeper(config["keep_optimizer_state"], resumed_from)
-    probe_loader = plain_loader(dataset, config, dev)
-    ckpt_common = dict(model_name=model_name, config=config, scene_map=dataset.scene_map, model=model,
-                       loss=loss_fn, optimizer=optimizer, scheduler=scheduler, extra={"run_stamp": stamp})
-    try:
-        for epoch in range(start_epoch + 1, n_epochs + 1):
-            seed = epoch_seed(config["seed"], epoch)
-            seed_everything(seed)
-            generator = torch.Generator().manual_seed(seed)
-            if multi and config.get("equalize_scenes"):
-                sampler = SceneBalancedSampler(dataset.scene_ids, generator=generator)
-            else:
-                sampler = RandomSampler(dataset, generator=generator)
-            loader = DataLoader(dataset, batch_size=config["batch_size"], sampler=sampler,
-                                num_workers=cap_workers(config["n_workers"]), generator=generator,
-                                pin_memory=dev.type == "cuda", persistent_workers=False)
-            model.train()
-            sums = {"loss": 0.0, "pose_loss": 0.0, "scene_nll": 0.0, "correct": 0, "n": 0}
-            pos_errs, ori_errs = [], []
-            t0 = time.perf_counter()
-            bar = progress_bar(loader, desc=f"epoch {epoch}/{n_epochs}", leave=False, dynamic_ncols=True)
-            for step, batch in enumerate(bar, 1):
-                img = batch["img"].to(dev, non_blocking=True, memory_format=torch.channels_last)
-                pose_gt = batch["pose"].to(dev, non_blocking=True)
-                with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
-                    scene = batch["scene"].to(dev, non_blocking=True) if multi else None
-                    pose_pred, scene_logp = model(img, scene)
-                    loss = pose_loss = loss_fn(pose_pred, pose_gt)
-                    scene_loss = None
-                    if scene_logp is not None:
-                        scene_loss = nll(scene_logp.float(), scene)
-                        loss = pose_loss + scene_loss
-                if not torch.isfinite(loss):
-                    raise UserError(f"training diverged at epoch {epoch}, batch {step}: loss is {loss.item()}; "
-                                    f"try a lower lr")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-
-                b = img.shape[0]
-                with torch.no_grad():
-                    pos_err, ori_err = pose_errors(pose_pred.detach().float(), pose_gt)
-                pos_errs.append(pos_err.cpu())
-                ori_errs.append(ori_err.cpu())
-                sums["loss"] += loss.item() * b
-                sums["pose_loss"] += pose_loss.item() * b
-                if scene_loss is not None:
-                    sums["scene_nll"] += scene_loss.item() * b
-                    sums["correct"] += int((scene_logp.argmax(1) == scene).sum())
-                sums["n"] += b
-                bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", pos=f"{pos_err.median():.2f}m",
-                                ori=f"{ori_err.median():.1f}deg")
-                if step % config["n_freq_print"] == 0:
-                    log.debug("epoch %d batch %d/%d loss %.4f pos %.3f m ori %.2f deg", epoch, step, len(loader),
-                              loss.item(), pos_err.median(), ori_err.median())
-            bar.close()
-            scheduler.step()
-            seconds = time.perf_counter() - t0
-            pos_all, ori_all = torch.cat(pos_errs), torch.cat(ori_errs)
-            row = {
-                "epoch": epoch, "loss": sums["loss"] / sums["n"], "pose_loss": sums["pose_loss"] / sums["n"],
-                "scene_nll": sums["scene_nll"] / sums["n"] if multi else "",
-                "median_pos_m": float(pos_all.median()), "median_ori_deg": float(ori_all.median()),
-                "scene_acc": sums["correct"] / sums["n"] if multi else "",
-                "lr": optimizer.param_groups[0]["lr"], "s_x": loss_fn.s_x.item(), "s_q": loss_fn.s_q.item(),
-                "seconds": round(seconds, 3), "images_per_s": round(sums["n"] / seconds, 2),
-            }
-            rows.append(row)
-            write_metrics_csv(metrics_path, rows)
-            for key in ("loss", "pose_loss", "median_pos_m", "median_ori_deg", "lr", "s_x", "s_q", "images_per_s"):
-                writer.add_scalar(f"train/{key}", row[key], epoch)
-            if multi:
-                writer.add_scalar("train/scene_acc", row["scene_acc"], epoch)
-                writer.add_scalar("train/scene_nll", row["scene_nll"], epoch)
-            log.info("epoch %d/%d loss %.4f median %.3f m %.2f deg%s lr %.2e (%.1f images/s)", epoch, n_epochs,
-                     row["loss"], row["median_pos_m"], row["median_ori_deg"],
-                     f" scene acc {row['scene_acc']:.3f}" if multi else "", row["lr"], row["images_per_s"])
-            check_finite(model, loss_fn, epoch, img[:4].detach())
-            if epoch % config["n_freq_checkpoint"] == 0 or epoch == n_epochs:
-                n = recalibrate(model, probe_loader, config["bn_recalibrate_batches"], dev)
-                if n:
-                    log.info("recalibrated the BatchNorm statistics over %d training images", n)
-            log_spread(epoch, *eval_prediction_spread(model, probe_loader, dev))
-            if epoch % config["n_freq_checkpoint"] == 0:
-                path = save_checkpoint(run_dir / f"{stamp}_checkpoint-{epoch}.pth", epoch=epoch, **ckpt_common)
-                log.info("saved %s", path.name)
-                keeper.saved(path)
-        final = save_checkpoint(run_dir / f"{stamp}_final.pth", epoch=max(n_epochs, start_epoch), **ckpt_common)
-        log.info("saved %s", final.name)
-        keeper.saved(final)
-    finally:
-        writer.close()
-    return TrainResult(run_dir=run_dir, final_checkpoint=final, metrics=rows)
+        if file_handler is not None:
+            logging.getLogger().removeHandler(file_handler)
+            file_handler.close()
+        shutdown(ctx)
 
 
 def train_mean_pose(dataset: CameraPoseDataset) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""Camera pose loss, with fixed or learned (Kendall 2017) weighting."""
+"""Training losses: the camera pose loss with fixed or learned (Kendall 2017) weighting, plus the scene
+classification term of the multi-scene models."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class CameraPoseLoss(nn.Module):
@@ -33,3 +35,13 @@ class CameraPoseLoss(nn.Module):
         if self.learnable:
             return l_x * torch.exp(-self.s_x[0]) + self.s_x[0] + l_q * torch.exp(-self.s_q[0]) + self.s_q[0]
         return self.s_x[0] * l_x + self.s_q[0] * l_q
+
+    def total(self, pose_pred_B7: torch.Tensor, pose_gt_B7: torch.Tensor, scene_logp_BS: torch.Tensor | None = None,
+              scene_gt_B: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The training loss of a batch: the pose term plus, when the model classifies scenes, the NLL of the
+        true scene (unweighted, as in the reference). Returns (loss, pose term, scene term or None)."""
+        pose_loss = self(pose_pred_B7, pose_gt_B7)
+        if scene_logp_BS is None:
+            return pose_loss, pose_loss, None
+        scene_nll = F.nll_loss(scene_logp_BS.float(), scene_gt_B)
+        return pose_loss + scene_nll, pose_loss, scene_nll

@@ -10,7 +10,9 @@ Parameter names: ``encoder.layers.{i}.self_attn.*``, ``linear1``, ``linear2``, `
 ``encoder.norm``; ``decoder.layers.{i}.self_attn.*``, ``multihead_attn.*``, ``linear1``, ``linear2``,
 ``norm1..3``, ``decoder.norm``.
 
-Tensors are batch-first throughout: tokens ``B x N x d``, queries ``B x S x d``.
+Tensors are batch-first throughout: tokens ``B x N x d``, queries ``B x S x d``. Attention runs through
+``F.scaled_dot_product_attention``, which picks fused (flash / memory-efficient) kernels where the device
+has them; its parameters are laid out as ``nn.MultiheadAttention``'s, which the reference used.
 """
 
 from __future__ import annotations
@@ -20,12 +22,47 @@ from torch import nn
 from torch.nn import functional as F
 
 
+class Attention(nn.Module):
+    """Multi-head attention with ``nn.MultiheadAttention``'s parameters (``in_proj_weight`` = [W_q; W_k; W_v],
+    ``in_proj_bias``, ``out_proj``) and initialisation, computed by ``scaled_dot_product_attention``.
+
+    ``forward(query_BQd, key_BKd, value_BKd) -> B x Q x d``; dropout on the attention weights in training.
+    """
+
+    def __init__(self, d_model: int, nheads: int, dropout: float):
+        super().__init__()
+        if d_model % nheads != 0:
+            raise ValueError(f"d_model={d_model} is not divisible by nheads={nheads}")
+        self.nheads, self.dropout = nheads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        # The order of random draws of nn.MultiheadAttention, so a seed gives the same initial weights.
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def _heads(self, x_BNd: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        batch, n, d = x_BNd.shape
+        return F.linear(x_BNd, w, b).view(batch, n, self.nheads, d // self.nheads).transpose(1, 2)
+
+    def forward(self, query_BQd: torch.Tensor, key_BKd: torch.Tensor, value_BKd: torch.Tensor) -> torch.Tensor:
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        q_BhQc = self._heads(query_BQd, w_q, b_q)
+        k_BhKc = self._heads(key_BKd, w_k, b_k)
+        v_BhKc = self._heads(value_BKd, w_v, b_v)
+        out_BhQc = F.scaled_dot_product_attention(q_BhQc, k_BhKc, v_BhKc,
+                                                  dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out_BhQc.transpose(1, 2).flatten(2))
+
+
 class EncoderLayer(nn.Module):
     """Pre-norm self-attention + feed-forward block."""
 
     def __init__(self, d_model: int, nheads: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
+        self.self_attn = Attention(d_model, nheads, dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -37,7 +74,7 @@ class EncoderLayer(nn.Module):
     def forward(self, src_BNd: torch.Tensor, pos_BNd: torch.Tensor) -> torch.Tensor:
         x_BNd = self.norm1(src_BNd)
         qk_BNd = x_BNd + pos_BNd
-        attn_BNd = self.self_attn(qk_BNd, qk_BNd, x_BNd, need_weights=False)[0]
+        attn_BNd = self.self_attn(qk_BNd, qk_BNd, x_BNd)
         src_BNd = src_BNd + self.dropout1(attn_BNd)
         x_BNd = self.norm2(src_BNd)
         x_BNd = self.linear2(self.dropout(F.gelu(self.linear1(x_BNd))))
@@ -49,8 +86,8 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, d_model: int, nheads: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
-        self.multihead_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
+        self.self_attn = Attention(d_model, nheads, dropout)
+        self.multihead_attn = Attention(d_model, nheads, dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -70,11 +107,9 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         x_BSd = self.norm1(tgt_BSd)
         qk_BSd = x_BSd + query_pos_BSd
-        tgt_BSd = tgt_BSd + self.dropout1(self.self_attn(qk_BSd, qk_BSd, x_BSd, need_weights=False)[0])
+        tgt_BSd = tgt_BSd + self.dropout1(self.self_attn(qk_BSd, qk_BSd, x_BSd))
         x_BSd = self.norm2(tgt_BSd)
-        cross_BSd = self.multihead_attn(
-            x_BSd + query_pos_BSd, memory_BNd + pos_BNd, memory_BNd, need_weights=False
-        )[0]
+        cross_BSd = self.multihead_attn(x_BSd + query_pos_BSd, memory_BNd + pos_BNd, memory_BNd)
         tgt_BSd = tgt_BSd + self.dropout2(cross_BSd)
         x_BSd = self.norm3(tgt_BSd)
         x_BSd = self.linear2(self.dropout(F.gelu(self.linear1(x_BSd))))

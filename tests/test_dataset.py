@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from datasets.dataset import CameraPoseDataset, build_scene_map, load_image_uint8
 from datasets.labels import LABEL_COLUMNS, format_lines, read_labels
-from datasets.samplers import SceneBalancedSampler
+from datasets.samplers import EpochSampler, SceneBalancedSampler, SeededSamples
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from util.errors import UserError
 
@@ -363,6 +363,54 @@ def test_sampler_is_deterministic_given_a_generator_or_the_global_seed():
     torch.manual_seed(11)
     d = epochs(SceneBalancedSampler(SCENE_IDS.tolist()))
     assert c == d and c[0] != c[1]
+
+
+def _shares(sampler_args: dict, world: int, epoch: int) -> list[list[tuple[int, int]]]:
+    shares = []
+    for rank in range(world):
+        s = EpochSampler(**sampler_args, rank=rank, world_size=world)
+        s.set_epoch(epoch)
+        shares.append(list(s))
+    return shares
+
+
+@pytest.mark.parametrize("n, batch, world", [(12, 2, 2), (13, 2, 2), (10, 3, 3), (7, 4, 1)])
+def test_epoch_sampler_splits_each_global_batch_between_processes(n, batch, world):
+    args = dict(scene_ids=np.zeros(n, dtype=int), seed=3, batch_size=batch)
+    (single,) = _shares({**args, "batch_size": batch * world}, 1, epoch=2)
+    shares = _shares(args, world, epoch=2)
+    assert sorted(i for i, _ in single) == list(range(n))  # a permutation, each with its own seed
+    assert len({len(s) for s in shares}) == 1  # equal shares, so no process waits for a missing batch
+    padded = sum(len(s) for s in shares)
+    assert padded == -(-n // world) * world
+    # Rank r's k-th batch is part r of the k-th global batch; the first n positions are the single order.
+    rebuilt, pos = [], [0] * world
+    for start in range(0, padded, batch * world):
+        part = min(batch * world, padded - start) // world
+        for r in range(world):
+            rebuilt += shares[r][pos[r]:pos[r] + part]
+            pos[r] += part
+    assert rebuilt[:n] == single
+    assert rebuilt[n:] == single[:padded - n]  # padding wraps around
+
+
+def test_epoch_sampler_changes_with_the_epoch_and_keeps_scene_balance():
+    scene_ids = np.array([0] * 10 + [1] * 2)
+    args = dict(scene_ids=scene_ids, seed=0, batch_size=4, equalize_scenes=True)
+    a, b = _shares(args, 1, 1)[0], _shares(args, 1, 2)[0]
+    assert a != b and a == _shares(args, 1, 1)[0]
+    assert sum(scene_ids[i] for i, _ in a) == 6  # half of the 12 draws from the small scene
+
+
+def test_seeded_samples_repeat_the_augmentation_and_leave_the_global_rng_alone(scene7):
+    ds = SeededSamples(CameraPoseDataset(scene7, scene7 / "abs_7scenes_pose.csv_chess_train.csv",
+                                         transform=build_transform({"image_resize": 56, "image_crop": 48}, True)))
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    first = ds[(1, 123)]["img"]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(ds[(1, 123)]["img"], first)
+    assert not torch.equal(ds[(1, 124)]["img"], first)
 
 
 def test_a_directory_is_not_reported_as_missing(tmp_path):

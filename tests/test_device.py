@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from util.device import select_device
+from util.device import RandomStreams, autocast_dtype, select_device
 from util.errors import UserError
 
 
@@ -28,6 +28,34 @@ def test_cuda_without_cuda_is_a_user_error():
         pytest.skip("CUDA present")
     with pytest.raises(UserError, match="CUDA is not available"):
         select_device("cuda:0")
+
+
+def test_autocast_dtype_of_each_amp_setting_on_the_cpu():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(None, cpu) is None and autocast_dtype(False, cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert autocast_dtype("auto", cpu) is torch.bfloat16 and autocast_dtype(True, cpu) is torch.bfloat16
+    with pytest.raises(UserError, match="fp16.*CUDA"):
+        autocast_dtype("fp16", cpu)
+    with pytest.raises(UserError, match="expected one of"):
+        autocast_dtype("fp8", cpu)
+
+
+def test_random_streams_are_separate_and_restore_the_outer_stream():
+    streams = RandomStreams([1, 2], torch.device("cpu"))
+    torch.manual_seed(0)
+    outer = torch.get_rng_state()
+    with streams.use(0):
+        a1 = torch.rand(3)
+    with streams.use(1):
+        b1 = torch.rand(3)
+    with streams.use(0):
+        a2 = torch.rand(3)
+    assert torch.equal(torch.get_rng_state(), outer)
+    torch.manual_seed(1)
+    assert torch.equal(a1, torch.rand(3)) and torch.equal(a2, torch.rand(3))  # stream 0 continues
+    torch.manual_seed(2)
+    assert torch.equal(b1, torch.rand(3))
 
 
 def test_workers_are_capped_at_the_cpu_count_with_one_info_line(caplog):

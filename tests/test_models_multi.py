@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from models.backbone import load_backbone
 from models.ms_transposenet import MSTransPoseNet
 from models.mshyperpose import MSHyperPose
+from models.transformer import Attention
 from tests.reference_layout import (
     layout_path,
     random_state_dict,
@@ -348,7 +349,7 @@ def test_nheads_is_honoured(model_name):
     four = build(model_name, small_config(nheads=4))
     eight = build(model_name, small_config(nheads=8))
     def attention_heads(model):
-        return {m.num_heads for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)}
+        return {m.nheads for m in model.modules() if isinstance(m, Attention)}
 
     assert attention_heads(four) == {4} and attention_heads(eight) == {8}
     eight.load_state_dict(four.state_dict(), strict=True)

@@ -102,11 +102,70 @@ def test_num_scenes_must_agree_with_the_csv(scenes3, tmp_path):
               write_config(tmp_path / "c.json", cfg), tmp_path, device="cpu")
 
 
-def test_amp_needs_cuda(scene7, tiny_config, tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present")
-    with pytest.raises(UserError, match="amp"):
-        train("hyperpose", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu", amp=True)
+def test_fp16_needs_cuda(scene7, tiny_config, tmp_path):
+    with pytest.raises(UserError, match="amp fp16.*CUDA"):
+        train("hyperpose", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu", amp="fp16")
+
+
+def test_persistent_workers_give_the_same_weights_and_resume_bit_identically(scene7, tmp_path):
+    """The augmentation of a sample depends on (seed, epoch, position) only, not on the workers."""
+    runs = {}
+    for workers in (0, 2):
+        cfg = tiny_config_dict()
+        cfg["general"].update(n_workers=workers, keep_optimizer_state="all")  # checkpoint-1 resumes exactly
+        config = write_config(tmp_path / f"cfg{workers}.json", cfg)
+        runs[workers] = train("hyperpose", "random", scene7, chess(scene7, "train"), config,
+                              tmp_path / f"w{workers}", device="cpu")
+    a = torch.load(runs[0].final_checkpoint, weights_only=True)["model"]
+    b = torch.load(runs[2].final_checkpoint, weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    first = tmp_path / "r" / runs[2].run_dir.name / f"{runs[2].run_dir.name}_checkpoint-1.pth"
+    first.parent.mkdir(parents=True)
+    shutil.copy(runs[2].run_dir / first.name, first)
+    resumed = train("hyperpose", "random", scene7, chess(scene7, "train"), tmp_path / "cfg2.json", tmp_path / "x",
+                    resume=first, device="cpu")
+    c = torch.load(resumed.final_checkpoint, weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+
+
+@pytest.mark.parametrize("model_name", ["effposenet", "mshyperpose"])
+def test_bf16_autocast_trains_on_the_cpu(model_name, scene7, scenes3, tiny_config, tmp_path):
+    root = scene7 if model_name == "effposenet" else scenes3
+    labels = chess(root, "train") if model_name == "effposenet" else root / "7scenes_all_scenes.csv"
+    result = train(model_name, "random", root, labels, tiny_config, tmp_path, device="cpu", amp="bf16", n_epochs=1)
+    ckpt = torch.load(result.final_checkpoint, weights_only=True)
+    assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # weights stay fp32
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert "autocast torch.bfloat16" in (result.run_dir / "train.log").read_text()
+
+
+def test_micro_batches_must_fit_the_batch(scene7, tiny_config, tmp_path):
+    with pytest.raises(UserError, match="micro_batches"):
+        train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu",
+              micro_batches=5)
+
+
+def test_bf16_test_mode_on_the_cpu_is_close_to_fp32(scene7, tiny_config, tmp_path):
+    from engine.evaluate import Evaluator
+
+    run = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu",
+                n_epochs=1)
+    preds = {}
+    for amp in (False, "bf16"):
+        ev = Evaluator("effposenet", "random", scene7, chess(scene7, "test"), tiny_config, device="cpu", amp=amp,
+                       progress=False)
+        result = ev.evaluate_checkpoint(run.final_checkpoint, timing=False)
+        preds[amp] = torch.from_numpy(next(iter(result.predictions.values())).pose_pred_N7)
+    assert not torch.equal(preds[False], preds["bf16"])  # bf16 really ran
+    torch.testing.assert_close(preds["bf16"], preds[False], atol=0.05, rtol=0.05)
+
+
+def test_a_single_image_part_at_1x1_maps_is_a_clear_error(scene7, tiny_config, tmp_path):
+    with pytest.raises(UserError, match="part of 1 image.*BatchNorm"):
+        train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu",
+              micro_batches=4, n_epochs=1)
 
 
 def test_divergence_on_the_last_step_saves_nothing(scene7, tmp_path):

@@ -1,6 +1,7 @@
 """Device selection and seeding, each in one place."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -84,3 +85,72 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued kernels, so wall-clock timings on CUDA measure the work and not the launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+AMP_CHOICES = ("auto", "bf16", "fp16")
+
+
+def _cpu_has_native_bf16() -> bool:
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def autocast_dtype(amp, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--amp`` on ``device``: None (fp32) when off.
+
+    ``auto`` is bf16 where the device supports it (GPUs from Ampere on, CPUs) and fp16 on older GPUs;
+    fp16 needs CUDA. On a CPU without native bf16 instructions bf16 runs, with a warning that it may be
+    slower than fp32.
+    """
+    if amp in (None, False, "", "off", "none"):
+        return None
+    amp = "auto" if amp is True else str(amp).strip().lower()
+    if amp not in AMP_CHOICES:
+        raise UserError(f"--amp {amp}: expected one of {', '.join(AMP_CHOICES)}")
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if amp == "bf16" and not bf16_ok:
+            raise UserError(f"--amp bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
+                            f"use --amp fp16")
+        return torch.float16 if amp == "fp16" or (amp == "auto" and not bf16_ok) else torch.bfloat16
+    if amp == "fp16":
+        raise UserError("--amp fp16 (float16 mixed precision) needs a CUDA device; on the CPU use --amp bf16")
+    if device.type == "cpu" and not _cpu_has_native_bf16():
+        log.warning("--amp bf16: this CPU has no native bfloat16 instructions; it may run slower than fp32")
+    return torch.bfloat16
+
+
+class RandomStreams:
+    """Separate torch random streams (CPU, plus ``device`` on CUDA), swapped in one at a time.
+
+    Training with micro-batches gives micro-batch i its own stream, the one process i of a distributed run
+    would draw from, so one process reproduces a multi-process run's dropout and drop-connect draws.
+    """
+
+    def __init__(self, seeds: list[int], device: torch.device):
+        self.device = device
+        self.states = []
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for seed in seeds:
+                torch.manual_seed(seed)
+                self.states.append(self._get())
+
+    def _get(self):
+        return (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None)
+
+    def _set(self, state) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.device)
+
+    @contextlib.contextmanager
+    def use(self, i: int):
+        """Draw from stream ``i`` inside the block; the stream advances, the outer state is restored."""
+        outer = self._get()
+        self._set(self.states[i])
+        try:
+            yield
+        finally:
+            self.states[i] = self._get()
+            self._set(outer)

@@ -122,6 +122,11 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` to fill a temporary file, then rename it to ``path`` (for large streamed files)."""
+    return _atomic(path, write)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     def write(tmp: str) -> None:

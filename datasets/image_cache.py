@@ -1,0 +1,190 @@
+"""A decoded-image cache: every image of a labels file decoded once, resized, stored as uint8 in one file.
+
+Decoding a 640x480 PNG costs far more than cropping and normalising it, and every epoch of every run
+decodes the same files again. The cache decodes each image of a labels file once, resizes its short side
+to ``image_resize`` exactly as :func:`datasets.transforms.build_transform` would, and stores the uint8
+RGB pixels (3 x h x w per image, in label order) in one file that later epochs and runs memory-map. The
+transform's resize then finds the image at its target size and leaves it as it is, so a cached sample
+equals an uncached one bit for bit.
+
+File ``<cache_dir>/<labels stem>-<key>.u8cache``: the pixel data, then a JSON index (key, image paths,
+shapes, CRC-32 of the data), then a 24-byte footer (magic, index length, data length). The key hashes
+the labels file's content, the resolved dataset root, the resize size and method, so any change gives a
+new file. The file is written to a temporary name and renamed into place; a file that is truncated, does
+not parse, or fails its checksum is rebuilt with a warning, never trusted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from datasets.dataset import load_image_uint8
+from datasets.transforms import RESIZE_METHOD, resize_short_side
+from util.errors import UserError
+from util.io import atomic_write_with
+
+log = logging.getLogger(__name__)
+
+FORMAT = "hyperpose-image-cache"
+VERSION = 1
+MAGIC = b"HPIMGC01"
+_FOOTER = struct.Struct("<8sQQ")  # magic, index length, data length
+_CHUNK = 1 << 24
+
+
+def cache_key(labels_file: str | Path, dataset_root: str | Path, image_resize: int) -> dict:
+    """What a cache depends on: any change of these gives another cache file."""
+    try:
+        digest = hashlib.sha256(Path(labels_file).read_bytes()).hexdigest()
+    except OSError as e:
+        raise UserError(f"cannot read labels file {labels_file}: {e.strerror}") from None
+    return {"labels_sha256": digest, "dataset_root": str(Path(dataset_root).resolve()),
+            "image_resize": int(image_resize), "resize": RESIZE_METHOD, "format": FORMAT, "version": VERSION}
+
+
+def cache_path(cache_dir: str | Path, labels_file: str | Path, key: dict) -> Path:
+    key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{Path(labels_file).stem}-{key_hash}.u8cache"
+
+
+class _DecodeResize(Dataset):
+    """Decoded, resized uint8 images of a list of files (the cache builder's loader)."""
+
+    def __init__(self, paths: list[Path], image_resize: int):
+        self.paths, self.image_resize = paths, image_resize
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return resize_short_side(load_image_uint8(self.paths[i]), self.image_resize).contiguous()
+
+
+class ImageCache:
+    """Read access to a verified cache file: ``cache[i]`` is image ``i`` of the labels file, uint8 3xhxw.
+
+    The memory map is opened lazily in each process and dropped on pickling, so DataLoader workers map the
+    file themselves instead of receiving a copy of the pixels.
+    """
+
+    def __init__(self, path: Path, shapes: list[tuple[int, int, int]], data_len: int):
+        self.path = path
+        self.shapes = [tuple(int(v) for v in s) for s in shapes]
+        sizes = np.array([int(np.prod(s)) for s in self.shapes], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.data_len = data_len
+        self._data: Optional[np.memmap] = None
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_data": None}
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self._data is None:
+            self._data = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.data_len,))
+        flat = self._data[self.offsets[i]:self.offsets[i + 1]]
+        return torch.from_numpy(np.array(flat)).view(self.shapes[i])  # a copy: the map stays read-only
+
+    # Reading and writing --------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: Path, key: dict, img_paths: list[str], verify: bool = True) -> "ImageCache":
+        """Open ``path``; ``ValueError`` saying why when it is not a complete cache of ``key`` and ``img_paths``."""
+        size = path.stat().st_size
+        if size < _FOOTER.size:
+            raise ValueError(f"{size} bytes, shorter than its footer")
+        with open(path, "rb") as f:
+            f.seek(size - _FOOTER.size)
+            magic, index_len, data_len = _FOOTER.unpack(f.read(_FOOTER.size))
+            if magic != MAGIC:
+                raise ValueError("no cache footer (truncated or not a cache file)")
+            if data_len + index_len + _FOOTER.size != size:
+                raise ValueError(f"{size} bytes, but its footer describes {data_len + index_len + _FOOTER.size}")
+            f.seek(data_len)
+            try:
+                index = json.loads(f.read(index_len).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise ValueError("its index does not parse") from None
+            if index.get("key") != key:
+                raise ValueError("made for another labels file, dataset root or size")
+            if index.get("img_paths") != list(img_paths):
+                raise ValueError("its image list differs from the labels file")
+            shapes = index["shapes"]
+            if sum(int(np.prod(s)) for s in shapes) != data_len:
+                raise ValueError("its shapes do not add up to its data length")
+            if verify:
+                f.seek(0)
+                crc, left = 0, data_len
+                while left:
+                    chunk = f.read(min(_CHUNK, left))
+                    if not chunk:
+                        raise ValueError("data ends early")
+                    crc, left = zlib.crc32(chunk, crc), left - len(chunk)
+                if crc != index.get("data_crc32"):
+                    raise ValueError("checksum mismatch (corrupt data)")
+        return cls(path, shapes, data_len)
+
+    @staticmethod
+    def build(path: Path, key: dict, dataset_root: Path, img_paths: list[str], n_workers: int = 0) -> None:
+        """Decode and resize every image once and write the cache file atomically."""
+        decoder = _DecodeResize([dataset_root / p for p in img_paths], key["image_resize"])
+        loader = DataLoader(decoder, batch_size=None, shuffle=False, num_workers=n_workers)
+        shapes: list[list[int]] = []
+
+        def write(tmp: str) -> None:
+            crc, data_len = 0, 0
+            with open(tmp, "wb") as f:
+                for img_3hw in tqdm(loader, desc=f"caching {path.name}", leave=False, dynamic_ncols=True):
+                    raw = img_3hw.numpy().tobytes()
+                    f.write(raw)
+                    crc, data_len = zlib.crc32(raw, crc), data_len + len(raw)
+                    shapes.append(list(img_3hw.shape))
+                index = json.dumps({"key": key, "img_paths": list(img_paths), "shapes": shapes,
+                                    "data_crc32": crc}).encode("utf-8")
+                f.write(index)
+                f.write(_FOOTER.pack(MAGIC, len(index), data_len))
+                f.flush()
+                os.fsync(f.fileno())
+
+        try:
+            atomic_write_with(path, write)
+        except OSError as e:
+            raise UserError(f"cannot write the image cache {path}: {e.strerror or e}") from None
+
+
+def open_image_cache(cache_dir: str | Path, dataset_root: str | Path, labels_file: str | Path,
+                     img_paths: list[str], image_resize: int, n_workers: int = 0, build: bool = True,
+                     verify: bool = True) -> Optional[ImageCache]:
+    """The verified cache of one labels file, built first when missing or damaged.
+
+    With ``build=False`` (distributed ranks other than 0, which wait for rank 0 to build it) a missing or
+    damaged cache returns None.
+    """
+    key = cache_key(labels_file, dataset_root, image_resize)
+    path = cache_path(cache_dir, labels_file, key)
+    if path.is_file():
+        try:
+            cache = ImageCache.load(path, key, img_paths, verify=verify)
+            log.info("image cache %s: %d images", path, len(cache))
+            return cache
+        except (ValueError, OSError, KeyError, TypeError) as e:
+            if not build:
+                return None
+            log.warning("image cache %s is unusable (%s); rebuilding it", path, e)
+    elif not build:
+        return None
+    log.info("building the image cache %s (%d images at short side %d)", path, len(img_paths), image_resize)
+    ImageCache.build(path, key, Path(dataset_root), img_paths, n_workers)
+    return ImageCache.load(path, key, img_paths, verify=False)

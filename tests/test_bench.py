@@ -1,0 +1,32 @@
+"""The training benchmarks run and print their tables (tiny counts; the figures themselves are not checked)."""
+from __future__ import annotations
+
+import re
+
+from conftest import run_script
+
+
+def test_bench_train_e2e_prints_each_setting_and_the_ratio(tmp_path):
+    proc = run_script(["bench/bench_train_e2e.py", "--data", str(tmp_path / "data"), "--frames", "8", "--width", "64",
+                       "--height", "48", "--resize", "56", "--crop", "48", "--batch", "2", "--workers", "1",
+                       "--steps", "2", "--warmup", "1", "--models", "effposenet"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("effposenet")]
+    assert [(r[1], r[2]) for r in rows] == [("png", "no"), ("png", "yes"), ("jpeg", "no"), ("jpeg", "yes")]
+    for r in rows:
+        e2e, model_only, ratio = map(float, r[3:6])
+        assert abs(ratio - e2e / model_only) < 0.01
+    assert "bare backbone (efficientnet) forward+backward" in proc.stdout
+    assert list((tmp_path / "data" / "jpeg").rglob("*.jpg"))
+
+
+def test_bench_multi_scene_prints_the_time_split():
+    proc = run_script(["bench/bench_multi_scene.py", "--size", "64", "--batch", "2", "--iters", "1", "--warmup", "0",
+                       "--num-scenes", "2", "--device", "cpu"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for model in ("ems-transposenet", "mshyperpose"):
+        line = next(s for s in proc.stdout.splitlines() if s.startswith(f"{model} training step split"))
+        parts = dict(re.findall(r"([a-z ,]+?) [\d.]+ ms \((\d+)%\)", line.split(": ", 1)[1]))
+        assert {p.strip(", ") for p in parts} == {"backbone forward", "transformers forward",
+                                                  "heads, generators, loss forward", "backward", "optimizer step"}
+        assert abs(sum(map(int, parts.values())) - 100) <= 3  # rounded percentages
