@@ -45,6 +45,7 @@ def _worker(rank: int, world: int, port: int, args: tuple, out_dir: str, device:
 def _config(tmp_path, batch_size: int):
     cfg = tiny_config_dict(n_epochs=2)
     cfg[MODEL].update(batch_size=batch_size, equalize_scenes=True)
+    cfg["general"]["keep_optimizer_state"] = "all"  # the resume test starts from checkpoint-1 of a finished run
     return write_config(tmp_path / f"cfg_b{batch_size}.json", cfg)
 
 
