@@ -3,8 +3,8 @@ model, loss and optimizer; then :class:`engine.trainer.Trainer` runs it.
 
 One run lives in ``<output_path>/run_<yy_mm_dd_HH_MM_SS>/``: the resolved config, a log file, ``metrics.csv``,
 TensorBoard events, ``run_<stamp>_checkpoint-<epoch>.pth`` every ``n_freq_checkpoint`` epochs and
-``run_<stamp>_final.pth``. A run resumed from a checkpoint ends with the same weights as an uninterrupted
-one on the CPU, also when it is resumed with another number of processes and ``micro_batches`` equal to
+``run_<stamp>_final.pth``. A run resumed from its newest checkpoint (the one that keeps the optimizer state,
+see ``keep_optimizer_state``) ends with the same weights as an uninterrupted one on the CPU, also when it is resumed with another number of processes and ``micro_batches`` equal to
 the processes it replaces (see engine/trainer.py).
 """
 from __future__ import annotations

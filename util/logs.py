@@ -14,17 +14,28 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _progress_bars = True  # set by the entry scripts: off with --quiet
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (a redirect or a test capture made
+    after the set-up included), never to a stream that has since been closed."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the property always answers sys.stderr
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Send records of every module to stderr at ``level`` (idempotent)."""
     root = logging.getLogger()
     console = next((h for h in root.handlers if getattr(h, "_hyperpose_console", False)), None)
     if console is None:
-        console = logging.StreamHandler(sys.stderr)
+        console = _ConsoleHandler()
         console.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
         console._hyperpose_console = True
         root.addHandler(console)
-    elif console.stream is not sys.stderr:  # stderr was replaced since (a test capture, a redirect)
-        console.stream = sys.stderr  # not setStream: it flushes the old stream, which may be closed
     console.setLevel(level)
     root.setLevel(min(level, root.level) if root.level else level)
     for noisy in ("PIL", "matplotlib", "h5py"):
