@@ -153,6 +153,9 @@ _NO_HYPERNETWORK = "it has no hypernetwork"
 _HYPER_IGNORED = {"hyper_dim_t": _NO_HYPERNETWORK, "hyper_dim_rot": _NO_HYPERNETWORK,
                   "hyper_t_hidden_scale": _NO_HYPERNETWORK}
 _UNUSED_SCALE = "it scales a hidden layer that only mshyperpose's generated position regressor has"
+# What the single-scene hyper models (hyperpose, hyperatloc) share: their keys, all architectural.
+_SINGLE_HYPER = dict(keys=_HYPER_KEYS, arch_keys=tuple(_HYPER_KEYS),
+                     ignored_keys={"hyper_t_hidden_scale": _UNUSED_SCALE})
 
 # Endpoint names are uniform across backbones: reduction_k has stride 2**k.
 _REDUCTIONS = ("reduction_1", "reduction_2", "reduction_3", "reduction_4", "reduction_5")
@@ -233,7 +236,7 @@ register(ModelSpec(
 register(ModelSpec(
     name="hyperpose", target="models.hyperpose:HyperPose", multi_scene=False,
     summary="HyperPose: the effposenet head plus per-image generated output layers",
-    keys=_HYPER_KEYS, arch_keys=tuple(_HYPER_KEYS), ignored_keys={"hyper_t_hidden_scale": _UNUSED_SCALE},
+    **_SINGLE_HYPER,
     reference_keys=("_backbone.", "hypernet_t_fc_h2."), reference_tables=tuple(f"hyperpose_{d}" for d in _DATASETS)))
 
 register(ModelSpec(
@@ -245,7 +248,7 @@ register(ModelSpec(
 register(ModelSpec(
     name="hyperatloc", target="models.hyperatloc:HyperAtLoc", multi_scene=False,
     summary="HyperAtLoc: AtLoc plus per-image generated output layers",
-    keys=_HYPER_KEYS, arch_keys=tuple(_HYPER_KEYS), ignored_keys={"hyper_t_hidden_scale": _UNUSED_SCALE},
+    **_SINGLE_HYPER,
     backbones=("resnet34",),
     reference_keys=("feature_extractor.", "att.g.", "hypernet_t_fc_h2."),
     reference_tables=("hyperatloc_CambridgeLandmarks",)))
