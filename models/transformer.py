@@ -12,14 +12,43 @@ Parameter names: ``encoder.layers.{i}.self_attn.*``, ``linear1``, ``linear2``, `
 
 Tensors are batch-first throughout: tokens ``B x N x d``, queries ``B x S x d``. Attention runs through
 ``F.scaled_dot_product_attention``, which picks fused (flash / memory-efficient) kernels where the device
-has them; its parameters are laid out as ``nn.MultiheadAttention``'s, which the reference used.
+has them; its parameters are laid out as ``nn.MultiheadAttention``'s, which the reference used. Training on
+a CPU with attention dropout is the exception (:func:`cpu_dropout_attention`).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+DROP_LEVELS = 65536  # the dropout mask compares 16-bit random integers with a threshold
+
+
+def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
+    """A boolean mask that keeps each element with probability 1 - p', p' = round(p * 65536) / 65536 (within
+    8e-6 of p), and the factor 1 / (1 - p') that keeps the expectation. Each 64-bit draw of the global torch
+    generator gives four 16-bit values, so the mask costs a quarter of the draws ``bernoulli_`` makes."""
+    n = math.prod(shape)
+    drop_levels = round(p * DROP_LEVELS)
+    words = torch.randint(-2**63, 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=device)
+    keep = words.view(torch.int16)[:n].view(shape) >= drop_levels - DROP_LEVELS // 2
+    return keep, DROP_LEVELS / (DROP_LEVELS - drop_levels)
+
+
+def cpu_dropout_attention(q_BhQc: torch.Tensor, k_BhKc: torch.Tensor, v_BhKc: torch.Tensor,
+                          p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(c)) with dropout p on the weights, times v: what ``scaled_dot_product_attention``
+    computes in training, for the CPU. There, dropout makes it leave its fused kernel for a path that spends
+    most of its time drawing the mask with ``bernoulli_``; this one draws it from 16-bit integers (``bench/bench_multi_scene.py``
+    measures the two)."""
+    scores_BhQK = torch.matmul(q_BhQc * (q_BhQc.shape[-1] ** -0.5), k_BhKc.transpose(-2, -1))
+    weights_BhQK = torch.softmax(scores_BhQK, dim=-1)
+    keep_BhQK, factor = _keep_mask(weights_BhQK.shape, p, weights_BhQK.device)
+    return torch.matmul(weights_BhQK * keep_BhQK, v_BhKc) * factor
 
 
 class Attention(nn.Module):
@@ -52,8 +81,11 @@ class Attention(nn.Module):
         q_BhQc = self._heads(query_BQd, w_q, b_q)
         k_BhKc = self._heads(key_BKd, w_k, b_k)
         v_BhKc = self._heads(value_BKd, w_v, b_v)
-        out_BhQc = F.scaled_dot_product_attention(q_BhQc, k_BhKc, v_BhKc,
-                                                  dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if p > 0 and q_BhQc.device.type == "cpu":
+            out_BhQc = cpu_dropout_attention(q_BhQc, k_BhKc, v_BhKc, p)
+        else:
+            out_BhQc = F.scaled_dot_product_attention(q_BhQc, k_BhKc, v_BhKc, dropout_p=p)
         return self.out_proj(out_BhQc.transpose(1, 2).flatten(2))
 
 

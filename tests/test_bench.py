@@ -22,11 +22,15 @@ def test_bench_train_e2e_prints_each_setting_and_the_ratio(tmp_path):
 
 def test_bench_multi_scene_prints_the_time_split():
     proc = run_script(["bench/bench_multi_scene.py", "--size", "64", "--batch", "2", "--iters", "1", "--warmup", "0",
-                       "--num-scenes", "2", "--device", "cpu"])
+                       "--num-scenes", "2", "--device", "cpu", "--amp", "off", "bf16"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     for model in ("ems-transposenet", "mshyperpose"):
-        line = next(s for s in proc.stdout.splitlines() if s.startswith(f"{model} training step split"))
+        assert f"{model}: bf16 / fp32 speed: train " in proc.stdout
+        line = next(s for s in proc.stdout.splitlines() if s.startswith(f"{model} fp32 training step split"))
         parts = dict(re.findall(r"([a-z ,]+?) [\d.]+ ms \((\d+)%\)", line.split(": ", 1)[1]))
         assert {p.strip(", ") for p in parts} == {"backbone forward", "transformers forward",
                                                   "heads, generators, loss forward", "backward", "optimizer step"}
         assert abs(sum(map(int, parts.values())) - 100) <= 3  # rounded percentages
+    for amp in ("fp32", "bf16"):
+        for path in ("sdpa", "cpu_dropout_attention"):
+            assert f"attention with dropout, forward + backward, {amp}, {path}: " in proc.stdout
