@@ -47,7 +47,7 @@ def plain_loader(dataset, config: dict, device: torch.device) -> DataLoader:
     view = copy.copy(dataset)
     view.transform = build_transform(config, train=False)
     return DataLoader(view, batch_size=config["batch_size"], shuffle=False,
-                      num_workers=cap_workers(config["n_workers"]), pin_memory=device.type == "cuda")
+                      num_workers=cap_workers(config["n_workers"], device), pin_memory=device.type == "cuda")
 
 
 def _images(loader: DataLoader, n_batches: int, device: torch.device) -> Iterable[torch.Tensor]:

@@ -26,6 +26,7 @@ from datasets.image_source import ImageFileDataset, ImageList, collate_readable,
 from datasets.labels import POSE_COLUMNS
 from engine.localize import Localizer, Poses, load_for_inference
 from util.config import load_config
+from util.device import cap_workers
 from util.errors import UserError
 from util.io import atomic_write_text
 from util.report import write_positions_page
@@ -76,7 +77,8 @@ def localize_files(localizer: Localizer, source: ImageList, *, batch_size: int, 
                    progress: bool = True) -> tuple[list[int], Poses, list[tuple[int, str]]]:
     """Run ``localizer`` over the files of ``source``: (indices of the readable ones, their poses, failures)."""
     dataset = ImageFileDataset(source.files, localizer.transform)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=n_workers,
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        num_workers=cap_workers(n_workers, localizer.device),
                         collate_fn=collate_readable, pin_memory=localizer.device.type == "cuda")
     indices, poses, logps, failed = [], [], [], []
     for batch in tqdm(loader, desc="predict", leave=False, disable=not progress):

@@ -155,8 +155,9 @@ class Trainer:
         self.sampler = EpochSampler(self.dataset.scene_ids, c["seed"], c["batch_size"],
                                     equalize_scenes=self.multi and bool(c.get("equalize_scenes")),
                                     rank=self.ctx.rank, world_size=self.ctx.world_size)
+        workers = cap_workers(c["n_workers"], self.device)
         return DataLoader(SeededSamples(self.dataset), batch_size=c["batch_size"], sampler=self.sampler,
-                          num_workers=cap_workers(c["n_workers"]), persistent_workers=cap_workers(c["n_workers"]) > 0,
+                          num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=self.device.type == "cuda",
                           generator=torch.Generator().manual_seed(c["seed"]))
 

@@ -68,6 +68,23 @@ def test_workers_are_capped_at_the_cpu_count_with_one_info_line(caplog):
     assert [r.getMessage() for r in caplog.records] == [f"n_workers {n + 7} capped at the {n} CPUs of this machine"]
 
 
+def test_a_cpu_model_gets_only_the_workers_its_torch_threads_leave_cpus_for(caplog, monkeypatch):
+    import util.device
+
+    threads = torch.get_num_threads()
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.setattr(util.device, "cpu_count", lambda: threads)
+    with caplog.at_level(logging.INFO, logger="util.device"):
+        assert util.device.cap_workers(5, cpu) == 0 and util.device.cap_workers(5, cpu) == 0
+        assert util.device.cap_workers(0, cpu) == 0
+        assert util.device.cap_workers(threads, cuda) == threads  # the GPU computes; workers take the CPUs
+    assert len(caplog.records) == 1
+    assert caplog.records[0].getMessage().startswith(f"n_workers 5 capped at the CPUs left free by the {threads} "
+                                                     f"torch threads on {threads} CPUs (images load in the training")
+    monkeypatch.setattr(util.device, "cpu_count", lambda: threads + 1)
+    assert util.device.cap_workers(5, cpu) == 1 and util.device.cap_workers(1, cpu) == 1
+
+
 def test_a_reference_config_asks_for_more_workers_than_cpus_without_a_warning(scene7, tmp_path, recwarn):
     from conftest import tiny_config_dict, write_config
     from engine.train import train

@@ -107,8 +107,13 @@ def test_fp16_needs_cuda(scene7, tiny_config, tmp_path):
         train("hyperpose", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu", amp="fp16")
 
 
-def test_persistent_workers_give_the_same_weights_and_resume_bit_identically(scene7, tmp_path):
+def test_persistent_workers_give_the_same_weights_and_resume_bit_identically(scene7, tmp_path, monkeypatch):
     """The augmentation of a sample depends on (seed, epoch, position) only, not on the workers."""
+    import util.device
+
+    # Two CPUs more than the torch threads, so that two workers really start beside them.
+    monkeypatch.setattr(util.device, "cpu_count", lambda: torch.get_num_threads() + 2)
+    assert util.device.cap_workers(2, torch.device("cpu")) == 2
     runs = {}
     for workers in (0, 2):
         cfg = tiny_config_dict()

@@ -54,16 +54,27 @@ def cpu_count() -> int:
 _capped_workers: set = set()
 
 
-def cap_workers(requested: int) -> int:
-    """DataLoader workers: ``requested``, at most the CPU count (the reference configs ask for 4, which on a
-    2-core machine makes PyTorch warn and only adds contention). Says so once, as an info line."""
+def cap_workers(requested: int, device: torch.device | None = None) -> int:
+    """DataLoader workers for a loader that feeds ``device``: ``requested``, at most the CPU count (the
+    reference configs ask for 4, which on a 2-core machine makes PyTorch warn and only adds contention).
+    When the model runs on the CPU, also at most the CPUs its torch threads leave free: a worker that
+    takes a core from one of them stalls them all, and the images then load faster in the process itself
+    (``bench/bench_train_e2e.py`` measures both). Says so once per case, as an info line."""
     available = cpu_count()
-    if requested <= available:
+    cap, why = available, f"the {available} CPUs of this machine"
+    if device is not None and device.type == "cpu":
+        threads = torch.get_num_threads()
+        if available - threads < cap:
+            cap = max(0, available - threads)
+            why = (f"the CPUs left free by the {threads} torch threads on {available} CPUs (images load in the "
+                   f"training process; fewer threads, e.g. OMP_NUM_THREADS, leave CPUs to workers)" if cap == 0 else
+                   f"the {cap} CPU(s) left free by the {threads} torch threads on {available} CPUs")
+    if requested <= cap:
         return requested
-    if requested not in _capped_workers:
-        _capped_workers.add(requested)
-        log.info("n_workers %d capped at the %d CPUs of this machine", requested, available)
-    return available
+    if (requested, cap) not in _capped_workers:
+        _capped_workers.add((requested, cap))
+        log.info("n_workers %d capped at %s", requested, why)
+    return cap
 
 
 def seed_everything(seed: int) -> None:
