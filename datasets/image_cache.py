@@ -12,6 +12,10 @@ shapes, CRC-32 of the data), then a 24-byte footer (magic, index length, data le
 the labels file's content, the resolved dataset root, the resize size and method, so any change gives a
 new file. The file is written to a temporary name and renamed into place; a file that is truncated, does
 not parse, or fails its checksum is rebuilt with a warning, never trusted.
+
+Where the cache lives is the config key ``cache_dir`` (:func:`resolve_cache_dir`): by default ("auto") a
+per-user folder, used wherever it can be written and has room, with one warning and plain decoding where
+not; a folder that is named explicitly must work or the run stops with one line.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -41,6 +46,55 @@ VERSION = 1
 MAGIC = b"HPIMGC01"
 _FOOTER = struct.Struct("<8sQQ")  # magic, index length, data length
 _CHUNK = 1 << 24
+AUTO = "auto"  # cache_dir's default
+OFF = ("off", "none", "")
+CACHE_DIR_ENV = "HYPERPOSE_CACHE_DIR"
+SPARE_BYTES = 1 << 30  # an automatic cache leaves at least this much of its disk free
+
+
+def default_cache_dir() -> Path:
+    """The folder of ``cache_dir: "auto"``: ``$HYPERPOSE_CACHE_DIR``, else ``$XDG_CACHE_HOME/hyperpose/images``,
+    else ``~/.cache/hyperpose/images``."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "hyperpose" / "images"
+
+
+def resolve_cache_dir(value) -> tuple[Optional[Path], bool]:
+    """``(folder, required)`` for a ``cache_dir`` value: null or "off" give no cache; "auto" the default
+    folder, not required (a cache that cannot be written there is skipped with a warning); any other
+    value that folder, required (failing to write it is an error)."""
+    if value is None or str(value).strip().lower() in OFF:
+        return None, False
+    if str(value).strip().lower() == AUTO:
+        return default_cache_dir(), False
+    return Path(value), True
+
+
+def estimated_bytes(dataset_root: Path, img_paths: list[str], image_resize: int) -> int:
+    """The cache's size if every image had the first one's size (7Scenes and Cambridge have one size each)."""
+    from PIL import Image
+
+    try:
+        with Image.open(dataset_root / img_paths[0]) as image:
+            w, h = image.size
+    except (OSError, ValueError):
+        return 0  # an unreadable image is reported by the decoder
+    short = min(w, h)
+    return len(img_paths) * 3 * image_resize * int(image_resize * max(w, h) / short)  # as torchvision rounds
+
+
+def check_free_space(folder: Path, needed: int, spare: int = 0) -> None:
+    """``UserError`` unless the disk of ``folder`` (created if missing) holds ``needed`` bytes plus ``spare``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+    except OSError as e:
+        raise UserError(f"cannot use the image cache folder {folder}: {e.strerror or e}") from None
+    if free < needed + spare:
+        raise UserError(f"the image cache needs about {needed / 2**30:.1f} GiB but {folder} has "
+                        f"{free / 2**30:.1f} GiB free")
 
 
 def cache_key(labels_file: str | Path, dataset_root: str | Path, image_resize: int) -> dict:
@@ -166,11 +220,12 @@ class ImageCache:
 
 def open_image_cache(cache_dir: str | Path, dataset_root: str | Path, labels_file: str | Path,
                      img_paths: list[str], image_resize: int, n_workers: int = 0, build: bool = True,
-                     verify: bool = True) -> Optional[ImageCache]:
+                     verify: bool = True, required: bool = True) -> Optional[ImageCache]:
     """The verified cache of one labels file, built first when missing or damaged.
 
     With ``build=False`` (distributed ranks other than 0, which wait for rank 0 to build it) a missing or
-    damaged cache returns None.
+    damaged cache returns None. A cache that cannot be built (no room, a folder that cannot be written)
+    is an error when ``required``, else a warning and None: the images are then decoded every epoch.
     """
     key = cache_key(labels_file, dataset_root, image_resize)
     path = cache_path(cache_dir, labels_file, key)
@@ -185,6 +240,14 @@ def open_image_cache(cache_dir: str | Path, dataset_root: str | Path, labels_fil
             log.warning("image cache %s is unusable (%s); rebuilding it", path, e)
     elif not build:
         return None
-    log.info("building the image cache %s (%d images at short side %d)", path, len(img_paths), image_resize)
-    ImageCache.build(path, key, Path(dataset_root), img_paths, n_workers)
+    try:
+        check_free_space(path.parent, estimated_bytes(Path(dataset_root), img_paths, image_resize),
+                         0 if required else SPARE_BYTES)
+        log.info("building the image cache %s (%d images at short side %d)", path, len(img_paths), image_resize)
+        ImageCache.build(path, key, Path(dataset_root), img_paths, n_workers)
+    except UserError as e:
+        if required:
+            raise
+        log.warning("%s; decoding the images every epoch instead (cache_dir: off silences this)", e)
+        return None
     return ImageCache.load(path, key, img_paths, verify=False)

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets.dataset import CameraPoseDataset, reference_scene_map
+from datasets.image_cache import AUTO, resolve_cache_dir
 from datasets.labels import read_labels
 from datasets.transforms import build_transform
 from models.backbone import load_backbone
@@ -121,7 +122,7 @@ class Evaluator:
                                                                            override_config)
         if cache_dir or config is not None:
             # A config recorded in a checkpoint names the training machine's cache folder: not used here.
-            self.config["cache_dir"] = str(cache_dir) if cache_dir else None
+            self.config["cache_dir"] = str(cache_dir) if cache_dir else AUTO
         self.backbone_path = backbone_path
         self.dataset_root = Path(dataset_root)
         self.labels_file = Path(labels_file)
@@ -153,10 +154,11 @@ class Evaluator:
             sets = {name: CameraPoseDataset(self.dataset_root, path, transform=self.transform,
                                             scene_map=scene_map if self.multi else None)
                     for name, path in files.items()}
-            if self.config.get("cache_dir"):
+            cache_dir, required = resolve_cache_dir(self.config.get("cache_dir"))
+            if cache_dir is not None:
                 for dataset in sets.values():
-                    dataset.use_image_cache(self.config["cache_dir"], self.config["image_resize"],
-                                            self.config["n_workers"])
+                    dataset.use_image_cache(cache_dir, self.config["image_resize"], self.config["n_workers"],
+                                            required=required)
             self._datasets[key] = sets
         return self._datasets[key]
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from datasets.dataset import CameraPoseDataset
+from datasets.image_cache import resolve_cache_dir
 from datasets.transforms import build_transform
 from engine.trainer import Trainer, TrainResult
 from models.backbone import load_backbone
@@ -98,14 +99,17 @@ def _sources(resume, init_checkpoint) -> tuple[dict | None, dict | None]:
 
 
 def _attach_cache(dataset: CameraPoseDataset, config: dict, ctx: DistContext) -> None:
-    """The decoded-image cache: the first process of each node builds it, the others then open it."""
+    """The decoded-image cache (``cache_dir``): the first process of each node builds it, the others then
+    open it. Cached and decoded samples are equal, so a process without the cache trains the same."""
+    cache_dir, required = resolve_cache_dir(config["cache_dir"])
+    if cache_dir is None:
+        return
     builder = ctx.local_rank == 0
     if builder:
-        dataset.use_image_cache(config["cache_dir"], config["image_resize"], config["n_workers"])
+        dataset.use_image_cache(cache_dir, config["image_resize"], config["n_workers"], required=required)
     barrier(ctx)
-    if not builder and not dataset.use_image_cache(config["cache_dir"], config["image_resize"], build=False):
-        raise UserError(f"process {ctx.rank} cannot read the image cache in {config['cache_dir']} that local "
-                        f"rank 0 built")
+    if not builder and not dataset.use_image_cache(cache_dir, config["image_resize"], build=False) and required:
+        raise UserError(f"process {ctx.rank} cannot read the image cache in {cache_dir} that local rank 0 built")
 
 
 def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
@@ -148,8 +152,7 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
         dataset = CameraPoseDataset(dataset_root, labels_file, transform=build_transform(config, train=True),
                                     scene_map=scene_map)
         dataset.check_sample()  # a broken image fails here, before any run folder exists
-        if config["cache_dir"]:
-            _attach_cache(dataset, config, ctx)
+        _attach_cache(dataset, config, ctx)
         multi = get_spec(model_name).multi_scene
         if multi:
             n_scenes = len(dataset.scene_map)

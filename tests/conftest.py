@@ -17,6 +17,13 @@ REPO = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_image_cache(tmp_path_factory):
+    """Runs with the default ``cache_dir: "auto"`` cache their images in a folder of the session, not the user's
+    (scripts started by the tests inherit the variable)."""
+    os.environ["HYPERPOSE_CACHE_DIR"] = str(tmp_path_factory.mktemp("image_cache"))
+
+
 def tiny_config_dict(n_epochs: int = 2) -> dict:
     """The shipped synthetic config, shrunk so every model trains in seconds at 48x48 crops."""
     cfg = json.loads((REPO / "configs" / "synthetic_config.json").read_text())

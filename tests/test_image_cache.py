@@ -12,6 +12,7 @@ from datasets.dataset import CameraPoseDataset, load_image_uint8
 from datasets.image_cache import open_image_cache
 from datasets.transforms import build_transform, resize_short_side
 from engine.evaluate import Evaluator
+from util.errors import UserError
 
 RESIZE = 56
 
@@ -146,10 +147,81 @@ def test_test_mode_uses_the_cache_and_scores_the_same(data, tmp_path):
     assert len(_files(tmp_path / "train_cache")) == 1
     test_csv = root / "abs_7scenes_pose.csv_chess_test.csv"
     scores = []
-    for cache in (None, tmp_path / "test_cache"):
+    for cache in ("off", tmp_path / "test_cache"):
         ev = Evaluator("effposenet", "random", root, test_csv, config, device="cpu", cache_dir=cache,
                        latency_images=1, warmup=0, progress=False)
         result = ev.evaluate_checkpoint(run.final_checkpoint, timing=False)
         scores.append(next(iter(result.predictions.values())).pose_pred_N7)
     assert len(_files(tmp_path / "test_cache")) == 1
     assert (scores[0] == scores[1]).all()
+
+
+def test_by_default_runs_cache_in_the_user_folder_and_off_turns_it_off(data, tmp_path, monkeypatch):
+    from engine.train import train
+
+    root, labels = data
+    monkeypatch.setenv("HYPERPOSE_CACHE_DIR", str(tmp_path / "user_cache"))
+    cfg = tiny_config_dict(n_epochs=1)
+    assert "cache_dir" not in cfg["effposenet"] and "cache_dir" not in cfg["general"]
+    config = write_config(tmp_path / "cfg.json", cfg)
+    train("effposenet", "random", root, labels, config, tmp_path / "out", device="cpu")
+    assert len(_files(tmp_path / "user_cache")) == 1
+    ev = Evaluator("effposenet", "random", root, root / "abs_7scenes_pose.csv_chess_test.csv", config,
+                   device="cpu", progress=False)
+    ev.test_sets({"chess": 0})
+    assert len(_files(tmp_path / "user_cache")) == 2  # test mode caches its labels file too
+    for off in ("off", None):
+        cfg["effposenet"]["cache_dir"] = off
+        monkeypatch.setenv("HYPERPOSE_CACHE_DIR", str(tmp_path / f"unused_{off}"))
+        train("effposenet", "random", root, labels, write_config(tmp_path / "off.json", cfg), tmp_path / "out",
+              device="cpu")
+        assert not (tmp_path / f"unused_{off}").exists()
+
+
+def test_the_command_line_turns_the_cache_off(data, tmp_path):
+    from conftest import run_script
+
+    root, labels = data
+    config = write_config(tmp_path / "cfg.json", tiny_config_dict(n_epochs=1))
+    proc = run_script(["main_single_scene.py", "effposenet", "train", "random", str(root), str(labels), str(config),
+                       "--output_path", str(tmp_path / "out"), "--device", "cpu", "--no_cache"],
+                      env={"HYPERPOSE_CACHE_DIR": str(tmp_path / "user_cache")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "user_cache").exists()
+
+
+def test_an_automatic_cache_that_cannot_be_written_is_skipped_with_a_warning(data, tmp_path, caplog):
+    root, labels = data
+    (tmp_path / "a_file").write_text("not a folder")
+    ds = _dataset(root, labels)
+    with caplog.at_level(logging.WARNING, logger="datasets.image_cache"):
+        assert not ds.use_image_cache(tmp_path / "a_file" / "cache", RESIZE, required=False)
+    assert ds.image_cache is None and len(caplog.records) == 1
+    assert "cannot use the image cache folder" in caplog.records[0].getMessage()
+    assert "decoding the images every epoch instead" in caplog.records[0].getMessage()
+    with pytest.raises(UserError, match="cannot use the image cache folder"):
+        ds.use_image_cache(tmp_path / "a_file" / "cache", RESIZE)
+
+
+def test_an_automatic_cache_leaves_room_on_its_disk(data, small_disk, caplog):
+    root, labels = data
+    disk = small_disk(256 * 1024)  # smaller than the cache plus the 1 GiB it keeps free
+    ds = _dataset(root, labels)
+    with caplog.at_level(logging.WARNING, logger="datasets.image_cache"):
+        assert not ds.use_image_cache(disk / "cache", RESIZE, required=False)
+    assert "the image cache needs about" in caplog.records[0].getMessage()
+    assert ds.use_image_cache(disk / "cache", RESIZE)  # asked for by name, it only needs its own size
+    assert len(_files(disk / "cache")) == 1
+
+
+def test_a_cache_larger_than_the_free_space_is_refused_before_decoding(data, tmp_path):
+    from datasets.image_cache import check_free_space, estimated_bytes
+
+    root, labels = data
+    ds = _dataset(root, labels)
+    expected = estimated_bytes(root, ds.img_paths, RESIZE)
+    check_free_space(tmp_path / "c", expected)
+    ds.use_image_cache(tmp_path / "c", RESIZE)
+    assert ds.image_cache.data_len == expected  # exact for a dataset of one image size
+    with pytest.raises(UserError, match=r"needs about .* GiB but .* GiB free"):
+        check_free_space(tmp_path / "c", 1 << 60)

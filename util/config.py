@@ -112,8 +112,9 @@ GENERAL_KEYS: Mapping[str, Key] = MappingProxyType({
     "keep_optimizer_state": Key("last", "str", one_of("last", "all"),
                                 doc="which checkpoints hold the optimizer state: the latest one, or all"),
     "device_id": Key("cuda:0", "str", _check_device, doc="device used when CUDA is there"),
-    "cache_dir": Key(None, "str", nullable=True,
-                     doc="folder of the decoded-image cache (datasets/image_cache.py); null decodes every epoch"),
+    "cache_dir": Key("auto", "str", nullable=True,
+                     doc="folder of the decoded-image cache (datasets/image_cache.py); \"auto\": a per-user folder "
+                         "where it can be written and has room; null or \"off\": decode every epoch"),
 })
 TRAINING_KEYS: Mapping[str, Key] = MappingProxyType({
     "batch_size": Key(8, **_INT_GE1, doc="training batch size"),
