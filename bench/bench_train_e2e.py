@@ -9,7 +9,12 @@ backbone's forward + backward on the same batch size, the ceiling the end-to-end
 a GPU; on CUDA the GPU utilisation sampled during the end-to-end steps is printed where pynvml is
 installed. Images come from the repo's synthetic generator, rendered once into ``--data`` and reused.
 
-    python bench/bench_train_e2e.py --models hyperpose mshyperpose --batch 8 --workers 2 --steps 20
+Workers: by default the loader training builds from the config (``n_workers`` 4, capped for the device
+by ``util.device.cap_workers``: on a CPU whose cores all run torch threads, none); ``--workers N ...``
+forces each count in turn, to compare them in one run.
+
+    python bench/bench_train_e2e.py --models hyperpose mshyperpose --batch 8 --steps 20
+    python bench/bench_train_e2e.py --models hyperpose --formats png --workers 0 2 --steps 20
     python bench/bench_train_e2e.py --device cuda --batch 64 --workers 8 --amp bf16 --steps 50
 """
 from __future__ import annotations
@@ -65,7 +70,7 @@ def make_data(root: Path, frames: int, size: tuple[int, int]) -> dict[str, Path]
 
 
 def make_trainer(model: str, labels: Path, args, device: torch.device, cache_dir: Path | None) -> Trainer:
-    config = validate_config(model, {"batch_size": args.batch, "n_workers": args.workers, "image_resize": args.resize,
+    config = validate_config(model, {"batch_size": args.batch, "image_resize": args.resize,
                                      "image_crop": args.crop, "seed": 0, "device_id": "cpu", "n_epochs": 10**6})
     dataset = CameraPoseDataset(labels.parent, labels, transform=build_transform(config, train=True))
     if get_spec(model).multi_scene:
@@ -97,10 +102,10 @@ def _utilisation(device: torch.device) -> float | None:
         return None
 
 
-def time_e2e(trainer: Trainer, steps: int, warmup: int) -> tuple[float, dict, float | None]:
-    """Images/s of loader + step over ``steps`` steps after ``warmup``; also one batch and the mean GPU
-    utilisation (percent, None where it cannot be read)."""
-    loader = trainer.make_loader()
+def time_e2e(trainer: Trainer, steps: int, warmup: int, workers: int | None) -> tuple[float, dict, float | None, int]:
+    """Images/s of loader + step over ``steps`` steps after ``warmup``; also one batch, the mean GPU
+    utilisation (percent, None where it cannot be read) and the loader's worker count."""
+    loader = trainer.make_loader(workers)
     trainer.model.train()
     batches = _batches(trainer, loader)
     batch = None
@@ -116,9 +121,10 @@ def time_e2e(trainer: Trainer, steps: int, warmup: int) -> tuple[float, dict, fl
         util.append(_utilisation(trainer.device))
     synchronize(trainer.device)
     seconds = time.perf_counter() - t0
+    n_workers = loader.num_workers
     del batches, loader
     util = [u for u in util if u is not None]
-    return n / seconds, batch, sum(util) / len(util) if util else None
+    return n / seconds, batch, sum(util) / len(util) if util else None, n_workers
 
 
 def time_model_only(trainer: Trainer, batch: dict, steps: int, warmup: int) -> float:
@@ -164,25 +170,27 @@ def bench(args) -> list[dict]:
         for model in args.models:
             for fmt in args.formats:
                 for cached in (False, True):
-                    cache_dir = Path(tmp) / "cache" if cached else None
-                    t0 = time.perf_counter()
-                    trainer = make_trainer(model, data[fmt], args, device, cache_dir)
-                    setup_s = time.perf_counter() - t0
-                    e2e, batch, util = time_e2e(trainer, args.steps, args.warmup)
-                    model_only = time_model_only(trainer, batch, args.steps, args.warmup)
-                    rows.append({"model": model, "format": fmt, "cache": cached, "e2e": e2e, "util": util,
-                                 "model_only": model_only, "ratio": e2e / model_only, "setup_s": setup_s})
-                    print(format_row(rows[-1]), flush=True)
+                    for workers in args.workers or [None]:
+                        cache_dir = Path(tmp) / "cache" if cached else None
+                        t0 = time.perf_counter()
+                        trainer = make_trainer(model, data[fmt], args, device, cache_dir)
+                        setup_s = time.perf_counter() - t0
+                        e2e, batch, util, n_workers = time_e2e(trainer, args.steps, args.warmup, workers)
+                        model_only = time_model_only(trainer, batch, args.steps, args.warmup)
+                        rows.append({"model": model, "format": fmt, "cache": cached, "workers": n_workers,
+                                     "e2e": e2e, "util": util, "model_only": model_only,
+                                     "ratio": e2e / model_only, "setup_s": setup_s})
+                        print(format_row(rows[-1]), flush=True)
     backbone = time_backbone(args, device)
     print(f"bare backbone (efficientnet) forward+backward: {backbone:.2f} img/s at batch {args.batch}; "
           f"end-to-end / backbone: " + ", ".join(f"{r['model']} {r['format']}{' cache' if r['cache'] else ''} "
-                                                  f"{r['e2e'] / backbone:.2f}" for r in rows))
+                                                  f"w{r['workers']} {r['e2e'] / backbone:.2f}" for r in rows))
     return rows
 
 
 def format_row(r: dict) -> str:
     util = "" if r["util"] is None else f"{r['util']:>8.0f}%"
-    return (f"{r['model']:<18}{r['format']:<6}{'yes' if r['cache'] else 'no':<7}{r['e2e']:>12.2f}"
+    return (f"{r['model']:<18}{r['format']:<6}{'yes' if r['cache'] else 'no':<7}{r['workers']:>8}{r['e2e']:>12.2f}"
             f"{r['model_only']:>14.2f}{r['ratio']:>8.2f}{r['setup_s']:>10.1f}{util}")
 
 
@@ -200,7 +208,8 @@ def main(argv=None) -> int:
     parser.add_argument("--resize", type=int, default=256, help="image_resize (short side)")
     parser.add_argument("--crop", type=int, default=224, help="image_crop")
     parser.add_argument("--batch", type=int, default=8, help="batch size")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    parser.add_argument("--workers", type=int, nargs="+", default=None,
+                        help="DataLoader worker counts to force, each in turn (default: what training uses)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision")
@@ -209,13 +218,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
-    if min(args.steps, args.batch, args.frames) < 1 or args.warmup < 0:
-        parser.error("--steps, --batch and --frames must be >= 1 and --warmup >= 0")
+    if min(args.steps, args.batch, args.frames) < 1 or args.warmup < 0 or min(args.workers or [0]) < 0:
+        parser.error("--steps, --batch and --frames must be >= 1, --warmup and --workers >= 0")
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"device={args.device} ({name}) images {args.width}x{args.height} resize {args.resize} crop {args.crop} "
-          f"batch {args.batch} workers {args.workers} steps {args.steps} warmup {args.warmup} "
+          f"batch {args.batch} workers {' '.join(map(str, args.workers)) if args.workers else 'as in training'} "
+          f"steps {args.steps} warmup {args.warmup} "
           f"amp {args.amp or 'off'}{' compile' if args.compile else ''}")
-    print(f"{'model':<18}{'fmt':<6}{'cache':<7}{'e2e img/s':>12}{'model img/s':>14}{'ratio':>8}{'setup s':>10}{'GPU util' if args.device == 'cuda' else ''}")
+    print(f"{'model':<18}{'fmt':<6}{'cache':<7}{'workers':>8}{'e2e img/s':>12}{'model img/s':>14}{'ratio':>8}{'setup s':>10}{'GPU util' if args.device == 'cuda' else ''}")
     try:
         bench(args)
     except UserError as err:

@@ -149,13 +149,15 @@ class Trainer:
         self.keeper = OptimizerStateKeeper(config["keep_optimizer_state"], resumed_from)
 
     # Build the loader ------------------------------------------------------------------------------------
-    def make_loader(self) -> DataLoader:
-        """One loader for the whole run: workers persist across epochs, the sampler sets each epoch's order."""
+    def make_loader(self, workers: int | None = None) -> DataLoader:
+        """One loader for the whole run: workers persist across epochs, the sampler sets each epoch's order.
+        ``workers``: that many, as they are (benchmarks); by default ``n_workers`` as
+        :func:`util.device.cap_workers` caps it for the device."""
         c = self.config
         self.sampler = EpochSampler(self.dataset.scene_ids, c["seed"], c["batch_size"],
                                     equalize_scenes=self.multi and bool(c.get("equalize_scenes")),
                                     rank=self.ctx.rank, world_size=self.ctx.world_size)
-        workers = cap_workers(c["n_workers"], self.device)
+        workers = cap_workers(c["n_workers"], self.device) if workers is None else workers
         return DataLoader(SeededSamples(self.dataset), batch_size=c["batch_size"], sampler=self.sampler,
                           num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=self.device.type == "cuda",

@@ -8,13 +8,14 @@ from conftest import run_script
 
 def test_bench_train_e2e_prints_each_setting_and_the_ratio(tmp_path):
     proc = run_script(["bench/bench_train_e2e.py", "--data", str(tmp_path / "data"), "--frames", "8", "--width", "64",
-                       "--height", "48", "--resize", "56", "--crop", "48", "--batch", "2", "--workers", "1",
+                       "--height", "48", "--resize", "56", "--crop", "48", "--batch", "2", "--workers", "0", "1",
                        "--steps", "2", "--warmup", "1", "--models", "effposenet"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("effposenet")]
-    assert [(r[1], r[2]) for r in rows] == [("png", "no"), ("png", "yes"), ("jpeg", "no"), ("jpeg", "yes")]
+    assert [(r[1], r[2], r[3]) for r in rows] == [(fmt, cache, workers) for fmt in ("png", "jpeg")
+                                                  for cache in ("no", "yes") for workers in ("0", "1")]
     for r in rows:
-        e2e, model_only, ratio = map(float, r[3:6])
+        e2e, model_only, ratio = map(float, r[4:7])
         assert abs(ratio - e2e / model_only) < 0.01
     assert "bare backbone (efficientnet) forward+backward" in proc.stdout
     assert list((tmp_path / "data" / "jpeg").rglob("*.jpg"))
