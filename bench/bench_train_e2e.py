@@ -225,7 +225,8 @@ def main(argv=None) -> int:
           f"batch {args.batch} workers {' '.join(map(str, args.workers)) if args.workers else 'as in training'} "
           f"steps {args.steps} warmup {args.warmup} "
           f"amp {args.amp or 'off'}{' compile' if args.compile else ''}")
-    print(f"{'model':<18}{'fmt':<6}{'cache':<7}{'workers':>8}{'e2e img/s':>12}{'model img/s':>14}{'ratio':>8}{'setup s':>10}{'GPU util' if args.device == 'cuda' else ''}")
+    print(f"{'model':<18}{'fmt':<6}{'cache':<7}{'workers':>8}{'e2e img/s':>12}{'model img/s':>14}{'ratio':>8}"
+          f"{'setup s':>10}{'GPU util' if args.device == 'cuda' else ''}")
     try:
         bench(args)
     except UserError as err:

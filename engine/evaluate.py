@@ -204,7 +204,8 @@ class Evaluator:
     def predict(self, model, dataset: CameraPoseDataset, desc: str = "") -> tuple[Predictions, float]:
         """Run the model over a dataset; returns the predictions and the synchronised model-only seconds."""
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
-                            num_workers=cap_workers(self.config["n_workers"], self.device), pin_memory=self.device.type == "cuda")
+                            num_workers=cap_workers(self.config["n_workers"], self.device),
+                            pin_memory=self.device.type == "cuda")
         poses, scenes, seconds = [], [], 0.0
         for batch in progress_bar(loader, desc=desc or "test", leave=False, enabled=self.progress):
             img = batch["img"].to(self.device, non_blocking=True, memory_format=torch.channels_last)

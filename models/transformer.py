@@ -43,8 +43,8 @@ def cpu_dropout_attention(q_BhQc: torch.Tensor, k_BhKc: torch.Tensor, v_BhKc: to
                           p: float) -> torch.Tensor:
     """softmax(q k^T / sqrt(c)) with dropout p on the weights, times v: what ``scaled_dot_product_attention``
     computes in training, for the CPU. There, dropout makes it leave its fused kernel for a path that spends
-    most of its time drawing the mask with ``bernoulli_``; this one draws it from 16-bit integers (``bench/bench_multi_scene.py``
-    measures the two)."""
+    most of its time drawing the mask with ``bernoulli_``; this one draws it from 16-bit integers
+    (``bench/bench_multi_scene.py`` measures the two)."""
     scores_BhQK = torch.matmul(q_BhQc * (q_BhQc.shape[-1] ** -0.5), k_BhKc.transpose(-2, -1))
     weights_BhQK = torch.softmax(scores_BhQK, dim=-1)
     keep_BhQK, factor = _keep_mask(weights_BhQK.shape, p, weights_BhQK.device)

@@ -1,0 +1,83 @@
+"""Mixed precision on the multi-scene demo: does bf16 training keep the accuracy of fp32, and how much faster is it?
+
+Trains each multi-scene model of ``make demo-ms`` (same data, ``configs/synthetic_config.json``, random
+backbone) once per seed and precision, the precisions of one seed and model one after the other, then tests
+each final checkpoint in fp32 on the per-scene test sets. Prints one JSON line per run and a table of the
+median errors averaged over the scenes, the scene accuracy and the training images/s from the run's
+metrics (the timed figure is the whole epoch, data included, at the demo's 64 px).
+
+    python bench/amp_accuracy.py --seeds 0 1 --amp off bf16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.demo import CONFIG, ensure_data  # noqa: E402
+from engine.evaluate import evaluate  # noqa: E402
+from engine.train import train  # noqa: E402
+from util.logs import setup_logging  # noqa: E402
+
+MODELS = ("mshyperpose", "ems-transposenet")
+
+
+def run(model: str, seed: int, amp: str | None, data: Path, out: Path) -> dict:
+    """Train and test one model at one seed and precision; its scene-averaged medians and speed."""
+    config = json.loads(Path(CONFIG).read_text())
+    config[model]["seed"] = seed
+    run_out = out / f"seed{seed}" / model / (amp or "fp32")
+    run_out.mkdir(parents=True, exist_ok=True)
+    (run_out / "config.json").write_text(json.dumps(config, indent=2))
+    trained = train(model, "random", data, data / "7scenes_all_scenes.csv", run_out / "config.json", run_out,
+                    amp=amp, device="cpu")
+    ev, _ = evaluate(model, "random", data, data / "7scenes_all_scenes.csv", run_out / "config.json",
+                     trained.final_checkpoint, run_out / "evals", test_dataset_id="7scenes", device="cpu")
+    speeds = [float(row["images_per_s"]) for row in trained.metrics[1:]] or [float(trained.metrics[0]["images_per_s"])]
+    return {"seed": seed, "model": model, "amp": amp or "fp32",
+            "median_pos_m": statistics.fmean(s.median_pos_m for s in ev.summaries),
+            "median_ori_deg": statistics.fmean(s.median_ori_deg for s in ev.summaries),
+            "scene_acc": statistics.fmean(ev.scene_acc.values()) if ev.scene_acc else None,
+            "train_images_per_s": statistics.median(speeds)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--amp", nargs="+", choices=("off", "bf16"), default=["off", "bf16"],
+                        help="precisions to train with (off = fp32)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--data", type=Path, default=Path("data/synthetic_ms"))
+    parser.add_argument("--out", type=Path, default=Path("runs/amp_accuracy"))
+    args = parser.parse_args(argv)
+    setup_logging()
+    ensure_data(args.data, 3, 25)
+    rows = []
+    for seed in args.seeds:
+        for model in args.models:
+            for amp in args.amp:
+                rows.append(run(model, seed, None if amp == "off" else amp, args.data, args.out))
+                print(json.dumps(rows[-1]), flush=True)
+    print("\n| model | amp | seed | median pos [m] | median ori [deg] | scene acc | train img/s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        acc = "" if r["scene_acc"] is None else f"{r['scene_acc']:.3f}"
+        print(f"| {r['model']} | {r['amp']} | {r['seed']} | {r['median_pos_m']:.3f} | {r['median_ori_deg']:.2f} | "
+              f"{acc} | {r['train_images_per_s']:.1f} |")
+    for model in args.models:
+        for amp in args.amp:
+            mine = [r for r in rows if r["model"] == model and r["amp"] == (amp if amp != "off" else "fp32")]
+            pos = [r["median_pos_m"] for r in mine]
+            ori = statistics.fmean(r["median_ori_deg"] for r in mine)
+            speed = statistics.fmean(r["train_images_per_s"] for r in mine)
+            print(f"{model} {mine[0]['amp']}: median position {min(pos):.3f}-{max(pos):.3f} m (mean "
+                  f"{statistics.fmean(pos):.3f}), orientation mean {ori:.2f} deg, {speed:.1f} train img/s over "
+                  f"{len(mine)} seed(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
