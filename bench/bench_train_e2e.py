@@ -69,7 +69,8 @@ def make_data(root: Path, frames: int, size: tuple[int, int]) -> dict[str, Path]
     return {"png": png / LABELS, "jpeg": jpeg / LABELS}
 
 
-def make_trainer(model: str, labels: Path, args, device: torch.device, cache_dir: Path | None) -> Trainer:
+def make_trainer(model: str, labels: Path, args, device: torch.device, cache_dir: Path | None,
+                 compile: bool | None = None) -> Trainer:
     config = validate_config(model, {"batch_size": args.batch, "image_resize": args.resize,
                                      "image_crop": args.crop, "seed": 0, "device_id": "cpu", "n_epochs": 10**6})
     dataset = CameraPoseDataset(labels.parent, labels, transform=build_transform(config, train=True))
@@ -83,7 +84,8 @@ def make_trainer(model: str, labels: Path, args, device: torch.device, cache_dir
     optimizer = build_optimizer(net, loss_fn, config)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10**6)
     return Trainer(model, net, loss_fn, optimizer, scheduler, dataset, config, device, Path(tempfile.gettempdir()),
-                   "bench", amp_dtype=autocast_dtype(args.amp, device), compile=args.compile)
+                   "bench", amp_dtype=autocast_dtype(args.amp, device),
+                   compile=args.compile if compile is None else compile)
 
 
 def _batches(trainer: Trainer, loader):
@@ -181,6 +183,11 @@ def bench(args) -> list[dict]:
                                      "e2e": e2e, "util": util, "model_only": model_only,
                                      "ratio": e2e / model_only, "setup_s": setup_s})
                         print(format_row(rows[-1]), flush=True)
+                        if args.compile:
+                            eager = time_model_only(make_trainer(model, data[fmt], args, device, None, False),
+                                                    batch, args.steps, args.warmup)
+                            print(f"  model-only step without compile: {eager:.2f} img/s; compiled / eager "
+                                  f"{model_only / eager:.2f}x", flush=True)
     backbone = time_backbone(args, device)
     print(f"bare backbone (efficientnet) forward+backward: {backbone:.2f} img/s at batch {args.batch}; "
           f"end-to-end / backbone: " + ", ".join(f"{r['model']} {r['format']}{' cache' if r['cache'] else ''} "

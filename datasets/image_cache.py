@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from datasets.dataset import load_image_uint8
 from datasets.transforms import RESIZE_METHOD, resize_short_side
+from util.device import cap_workers
 from util.errors import UserError
 from util.io import atomic_write_with
 
@@ -194,7 +195,8 @@ class ImageCache:
     def build(path: Path, key: dict, dataset_root: Path, img_paths: list[str], n_workers: int = 0) -> None:
         """Decode and resize every image once and write the cache file atomically."""
         decoder = _DecodeResize([dataset_root / p for p in img_paths], key["image_resize"])
-        loader = DataLoader(decoder, batch_size=None, shuffle=False, num_workers=n_workers)
+        # Nothing else runs while the cache is built: every CPU may decode.
+        loader = DataLoader(decoder, batch_size=None, shuffle=False, num_workers=cap_workers(n_workers))
         shapes: list[list[int]] = []
 
         def write(tmp: str) -> None:

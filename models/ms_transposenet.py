@@ -227,13 +227,17 @@ class MSTransPoseNet(nn.Module):
         self, img_B3HW: torch.Tensor, scene_B: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         desc_t_BSd, desc_rot_BSd, pooled_BC = self.encode(img_B3HW)
-        log_probs_BS = self.scene_log_probs(desc_t_BSd, desc_rot_BSd)
-        if scene_B is None:
-            scene_B = log_probs_BS.argmax(dim=1)
-        else:
-            assert scene_B.shape == (img_B3HW.shape[0],), scene_B.shape
-            scene_B = scene_B.to(device=log_probs_BS.device, dtype=torch.long)
-        desc_t_Bd = select_queries(desc_t_BSd, scene_B)
-        desc_rot_Bd = select_queries(desc_rot_BSd, scene_B)
-        t_B3, q_B4 = self.regress(desc_t_Bd, desc_rot_Bd, scene_B, pooled_BC)
+        # Under autocast the scene classifier and the heads (with MS-HyperPose's generators) still run in
+        # fp32: they are a small part of the compute, and the poses keep full precision.
+        with torch.autocast(img_B3HW.device.type, enabled=False):
+            desc_t_BSd, desc_rot_BSd, pooled_BC = desc_t_BSd.float(), desc_rot_BSd.float(), pooled_BC.float()
+            log_probs_BS = self.scene_log_probs(desc_t_BSd, desc_rot_BSd)
+            if scene_B is None:
+                scene_B = log_probs_BS.argmax(dim=1)
+            else:
+                assert scene_B.shape == (img_B3HW.shape[0],), scene_B.shape
+                scene_B = scene_B.to(device=log_probs_BS.device, dtype=torch.long)
+            desc_t_Bd = select_queries(desc_t_BSd, scene_B)
+            desc_rot_Bd = select_queries(desc_rot_BSd, scene_B)
+            t_B3, q_B4 = self.regress(desc_t_Bd, desc_rot_Bd, scene_B, pooled_BC)
         return torch.cat([t_B3, q_B4], dim=1), log_probs_BS

@@ -225,3 +225,11 @@ def test_a_cache_larger_than_the_free_space_is_refused_before_decoding(data, tmp
     assert ds.image_cache.data_len == expected  # exact for a dataset of one image size
     with pytest.raises(UserError, match=r"needs about .* GiB but .* GiB free"):
         check_free_space(tmp_path / "c", 1 << 60)
+
+
+def test_building_with_more_workers_than_cpus_asks_for_no_more_than_the_cpus(data, tmp_path, recwarn):
+    from util.device import cpu_count
+
+    root, labels = data
+    assert _dataset(root, labels).use_image_cache(tmp_path / "c", RESIZE, n_workers=cpu_count() + 2)
+    assert not [w for w in recwarn if "worker" in str(w.message)], [str(w.message) for w in recwarn]

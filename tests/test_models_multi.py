@@ -314,6 +314,25 @@ def test_forward_matches_functional_recomputation(model_name):
 
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_under_bf16_autocast_the_heads_run_in_fp32(model_name):
+    model = build(model_name, small_config()).eval()
+    seen = []
+    regress = model.regress
+
+    def recording_regress(*args):
+        seen.append((torch.is_autocast_enabled("cpu"), [a.dtype for a in args if a.is_floating_point()]))
+        return regress(*args)
+
+    model.regress = recording_regress
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = model.body.extract(images())
+        pose, log_probs = model(images())
+    assert maps["pooled"].dtype == torch.bfloat16  # the backbone runs in bf16
+    assert pose.dtype == log_probs.dtype == torch.float32
+    assert seen == [(False, [torch.float32] * 3)]
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_one_backbone_pass_per_forward(model_name):
     model = build(model_name, small_config())
     calls = []
