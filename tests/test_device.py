@@ -83,6 +83,10 @@ def test_a_cpu_model_gets_only_the_workers_its_torch_threads_leave_cpus_for(capl
                                                      f"torch threads on {threads} CPUs (images load in the training")
     monkeypatch.setattr(util.device, "cpu_count", lambda: threads + 1)
     assert util.device.cap_workers(5, cpu) == 1 and util.device.cap_workers(1, cpu) == 1
+    # Two processes of a torchrun node share its CPUs: 2 x threads run torch, 4 are left, 2 for each.
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(util.device, "cpu_count", lambda: 2 * threads + 4)
+    assert util.device.cap_workers(5, cpu) == 2
 
 
 def test_a_reference_config_asks_for_more_workers_than_cpus_without_a_warning(scene7, tmp_path, recwarn):

@@ -57,18 +57,23 @@ _capped_workers: set = set()
 def cap_workers(requested: int, device: torch.device | None = None) -> int:
     """DataLoader workers for a loader that feeds ``device``: ``requested``, at most the CPU count (the
     reference configs ask for 4, which on a 2-core machine makes PyTorch warn and only adds contention).
-    When the model runs on the CPU, also at most the CPUs its torch threads leave free: a worker that
-    takes a core from one of them stalls them all, and the images then load faster in the process itself
-    (``bench/bench_train_e2e.py`` measures both). Says so once per case, as an info line."""
+    When the model runs on the CPU, also at most the CPUs its torch threads leave free (under torchrun, this
+    process's share of those the node's processes leave): a worker that takes a core from one of them stalls
+    them all, and the images then load faster in the process itself (``bench/bench_train_e2e.py`` measures
+    both). Says so once per case, as an info line."""
     available = cpu_count()
     cap, why = available, f"the {available} CPUs of this machine"
     if device is not None and device.type == "cpu":
+        # Under torchrun the processes of a node share its CPUs: each gets its part of the free ones.
+        procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         threads = torch.get_num_threads()
-        if available - threads < cap:
-            cap = max(0, available - threads)
-            why = (f"the CPUs left free by the {threads} torch threads on {available} CPUs (images load in the "
-                   f"training process; fewer threads, e.g. OMP_NUM_THREADS, leave CPUs to workers)" if cap == 0 else
-                   f"the {cap} CPU(s) left free by the {threads} torch threads on {available} CPUs")
+        free = max(0, available - threads * procs) // procs
+        if free < cap:
+            cap = free
+            by = f"the {threads} torch threads" + (f" of each of {procs} processes" if procs > 1 else "")
+            why = (f"the CPUs left free by {by} on {available} CPUs (images load in the training process; "
+                   f"fewer threads, e.g. OMP_NUM_THREADS, leave CPUs to workers)" if cap == 0 else
+                   f"the {cap} CPU(s) left free{' per process' if procs > 1 else ''} by {by} on {available} CPUs")
     if requested <= cap:
         return requested
     if (requested, cap) not in _capped_workers:
