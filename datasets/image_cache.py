@@ -87,12 +87,15 @@ def estimated_bytes(dataset_root: Path, img_paths: list[str], image_resize: int)
 
 
 def check_free_space(folder: Path, needed: int, spare: int = 0) -> None:
-    """``UserError`` unless the disk of ``folder`` (created if missing) holds ``needed`` bytes plus ``spare``."""
+    """``UserError`` unless ``folder`` (created if missing) can be written and its disk holds ``needed`` bytes
+    plus ``spare``."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(folder).free
     except OSError as e:
         raise UserError(f"cannot use the image cache folder {folder}: {e.strerror or e}") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot use the image cache folder {folder}: it is not writable")
     if free < needed + spare:
         raise UserError(f"the image cache needs about {needed / 2**30:.1f} GiB but {folder} has "
                         f"{free / 2**30:.1f} GiB free")

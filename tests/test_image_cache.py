@@ -233,3 +233,16 @@ def test_building_with_more_workers_than_cpus_asks_for_no_more_than_the_cpus(dat
     root, labels = data
     assert _dataset(root, labels).use_image_cache(tmp_path / "c", RESIZE, n_workers=cpu_count() + 2)
     assert not [w for w in recwarn if "worker" in str(w.message)], [str(w.message) for w in recwarn]
+
+
+def test_a_read_only_cache_folder_is_found_before_decoding(data, read_only_dir, caplog, monkeypatch):
+    import datasets.image_cache as image_cache
+
+    root, labels = data
+    ds = _dataset(root, labels)
+    monkeypatch.setattr(image_cache.ImageCache, "build", lambda *a: pytest.fail("decoded into a read-only folder"))
+    with caplog.at_level(logging.WARNING, logger="datasets.image_cache"):
+        assert not ds.use_image_cache(read_only_dir, RESIZE, required=False)
+    assert "it is not writable" in caplog.records[0].getMessage()
+    with pytest.raises(UserError, match="cannot use the image cache folder .*: it is not writable"):
+        ds.use_image_cache(read_only_dir, RESIZE)

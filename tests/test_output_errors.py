@@ -103,3 +103,15 @@ def test_a_mistyped_resume_path_creates_no_folder(scene7, tiny_config, tmp_path)
         train("effposenet", "random", scene7, chess_train(scene7), tiny_config, tmp_path / "out",
               resume=tmp_path / "typo" / "run_checkpoint-1.pth", device="cpu")
     assert not (tmp_path / "typo").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_named_cache_folder_that_cannot_be_written_is_one_line_before_any_run_folder(scene7, tiny_config,
+                                                                                     read_only_dir, tmp_path,
+                                                                                     capsys):
+    code = cli.main(["effposenet", "train", "random", str(scene7), str(chess_train(scene7)), str(tiny_config),
+                     "--output_path", str(tmp_path / "out"), "--device", "cpu", "--quiet",
+                     "--cache", str(read_only_dir)])
+    assert code == 2
+    line = one_error_line(capsys)
+    assert f"cannot use the image cache folder {read_only_dir}: it is not writable" in line, line
+    assert not list((tmp_path / "out").glob("run_*"))
