@@ -7,6 +7,10 @@ median errors averaged over the scenes, the scene accuracy and the training imag
 metrics (the timed figure is the whole epoch, data included, at the demo's 64 px).
 
     python bench/amp_accuracy.py --seeds 0 1 --amp off bf16
+
+With both precisions and two or more seeds it also prints, per model, the mean over the seeds of bf16 minus
+fp32 (paired by seed) with its standard error: a difference within about two standard errors is within the
+seed-to-seed noise of this benchmark.
 """
 from __future__ import annotations
 
@@ -76,7 +80,27 @@ def main(argv=None) -> int:
             print(f"{model} {mine[0]['amp']}: median position {min(pos):.3f}-{max(pos):.3f} m (mean "
                   f"{statistics.fmean(pos):.3f}), orientation mean {ori:.2f} deg, {speed:.1f} train img/s over "
                   f"{len(mine)} seed(s)")
+        for key, unit in (("median_pos_m", "m"), ("median_ori_deg", "deg")):
+            paired = paired_difference(rows, model, key)
+            if paired is not None:
+                print(f"{model} bf16 - fp32 {key}: mean {paired['mean']:+.3f} {unit}, standard error "
+                      f"{paired['se']:.3f} over {paired['n']} seeds (t = {paired['t']:+.2f}); bf16 worse for "
+                      f"{paired['worse']} of {paired['n']}; fp32 seed-to-seed sd {paired['sd_fp32']:.3f}")
     return 0
+
+
+def paired_difference(rows: list[dict], model: str, key: str) -> dict | None:
+    """bf16 minus fp32 of ``key`` per seed (same seed, same data order and initialisation): the mean, its
+    standard error and t = mean / se, or None with fewer than two seeds run in both precisions."""
+    by_seed = {(r["seed"], r["amp"]): r[key] for r in rows if r["model"] == model}
+    seeds = sorted(s for s, amp in by_seed if amp == "fp32" and (s, "bf16") in by_seed)
+    if len(seeds) < 2:
+        return None
+    diffs = [by_seed[s, "bf16"] - by_seed[s, "fp32"] for s in seeds]
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5
+    return {"n": len(seeds), "mean": mean, "se": se, "t": mean / se if se > 0 else float("inf"),
+            "worse": sum(d > 0 for d in diffs), "sd_fp32": statistics.stdev(by_seed[s, "fp32"] for s in seeds)}
 
 
 if __name__ == "__main__":

@@ -35,3 +35,23 @@ def test_bench_multi_scene_prints_the_time_split():
     for amp in ("fp32", "bf16"):
         for path in ("sdpa", "cpu_dropout_attention"):
             assert f"attention with dropout, forward + backward, {amp}, {path}: " in proc.stdout
+
+
+def test_amp_accuracy_pairs_the_precisions_by_seed():
+    import importlib.util
+
+    from conftest import REPO
+    spec = importlib.util.spec_from_file_location("amp_accuracy", REPO / "bench" / "amp_accuracy.py")
+    amp_accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(amp_accuracy)
+    values = {(0, "fp32"): 0.6, (0, "bf16"): 0.7, (1, "fp32"): 0.8, (1, "bf16"): 0.7, (2, "fp32"): 0.5,
+              (2, "bf16"): 0.8, (3, "bf16"): 9.0}  # seed 3 has no fp32 run: left out
+    rows = [{"seed": s, "model": "m", "amp": amp, "x": v} for (s, amp), v in values.items()]
+    rows.append({"seed": 0, "model": "other", "amp": "fp32", "x": 5.0})
+    paired = amp_accuracy.paired_difference(rows, "m", "x")
+    # differences +0.1, -0.1, +0.3: mean 0.1, sd 0.2, se 0.2 / sqrt(3)
+    assert paired["n"] == 3 and paired["worse"] == 2
+    assert abs(paired["mean"] - 0.1) < 1e-9 and abs(paired["se"] - 0.2 / 3 ** 0.5) < 1e-9
+    assert abs(paired["t"] - 0.1 / (0.2 / 3 ** 0.5)) < 1e-9
+    assert abs(paired["sd_fp32"] - 0.15275252316) < 1e-9
+    assert amp_accuracy.paired_difference(rows, "other", "x") is None
