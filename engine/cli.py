@@ -72,8 +72,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", nargs="?", const=DEFAULT_CACHE_DIR, default=None, metavar="DIR",
                         help="decode and resize each labels file's images once into a memory-mapped cache in DIR "
                              f"(default DIR: {DEFAULT_CACHE_DIR}; the config key cache_dir does the same). Without "
-                             "--cache the config decides; its default, auto, caches in a per-user folder "
-                             "($HYPERPOSE_CACHE_DIR, else ~/.cache/hyperpose/images) where there is room")
+                             "--cache the config decides; its default, auto, caches in a per-user folder where there "
+                             "is room ($HYPERPOSE_CACHE_DIR sets the folder)")
     parser.add_argument("--no_cache", dest="cache", action="store_const", const="off",
                         help="decode every image every epoch (cache_dir: off)")
     parser.add_argument("--quiet", action="store_true", help="only warnings on the console, no progress bars")
