@@ -156,6 +156,7 @@ class CameraPoseDataset(Dataset):
                           else check_scene_map(scene_map, self.scene_names, str(labels_file)))
         self.scene_ids = np.array([self.scene_map[name] for name in self.scene_names], dtype=np.int64)
         self.img_paths = labels["img_path"].tolist()
+        self.seqs = labels["seq"].astype(str).tolist()
         self.poses_N7 = labels[POSE_COLUMNS].to_numpy(dtype=np.float32)
         self.image_cache = None
 

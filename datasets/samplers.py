@@ -54,6 +54,31 @@ class SceneBalancedSampler(Sampler[int]):
         return iter(indices.tolist())
 
 
+def stratified_sample(groups: Sequence, n: int, seed: int) -> list[int]:
+    """``n`` indices (at most all) that spread over the groups: each group's members in a random order, the
+    groups taken round-robin in a random order, so any ``n`` >= the number of groups holds every group; the
+    result is shuffled. Deterministic for ``seed``."""
+    generator = torch.Generator().manual_seed(int(seed))
+    members: dict = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    queues = [[ids[k] for k in torch.randperm(len(ids), generator=generator).tolist()] for ids in members.values()]
+    queues = [queues[k] for k in torch.randperm(len(queues), generator=generator).tolist()]
+    order = [q[depth] for depth in range(max(map(len, queues), default=0)) for q in queues if depth < len(q)]
+    chosen = order[:n]
+    return [chosen[k] for k in torch.randperm(len(chosen), generator=generator).tolist()]
+
+
+def epoch_length(scene_ids: Union[Sequence[int], np.ndarray], equalize_scenes: bool) -> int:
+    """Samples per epoch: the frame count, or with ``equalize_scenes`` the reference's (largest scene's frame
+    count) x (number of scenes), so that every scene is drawn as often as the largest one has frames."""
+    scene_ids = np.asarray(scene_ids, dtype=np.int64)
+    if not equalize_scenes or len(scene_ids) == 0:
+        return len(scene_ids)
+    counts = np.unique(scene_ids, return_counts=True)[1]
+    return int(counts.max()) * len(counts)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch: resuming at any epoch replays the same random stream."""
     return seed * 100_003 + epoch
@@ -63,7 +88,7 @@ class EpochSampler(Sampler[Tuple[int, int]]):
     """The training order of one epoch for one process: ``(dataset index, sample seed)`` pairs.
 
     Every epoch draws one global order from the generator seeded by ``epoch_seed(seed, epoch)`` (a random
-    permutation, or :class:`SceneBalancedSampler` with ``equalize_scenes``) and one seed per position, which
+    permutation, or with ``equalize_scenes`` :class:`SceneBalancedSampler` over :func:`epoch_length` samples) and one seed per position, which
     :class:`SeededSamples` uses for that sample's augmentation. The order and the augmentations therefore
     depend only on (seed, epoch), not on the worker count, persistent workers or the world size.
 
@@ -81,7 +106,8 @@ class EpochSampler(Sampler[Tuple[int, int]]):
         self.seed, self.batch_size, self.equalize_scenes = int(seed), int(batch_size), bool(equalize_scenes)
         self.rank, self.world_size = rank, world_size
         self.epoch = 1
-        self.padded = -(-len(self.scene_ids) // world_size) * world_size
+        self.epoch_length = epoch_length(self.scene_ids, self.equalize_scenes)
+        self.padded = -(-self.epoch_length // world_size) * world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -92,9 +118,9 @@ class EpochSampler(Sampler[Tuple[int, int]]):
     def global_order(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(indices, sample seeds) of the whole epoch, before the split across processes."""
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        n = len(self.scene_ids)
+        n = self.epoch_length
         if self.equalize_scenes:
-            indices = torch.tensor(list(SceneBalancedSampler(self.scene_ids, generator=generator)))
+            indices = torch.tensor(list(SceneBalancedSampler(self.scene_ids, n, generator=generator)))
         else:
             indices = torch.randperm(n, generator=generator)
         seeds = torch.randint(0, 2**62, (n,), generator=generator)

@@ -3,8 +3,9 @@
 Trained briefly from a random backbone with a small BatchNorm momentum (EfficientNet's 0.01), the running
 statistics lag the weights: in eval mode, which uses them, every prediction can land near one point while
 train mode (batch statistics) still tracks the images. Recalibrating recomputes each running mean and
-variance as the plain average over N training batches, with the test transform, the weights frozen and
-dropout off, so a checkpoint's eval mode sees statistics of its own weights.
+variance as the plain average over N batches of a fixed random sample of the training images (every
+sequence of every scene in it), with the test transform, the weights frozen and dropout off, so a
+checkpoint's eval mode sees statistics of its own weights.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from datasets.samplers import stratified_sample
 from datasets.transforms import build_transform
 from util.device import cap_workers
 
@@ -42,11 +44,17 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def plain_loader(dataset, config: dict, device: torch.device) -> DataLoader:
-    """The training images in file order with the test transform: nothing random, so recalibration is
-    deterministic and a resumed run stays bit-identical."""
+    """A fixed random sample of the training images (drawn from ``seed`` over every (scene, sequence), in
+    shuffled order) with the test transform. Unlike the first batches in file order (on 7Scenes the first
+    frames of one sequence), it represents every sequence, and it is the same every epoch, so recalibration
+    is deterministic and a resumed run stays bit-identical. It holds the batches the recalibration and the
+    spread check need."""
     view = copy.copy(dataset)
     view.transform = build_transform(config, train=False)
-    return DataLoader(view, batch_size=config["batch_size"], shuffle=False,
+    n_batches = max(int(config.get("bn_recalibrate_batches") or 0), SPREAD_BATCHES)
+    groups = list(zip(dataset.scene_names, dataset.seqs))
+    sample = Subset(view, stratified_sample(groups, n_batches * config["batch_size"], config["seed"]))
+    return DataLoader(sample, batch_size=config["batch_size"], shuffle=False,
                       num_workers=cap_workers(config["n_workers"], device), pin_memory=device.type == "cuda")
 
 

@@ -25,7 +25,8 @@ from engine.trainer import Trainer, TrainResult
 from models.backbone import load_backbone
 from models.losses import CameraPoseLoss
 from models.registry import build_model, canonical_model_name, get_spec
-from engine.batchnorm import resolve_recalibrate_batches
+from engine.batchnorm import plain_loader, resolve_recalibrate_batches
+from models.hypernet import hyperfan_from_images
 from util.checkpoint import load_checkpoint, load_model_weights, reconcile_config
 from util.config import load_config
 from util.device import autocast_dtype, make_deterministic, seed_everything
@@ -38,19 +39,43 @@ log = logging.getLogger(__name__)
 
 
 def apply_freeze(model: nn.Module, config: dict) -> int:
-    """Second-stage training: with ``freeze``, only parameters whose name contains one of the
-    ``freeze_exclude_phrase`` substrings stay trainable (as in the reference). Returns the trainable count."""
+    """A later stage: with ``freeze``, only parameters whose name contains one of the
+    ``freeze_exclude_phrase`` substrings stay trainable (as in the reference). A multi-scene model with
+    ``freeze_mode`` "reference" also runs its backbone and transformers frozen, in eval mode, as the
+    reference's ``forward_transformers`` did, so listed transformer parameters do not train. Returns the
+    trainable count."""
     if config["freeze"]:
         phrases = config["freeze_exclude_phrase"]
         if isinstance(phrases, str):
             phrases = [phrases]
         for name, param in model.named_parameters():
             param.requires_grad_(any(p in name for p in phrases))
+        listed = {name for name, param in model.named_parameters() if param.requires_grad}
+        if config.get("freeze_mode") == "reference":
+            model.freeze_body()
+            body = sorted(listed - {name for name, param in model.named_parameters() if param.requires_grad})
+            if body:
+                log.info("freeze_mode 'reference': %d listed parameter tensors of the frozen backbone and "
+                         "transformers do not train (e.g. %s); 'train_listed' trains them", len(body), body[0])
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if n == 0:
-            raise UserError(f"freeze is on but no parameter name contains any of {phrases}")
+            raise UserError(f"freeze is on but no trainable parameter name contains any of {phrases}")
         log.info("freeze: training %d parameters whose names contain one of %s", n, phrases)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def hyperfan_start(model: nn.Module, probe_loader, device: torch.device) -> None:
+    """``head_init`` "hyperfan" on a fresh run: redraw the generators with the generator inputs of a fixed
+    sample of training images (:func:`models.hypernet.hyperfan_from_images`). The forward runs in train
+    mode, as the first step will, but leaves the BatchNorm statistics and the random streams untouched."""
+    buffers = {name: buf.clone() for name, buf in model.named_buffers()}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        img = next(iter(probe_loader))["img"].to(device, memory_format=torch.channels_last)
+        n = hyperfan_from_images(model, img, train_mode=True)
+    for name, buf in model.named_buffers():
+        buf.copy_(buffers[name])
+    log.info("head_init 'hyperfan': %d generated head(s) scaled on %d training images", n, img.shape[0])
 
 
 def build_optimizer(model: nn.Module, loss_fn: nn.Module, config: dict) -> torch.optim.Optimizer:
@@ -182,6 +207,8 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
         if init is not None:
             load_model_weights(model, init["model"], init_checkpoint)
             log.info("initialised %s from %s", model_name, init_checkpoint)
+        elif ckpt is None and config.get("head_init") == "hyperfan":
+            hyperfan_start(model, plain_loader(dataset, config, dev), dev)
         if ckpt is not None:
             load_model_weights(model, ckpt["model"], resume)
             loss_fn.load_state_dict(ckpt["loss"])

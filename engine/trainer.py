@@ -51,6 +51,7 @@ class TrainResult:
     final_checkpoint: Path
     metrics: list[dict]
     model: nn.Module | None = None  # the trained model, unwrapped, on its training device
+    trainable: tuple[str, ...] = ()  # names of the parameters this run trained (all but the frozen ones)
 
 
 def stream_seed(seed: int, epoch: int, stream: int) -> int:
@@ -147,6 +148,7 @@ class Trainer:
         self.streams: RandomStreams | None = None
         self.sampler: EpochSampler | None = None
         self.keeper = OptimizerStateKeeper(config["keep_optimizer_state"], resumed_from)
+        self.trainable = tuple(n for n, p in model.named_parameters() if p.requires_grad)
 
     # Build the loader ------------------------------------------------------------------------------------
     def make_loader(self, workers: int | None = None) -> DataLoader:
@@ -189,6 +191,7 @@ class Trainer:
                 log.debug("epoch %d batch %d/%d loss %.4f pos %.3f m ori %.2f deg", epoch, step, len(loader),
                           stats[0] / stats[4], pos_err.median(), ori_err.median())
         bar.close()
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with, before the schedule moves on
         self.scheduler.step()
         seconds = time.perf_counter() - t0
         loss, pose_loss, scene_nll, correct, n = all_reduce_sum(self.ctx, sums.tolist(), self.device)
@@ -199,7 +202,7 @@ class Trainer:
             "scene_nll": scene_nll / n if self.multi else "",
             "median_pos_m": float(pos_all.median()), "median_ori_deg": float(ori_all.median()),
             "scene_acc": correct / n if self.multi else "",
-            "lr": self.optimizer.param_groups[0]["lr"], "s_x": self.loss_fn.s_x.item(),
+            "lr": lr, "s_x": self.loss_fn.s_x.item(),
             "s_q": self.loss_fn.s_q.item(), "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 2),
         }
 
@@ -258,7 +261,7 @@ class Trainer:
                             model=self.model, loss=self.loss_fn, optimizer=self.optimizer,
                             scheduler=self.scheduler, epoch=epoch,
                             extra={"run_stamp": self.stamp, "world_size": self.ctx.world_size,
-                                   "micro_batches": self.micro_batches})
+                                   "micro_batches": self.micro_batches, "trainable": list(self.trainable)})
             log.info("saved %s", path.name)
             self.keeper.saved(path)
         return path
@@ -312,4 +315,5 @@ class Trainer:
             if writer is not None:
                 writer.close()
         barrier(self.ctx)  # nobody leaves before rank 0 has written the final checkpoint
-        return TrainResult(run_dir=self.run_dir, final_checkpoint=final, metrics=rows, model=self.model)
+        return TrainResult(run_dir=self.run_dir, final_checkpoint=final, metrics=rows, model=self.model,
+                           trainable=self.trainable)

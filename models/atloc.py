@@ -42,15 +42,15 @@ class AtLoc(nn.Module):
 
     def __init__(self, config: dict, backbone: nn.Module):
         super().__init__()
-        del config  # the architecture has no configurable sizes
         width = backbone.feature_dim
         self.feature_extractor = backbone
         self.att = AttentionBlock(width)
         self.fc_xyz = nn.Linear(width, 3)
         self.fc_wpqr = nn.Linear(width, 4)
-        for layer in (self.fc_xyz, self.fc_wpqr):  # the reference's re-initialisation of the heads
-            nn.init.kaiming_normal_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        if config.get("head_init", "reference") != "torch":
+            for layer in (self.fc_xyz, self.fc_wpqr):  # the reference's re-initialisation of the heads
+                nn.init.kaiming_normal_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def attend(self, img_B3HW: torch.Tensor) -> torch.Tensor:
         """Backbone, ReLU and attention: the feature vector z (B x width) before dropout."""

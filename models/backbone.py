@@ -82,6 +82,11 @@ class Backbone:
     feature_dim: int
     endpoints: Mapping[str, Endpoint]
 
+    @property
+    def feature_layer(self) -> nn.Module | None:
+        """The Linear whose output is the pooled feature, where there is one (a head's init may redraw it)."""
+        return None
+
     def extract(self, img_B3HW: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every endpoint map and ``"pooled"`` (B x feature_dim), computed in one pass."""
         raise NotImplementedError
@@ -182,8 +187,10 @@ def _googlenet_class():
         def __init__(self):
             super().__init__(num_classes=1000, aux_logits=False, transform_input=True, init_weights=True)
             self.feature_dim = self.fc.out_features
-            # The reference PoseNet re-initialises every Linear weight, this classifier's included.
-            nn.init.kaiming_normal_(self.fc.weight)
+
+        @property
+        def feature_layer(self):
+            return self.fc  # the reference's PoseNet redraws it (models/posenet.py)
 
         def extract(self, img_B3HW):
             x = self._transform_input(img_B3HW)
@@ -201,10 +208,6 @@ def _googlenet_class():
             out["reduction_5"] = x
             out["pooled"] = self.fc(self.dropout(global_pool(x)))
             return out
-
-        def _load_imagenet_state(self, state, source):
-            self.load_weights(state, source)
-            nn.init.kaiming_normal_(self.fc.weight)  # the reference keeps the bias, redraws the weight
 
     return GoogLeNetBackbone
 
@@ -228,6 +231,10 @@ def _resnet34_class():
             nn.init.kaiming_normal_(self.fc.weight)
             nn.init.zeros_(self.fc.bias)
             self.feature_dim = self.pooled_dim
+
+        @property
+        def feature_layer(self):
+            return self.fc  # AtLoc's 512 -> 2048 layer; the reference's init loops redraw it
 
         def extract(self, img_B3HW):
             out = {"reduction_1": self.relu(self.bn1(self.conv1(img_B3HW)))}

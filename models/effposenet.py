@@ -5,6 +5,5 @@ from models.posenet import PoseNet
 
 
 class EffPoseNet(PoseNet):
-    """PoseNet with PyTorch's default initialisation of its head, as the reference EffPoseNet."""
-
-    kaiming_init = False
+    """PoseNet on EfficientNet-B0. The reference's constructor runs PoseNet's kaiming loop again after
+    swapping in EfficientNet, so its head starts as PoseNet's does (``head_init`` "reference")."""

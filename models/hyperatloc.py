@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.atloc import DROPOUT, AtLoc
-from models.hyperpose import add_hyper_branch, hyper_branch_output
+from models.hyperpose import add_hyper_branch, hyper_branch_output, init_hyper_model
 
 
 class HyperAtLoc(AtLoc):
@@ -26,9 +26,8 @@ class HyperAtLoc(AtLoc):
         add_hyper_branch(self, "rot", width, int(config["hyper_dim_rot"]), 4)
         # The reference draws every Linear weight of the model (attention and hyper layers included)
         # with kaiming_normal, then the heads again with zero bias (AtLoc's constructor did the latter).
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear) and not name.startswith("feature_extractor"):
-                nn.init.kaiming_normal_(module.weight)
+        head = [name for name, _ in self.named_children() if name != "feature_extractor"]
+        init_hyper_model(self, backbone, config.get("head_init", "reference"), head)
 
     def forward(self, img_B3HW: torch.Tensor, scene_B: torch.Tensor | None = None):
         z_BC = self.attend(img_B3HW)

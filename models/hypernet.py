@@ -12,10 +12,28 @@ them on the owning model under those names, so its state_dict equals the referen
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
+
+# How a model's regression head starts (config key ``head_init``; the README's "Initialising the heads"):
+# "reference": as the reference code drew it; "torch": PyTorch's default for every head layer;
+# "hyperfan": the static layers as the reference, and each generator's output layer scaled so that the
+# weights it generates have, over the training images, the variance kaiming_normal gives a layer of that
+# shape (hyperfan-in, Chang, Flokas & Lipson, ICLR 2020), bias rows zero; "zero": the static layers as the
+# reference, and generated layers that start at zero, so the model starts as its static twin.
+HEAD_INITS = ("reference", "torch", "hyperfan", "zero")
+STATIC_HEAD_INITS = ("reference", "torch")
+
+
+def kaiming_linears(modules: Sequence[nn.Module]) -> None:
+    """kaiming_normal_ (fan_in, gain sqrt 2) on the weight of every Linear in ``modules``; biases untouched,
+    as the reference's init loops."""
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_normal_(layer.weight)
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +79,35 @@ class GeneratedMLP(nn.Module):
                 x_BI = swish(x_BI)
         return x_BI
 
+    def generated_shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of each generated layer."""
+        return list(zip(self.widths[:-1], self.widths[1:]))
+
+    @torch.no_grad()
+    def init_generators(self, mode: str, h_BG: torch.Tensor | None = None) -> None:
+        """Draw the generators' output layers for ``head_init`` ``mode`` ("hyperfan" or "zero"; the other
+        modes are the constructors' business).
+
+        hyperfan-in: generated weight ``W[i, o] = sum_j H[(i, o), j] e_j + b`` with ``e = swish(fc(h))``. With
+        ``b = 0`` and ``H`` drawn N(0, s^2), ``Var W = s^2 G E[e^2]`` over the images, so
+        ``s^2 = (2 / fan_in) / (G E[e^2])`` gives each generated layer kaiming's variance 2 / fan_in.
+        ``h_BG``: generator inputs of real training images; without them a standard normal stands in (the
+        training run redraws with its own images, :func:`hyperfan_from_images`). Generated bias rows start
+        at zero."""
+        for fc, head, (n_in, n_out) in zip(self.fc, self.heads, self.generated_shapes()):
+            nn.init.zeros_(head.bias)
+            if mode == "zero":
+                nn.init.zeros_(head.weight)
+                continue
+            assert mode == "hyperfan", mode
+            gen_dim = head.in_features
+            probe = h_BG if h_BG is not None else torch.randn(256, gen_dim, device=head.weight.device)
+            m2 = float(swish(fc(probe.to(head.weight.dtype))).square().mean().clamp_min(1e-12))
+            std = (2.0 / n_in / (gen_dim * m2)) ** 0.5
+            w_IOG = head.weight.view(n_in + 1, n_out, gen_dim)  # rows follow the (in + 1) x out layout
+            w_IOG[:n_in].normal_(0.0, std)
+            w_IOG[n_in:].zero_()
+
     def attach(self, owner: nn.Module, branch: str) -> "GeneratedMLP":
         """Register this head's layers on ``owner`` under the reference names, generator layers first
         (``hyper_in_<branch>_fc_<k>``, then ``hypernet_<branch>_fc_h<k>``; the last layer is k = 2, as in
@@ -72,3 +119,38 @@ class GeneratedMLP(nn.Module):
             owner.add_module(f"hypernet_{branch}_fc_h{first + k}", head)
         object.__setattr__(owner, f"_hyper_head_{branch}", self)
         return self
+
+
+def generated_heads(model: nn.Module) -> Iterator[GeneratedMLP]:
+    """The hyper heads attached to ``model`` or any of its submodules (see :meth:`GeneratedMLP.attach`)."""
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if name.startswith("_hyper_head_") and isinstance(value, GeneratedMLP):
+                yield value
+
+
+@torch.no_grad()
+def hyperfan_from_images(model: nn.Module, img_B3HW: torch.Tensor, train_mode: bool = False) -> int:
+    """Redraw every generator output layer of ``model`` by hyperfan-in with the generator inputs of real
+    training images (one forward, in eval mode unless ``train_mode``); returns how many hyper heads were
+    drawn."""
+    heads = list(generated_heads(model))
+    inputs: dict[int, torch.Tensor] = {}
+
+    def keep(k: int):
+        def hook(module, args) -> None:
+            inputs.setdefault(k, args[0].float())
+        return hook
+
+    hooks = [head.register_forward_pre_hook(keep(k)) for k, head in enumerate(heads)]
+    was_training = model.training
+    try:
+        model.train(train_mode)
+        model(img_B3HW, None)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    for k, head in enumerate(heads):
+        head.init_generators("hyperfan", inputs[k])
+    return len(heads)

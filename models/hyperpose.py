@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.hypernet import GeneratedMLP
-from models.posenet import add_static_head, static_head_output
+from models.hypernet import GeneratedMLP, kaiming_linears
+from models.posenet import add_static_head, reference_head_layers, static_head_output
 
 
 def add_hyper_branch(owner: nn.Module, branch: str, in_dim: int, hyper_dim: int, n_out: int) -> GeneratedMLP:
@@ -21,6 +21,19 @@ def add_hyper_branch(owner: nn.Module, branch: str, in_dim: int, hyper_dim: int,
     owner.add_module(f"hyper_in_{branch}_proj", nn.Linear(in_dim, hyper_dim))
     owner.add_module(f"hyper_in_{branch}", nn.Linear(in_dim, hyper_dim))
     return GeneratedMLP(hyper_dim, (hyper_dim, n_out)).attach(owner, branch)
+
+
+def init_hyper_model(owner: nn.Module, backbone: nn.Module, head_init: str, head_names) -> None:
+    """``head_init`` of a single-scene hyper model: "reference" draws every Linear weight of the head (and
+    the backbone's feature layer) with kaiming_normal, as the reference's loop over ``self.modules()``;
+    "hyperfan" and "zero" then redraw the generators' output layers (:meth:`GeneratedMLP.init_generators`);
+    "torch" keeps PyTorch's default everywhere."""
+    if head_init == "torch":
+        return
+    kaiming_linears(reference_head_layers(owner, backbone, head_names))
+    if head_init in ("hyperfan", "zero"):
+        for branch in ("t", "rot"):
+            getattr(owner, f"_hyper_head_{branch}").init_generators(head_init)
 
 
 def hyper_branch_output(owner: nn.Module, branch: str, feat_BC: torch.Tensor) -> torch.Tensor:
@@ -39,6 +52,8 @@ class HyperPose(nn.Module):
         add_static_head(self, backbone.feature_dim)
         add_hyper_branch(self, "t", backbone.feature_dim, int(config["hyper_dim_t"]), 3)
         add_hyper_branch(self, "rot", backbone.feature_dim, int(config["hyper_dim_rot"]), 4)
+        head = [name for name, _ in self.named_children() if name != "_backbone"]
+        init_hyper_model(self, backbone, config.get("head_init", "reference"), head)
 
     def forward(self, img_B3HW: torch.Tensor, scene_B: torch.Tensor | None = None):
         feat_BC = self._backbone.extract(img_B3HW)["pooled"]

@@ -20,6 +20,7 @@ The state_dict layout (names, shapes and order) equals the reference's, so its c
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import torch
@@ -165,6 +166,34 @@ class MSTransPoseNet(nn.Module):
         self.query_embed_rot = nn.Embedding(num_scenes, d)
         self.scene_embed = nn.Linear(2 * d, 1)
         self._build_regressor_heads(d, reg_hidden_dim, num_scenes)
+        if config.get("head_init", "reference") == "torch":  # the reference draws the MLP heads with xavier
+            for head in (self.regressor_head_t, self.regressor_head_rot):
+                for layer in head.modules():
+                    if isinstance(layer, nn.Linear):
+                        layer.reset_parameters()
+        self.frozen_body = False
+
+    def body_modules(self) -> tuple[nn.Module, ...]:
+        """What the reference's ``forward_transformers`` runs: backbone, position tables, input projections,
+        transformers and scene queries. The heads (scene classifier, regressors, generators) read its output."""
+        return (self.backbone, self.input_proj_t, self.input_proj_rot, self.transformer_t, self.transformer_rot,
+                self.query_embed_t, self.query_embed_rot)
+
+    def freeze_body(self) -> None:
+        """The reference's frozen stage (``freeze_mode`` "reference"): the body runs in eval mode (BatchNorm on
+        running statistics, dropout off) under ``no_grad``, whatever the model's mode, and none of its
+        parameters trains; only the heads do."""
+        self.frozen_body = True
+        for module in self.body_modules():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_body:
+            for module in self.body_modules():
+                module.eval()
+        return self
 
     @staticmethod
     def scenes_in_state_dict(state_dict: dict) -> int | None:
@@ -193,6 +222,10 @@ class MSTransPoseNet(nn.Module):
         ``desc_*_BSd`` holds the decoder output of every scene query; ``pooled_BC`` is the
         pooled backbone feature (B x feature_dim; 1280 on EfficientNet-B0).
         """
+        with torch.no_grad() if self.frozen_body else contextlib.nullcontext():
+            return self._encode(img_B3HW)
+
+    def _encode(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         maps = self.body.extract(img_B3HW)
         descs = []
         for name, proj, transformer, queries in (

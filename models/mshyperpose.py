@@ -45,6 +45,11 @@ class MSHyperPose(MSTransPoseNet):
         GeneratedMLP(d, (d, hyper_dim_t, hidden_t2, 3)).attach(self, "t")
         self.hyper_in_rot_proj = nn.Linear(backbone.feature_dim, d)
         GeneratedMLP(d, (d, hyper_dim_rot, hyper_dim_rot, 4)).attach(self, "rot")
+        # "reference" and "torch": the generators keep PyTorch's default init, as in the reference.
+        head_init = config.get("head_init", "reference")
+        if head_init in ("hyperfan", "zero"):
+            for branch in ("t", "rot"):
+                getattr(self, f"_hyper_head_{branch}").init_generators(head_init)
 
     def _build_regressor_heads(self, d: int, reg_hidden_dim: int, num_scenes: int) -> None:
         """One shared t head and one shared rot head (keys without a scene index)."""

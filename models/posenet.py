@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.hypernet import kaiming_linears
+
 LATENT_DIM = 1024  # fixed in the reference; its config key reg_hidden_dim does not reach this head
 
 
@@ -27,21 +29,28 @@ def static_head_output(owner: nn.Module, feat_BC: torch.Tensor) -> tuple[torch.T
     return owner.fc2(latent_BL), owner.fc3(latent_BL)
 
 
-class PoseNet(nn.Module):
-    """Single-scene absolute pose regressor: ``forward(img) -> (pose_B7, None)``, pose = [t, q unnormalised]."""
+def reference_head_layers(owner: nn.Module, backbone: nn.Module, head_names) -> list[nn.Module]:
+    """What the reference's init loop over ``self.modules()`` redraws with kaiming: the head's layers and
+    the backbone's feature layer, if its pooled feature is a Linear's output (GoogLeNet's pretrained ``fc``,
+    whose 1000 outputs are PoseNet's feature; the reference keeps its bias). The backbone's other layers
+    hold no Linear the head reads."""
+    layer = getattr(backbone, "feature_layer", None)
+    return [getattr(owner, name) for name in head_names] + ([layer] if layer is not None else [])
 
-    # The reference PoseNet draws every Linear weight with kaiming_normal (fan_in); EffPoseNet keeps
-    # PyTorch's default initialisation.
-    kaiming_init = True
+
+class PoseNet(nn.Module):
+    """Single-scene absolute pose regressor: ``forward(img) -> (pose_B7, None)``, pose = [t, q unnormalised].
+
+    ``head_init`` "reference" (the reference's, for its PoseNet and EffPoseNet alike): kaiming_normal on the
+    weight of fc1-fc3 and of the backbone's feature layer, biases at PyTorch's default; "torch": PyTorch's
+    default, the backbone's feature layer as loaded."""
 
     def __init__(self, config: dict, backbone: nn.Module):
         super().__init__()
-        del config  # the architecture has no configurable sizes
         self.backbone = backbone
         add_static_head(self, backbone.feature_dim)
-        if self.kaiming_init:
-            for layer in (self.fc1, self.fc2, self.fc3):
-                nn.init.kaiming_normal_(layer.weight)
+        if config.get("head_init", "reference") != "torch":
+            kaiming_linears(reference_head_layers(self, backbone, ("fc1", "fc2", "fc3")))
 
     def forward(self, img_B3HW: torch.Tensor, scene_B: torch.Tensor | None = None):
         t_B3, q_B4 = static_head_output(self, self.backbone.extract(img_B3HW)["pooled"])

@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
-from util.config import Key, at_least, check_dropout, greater
+from models.hypernet import HEAD_INITS, STATIC_HEAD_INITS
+from util.config import Key, at_least, check_dropout, greater, one_of
 from util.errors import UserError
 
 # Backbone families a spec can accept; "timm" stands for every ``timm:<name>``.
@@ -145,6 +146,14 @@ def guess_reference_model(state_dict: Mapping[str, Any]) -> str:
 # Key tables shared by several entries
 
 _INT_GE1 = dict(kind="int", check=at_least(1))
+_INIT_DOC = ("how the regression head starts: 'reference' as the reference code drew it, 'torch' PyTorch's "
+             "default")
+# Models without a hypernetwork: the reference's init or PyTorch's.
+_STATIC_INIT = {"head_init": Key("reference", "str", one_of(*STATIC_HEAD_INITS), doc=_INIT_DOC)}
+# Hyper models: also hyperfan-in generators, or generated layers that start at zero (models/hypernet.py).
+_HYPER_INIT = {"head_init": Key("reference", "str", one_of(*HEAD_INITS),
+                                doc=_INIT_DOC + ", 'hyperfan' generators scaled so the generated weights have "
+                                                "kaiming's variance, 'zero' generated layers that start at zero")}
 _HYPER_KEYS = {
     "hyper_dim_t": Key(256, **_INT_GE1, doc="width of the position hypernetwork (generated layer input)"),
     "hyper_dim_rot": Key(512, **_INT_GE1, doc="width of the orientation hypernetwork"),
@@ -154,7 +163,7 @@ _HYPER_IGNORED = {"hyper_dim_t": _NO_HYPERNETWORK, "hyper_dim_rot": _NO_HYPERNET
                   "hyper_t_hidden_scale": _NO_HYPERNETWORK}
 _UNUSED_SCALE = "it scales a hidden layer that only mshyperpose's generated position regressor has"
 # What the single-scene hyper models (hyperpose, hyperatloc) share: their keys, all architectural.
-_SINGLE_HYPER = dict(keys=_HYPER_KEYS, arch_keys=tuple(_HYPER_KEYS),
+_SINGLE_HYPER = dict(keys={**_HYPER_KEYS, **_HYPER_INIT}, arch_keys=tuple(_HYPER_KEYS),
                      ignored_keys={"hyper_t_hidden_scale": _UNUSED_SCALE})
 
 # Endpoint names are uniform across backbones: reduction_k has stride 2**k.
@@ -196,7 +205,11 @@ def _check_mshyperpose(config: dict) -> Optional[tuple[str, str]]:
 
 
 _TRANSFORMER_KEYS = {
-    "equalize_scenes": Key(False, "bool", doc="sample every scene equally often per epoch"),
+    "equalize_scenes": Key(False, "bool", doc="sample every scene as often as the largest has frames, per epoch"),
+    "freeze_mode": Key("reference", "str", one_of("reference", "train_listed"),
+                       doc="with freeze: 'reference' runs backbone and transformers frozen in eval mode and "
+                           "trains the listed head parameters; 'train_listed' trains every listed parameter, "
+                           "all in train mode"),
     "num_scenes": Key(None, "int", at_least(1), nullable=True,
                       doc="number of scenes; null: taken from the training CSV"),
     "num_t_encoder_layers": Key(4, **_INT_GE1, doc="encoder layers of the position transformer"),
@@ -224,13 +237,13 @@ _DATASETS = ("7Scenes", "CambridgeLandmarks")
 register(ModelSpec(
     name="posenet", target="models.posenet:PoseNet", multi_scene=False,
     summary="PoseNet (Kendall et al. 2015) as in the reference: GoogLeNet -> fc 1024 -> t, q",
-    ignored_keys=_HYPER_IGNORED, backbones=("googlenet",),
+    keys=_STATIC_INIT, ignored_keys=_HYPER_IGNORED, backbones=("googlenet",),
     reference_keys=("backbone.inception3a.", "fc1."), reference_tables=("posenet_CambridgeLandmarks",)))
 
 register(ModelSpec(
     name="effposenet", target="models.effposenet:EffPoseNet", multi_scene=False,
     summary="the PoseNet head on EfficientNet-B0 (the static baseline of hyperpose)",
-    ignored_keys=_HYPER_IGNORED,
+    keys=_STATIC_INIT, ignored_keys=_HYPER_IGNORED,
     reference_keys=("backbone._conv_stem.", "fc1."), reference_tables=tuple(f"effposenet_{d}" for d in _DATASETS)))
 
 register(ModelSpec(
@@ -242,7 +255,7 @@ register(ModelSpec(
 register(ModelSpec(
     name="atloc", target="models.atloc:AtLoc", multi_scene=False,
     summary="AtLoc (Wang et al. 2020) as in the reference: ResNet34 -> fc 2048 -> self-attention -> t, q",
-    ignored_keys=_HYPER_IGNORED, backbones=("resnet34",),
+    keys=_STATIC_INIT, ignored_keys=_HYPER_IGNORED, backbones=("resnet34",),
     reference_keys=("feature_extractor.", "att.g."), reference_tables=("atloc_CambridgeLandmarks",)))
 
 register(ModelSpec(
@@ -256,7 +269,8 @@ register(ModelSpec(
 register(ModelSpec(
     name="ems-transposenet", target="models.ms_transposenet:MSTransPoseNet", multi_scene=True,
     summary="MS-Transformer (Shavit et al. 2021): two transformers, one query and one MLP head per scene",
-    keys=_TRANSFORMER_KEYS, training_defaults=_MULTI_SCENE_SCHEDULE, arch_keys=_TRANSFORMER_ARCH,
+    keys={**_TRANSFORMER_KEYS, **_STATIC_INIT}, training_defaults=_MULTI_SCENE_SCHEDULE,
+    arch_keys=_TRANSFORMER_ARCH,
     ignored_keys=_HYPER_IGNORED, check=_check_transformer, aliases=("mstransformer",),
     reference_keys=("backbone.0.body.", "regressor_head_t.0."),
     reference_tables=tuple(f"ems-transposenet_{d}" for d in _DATASETS)))
@@ -264,7 +278,7 @@ register(ModelSpec(
 register(ModelSpec(
     name="mshyperpose", target="models.mshyperpose:MSHyperPose", multi_scene=True,
     summary="MS-HyperPose: MS-Transformer with a shared head plus per-image generated MLPs",
-    keys={**_TRANSFORMER_KEYS, **_HYPER_KEYS,
+    keys={**_TRANSFORMER_KEYS, **_HYPER_KEYS, **_HYPER_INIT,
           "hyper_t_hidden_scale": Key(0.5, "float", greater(0),
                                       doc="width of the second generated position layer, times hyper_dim_t")},
     training_defaults=_MULTI_SCENE_SCHEDULE,
