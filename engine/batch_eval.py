@@ -7,21 +7,23 @@ run :func:`main`, which calls :func:`batch_evaluate`. Every checkpoint goes thro
 Results are cached per checkpoint file in ``<prefix>_batch_eval_cache.json`` beside the CSV
 (:mod:`engine.result_cache`): a re-run evaluates only new or changed checkpoints, and everything again when
 the model, the effective config, the test files, the dataset root or AMP change. Per-frame data (for the
-CDFs and the 3D view) is kept for the best checkpoint only, which keeps the cache small. Discovery lives in
-:mod:`engine.checkpoints`, the record in :mod:`engine.records`, the CSV and the page's data in
-:mod:`engine.batch_report`.
+CDFs and the 3D view) is kept for the best checkpoint only, which keeps the cache small. With a validation
+CSV (``--val_labels``) every checkpoint is also scored on it, through a second evaluator and its own cache
+(``<prefix>_batch_eval_val_cache.json``), and the best is chosen there; without one it is chosen on the
+test set itself, and the outputs say so. Discovery lives in :mod:`engine.checkpoints`, the record in
+:mod:`engine.records`, the CSV and the page's data in :mod:`engine.batch_report`.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from engine.batch_report import build_report, format_batch, results_csv
+from engine.batch_report import CHOSEN_ON, build_report, format_batch, results_csv
 from engine.checkpoints import checkpoint_labels, discover_checkpoints
 from engine.cli import (add_common_arguments, add_runtime_arguments, add_test_dataset_argument,
                         configure_console, run_cli)
@@ -30,7 +32,7 @@ from engine.records import CheckpointResult, first_line, summarize_result
 from engine.result_cache import ResultCache, evaluator_context
 from models.registry import cli_choices
 from util.errors import UserError
-from util.io import atomic_write_text, check_output_dir
+from util.io import atomic_write_text, check_input_file, check_output_dir
 from util.logs import add_log_file, progress_bar
 from util.report import write_batch_report
 
@@ -43,13 +45,82 @@ __all__ = ["BatchResult", "batch_evaluate", "build_parser", "checkpoint_labels",
 @dataclass
 class BatchResult:
     """What :func:`batch_evaluate` did and wrote."""
-    results: list[CheckpointResult]     # evaluation order; evaluated now or cached
-    best: CheckpointResult
+    results: list[CheckpointResult]     # test-set records in evaluation order; evaluated now or cached
+    best: CheckpointResult              # the test record of the chosen checkpoint (see ``chosen_on``)
     skipped: list[tuple[Path, str]]     # (file, one-line reason)
-    n_evaluated: int                    # checkpoints actually run through the model in this call
+    n_evaluated: int                    # checkpoints run through the model on the test set in this call
     csv_path: Path
     html_path: Path
     cache_path: Path
+    val: dict[Path, CheckpointResult] = field(default_factory=dict)  # validation record per checkpoint file
+    val_labels: Path | None = None      # the validation CSV (--val_labels), None without one
+    n_val_evaluated: int = 0            # checkpoints run through the model on the validation set in this call
+
+    @property
+    def chosen_on(self) -> str:
+        """``validation`` when the best was chosen on ``val_labels``, else ``test`` (an optimistic choice)."""
+        return "validation" if self.val_labels is not None else "test"
+
+
+class _Pass:
+    """The checkpoints scored on one set of labels by one evaluator, through its cache.
+
+    Per-frame data (for the CDFs and the 3D view) is kept for one checkpoint at most, the one ``keep``
+    returns, which keeps the cache small.
+    """
+
+    def __init__(self, evaluator: Evaluator, cache_path: Path, checkpoints_dir: Path, what: str):
+        self.evaluator, self.what = evaluator, what
+        self.cache = ResultCache(cache_path, evaluator_context(evaluator))
+        self.cache.keep_only(p.name for p in checkpoints_dir.glob("*.pth"))
+        self.results: dict[Path, CheckpointResult] = {}
+        self.skipped: list[tuple[Path, str]] = []
+        self.n_evaluated = 0
+
+    def evaluate(self, paths: Sequence[Path], keep: Callable[[], CheckpointResult | None], progress: bool) -> None:
+        """Take what the cache holds, evaluate the rest."""
+        todo = []
+        for path, label in zip(paths, checkpoint_labels(paths)):
+            cached = self.cache.lookup(path.name, path, label)
+            if cached is not None:
+                self.results[path] = cached
+            else:
+                todo.append((path, label))
+        log.info("%s set: %d checkpoints, %d cached, %d to evaluate", self.what, len(paths),
+                 len(paths) - len(todo), len(todo))
+        for path, label in progress_bar(todo, desc=f"checkpoints ({self.what})", unit="ckpt",
+                                        enabled=progress and bool(todo)):
+            self.run(path, label, keep)
+
+    def run(self, path: Path, label: str, keep: Callable[[], CheckpointResult | None]) -> None:
+        reason = None
+        try:
+            st = path.stat()
+            result = self.evaluator.evaluate_checkpoint(path, timing=False)
+        except UserError as exc:
+            reason = first_line(str(exc))
+        except Exception as exc:  # one broken file must not end a long batch; the reason is still shown
+            reason = first_line(f"cannot evaluate {path}: {type(exc).__name__}: {exc}")
+            log.debug("traceback for %s", path, exc_info=True)
+        if reason is not None:
+            reason = reason if self.what == "test" else f"{self.what} set: {reason}"
+            log.warning("skipping %s: %s", path.name, reason)
+            self.skipped.append((path, reason))
+            self.results.pop(path, None)
+            self.cache.drop(path.name)
+            return
+        self.n_evaluated += 1
+        self.results[path] = summarize_result(result, path, label, st, self.evaluator.multi)
+        kept = keep()
+        for r in self.results.values():
+            if r is not kept:
+                r.frames = None
+        for p, r in self.results.items():
+            self.cache.store(p.name, r)
+        self.cache.save()
+        o = self.results[path].overall
+        log.info("%s on the %s set: median %.4f m, %.3f deg%s", label, self.what, o["median_pos_m"],
+                 o["median_ori_deg"], f", scene accuracy {o['scene_acc']:.3f}" if self.evaluator.multi else "")
 
 
 def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
@@ -57,17 +128,26 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
                    override_config: str | Path | None = None, ckpt_start_index: int = 0, device: str = "auto",
                    amp: bool = False, batch_size: int | None = None, test_dataset_id: str | None = None,
                    scene_map_file: str | Path | None = None, progress: bool = True,
-                   cache_dir: str | None = None) -> BatchResult:
+                   cache_dir: str | None = None, val_labels: str | Path | None = None) -> BatchResult:
     """Evaluate the checkpoints of ``checkpoints_dir`` (cached ones are not run again) and write the CSV,
-    the HTML report and the cache to ``output_path`` (default: ``checkpoints_dir``)."""
+    the HTML report and the cache to ``output_path`` (default: ``checkpoints_dir``).
+
+    With ``val_labels`` (a label CSV under the same dataset root, evaluated as it is, all its scenes) every
+    checkpoint is also scored on it, and the best is chosen there: the checkpoint with the lowest median
+    position error on the validation set (multi-scene: the mean of the per-scene medians), ties to the lower
+    median orientation error, then to the earlier checkpoint. Without it the best is chosen on the test set
+    itself, which flatters its error; the outputs say which.
+    """
     checkpoints_dir = Path(checkpoints_dir)
     paths = discover_checkpoints(checkpoints_dir, ckpt_start_index)
     out = check_output_dir(output_path if output_path else checkpoints_dir,
                            "--output_path" if output_path else "the checkpoints folder (the default --output_path)")
+    if val_labels is not None:
+        val_labels = check_input_file(val_labels, "--val_labels")
+    common = dict(override_config=override_config, device=device, amp=amp, batch_size=batch_size,
+                  scene_map_file=scene_map_file, progress=progress, cache_dir=cache_dir)
     evaluator = Evaluator(model_name, backbone_path, dataset_root, labels_file, config_path,
-                          override_config=override_config, device=device, amp=amp, batch_size=batch_size,
-                          test_dataset_id=test_dataset_id, scene_map_file=scene_map_file, progress=progress,
-                          cache_dir=cache_dir)
+                          test_dataset_id=test_dataset_id, **common)
     multi = evaluator.multi
     test_set = test_dataset_id or Path(labels_file).stem
     prefix = f"{checkpoints_dir.resolve().name}_{test_set}_batch_eval"
@@ -75,90 +155,64 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
 
     file_handler = add_log_file(out / f"{prefix}.log")
     try:
-        cache = ResultCache(cache_path, evaluator_context(evaluator))
-        cache.keep_only(p.name for p in checkpoints_dir.glob("*.pth"))
-        results, todo = {}, []
-        for path, label in zip(paths, checkpoint_labels(paths)):
-            cached = cache.lookup(path.name, path, label)
-            if cached is not None:
-                results[path] = cached
-            else:
-                todo.append((path, label))
-        log.info("%s: %d checkpoints, %d cached, %d to evaluate; outputs go to %s", checkpoints_dir,
-                 len(paths), len(results), len(todo), out)
+        test = _Pass(evaluator, cache_path, checkpoints_dir, "test")
+        val = None
+        if val_labels is not None:
+            val = _Pass(Evaluator(model_name, backbone_path, dataset_root, val_labels, config_path, **common),
+                        out / f"{prefix}_val_cache.json", checkpoints_dir, "validation")
+        log.info("%s: %d checkpoints; outputs go to %s", checkpoints_dir, len(paths), out)
 
-        skipped: list[tuple[Path, str]] = []
-        n_evaluated = 0
-
-        def best_of() -> CheckpointResult | None:
-            done = [results[p] for p in paths if p in results]
-            return min(done, key=CheckpointResult.sort_key) if done else None
-
-        def run(path: Path, label: str) -> None:
-            nonlocal n_evaluated
-            reason = None
-            try:
-                st = path.stat()
-                result = evaluator.evaluate_checkpoint(path, timing=False)
-            except UserError as exc:
-                reason = first_line(str(exc))
-            except Exception as exc:  # one broken file must not end a long batch; the reason is still shown
-                reason = first_line(f"cannot evaluate {path}: {type(exc).__name__}: {exc}")
-                log.debug("traceback for %s", path, exc_info=True)
-            if reason is not None:
-                log.warning("skipping %s: %s", path.name, reason)
-                skipped.append((path, reason))
-                results.pop(path, None)
-                cache.drop(path.name)
-                return
-            n_evaluated += 1
-            results[path] = summarize_result(result, path, label, st, multi)
-            best = best_of()
-            for r in results.values():  # per-frame data is kept for the best checkpoint only
-                if r is not best:
-                    r.frames = None
-            for p, r in results.items():
-                cache.store(p.name, r)
-            cache.save()
-            o = results[path].overall
-            log.info("%s: median %.4f m, %.3f deg%s", label, o["median_pos_m"], o["median_ori_deg"],
-                     f", scene accuracy {o['scene_acc']:.3f}" if multi else "")
+        def chosen() -> CheckpointResult | None:
+            """The test record of the best checkpoint so far (on the validation set when there is one)."""
+            scored = [p for p in paths if p in test.results and (val is None or p in val.results)]
+            if not scored:
+                return None
+            by = val.results if val is not None else test.results
+            return test.results[min(scored, key=lambda p: by[p].sort_key())]
 
         with logging_redirect_tqdm():
-            for path, label in progress_bar(todo, desc="checkpoints", unit="ckpt", enabled=progress and bool(todo)):
-                run(path, label)
-            best, retried = best_of(), set()
+            if val is not None:  # first, so that the test pass knows which checkpoint keeps its frames
+                val.evaluate(paths, lambda: None, progress)
+            test.evaluate([p for p in paths if val is None or p in val.results], chosen, progress)
+            best, retried = chosen(), set()
             while best is not None and best.frames is None and best.path not in retried:
                 # The best is cached without per-frame data (e.g. the former best lies before
                 # --ckpt_start_index or was deleted): evaluate it again for the CDFs and the 3D view.
                 log.info("evaluating %s again for its per-frame errors (the cache keeps them for the best only)",
                          best.label)
                 retried.add(best.path)
-                run(best.path, best.label)
-                best = best_of()
+                test.run(best.path, best.label, chosen)
+                best = chosen()
+        skipped = (val.skipped if val is not None else []) + test.skipped
         if best is None:
             raise UserError(f"none of the {len(paths)} checkpoints in {checkpoints_dir} could be evaluated "
                             f"(see the messages above)")
 
-        ordered = [results[p] for p in paths if p in results]
-        cache.save()
-        atomic_write_text(csv_path, results_csv(ordered, best, evaluator.model_name, multi))
+        ordered = [test.results[p] for p in paths if p in test.results]
+        val_of = {p: val.results[p] for p in paths if val is not None and p in val.results}
+        test.cache.save()
+        atomic_write_text(csv_path, results_csv(ordered, best, evaluator.model_name, multi, val=val_of or None))
         id_note = f" (--test_dataset_id {test_dataset_id})" if test_dataset_id else ""
         config_note = f" + {override_config}" if override_config else ""
+        n_cached = len(ordered) - sum(r.evaluated for r in ordered)
         facts = [("model", evaluator.model_name), ("checkpoints", str(checkpoints_dir)),
-                 ("test set", f"{labels_file}{id_note}"), ("dataset root", str(dataset_root)),
-                 ("config", f"{config_path}{config_note}"),
-                 ("results", f"{len(ordered)} checkpoints ({n_evaluated} in this run, "
-                                 f"{len(ordered) - sum(r.evaluated for r in ordered)} from the cache), "
-                                 f"{len(skipped)} skipped"),
+                 ("test set", f"{labels_file}{id_note}"),
+                 *([("validation set", str(val_labels))] if val is not None else []),
+                 ("best chosen on", CHOSEN_ON[val is not None]),
+                 ("dataset root", str(dataset_root)), ("config", f"{config_path}{config_note}"),
+                 ("results", f"{len(ordered)} checkpoints ({test.n_evaluated} in this run, {n_cached} from the "
+                             f"cache), {len(skipped)} skipped"),
                  ("device", f"{evaluator.device}{' (AMP)' if amp else ''}")]
         report = build_report(ordered, best, skipped, model_name=evaluator.model_name, multi_scene=multi,
-                              checkpoints_dir=checkpoints_dir, test_set=test_set, facts=facts)
+                              checkpoints_dir=checkpoints_dir, test_set=test_set, facts=facts,
+                              val=val_of or None)
         write_batch_report(html_path, report)
-        log.info("best: %s (median %.4f m, %.3f deg); wrote %s and %s", best.label, best.overall["median_pos_m"],
+        log.info("best, chosen on the %s set: %s (test median %.4f m, %.3f deg); wrote %s and %s",
+                 "validation" if val is not None else "test", best.label, best.overall["median_pos_m"],
                  best.overall["median_ori_deg"], csv_path, html_path)
-        return BatchResult(results=ordered, best=best, skipped=skipped, n_evaluated=n_evaluated,
-                           csv_path=csv_path, html_path=html_path, cache_path=cache_path)
+        return BatchResult(results=ordered, best=best, skipped=skipped, n_evaluated=test.n_evaluated,
+                           csv_path=csv_path, html_path=html_path, cache_path=cache_path, val=val_of,
+                           val_labels=val_labels, n_val_evaluated=val.n_evaluated if val is not None else 0)
     finally:
         logging.getLogger().removeHandler(file_handler)
         file_handler.close()
@@ -213,6 +267,10 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
     parser.add_argument("--ckpt_start_index", type=int, default=0,
                         help="skip *_checkpoint-N.pth with N below this (as in the reference); the final and "
                              "other .pth files are always evaluated")
+    parser.add_argument("--val_labels", default=None, metavar="CSV",
+                        help="a validation label CSV (images under the same dataset root, all its scenes "
+                             "evaluated): every checkpoint is also scored on it and the best is chosen on it "
+                             "(default: the best is chosen on the test set itself, an optimistic estimate)")
     if multi_scene:
         add_test_dataset_argument(parser)
     add_runtime_arguments(parser)
@@ -234,10 +292,11 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
                                ckpt_start_index=args.ckpt_start_index, device=args.device, amp=args.amp,
                                batch_size=args.batch_size, test_dataset_id=getattr(args, "test_dataset_id", None),
                                scene_map_file=getattr(args, "scene_map", None), progress=not args.quiet,
-                               cache_dir=args.cache)
+                               cache_dir=args.cache, val_labels=args.val_labels)
         print(format_batch(batch))
-        print(f"evaluated {batch.n_evaluated}, from the cache {sum(not r.evaluated for r in batch.results)}, "
-              f"skipped {len(batch.skipped)}")
+        val_note = f" (and {batch.n_val_evaluated} on the validation set)" if batch.val_labels else ""
+        print(f"evaluated {batch.n_evaluated}{val_note}, from the cache "
+              f"{sum(not r.evaluated for r in batch.results)}, skipped {len(batch.skipped)}")
         print(f"csv: {batch.csv_path}")
         print(f"html: {batch.html_path}")
         return 0

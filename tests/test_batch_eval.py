@@ -123,12 +123,16 @@ def test_single_scene_seed_command(single_run, monkeypatch, tmp_path):
 
     rows, header = read_csv(one_output(out, ".csv"))
     assert header[:4] == ["checkpoint", "Model", "Median Position Error [m]", "Median Orientation Error[deg]"]
-    assert {"epoch", "mean_pos_m", "mean_ori_deg", "recall_0.05m_5deg", "n_failed", "best"} <= set(header)
+    assert {"epoch", "mean_pos_m", "mean_ori_deg", "recall_0.05m_5deg", "n_failed", "best_on_test"} <= set(header)
+    assert "best" not in header and "val_median_pos_m" not in header
     assert [r["checkpoint"] for r in rows] == ["checkpoint-1", "checkpoint-2", "final"]
     assert [r["epoch"] for r in rows] == ["1", "2", "2"]
     assert all(r["Model"].endswith(".pth") and int(r["n_frames"]) == 4 for r in rows)
     best = best_by_rule(rows, "Median Position Error [m]", "Median Orientation Error[deg]")
-    assert [r["best"] for r in rows] == ["1" if i == best else "0" for i in range(3)]
+    assert [r["best_on_test"] for r in rows] == ["1" if i == best else "0" for i in range(3)]
+    # Without a validation set, the console says the best was chosen on the test set itself.
+    assert f"{rows[best]['checkpoint']}" in proc.stdout and "<- best_on_test" in proc.stdout
+    assert "chosen on the test set itself (an optimistic estimate" in proc.stdout
 
     page = one_output(out, ".html").read_text()
     assert "<script src=" not in page and "<link " not in page  # offline: plotly.js is inline
@@ -147,7 +151,8 @@ def test_single_scene_seed_command(single_run, monkeypatch, tmp_path):
     positions = read_embedded_json(page, "fig-positions")
     assert {t["name"] for t in positions["data"]} == {"chess ground truth", "chess predicted", "chess error"}
     assert all(len(t["x"]) == 4 for t in positions["data"] if t["mode"] == "markers")
-    assert 'class="best"' in page and "Best = the lowest median position error" in page
+    assert 'class="best"' in page and "Best = chosen on the test set itself" in page
+    assert "optimistic estimate" in page and data["best_chosen_on"] == "test"
 
 
 def test_multi_scene_seed_command(multi_run, monkeypatch, tmp_path):
@@ -168,7 +173,7 @@ def test_multi_scene_seed_command(multi_run, monkeypatch, tmp_path):
         assert float(r["avrg_q"]) == pytest.approx(sum(float(r[f"{s}_q"]) for s in scenes) / 3)
         assert 0.0 <= float(r["scene_acc"]) <= 1.0
     best = best_by_rule(rows, "avrg_x", "avrg_q")
-    assert rows[best]["best"] == "1"
+    assert rows[best]["best_on_test"] == "1"
 
     page = one_output(cwd / OUT, ".html").read_text()
     errors = read_embedded_json(page, "fig-errors")
@@ -193,6 +198,67 @@ def test_multi_scene_test_dataset_id(multi_run, tmp_path):
     for r in batch.results:
         assert [s["scene"] for s in r.scenes] == ["chess", "fire", "heads"]
         assert all(s["n_frames"] == 4 for s in r.scenes)  # the test split, not the training rows
+
+
+# Choosing on a validation set ---------------------------------------------------------------------------
+def labels_from_predictions(evaluator, checkpoint, path):
+    """A label CSV of the evaluator's frames whose ground truth is what ``checkpoint`` predicts for them:
+    on it that checkpoint scores (almost) zero error, so it must be the one chosen on validation."""
+    result = evaluator.evaluate_checkpoint(checkpoint, timing=False)
+    lines = ["scene,split,seq,img_path,t1,t2,t3,q1,q2,q3,q4"]
+    for pred in result.predictions.values():
+        for img, scene, pose in zip(pred.paths, pred.scene_names, pred.pose_pred_N7):
+            lines.append(f"{scene},val,seq-01,{img}," + ",".join(f"{v:.9g}" for v in pose))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_validation_set_chooses_the_best(single_run, tmp_path, capsys):
+    """With --val_labels the best is the validation-best (here not the test-best), and says so."""
+    cwd, run = single_run
+    common = ["hyperpose", "test", "random", str(cwd / ROOT), str(cwd / CHESS_TEST), str(cwd / CONFIG), str(run),
+              "--device", "cpu", "--quiet"]
+    assert main(common + ["--output_path", str(tmp_path / "test_only")]) == 0
+    rows, _ = read_csv(one_output(tmp_path / "test_only", ".csv"))
+    on_test = best_by_rule(rows, "Median Position Error [m]", "Median Orientation Error[deg]")
+    # The validation set: the test frames again, labelled with the predictions of a checkpoint the test set
+    # does not choose (checkpoint-1 or the final weights).
+    other = 0 if on_test != 0 else 2
+    evaluator = Evaluator("hyperpose", "random", cwd / ROOT, cwd / CHESS_TEST, cwd / CONFIG, device="cpu",
+                          progress=False)
+    val = labels_from_predictions(evaluator, run / rows[other]["Model"].split("/")[-1], tmp_path / "val.csv")
+    capsys.readouterr()
+
+    out = tmp_path / "with_val"
+    assert main(common + ["--output_path", str(out), "--val_labels", str(val)]) == 0
+    stdout = capsys.readouterr().out
+    rows_v, header = read_csv(one_output(out, ".csv"))
+    assert {"val_median_pos_m", "val_median_ori_deg", "best_on_val"} <= set(header)
+    assert "best_on_test" not in header and "best" not in header
+    # Test columns unchanged; the validation columns hold the validation errors.
+    for a, b in zip(rows, rows_v):
+        assert float(a["Median Position Error [m]"]) == pytest.approx(float(b["Median Position Error [m]"]))
+    chosen = best_by_rule(rows_v, "val_median_pos_m", "val_median_ori_deg")
+    assert chosen != on_test and float(rows_v[chosen]["val_median_pos_m"]) < 1e-4
+    assert [r["best_on_val"] for r in rows_v] == ["1" if i == chosen else "0" for i in range(3)]
+    assert "chosen on the validation set" in stdout and "<- best_on_val" in stdout
+    assert stdout.splitlines()[chosen + 1].endswith("<- best_on_val")
+
+    page = one_output(out, ".html").read_text()
+    data = read_embedded_json(page, DATA_ID)
+    assert data["best_index"] == chosen and data["best_chosen_on"] == "validation"
+    assert data["checkpoints"][chosen]["val_overall"]["median_pos_m"] == pytest.approx(
+        float(rows_v[chosen]["val_median_pos_m"]))
+    assert "Best = chosen on the validation set" in page and "optimistic" not in page
+    curves = {t["name"] for t in read_embedded_json(page, "fig-errors")["data"]}
+    assert "validation median" in curves
+    # The CDFs and the 3D view are the chosen checkpoint's, on the test set (4 test frames).
+    positions = read_embedded_json(page, "fig-positions")
+    assert all(len(t["x"]) == 4 for t in positions["data"] if t["mode"] == "markers")
+
+    status = main(common + ["--output_path", str(out), "--val_labels", str(tmp_path / "missing.csv")])
+    err = capsys.readouterr().err
+    assert status == 2 and "--val_labels" in err and "missing.csv" in err and "Traceback" not in err
 
 
 # The cache -----------------------------------------------------------------------------------------------
