@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from datasets.label_io import natural_key
 from util.errors import UserError, printable
 from util.io import check_input_file
 
@@ -170,6 +171,30 @@ def check_images_exist(img_paths: Sequence[str], dataset_root: PathLike, source:
     raise UserError(f"{source}: {len(missing)} of {len(img_paths)} images not found: {shown}{more}; "
                     f"img_path is relative to the dataset root, check the dataset root argument "
                     f"(got {dataset_root})")
+
+
+def split_last_sequences(labels_file: PathLike, n_held_out: int, advice: str = "") -> tuple[list, list]:
+    """(kept rows, held-out rows) of a label CSV: the last ``n_held_out`` sequences of every scene are held out
+    (e.g. as a validation split), the ``seq`` values ordered naturally (``seq-2`` before ``seq-10``).
+
+    Rows are tuples of the cells' text in ``LABEL_COLUMNS`` order, in file order, so a split file written with
+    :func:`datasets.label_io.write_label_csv` keeps every value as it was. A scene with no more than
+    ``n_held_out`` sequences would leave nothing to train on: a ``UserError`` naming it, ``advice`` appended.
+    """
+    raw = read_labels_csv(labels_file)
+    validate_labels(raw, source=str(labels_file))  # a bad row fails here, with its line number
+    cells = raw[LABEL_COLUMNS].apply(lambda col: col.astype(str).str.strip())
+    held: set = set()
+    for scene, seqs in cells.groupby("scene", sort=False)["seq"]:
+        names = sorted(set(seqs), key=natural_key)
+        if len(names) <= n_held_out:
+            raise UserError(f"{labels_file}: scene {scene!r} has {len(names)} sequence(s) "
+                            f"({', '.join(names) or 'no seq values'}), so holding out the last {n_held_out} "
+                            f"leaves none to train on{advice}")
+        held |= {(scene, seq) for seq in names[len(names) - n_held_out:]}
+    rows = [tuple(r) for r in cells.itertuples(index=False)]
+    out = [(r[0], r[2]) in held for r in rows]
+    return [r for r, o in zip(rows, out) if not o], [r for r, o in zip(rows, out) if o]
 
 
 def read_labels(labels_file: PathLike, dataset_root: Optional[PathLike] = None,
