@@ -1,18 +1,31 @@
-"""The paper's recipe end to end: train every stage, test, batch-evaluate, one table per dataset.
+"""The paper's tables end to end: train every stage of a recipe, test, batch-evaluate, one table per dataset.
 
     python -m engine.reproduce 7scenes --root ROOT --labels DIR --backbone B0.pth \
-        --models hyperpose,effposenet,mshyperpose,ems-transposenet --out DIR [--dry-run]
+        --models hyperpose,effposenet,mshyperpose,ems-transposenet --out DIR [--recipe paper] [--dry-run]
 
-Single-scene models are trained once per scene, multi-scene models once on the all-scenes file. Each run
-goes through the training stages of the config: stage 1, then, where the model's section lists
-``freeze_exclude_phrase``, stage 2 from stage 1's final weights with ``configs/stage2_freeze.json`` (only the
-named modules train, as in the reference recipe). Every stage lives in its own folder,
-``<out>/<dataset>/<model>/<scene or all>/stage<k>/``. A re-run skips a finished stage (its final checkpoint
-is there) and resumes a crashed one from its newest checkpoint, so the driver can simply be started again.
-The final checkpoints are tested (``test`` mode outputs), every run is batch-evaluated (its cache makes a
-re-run cheap), and the per-scene medians go into ``<out>/<dataset>_results.md`` / ``.csv`` beside the
-published numbers of ``configs/published_results.json``. ``--dry-run`` prints the equivalent commands of the
-entry scripts and runs nothing. Everything the driver needs is checked before anything trains.
+Single-scene models are trained once per scene, multi-scene models once on the all-scenes file. The stages
+come from a recipe (``configs/recipes/``, :func:`load_recipe`): ``released`` runs the released configs'
+stages (everything, then, where the config lists ``freeze_exclude_phrase``, only those modules), ``paper``
+the paper's (single-scene hyperpose: everything, then only the translation hypernetwork, then only the
+rotation one, with the paper's schedule). A stage that turns ``freeze`` on where the effective config lists
+no ``freeze_exclude_phrase`` is skipped: that rule, kept here for every recipe, is what leaves models
+without phrases at one stage under ``released``. Stage k lives in ``<out>/<dataset>/<model>/<scene or
+all>/stage<k>/`` (k is its place in the recipe) with its ``override.json`` (the recipe's override as a
+config file, passed to training as the second config) and, once finished, ``stage.json`` (its final
+checkpoint and the names of the parameters it trained). A stage after the first starts from the final
+weights of the stage before it. A re-run skips a finished stage and resumes a crashed one from its newest
+checkpoint, so the driver can simply be started again.
+
+With ``--val_sequences N`` (default 1) the last N training sequences of every scene are held out
+(``<out>/<dataset>/splits/``) and training uses the rest. The last stage's final checkpoint is tested
+(``test`` mode outputs); every stage is batch-evaluated on the test set and on the held-out sequences, and
+``<out>/<dataset>_results.md`` / ``.csv`` report the test error of the final checkpoint and of the
+checkpoint chosen on validation (:data:`engine.table.SELECTIONS`), beside the published numbers of
+``configs/published_results.json``.
+
+``--dry-run`` prints the equivalent commands of the entry scripts and trains nothing; it writes what those
+commands read (each stage's ``override.json``, the split CSVs), so they run as printed. Everything the
+driver needs is checked before anything trains.
 """
 from __future__ import annotations
 
@@ -23,64 +36,162 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from datasets import label_io
-from datasets.labels import read_labels
-from engine.checkpoints import checkpoint_number
+from datasets.labels import read_labels, split_last_sequences
+from engine.checkpoints import checkpoint_number, read_epoch
 from engine.cli import configure_console
 from engine.result_cache import file_stamp
 from engine.table import ReproTable
 from models.registry import canonical_model_name, get_spec
-from util.config import load_config
 from util import jsonio
+from util.checkpoint import load_checkpoint
+from util.config import load_config
 from util.errors import UserError, run_cli
 from util.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from engine.batch_eval import BatchResult
+    from engine.records import CheckpointResult
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
-STAGE2_OVERRIDE = REPO / "configs" / "stage2_freeze.json"
+RECIPES = REPO / "configs" / "recipes"
 MARKER = "stage.json"
+OVERRIDE = "override.json"
 
 
 @dataclass(frozen=True)
 class DatasetRecipe:
-    """Where a dataset's label files are and which config the paper used (docs/datasets.md, docs/configs.md)."""
+    """Where a dataset's label files are, which config the paper used and its training recipe
+    (docs/datasets.md, docs/configs.md)."""
     scenes: tuple[str, ...]
     csv_name: Callable[[str, str], str]
     multi_train: str
     config: Path
+    paper_recipe: Path
 
 
 DATASETS = {
     "7scenes": DatasetRecipe(label_io.SEVEN_SCENES, label_io.seven_scenes_csv_name, "7scenes_all_scenes.csv",
-                             REPO / "configs" / "7Scenes_config.json"),
+                             REPO / "configs" / "7Scenes_config.json", RECIPES / "paper_7Scenes.json"),
     "cambridge": DatasetRecipe(label_io.CAMBRIDGE_FOUR, label_io.cambridge_csv_name, "cambridge_four_scenes.csv",
-                               REPO / "configs" / "CambridgeLandmarks_config.json"),
+                               REPO / "configs" / "CambridgeLandmarks_config.json",
+                               RECIPES / "paper_CambridgeLandmarks.json"),
 }
 
 
+# Recipes ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of a recipe: a config section applied on top of the model's section."""
+    number: int        # its place in the recipe, from 1: the folder stage<number>
+    name: str
+    override: dict
+    doc: str = ""
+
+
+STAGE_KEYS = ("name", "override", "doc")
+
+
+def _stage(path: Path, key: str, k: int, raw) -> Stage:
+    where = f"recipe {path}: {key!r} stage {k}"
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} is not an object ({{\"name\": ..., \"override\": {{...}}}})")
+    unknown = sorted(set(raw) - set(STAGE_KEYS))
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; a stage has {', '.join(STAGE_KEYS)}")
+    if "override" not in raw:
+        raise UserError(f"{where} has no override (write {{}} to train with the config as it is)")
+    if not isinstance(raw["override"], dict):
+        raise UserError(f"{where}: override must be an object of config keys, got {type(raw['override']).__name__}")
+    if not isinstance(raw.get("name"), str) or not raw["name"].strip():
+        raise UserError(f"{where} needs a name")
+    if not isinstance(raw.get("doc", ""), str):
+        raise UserError(f"{where}: doc must be a string")
+    return Stage(k, raw["name"].strip(), dict(raw["override"]), raw.get("doc", ""))
+
+
+def load_recipe(path: str | Path) -> dict[str, tuple[Stage, ...]]:
+    """A recipe file, checked: ``{"<model>": [stage, ...], "default": [stage, ...]}`` -> model name (canonical)
+    or ``default`` -> its stages. A stage is ``{"name": ..., "override": {<config keys>}, "doc": ...}`` (doc
+    optional). Every mistake is a one-line UserError; the override's keys are checked against the config
+    (:func:`util.config.load_config`) when the stage's ``override.json`` is written."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--recipe {path}: file not found (use released, paper or the path of a recipe JSON file)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"recipe {path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(f"recipe {path}: expected an object {{\"<model>\": [stage, ...], \"default\": [stage, ...]}}")
+    recipe: dict[str, tuple[Stage, ...]] = {}
+    for key, stages in raw.items():
+        try:
+            name = key if key == "default" else canonical_model_name(key)
+        except UserError as exc:
+            raise UserError(f"recipe {path}: {exc}") from None
+        if name in recipe:
+            raise UserError(f"recipe {path}: {key!r} names {name}, which has stages already")
+        if not isinstance(stages, list) or not stages:
+            raise UserError(f"recipe {path}: {key!r} needs a non-empty list of stages")
+        recipe[name] = tuple(_stage(path, key, k, s) for k, s in enumerate(stages, 1))
+    return recipe
+
+
+def recipe_path(choice: str, dataset: DatasetRecipe) -> Path:
+    """``released``, ``paper`` (the dataset's) or the path of a recipe file."""
+    return {"released": RECIPES / "released.json", "paper": dataset.paper_recipe}.get(choice, Path(choice))
+
+
+def freezes_nothing(stage: Stage, config: dict) -> bool:
+    """A stage that turns ``freeze`` on while the effective config names no parameter to keep training."""
+    override = stage.override
+    return bool(override.get("freeze", config["freeze"])) and \
+        not override.get("freeze_exclude_phrase", config["freeze_exclude_phrase"])
+
+
+# The plan ---------------------------------------------------------------------------------------------------
 @dataclass
 class Job:
     """One model trained on one scene (single-scene) or on all scenes (multi-scene), all its stages."""
     model: str
     scene: str | None          # None: a multi-scene run over the all-scenes file
-    train_csv: Path
+    source_csv: Path           # the training labels as prepared
+    train_csv: Path            # what it trains on: source_csv, or its split without the held-out sequences
+    val_csv: Path | None       # the held-out sequences; None without a validation split
     test_csv: Path             # multi-scene: the all-scenes file, tested with --test_dataset_id
     folder: Path
-    stages: tuple[int, ...]
+    stages: tuple[Stage, ...]  # the recipe's stages that apply (see freezes_nothing)
+    selected: tuple[int, ...]  # the stage numbers to train now (--stages)
 
     @property
     def multi(self) -> bool:
         return self.scene is None
 
+    @property
+    def title(self) -> str:
+        return f"{self.model} {self.scene or 'all scenes'}"
+
     def stage_dir(self, stage: int) -> Path:
         return self.folder / f"stage{stage}"
 
+    def override_file(self, stage: int) -> Path:
+        return self.stage_dir(stage) / OVERRIDE
 
-def _rel(path: Path) -> str:
+    def previous(self, stage: Stage) -> Stage | None:
+        """The stage whose final weights ``stage`` starts from (None for the first)."""
+        earlier = [s for s in self.stages if s.number < stage.number]
+        return earlier[-1] if earlier else None
+
+
+def _rel(path: Path | str) -> str:
     """A path as the user would type it: relative to the working folder when inside it."""
+    if isinstance(path, str):  # a placeholder such as .../run_<stamp>
+        return path
     try:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
@@ -106,63 +217,132 @@ def stage_state(stage_dir: Path) -> tuple[str, Path | None]:
     return ("resume", numbered[-1][1]) if numbered else ("new", None)
 
 
+def best_on_validation(batches: Sequence[tuple[Stage, BatchResult]]) -> tuple[Stage, CheckpointResult]:
+    """The checkpoint of any stage with the lowest validation median position error (multi-scene: the mean
+    over scenes of the per-scene medians), ties to the lower orientation error, then to the earlier stage
+    and checkpoint: (its stage, its test-set record). Each batch already chose its stage's best that way."""
+    stage, batch = min(batches, key=lambda sb: sb[1].val[sb[1].best.path].sort_key())
+    return stage, batch.best
+
+
 class Reproduction:
     """The plan for one dataset and its execution (or, with ``dry_run``, its printout)."""
 
     def __init__(self, dataset: str, root, labels, backbone: str, models: Sequence[str], out, *,
-                 config=None, scenes: Sequence[str] | None = None, stages: Sequence[int] = (1, 2),
+                 config=None, scenes: Sequence[str] | None = None, stages: Sequence[int] | None = None,
+                 recipe: str = "released", val_sequences: int = 1, n_epochs: int | None = None,
                  device: str = "auto"):
         if dataset not in DATASETS:
             raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-        self.dataset, self.recipe = dataset, DATASETS[dataset]
+        self.dataset, self.spec = dataset, DATASETS[dataset]
         self.root, self.labels, self.out = Path(root), Path(labels), Path(out)
-        self.backbone, self.device = backbone, device
-        self.config = Path(config) if config else self.recipe.config
-        self.scenes = list(scenes) if scenes else list(self.recipe.scenes)
-        unknown = sorted(set(stages) - {1, 2})
-        if unknown or not stages:
-            raise UserError(f"--stages takes 1 and/or 2, got {','.join(map(str, stages)) or 'nothing'}")
+        self.backbone, self.device, self.n_epochs = backbone, device, n_epochs
+        self.config = Path(config) if config else self.spec.config
+        self.scenes = list(scenes) if scenes else list(self.spec.scenes)
+        if val_sequences < 0:
+            raise UserError(f"--val_sequences must be >= 0, got {val_sequences}")
+        if n_epochs is not None and n_epochs < 1:
+            raise UserError(f"--n_epochs must be >= 1, got {n_epochs}")
+        self.val_sequences = val_sequences
+        self.recipe_path = recipe_path(recipe, self.spec)
+        self.recipe = load_recipe(self.recipe_path)
         self.models = [canonical_model_name(m) for m in models]
         if not self.models:
             raise UserError("--models needs at least one model name")
-        self.jobs = [job for m in self.models for job in self._jobs(m, tuple(sorted(set(stages))))]
+        stages_of = {m: self._stages(m) for m in self.models}
+        longest = max(len(self.recipe.get(m) or self.recipe["default"]) for m in self.models)
+        if stages is not None:
+            beyond = sorted(s for s in set(stages) if not 1 <= s <= longest)
+            if beyond or not stages:
+                raise UserError(f"--stages {','.join(map(str, stages)) or 'nothing'}: the recipe "
+                                f"{self.recipe_path.name} has stages 1..{longest} for {', '.join(self.models)}")
+        self.jobs = [job for m in self.models for job in self._jobs(m, stages_of[m], stages)]
+        self._check_chains()
 
-    def _jobs(self, model: str, stages: tuple[int, ...]) -> list[Job]:
+    def _stages(self, model: str) -> tuple[Stage, ...]:
+        stages = self.recipe.get(model) or self.recipe.get("default")
+        if stages is None:
+            raise UserError(f"recipe {self.recipe_path} has no stages for {model} and no 'default' ones")
         config = load_config(self.config, model)  # a config error fails here, before anything trains
-        defined = (1, 2) if config.get("freeze_exclude_phrase") else (1,)
-        stages = tuple(s for s in stages if s in defined) or (1,)
-        base = self.out / self.dataset / model
-        if get_spec(model).multi_scene:
-            train = self.labels / self.recipe.multi_train
-            return [Job(model, None, train, train, base / "all", stages)]
-        return [Job(model, s, self.labels / self.recipe.csv_name(s, "train"),
-                    self.labels / self.recipe.csv_name(s, "test"), base / s, stages) for s in self.scenes]
+        for stage in stages:
+            if freezes_nothing(stage, config):
+                log.info("%s: stage %d (%s) skipped: it sets freeze but %s lists no freeze_exclude_phrase for it",
+                         model, stage.number, stage.name, self.config.name)
+        return tuple(s for s in stages if not freezes_nothing(s, config))
 
-    def check_inputs(self) -> None:
+    def _split_files(self, stem: str) -> tuple[Path, Path]:
+        folder = self.out / self.dataset / "splits"
+        return folder / f"{stem}_train.csv", folder / f"{stem}_val.csv"
+
+    def _job(self, model, scene, source, test, stem, stages, selected) -> Job:
+        train, val = self._split_files(stem) if self.val_sequences else (source, None)
+        wanted = tuple(s.number for s in stages if selected is None or s.number in selected)
+        folder = self.out / self.dataset / model / (scene or "all")
+        return Job(model, scene, source, train, val, test, folder, stages, wanted)
+
+    def _jobs(self, model: str, stages: tuple[Stage, ...], selected) -> list[Job]:
+        if get_spec(model).multi_scene:
+            source = self.labels / self.spec.multi_train
+            return [self._job(model, None, source, source, source.stem, stages, selected)]
+        return [self._job(model, s, self.labels / self.spec.csv_name(s, "train"),
+                          self.labels / self.spec.csv_name(s, "test"), s, stages, selected) for s in self.scenes]
+
+    def _check_chains(self) -> None:
+        """A stage to train from scratch needs the final weights of the stage before it, now or from before."""
+        for job in self.jobs:
+            for stage in job.stages:
+                prev = job.previous(stage)
+                if (stage.number in job.selected and prev is not None and prev.number not in job.selected
+                        and stage_state(job.stage_dir(stage.number))[0] == "new"
+                        and stage_state(job.stage_dir(prev.number))[0] != "done"):
+                    raise UserError(f"{job.title}: stage {stage.number} starts from the final weights of stage "
+                                    f"{prev.number}, which {_rel(job.stage_dir(prev.number))} lacks; add "
+                                    f"{prev.number} to --stages")
+
+    # Inputs -----------------------------------------------------------------------------------------------
+    def check_inputs(self, check_images: bool = True) -> None:
         """Every label file and image the plan needs, before anything trains (one line on the first miss)."""
         if not self.labels.is_dir():
             raise UserError(f"--labels {self.labels}: not a folder (expected the folder of the label CSVs)")
         if self.backbone != "random" and not Path(self.backbone).is_file():
             raise UserError(f"--backbone {self.backbone}: file not found")
-        needed = {job.train_csv for job in self.jobs}
-        needed |= {self.labels / self.recipe.csv_name(s, "test") for s in self.scenes}
+        needed = {job.source_csv for job in self.jobs}
+        needed |= {self.labels / self.spec.csv_name(s, "test") for s in self.scenes}
         missing = [p for p in sorted(needed) if not p.is_file()]
         if missing:
             raise UserError(f"{self.labels} lacks {len(missing)} label file(s) of {self.dataset}, e.g. "
                             f"{missing[0].name} (write them with python -m datasets.prepare)")
         for path in sorted(needed):
-            labels = read_labels(path, self.root, check_images=True)
-            if any(job.multi and job.train_csv == path for job in self.jobs):
+            labels = read_labels(path, self.root, check_images=check_images)
+            if any(job.multi and job.source_csv == path for job in self.jobs):
                 # A multi-scene run is tested on the test file of every scene it trains on.
-                tests = {self.labels / self.recipe.csv_name(s, "test") for s in labels["scene"].astype(str)}
+                tests = {self.labels / self.spec.csv_name(s, "test") for s in labels["scene"].astype(str)}
                 gone = sorted(p.name for p in tests if not p.is_file())
                 if gone:
                     raise UserError(f"{path.name} trains on scenes without a test file in {self.labels}, e.g. "
                                     f"{gone[0]}")
                 for test in sorted(tests - needed):
-                    read_labels(test, self.root, check_images=True)
+                    read_labels(test, self.root, check_images=check_images)
 
-    # Commands -----------------------------------------------------------------------------------------------
+    def prepare(self, check_images: bool = True) -> None:
+        """Check the inputs, then write what the training commands read: the split CSVs and every stage's
+        ``override.json`` (each effective config is validated as it is written)."""
+        self.check_inputs(check_images)
+        splits = {job.source_csv: (job.train_csv, job.val_csv) for job in self.jobs if job.val_csv is not None}
+        for source, (train, val) in splits.items():
+            kept, held = split_last_sequences(source, self.val_sequences, advice=" (--val_sequences 0 trains "
+                                              "on every sequence, without a validation split)")
+            label_io.write_label_csv(kept, train)  # rewritten only when its content changes
+            label_io.write_label_csv(held, val)
+        for job in self.jobs:
+            for stage in job.stages:
+                path = job.override_file(stage.number)
+                text = json.dumps({job.model: stage.override}, indent=2) + "\n"
+                if not path.is_file() or path.read_text() != text:
+                    atomic_write_text(path, text)
+                load_config(self.config, job.model, path)
+
+    # Commands ---------------------------------------------------------------------------------------------
     def _script(self, job: Job, batch: bool = False) -> str:
         if batch:
             return "main_batch_ms_eval.py" if job.multi else "main_batch_eval_model.py"
@@ -172,69 +352,98 @@ class Reproduction:
         return (["--test_dataset_id", self.dataset] if job.multi else []) + \
                ([] if self.device == "auto" else ["--device", self.device])
 
-    def train_command(self, job: Job, stage: int, resume: Path | None, init: Path | str | None) -> str:
+    def train_command(self, job: Job, stage: Stage, resume: Path | None, init: Path | str | None) -> str:
         args = ["python", self._script(job), job.model, "train", self.backbone, _rel(self.root), _rel(job.train_csv),
-                _rel(self.config)] + ([_rel(STAGE2_OVERRIDE)] if stage == 2 else [])
+                _rel(self.config), _rel(job.override_file(stage.number))]
         if resume is not None:
             args += ["--resume", _rel(resume)]
         elif init is not None:
-            args += ["--checkpoint_path", _rel(init) if isinstance(init, Path) else init]
-        args += ["--output_path", _rel(job.stage_dir(stage))]
+            args += ["--checkpoint_path", _rel(init)]
+        args += ["--output_path", _rel(job.stage_dir(stage.number))]
+        args += [] if self.n_epochs is None else ["--n_epochs", str(self.n_epochs)]
         return shlex.join(args + ([] if self.device == "auto" else ["--device", self.device]))
 
     def test_command(self, job: Job, final: Path | str) -> str:
         return shlex.join(["python", self._script(job), job.model, "test", self.backbone, _rel(self.root),
-                           _rel(job.test_csv), _rel(self.config), "--checkpoint_path",
-                           _rel(final) if isinstance(final, Path) else final,
+                           _rel(job.test_csv), _rel(self.config), "--checkpoint_path", _rel(final),
                            "--output_path", _rel(job.folder / "test")] + self._tail(job))
 
     def batch_command(self, job: Job, stage: int, run_dir: Path | str) -> str:
+        val = ["--val_labels", _rel(job.val_csv)] if job.val_csv is not None else []
         return shlex.join(["python", self._script(job, batch=True), job.model, "test", self.backbone,
-                           _rel(self.root), _rel(job.test_csv), _rel(self.config),
-                           _rel(run_dir) if isinstance(run_dir, Path) else run_dir,
-                           "--output_path", _rel(job.stage_dir(stage) / "batch_eval")] + self._tail(job))
+                           _rel(self.root), _rel(job.test_csv), _rel(self.config), _rel(run_dir),
+                           "--output_path", _rel(job.stage_dir(stage) / "batch_eval")] + val + self._tail(job))
 
     def dry_run(self) -> list[str]:
-        """What a run would do now: finished stages as comments, then the commands."""
+        """What a run would do now: a comment per job, finished stages as comments, then the commands."""
+        self.prepare(check_images=False)
         lines = []
         for job in self.jobs:
+            lines.append(f"# {job.title}: " + ", ".join(f"stage {s.number} {s.name}" for s in job.stages))
             final: Path | str | None = None
+            planned = []
             for stage in job.stages:
-                state, path = stage_state(job.stage_dir(stage))
+                state, path = stage_state(job.stage_dir(stage.number))
                 if state == "done":
                     lines.append(f"# done: {_rel(path)}")
                     final = path
+                elif stage.number in job.selected:
+                    init = final if job.previous(stage) is not None else None
+                    lines.append(self.train_command(job, stage, path if state == "resume" else None, init))
+                    final = f"{_rel(job.stage_dir(stage.number))}/run_<stamp>/run_<stamp>_final.pth"
+                else:
                     continue
-                init = final if stage == 2 else None
-                lines.append(self.train_command(job, stage, path if state == "resume" else None, init))
-                final = f"{_rel(job.stage_dir(stage))}/run_<stamp>/run_<stamp>_final.pth"
+                planned.append(stage.number)
+            if final is None:
+                continue
             lines.append(self.test_command(job, final))
-            for stage in job.stages:
-                lines.append(self.batch_command(job, stage, f"{_rel(job.stage_dir(stage))}/run_<stamp>"))
+            for number in planned:
+                state, path = stage_state(job.stage_dir(number))
+                run_dir = path.parent if state != "new" else f"{_rel(job.stage_dir(number))}/run_<stamp>"
+                lines.append(self.batch_command(job, number, run_dir))
         return lines
 
-    # Running ------------------------------------------------------------------------------------------------
-    def run_stages(self, job: Job) -> Path:
-        """Train the stages of one job that are not finished yet; returns the last stage's final checkpoint."""
+    # Running ----------------------------------------------------------------------------------------------
+    def _mark(self, job: Job, stage: Stage, final: Path, trainable: Sequence[str] | None = None) -> None:
+        """``stage.json`` beside the run: its final checkpoint and the parameters it trained (from the
+        checkpoint when the stage finished before)."""
+        marker = job.stage_dir(stage.number) / MARKER
+        if trainable is None:
+            if marker.is_file() and "trainable" in json.loads(marker.read_text()):
+                return
+            trainable = load_checkpoint(final).get("extra", {}).get("trainable")
+        record = {"final": str(final.relative_to(job.stage_dir(stage.number))), "stage": stage.number,
+                  "name": stage.name, "override": stage.override,
+                  "n_trainable": None if trainable is None else len(trainable),
+                  "trainable": None if trainable is None else list(trainable)}
+        atomic_write_text(marker, json.dumps(record, indent=1) + "\n")
+
+    def run_stages(self, job: Job) -> list[tuple[Stage, Path]]:
+        """Train the selected stages of one job that are not finished yet; returns (stage, final checkpoint)
+        of every finished stage."""
         from engine.train import train
 
-        final = None
+        done: list[tuple[Stage, Path]] = []
         for stage in job.stages:
-            stage_dir = job.stage_dir(stage)
+            stage_dir = job.stage_dir(stage.number)
             state, path = stage_state(stage_dir)
             if state == "done":
-                log.info("%s: stage %d done (%s)", job.folder, stage, path.name)
-                final = path
-            else:
+                log.info("%s: stage %d done (%s)", job.title, stage.number, path.name)
+                self._mark(job, stage, path)
+            elif stage.number in job.selected:
                 resume = path if state == "resume" else None
-                init = final if stage == 2 and resume is None else None
+                prev = job.previous(stage)
+                init = stage_state(job.stage_dir(prev.number))[1] if prev is not None and resume is None else None
                 log.info("running: %s", self.train_command(job, stage, resume, init))
                 result = train(job.model, self.backbone, self.root, job.train_csv, self.config, stage_dir,
-                               override_config=STAGE2_OVERRIDE if stage == 2 else None, resume=resume,
-                               init_checkpoint=init, device=self.device)
-                final = result.final_checkpoint
-            atomic_write_text(stage_dir / MARKER, json.dumps({"final": str(final.relative_to(stage_dir))}) + "\n")
-        return final
+                               override_config=job.override_file(stage.number), resume=resume,
+                               init_checkpoint=init, device=self.device, n_epochs=self.n_epochs)
+                path = result.final_checkpoint
+                self._mark(job, stage, path, result.trainable)
+            else:
+                continue
+            done.append((stage, path))
+        return done
 
     def test(self, job: Job, final: Path) -> dict[str, tuple[float, float]]:
         """Per-scene medians of the final checkpoint (test-mode outputs written once per checkpoint file)."""
@@ -253,25 +462,44 @@ class Reproduction:
         atomic_write_text(record, jsonio.dumps({"checkpoint": file_stamp(final), "scenes": scenes}) + "\n")
         return scenes
 
-    def batch(self, job: Job) -> None:
+    def batch(self, job: Job, stage: Stage, run_dir: Path) -> BatchResult:
+        """Every checkpoint of one stage on the test set (and the validation split): the batch outputs."""
         from engine.batch_eval import batch_evaluate
 
-        for stage in job.stages:
-            run_dir = stage_state(job.stage_dir(stage))[1].parent
-            log.info("running: %s", self.batch_command(job, stage, run_dir))
-            batch_evaluate(job.model, self.backbone, self.root, job.test_csv, self.config, run_dir,
-                           job.stage_dir(stage) / "batch_eval", device=self.device,
-                           test_dataset_id=self.dataset if job.multi else None, progress=False)
+        log.info("running: %s", self.batch_command(job, stage.number, run_dir))
+        return batch_evaluate(job.model, self.backbone, self.root, job.test_csv, self.config, run_dir,
+                              job.stage_dir(stage.number) / "batch_eval", device=self.device,
+                              test_dataset_id=self.dataset if job.multi else None, progress=False,
+                              val_labels=job.val_csv)
+
+    def _in_out(self, path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(self.out.resolve()))
+        except ValueError:
+            return str(path)
 
     def run(self) -> ReproTable:
-        self.check_inputs()
-        table = ReproTable(self.dataset, self.models, self.scenes)
+        self.prepare()
+        table = ReproTable(self.dataset, self.models, self.scenes,
+                           ("final", "best_on_val") if self.val_sequences else ("final",))
         for job in self.jobs:
-            final = self.run_stages(job)
+            done = self.run_stages(job)
+            if not done:
+                log.warning("%s: no finished stage to test (--stages selects none of its recipe's)", job.title)
+                continue
+            stage, final = done[-1]
+            where = dict(stage=stage.number, epoch=read_epoch(final), checkpoint=self._in_out(final))
             for scene, (pos, ori) in self.test(job, final).items():
                 if scene in self.scenes:
-                    table.add(job.model, scene, pos, ori)
-            self.batch(job)
+                    table.add(job.model, scene, pos, ori, "final", **where)
+            batches = [(s, self.batch(job, s, path.parent)) for s, path in done]
+            if job.val_csv is not None:
+                stage, best = best_on_validation(batches)
+                where = dict(stage=stage.number, epoch=best.epoch, checkpoint=self._in_out(best.path))
+                for s in best.scenes:
+                    if s["scene"] in self.scenes:
+                        table.add(job.model, s["scene"], s["median_pos_m"], s["median_ori_deg"], "best_on_val",
+                                  **where)
         table.write(self.out)
         return table
 
@@ -284,7 +512,7 @@ def _stages(text: str) -> list[int]:
     try:
         return [int(v) for v in _list(text)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 1, 2 or 1,2, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected stage numbers such as 1 or 1,3, got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -298,20 +526,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backbone", required=True, help="EfficientNet-B0 weights, or 'random'")
     parser.add_argument("--models", type=_list, required=True, help="comma-separated model names")
     parser.add_argument("--out", required=True, help="output folder (runs, tests, batch evaluations, tables)")
-    parser.add_argument("--stages", type=_stages, default=[1, 2],
-                        help="training stages to run: 1, 2 or 1,2 (stage 2 only where the config defines it)")
+    parser.add_argument("--recipe", default="released",
+                        help="training stages: released (the released configs' stages), paper (the paper's "
+                             "three-stage recipe and schedule) or the path of a recipe JSON file")
+    parser.add_argument("--stages", type=_stages, default=None,
+                        help="stage numbers of the recipe to train, e.g. 1 or 1,3 (default: all of them)")
+    parser.add_argument("--val_sequences", type=int, default=1,
+                        help="hold out the last N training sequences of every scene as the validation split "
+                             "that chooses a checkpoint; 0: train on everything, no validation")
+    parser.add_argument("--n_epochs", type=int, default=None,
+                        help="train every stage this many epochs instead of the recipe's (a quick trial)")
     parser.add_argument("--config", default=None,
                         help="config file (default: the shipped 7Scenes / CambridgeLandmarks config)")
     parser.add_argument("--scenes", type=_list, default=None, help="comma-separated scenes (default: the paper's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands it would run, run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the commands it would run and train nothing (it writes the files they read: "
+                             "override.json of each stage, the split CSVs)")
     parser.add_argument("--quiet", action="store_true", help="only warnings on the console")
     args = parser.parse_args(argv)
     configure_console(args.quiet)
 
     def run() -> int:
         plan = Reproduction(args.dataset, args.root, args.labels, args.backbone, args.models, args.out,
-                            config=args.config, scenes=args.scenes, stages=args.stages, device=args.device)
+                            config=args.config, scenes=args.scenes, stages=args.stages, recipe=args.recipe,
+                            val_sequences=args.val_sequences, n_epochs=args.n_epochs, device=args.device)
         if args.dry_run:
             print("\n".join(plan.dry_run()))
             return 0

@@ -1,4 +1,5 @@
-"""The reproduction driver on two synthetic scenes: table, resume, no training on a re-run, dry run, bad roots."""
+"""The reproduction driver on two synthetic scenes: table, resume, no training on a re-run, dry run, bad roots,
+the paper's three-stage recipe, the validation split, bad recipes."""
 from __future__ import annotations
 
 import csv
@@ -6,19 +7,27 @@ import io
 import json
 
 import pytest
+import torch
 
 import engine.train
 from conftest import tiny_config_dict, write_config
 from engine.reproduce import main
 
 MODELS = "hyperpose,ems-transposenet"
+# The released 7Scenes config's list for mshyperpose (one branch: rotation).
+MS_PHRASES = ["hyper_in_rot_proj", "hyper_in_rot_fc_0", "hyper_in_rot_fc_1", "hyper_in_rot_fc_2", "regressor_hyper_rot",
+              "regressor_head_rot", "transformer_rot", "input_proj_rot"]
+T_PHRASES = ["hyper_in_t_proj", "hyper_in_t", "hyper_in_t_fc_2", "hypernet_t_fc_h2"]
+ROT_PHRASES = [p.replace("_t", "_rot", 1) for p in T_PHRASES]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, scenes3):
-    """Two of the three synthetic scenes; hyperpose gets a freeze stage (as the shipped configs define)."""
+    """Two of the three synthetic scenes; hyperpose and mshyperpose get a freeze stage (as the shipped configs
+    define)."""
     cfg = tiny_config_dict(n_epochs=1)
     cfg["hyperpose"]["freeze_exclude_phrase"] = ["hyper_in_t", "hypernet_t_fc_h2"]
+    cfg["mshyperpose"]["freeze_exclude_phrase"] = MS_PHRASES
     folder = tmp_path_factory.mktemp("repro")
     config = write_config(folder / "tiny.json", cfg)
     # The multi-scene file of the two scenes (scenes3 has three; its per-scene files are reused as they are).
@@ -57,17 +66,25 @@ def test_driver_writes_the_table_resumes_and_skips_finished_stages(setup, tmp_pa
     assert main(args + ["--dry-run"]) == 0
     dry = capsys.readouterr().out.splitlines()
     trains = [line for line in dry if " train " in line]
-    # hyperpose: 2 scenes x 2 stages; ems-transposenet: one multi-scene run, one stage (no freeze phrases).
-    assert len(trains) == 5 and all(line.startswith("python main_") for line in dry)
-    assert sum("stage2_freeze.json" in line for line in trains) == 2
-    assert not out.exists()  # a dry run runs nothing
+    # The released recipe. hyperpose: 2 scenes x 2 stages; ems-transposenet: one multi-scene run, one stage
+    # (its freeze stage is skipped: the config lists no freeze_exclude_phrase for it).
+    assert len(trains) == 5 and all(line.startswith(("python main_", "# ")) for line in dry)
+    assert sum("stage2/override.json" in line for line in trains) == 2
+    assert json.loads((out / "7scenes/hyperpose/chess/stage2/override.json").read_text()) == {
+        "hyperpose": {"freeze": True}}
+    assert not list(out.rglob("run_*"))  # a dry run trains nothing; it writes only what its commands read
+    # The validation split: the last of the three training sequences of every scene.
+    assert "chess_train.csv" in trains[0] and "--val_labels" in dry[-1]
+    split = list(csv.DictReader(io.StringIO((out / "7scenes/splits/chess_val.csv").read_text())))
+    assert {r["seq"] for r in split} == {"seq-03"}
 
     assert main(args) == 0, capsys.readouterr().err
     stdout = capsys.readouterr().out
     assert len(count_training) == 5
     rows = list(csv.DictReader(io.StringIO((out / "7scenes_results.csv").read_text())))
-    table = {(r["model"], r["scene"]): r for r in rows}
+    table = {(r["model"], r["scene"]): r for r in rows if r["selection"] == "final"}
     assert set(table) == {(m, s) for m in MODELS.split(",") for s in ("chess", "fire", "average")}
+    assert {r["selection"] for r in rows} == {"final", "best_on_val"}
     for model in MODELS.split(","):
         pos = [float(table[(model, s)]["median_pos_m"]) for s in ("chess", "fire")]
         assert float(table[(model, "average")]["median_pos_m"]) == pytest.approx(sum(pos) / 2)
