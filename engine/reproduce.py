@@ -129,13 +129,15 @@ def load_recipe(path: str | Path) -> dict[str, tuple[Stage, ...]]:
     if not isinstance(raw, dict) or not raw:
         raise UserError(f"recipe {path}: expected an object {{\"<model>\": [stage, ...], \"default\": [stage, ...]}}")
     recipe: dict[str, tuple[Stage, ...]] = {}
+    keys: dict[str, str] = {}
     for key, stages in raw.items():
         try:
             name = key if key == "default" else canonical_model_name(key)
         except UserError as exc:
             raise UserError(f"recipe {path}: {exc}") from None
         if name in recipe:
-            raise UserError(f"recipe {path}: {key!r} names {name}, which has stages already")
+            raise UserError(f"recipe {path}: {keys[name]!r} and {key!r} both name {name}; give its stages once")
+        keys[name] = key
         if not isinstance(stages, list) or not stages:
             raise UserError(f"recipe {path}: {key!r} needs a non-empty list of stages")
         recipe[name] = tuple(_stage(path, key, k, s) for k, s in enumerate(stages, 1))

@@ -125,3 +125,107 @@ def test_driver_refuses_a_root_without_label_files(setup, tmp_path, capsys, coun
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "lacks" in lines[0] and "Traceback" not in err
     assert count_training == [] and not (tmp_path / "out").exists()
+
+
+def _params(path):
+    """The model parameters of a checkpoint (buffers such as BatchNorm statistics left out)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in ckpt["model"].items() if "running_" not in k and "num_batches_tracked" not in k}
+
+
+def _changed(stage_dir_a, stage_dir_b):
+    """Names of the parameters that differ between the final checkpoints of two stages."""
+    a, b = (_params(d / json.loads((d / "stage.json").read_text())["final"]) for d in (stage_dir_a, stage_dir_b))
+    assert a.keys() == b.keys()
+    return {k for k in a if not torch.equal(a[k], b[k])}, set(a)
+
+
+def test_paper_recipe_trains_one_hypernetwork_per_stage(setup, tmp_path, capsys, count_training):
+    """--recipe paper: hyperpose in three stages (all, translation, rotation), mshyperpose in two; each later
+    stage changes only the parameters it names and starts from the stage before; the table has the final and
+    the best-on-validation rows."""
+    _, args = setup
+    out = tmp_path / "out"
+    args = [a if a != MODELS else "hyperpose,mshyperpose" for a in args]
+    args += ["--out", str(out), "--recipe", "paper", "--n_epochs", "1"]
+
+    assert main(args + ["--dry-run"]) == 0
+    dry = capsys.readouterr().out.splitlines()
+    chess = [line for line in dry if " train " in line and "/hyperpose/chess/" in line]
+    assert [f"stage{k}/override.json" in line for k, line in enumerate(chess, 1)] == [True] * 3
+    assert "--checkpoint_path" not in chess[0]
+    assert all("--checkpoint_path" in line and f"stage{k}/run_<stamp>" in line for k, line in enumerate(chess[1:], 1))
+    assert sum(" train " in line and "/mshyperpose/" in line for line in dry) == 2
+    override = json.loads((out / "7scenes/hyperpose/chess/stage2/override.json").read_text())["hyperpose"]
+    assert override["freeze"] and override["freeze_exclude_phrase"] == T_PHRASES
+    assert (override["n_epochs"], override["lr_scheduler_step_size"], override["lr_scheduler_gamma"]) == (100, 20, 0.75)
+
+    assert main(args) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert [m for m, _ in count_training] == ["hyperpose"] * 6 + ["mshyperpose"] * 2
+    for scene in ("chess", "fire"):
+        folder = out / "7scenes" / "hyperpose" / scene
+        changed, names = _changed(folder / "stage1", folder / "stage2")
+        assert changed and all(any(p in n for p in T_PHRASES) for n in changed), changed
+        changed, _ = _changed(folder / "stage2", folder / "stage3")
+        assert changed and all(any(p in n for p in ROT_PHRASES) for n in changed), changed
+        # stage.json lists what each stage trained: everything, then one hypernetwork each.
+        trained = [set(json.loads((folder / f"stage{k}/stage.json").read_text())["trainable"]) for k in (1, 2, 3)]
+        assert trained[0] == names
+        assert trained[1] == {n for n in names if any(p in n for p in T_PHRASES)}
+        assert trained[2] == {n for n in names if any(p in n for p in ROT_PHRASES)}
+    ms = out / "7scenes" / "mshyperpose" / "all"
+    changed, _ = _changed(ms / "stage1", ms / "stage2")
+    assert changed and all(any(p in n for p in MS_PHRASES) for n in changed), changed
+
+    rows = list(csv.DictReader(io.StringIO((out / "7scenes_results.csv").read_text())))
+    by = {(r["selection"], r["model"], r["scene"]): r for r in rows}
+    assert set(by) == {(sel, m, s) for sel in ("final", "best_on_val") for m in ("hyperpose", "mshyperpose")
+                       for s in ("chess", "fire", "average")}
+    assert by[("final", "hyperpose", "chess")]["stage"] == "3" and by[("final", "mshyperpose", "fire")]["stage"] == "2"
+    for model, stages in (("hyperpose", {"1", "2", "3"}), ("mshyperpose", {"1", "2"})):
+        row = by[("best_on_val", model, "chess")]
+        assert row["stage"] in stages and row["epoch"] == "1" and (out / row["checkpoint"]).is_file()
+        # Its test error is that checkpoint's row in the stage's batch evaluation.
+        batch = next((out / row["checkpoint"]).parent.parent.glob("batch_eval/*_batch_eval.csv"))
+        evals = list(csv.DictReader(io.StringIO(batch.read_text())))
+        chosen = [r for r in evals if r["best_on_val"] == "1"]
+        assert len(chosen) == 1
+        pos = chosen[0]["Median Position Error [m]"] if model == "hyperpose" else chosen[0]["chess_x"]
+        assert float(row["median_pos_m"]) == pytest.approx(float(pos))
+    assert "best_on_test" not in (out / "7scenes_results.md").read_text()
+    assert "best_on_val:" in (out / "7scenes_results.md").read_text()
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_bad_recipes_stages_and_splits_are_one_line_errors(setup, tmp_path, capsys, count_training):
+    _, args = setup
+    args = args + ["--out", str(tmp_path / "out")]
+    stage = {"name": "all", "override": {}}
+    cases = [("{not json", "not valid JSON"),
+             (json.dumps({"hyperpse": [stage]}), "unknown model 'hyperpse'"),
+             (json.dumps({"hyperpose": [{"name": "all"}], "default": [stage]}), "has no override"),
+             (json.dumps({"hyperpose": [], "default": [stage]}), "non-empty list of stages"),
+             (json.dumps({"mstransformer": [stage], "ems-transposenet": [stage], "default": [stage]}),
+              "both name ems-transposenet"),
+             (json.dumps({"hyperpose": [stage]}), "no stages for ems-transposenet"),
+             (json.dumps({"default": [{"name": "x", "override": {"n_epoch": 3}}]}), "n_epochs")]
+    for k, (text, message) in enumerate(cases):
+        recipe = tmp_path / f"recipe{k}.json"
+        recipe.write_text(text)
+        assert main(args + ["--recipe", str(recipe)]) == 2
+        assert message in _one_error(capsys), text
+    for extra, message in ((["--recipe", str(tmp_path / "nope.json")], "file not found"),
+                           (["--recipe", "paper", "--stages", "1,4"], "stages 1..3"),
+                           (["--val_sequences", "3"], "--val_sequences 0")):
+        assert main(args + extra) == 2
+        line = _one_error(capsys)
+        assert message in line, line
+    assert "scene 'chess'" in line and "3 sequence(s)" in line
+    assert count_training == []
