@@ -159,3 +159,25 @@ def test_the_synthetic_config_is_described_with_its_values():
                   f"`bn_momentum` {single['bn_momentum']:g}", f"`hidden_dim` {multi['hidden_dim']}",
                   f"{multi['nheads']} heads", f"`hyper_dim_t` {multi['hyper_dim_t']}"):
         assert claim in text, claim
+
+
+def test_differences_table_names_only_real_config_keys():
+    """README "Differences from the reference": one row per behaviour, four cells each, and every
+    ``"key": value`` that restores the reference's behaviour is a config key with a value it accepts."""
+    from util.config import all_keys
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Differences from the reference\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| behaviour")]
+    assert len(rows) >= 20
+    keys = all_keys()
+    named = []
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        assert len(cells) == 4, row
+        for key, value in re.findall(r'`"(\w+)": ([^`]+)`', cells[3]):
+            assert key in keys, key
+            value = json.loads(value)
+            assert keys[key].check is None or keys[key].check(value) is None, (key, value)
+            named.append(key)
+    assert {"head_init", "freeze_mode", "resize_backend", "bn_recalibrate_batches", "nheads"} <= set(named)
