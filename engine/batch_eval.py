@@ -16,6 +16,7 @@ test set itself, and the outputs say so. Discovery lives in :mod:`engine.checkpo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +171,8 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
             by = val.results if val is not None else test.results
             return test.results[min(scored, key=lambda p: by[p].sort_key())]
 
-        with logging_redirect_tqdm():
+        # tqdm's redirect swaps the console handler for one without its level: only while bars are shown.
+        with logging_redirect_tqdm() if progress else contextlib.nullcontext():
             if val is not None:  # first, so that the test pass knows which checkpoint keeps its frames
                 val.evaluate(paths, lambda: None, progress)
             test.evaluate([p for p in paths if val is None or p in val.results], chosen, progress)

@@ -167,8 +167,9 @@ class Job:
     val_csv: Path | None       # the held-out sequences; None without a validation split
     test_csv: Path             # multi-scene: the all-scenes file, tested with --test_dataset_id
     folder: Path
-    stages: tuple[Stage, ...]  # the recipe's stages that apply (see freezes_nothing)
+    stages: tuple[Stage, ...]  # the recipe's stages that apply
     selected: tuple[int, ...]  # the stage numbers to train now (--stages)
+    skipped: tuple[Stage, ...] = ()  # the recipe's stages that freeze nothing here (see freezes_nothing)
 
     @property
     def multi(self) -> bool:
@@ -252,7 +253,7 @@ class Reproduction:
         if not self.models:
             raise UserError("--models needs at least one model name")
         stages_of = {m: self._stages(m) for m in self.models}
-        longest = max(len(self.recipe.get(m) or self.recipe["default"]) for m in self.models)
+        longest = max(len(self._recipe_of(m)) for m in self.models)
         if stages is not None:
             beyond = sorted(s for s in set(stages) if not 1 <= s <= longest)
             if beyond or not stages:
@@ -261,16 +262,18 @@ class Reproduction:
         self.jobs = [job for m in self.models for job in self._jobs(m, stages_of[m], stages)]
         self._check_chains()
 
-    def _stages(self, model: str) -> tuple[Stage, ...]:
+    def _recipe_of(self, model: str) -> tuple[Stage, ...]:
         stages = self.recipe.get(model) or self.recipe.get("default")
         if stages is None:
             raise UserError(f"recipe {self.recipe_path} has no stages for {model} and no 'default' ones")
+        return stages
+
+    def _stages(self, model: str) -> tuple[tuple[Stage, ...], tuple[Stage, ...]]:
+        """(the stages of ``model`` that apply, those that freeze nothing with this config)."""
         config = load_config(self.config, model)  # a config error fails here, before anything trains
-        for stage in stages:
-            if freezes_nothing(stage, config):
-                log.info("%s: stage %d (%s) skipped: it sets freeze but %s lists no freeze_exclude_phrase for it",
-                         model, stage.number, stage.name, self.config.name)
-        return tuple(s for s in stages if not freezes_nothing(s, config))
+        stages = self._recipe_of(model)
+        return (tuple(s for s in stages if not freezes_nothing(s, config)),
+                tuple(s for s in stages if freezes_nothing(s, config)))
 
     def _split_files(self, stem: str) -> tuple[Path, Path]:
         folder = self.out / self.dataset / "splits"
@@ -278,11 +281,12 @@ class Reproduction:
 
     def _job(self, model, scene, source, test, stem, stages, selected) -> Job:
         train, val = self._split_files(stem) if self.val_sequences else (source, None)
-        wanted = tuple(s.number for s in stages if selected is None or s.number in selected)
+        applying, skipped = stages
+        wanted = tuple(s.number for s in applying if selected is None or s.number in selected)
         folder = self.out / self.dataset / model / (scene or "all")
-        return Job(model, scene, source, train, val, test, folder, stages, wanted)
+        return Job(model, scene, source, train, val, test, folder, applying, wanted, skipped)
 
-    def _jobs(self, model: str, stages: tuple[Stage, ...], selected) -> list[Job]:
+    def _jobs(self, model: str, stages: tuple[tuple[Stage, ...], tuple[Stage, ...]], selected) -> list[Job]:
         if get_spec(model).multi_scene:
             source = self.labels / self.spec.multi_train
             return [self._job(model, None, source, source, source.stem, stages, selected)]
@@ -381,7 +385,9 @@ class Reproduction:
         self.prepare(check_images=False)
         lines = []
         for job in self.jobs:
-            lines.append(f"# {job.title}: " + ", ".join(f"stage {s.number} {s.name}" for s in job.stages))
+            lines.append(f"# {job.title}: " + ", ".join(f"stage {s.number} {s.name}" for s in job.stages) +
+                         "".join(f"; stage {s.number} {s.name} skipped (it sets freeze, the config lists no "
+                                 f"freeze_exclude_phrase)" for s in job.skipped))
             final: Path | str | None = None
             planned = []
             for stage in job.stages:
@@ -425,6 +431,9 @@ class Reproduction:
         of every finished stage."""
         from engine.train import train
 
+        for stage in job.skipped:
+            log.info("%s: stage %d (%s) skipped: it sets freeze, and %s lists no freeze_exclude_phrase for it",
+                     job.title, stage.number, stage.name, self.config.name)
         done: list[tuple[Stage, Path]] = []
         for stage in job.stages:
             stage_dir = job.stage_dir(stage.number)
