@@ -94,7 +94,8 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
                         help="test: the checkpoint to test; train: start a new run from its weights "
                              "(ours or a reference state_dict), e.g. for the freeze stage")
     parser.add_argument("--output_path", default=None,
-                        help="train: where run_<stamp>/ is created (default ./models); "
+                        help="train: where run_<stamp>/ is created (default ./models; with --resume, "
+                             "another folder than the run's own branches the run into a new run folder there); "
                              "test: where results are written (default ./evals)")
     parser.add_argument("--resume", default=None, help="train: continue the run of this checkpoint")
     parser.add_argument("--n_epochs", type=int, default=None, help="train: override the config's n_epochs")
@@ -165,7 +166,7 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
         if args.mode == "train":
             from engine.train import train
             result = train(args.model_name, args.backbone_path, args.dataset_path, args.labels_file,
-                           args.config_file, args.output_path or "./models", override_config=args.override_config,
+                           args.config_file, args.output_path, override_config=args.override_config,
                            resume=args.resume, init_checkpoint=args.checkpoint_path, device=args.device,
                            amp=args.amp, n_epochs=args.n_epochs, cache_dir=args.cache, compile=args.compile,
                            micro_batches=args.micro_batches)

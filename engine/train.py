@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from datetime import datetime
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from torch import nn
 from datasets.dataset import CameraPoseDataset
 from datasets.image_cache import resolve_cache_dir
 from datasets.transforms import build_transform
-from engine.trainer import Trainer, TrainResult
+from engine.checkpoints import checkpoint_number
+from engine.trainer import Trainer, TrainResult, read_metrics_csv, write_metrics_csv
 from models.backbone import load_backbone
 from models.losses import CameraPoseLoss
 from models.registry import build_model, canonical_model_name, get_spec
@@ -123,6 +125,38 @@ def _sources(resume, init_checkpoint) -> tuple[dict | None, dict | None]:
     return ckpt, load_checkpoint(init_checkpoint) if init_checkpoint else None
 
 
+def refuse_overwrite(resume: Path, epoch: int) -> None:
+    """Resuming in place from a checkpoint older than the run's newest would overwrite the newer ones (and
+    strip the only one that keeps Adam's state): one line naming them. Newer means a higher epoch in the
+    name, or a final checkpoint other than ``resume``; file times say nothing (stripping rewrites old files)."""
+    run_dir = resume.resolve().parent
+    newer = sorted((n, p.name) for p in run_dir.glob("*_checkpoint-*.pth")
+                   if (n := checkpoint_number(p)) is not None and n > epoch)
+    newer += [(math.inf, p.name) for p in sorted(run_dir.glob("*_final.pth")) if p.resolve() != resume.resolve()]
+    if newer:
+        names = ", ".join(name for _, name in newer[:3]) + (", ..." if len(newer) > 3 else "")
+        raise UserError(f"--resume {resume.name} (epoch {epoch}): {run_dir} already holds later checkpoints "
+                        f"({names}) that resuming here would overwrite; resume from the newest, or pass "
+                        f"--output_path DIR to continue in a new run folder there")
+
+
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Half-written temporary files that a killed process left in a run folder (util.io's ``.<name>.*.tmp``)."""
+    stale = [p for p in run_dir.glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d half-written temporary file(s) of an earlier, interrupted write in %s",
+                 len(stale), run_dir)
+
+
+def copy_metrics(old_run: Path, new_run: Path, epoch: int) -> None:
+    """A branched run starts with the metrics of the epochs it inherits."""
+    rows = [r for r in read_metrics_csv(old_run / "metrics.csv") if int(r["epoch"]) <= epoch]
+    if rows:
+        write_metrics_csv(new_run / "metrics.csv", rows)
+
+
 def _attach_cache(dataset: CameraPoseDataset, config: dict, ctx: DistContext) -> None:
     """The decoded-image cache (``cache_dir``): the first process of each node builds it, the others then
     open it. Cached and decoded samples are equal, so a process without the cache trains the same."""
@@ -138,21 +172,26 @@ def _attach_cache(dataset: CameraPoseDataset, config: dict, ctx: DistContext) ->
 
 
 def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
-          config_path: str | Path, output_path: str | Path = "./models", *, override_config=None,
+          config_path: str | Path, output_path: str | Path | None = None, *, override_config=None,
           resume: str | Path | None = None, init_checkpoint: str | Path | None = None, device: str = "auto",
           amp=False, n_epochs: int | None = None, cache_dir: str | Path | None = None, compile: bool = False,
           micro_batches: int = 1) -> TrainResult:
     """Train ``model_name`` on a label CSV and return the run folder and its final checkpoint.
 
     ``resume`` continues a run (weights, optimizer, scheduler, epoch), also with another number of
-    processes. ``init_checkpoint`` starts a new run from a checkpoint's weights only, ours or the
+    processes: in its own run folder (``output_path`` None or that folder's parent), which must hold no
+    later checkpoint, or, with another ``output_path``, in a new run folder there that branches off it, so
+    no existing checkpoint is ever overwritten. A new run goes to ``output_path`` (default ``./models``). ``init_checkpoint`` starts a new run from a checkpoint's weights only, ours or the
     reference's, as the reference's ``--checkpoint_path`` did in train mode; the second, ``freeze`` stage
     of the multi-stage recipe uses it. ``amp``: False, ``auto``, ``bf16`` or ``fp16`` (see
     :func:`util.device.autocast_dtype`); ``compile`` wraps the training module in ``torch.compile``.
     """
     model_name = canonical_model_name(model_name)
     # The output folder first: a read-only or mistyped --output_path must not cost a training run.
-    if not resume:
+    branch = bool(resume) and output_path is not None and \
+        Path(output_path).resolve() != Path(resume).resolve().parent.parent
+    if not resume or branch:
+        output_path = output_path if output_path is not None else "./models"
         check_output_dir(output_path)
     elif Path(resume).is_file():  # a missing file is reported by load_checkpoint, below
         check_output_dir(Path(resume).resolve().parent, "the run folder of --resume")
@@ -220,9 +259,18 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
                             "as an uninterrupted one would", Path(resume).name)
             scheduler.load_state_dict(ckpt["scheduler"])
             start_epoch = int(ckpt["epoch"])
+        if ckpt is not None and not branch:
             run_dir = Path(resume).resolve().parent
             stamp = ckpt["extra"].get("run_stamp", run_dir.name)
+            refuse_overwrite(Path(resume), start_epoch)
+            if ctx.is_main:
+                remove_stale_temp_files(run_dir)
             log.info("resuming %s from epoch %d in %s", model_name, start_epoch, run_dir)
+        elif ckpt is not None:
+            run_dir, stamp = broadcast_object(ctx, new_run_dir(output_path) if ctx.is_main else None)
+            if ctx.is_main:
+                copy_metrics(Path(resume).resolve().parent, run_dir, start_epoch)
+            log.info("branching %s off %s at epoch %d into %s", model_name, resume, start_epoch, run_dir)
         else:
             run_dir, stamp = broadcast_object(ctx, new_run_dir(output_path) if ctx.is_main else None)
 
@@ -237,7 +285,7 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
                  f"; autocast {amp_dtype}" if amp_dtype is not None else "")
         trainer = Trainer(model_name, model, loss_fn, optimizer, scheduler, dataset, config, dev, run_dir, stamp,
                           ctx=ctx, amp_dtype=amp_dtype, compile=compile, micro_batches=micro_batches,
-                          resumed_from=Path(resume).resolve() if resume else None)
+                          resumed_from=Path(resume).resolve() if resume and not branch else None)
         result = trainer.fit(start_epoch)
         log.info("run finished: %s", result.final_checkpoint.name)
         return result
