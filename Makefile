@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA := data/synthetic
 DEMO_OUT := runs/demo
 
-.PHONY: venv test demo demo-ms bench clean-demo
+.PHONY: venv test demo demo-ms bench gpu-check clean-demo
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ demo-ms: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_single_scene.py
 	$(PY) bench/bench_multi_scene.py
+
+# Every CUDA path in one prepared run with a Markdown report (runs/gpu_check/report.md); one line without CUDA.
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py
 
 clean-demo:
 	rm -rf $(DEMO_OUT) $(DEMO_OUT)_ms

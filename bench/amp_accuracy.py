@@ -29,7 +29,7 @@ from util.logs import setup_logging  # noqa: E402
 MODELS = ("mshyperpose", "ems-transposenet")
 
 
-def run(model: str, seed: int, amp: str | None, data: Path, out: Path) -> dict:
+def run(model: str, seed: int, amp: str | None, data: Path, out: Path, device: str = "cpu") -> dict:
     """Train and test one model at one seed and precision; its scene-averaged medians and speed."""
     config = json.loads(Path(CONFIG).read_text())
     config[model]["seed"] = seed
@@ -37,9 +37,9 @@ def run(model: str, seed: int, amp: str | None, data: Path, out: Path) -> dict:
     run_out.mkdir(parents=True, exist_ok=True)
     (run_out / "config.json").write_text(json.dumps(config, indent=2))
     trained = train(model, "random", data, data / "7scenes_all_scenes.csv", run_out / "config.json", run_out,
-                    amp=amp, device="cpu")
+                    amp=amp, device=device)
     ev, _ = evaluate(model, "random", data, data / "7scenes_all_scenes.csv", run_out / "config.json",
-                     trained.final_checkpoint, run_out / "evals", test_dataset_id="7scenes", device="cpu")
+                     trained.final_checkpoint, run_out / "evals", test_dataset_id="7scenes", device=device)
     speeds = [float(row["images_per_s"]) for row in trained.metrics[1:]] or [float(trained.metrics[0]["images_per_s"])]
     return {"seed": seed, "model": model, "amp": amp or "fp32",
             "median_pos_m": statistics.fmean(s.median_pos_m for s in ev.summaries),
@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--data", type=Path, default=Path("data/synthetic_ms"))
     parser.add_argument("--out", type=Path, default=Path("runs/amp_accuracy"))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train and test")
     args = parser.parse_args(argv)
     setup_logging()
     ensure_data(args.data, 3, 25)
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for model in args.models:
             for amp in args.amp:
-                rows.append(run(model, seed, None if amp == "off" else amp, args.data, args.out))
+                rows.append(run(model, seed, None if amp == "off" else amp, args.data, args.out, args.device))
                 print(json.dumps(rows[-1]), flush=True)
     print("\n| model | amp | seed | median pos [m] | median ori [deg] | scene acc | train img/s |")
     print("|---|---|---:|---:|---:|---:|---:|")

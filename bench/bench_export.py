@@ -1,4 +1,5 @@
-"""CPU inference of every registered model as PyTorch eager, eager + channels_last, TorchScript and onnxruntime.
+"""Inference of every registered model as PyTorch eager, eager + channels_last, TorchScript and onnxruntime,
+on the CPU or (``--device cuda``) a GPU, where onnxruntime runs with its CUDA provider if it has one.
 
 Each model is built with its default config (random weights; ``--num_scenes`` scenes for multi-scene
 models), wrapped as :class:`engine.export.ExportGraph` (uint8 image in, normalisation and unit quaternion
@@ -30,7 +31,6 @@ from models.backbone import new_backbone  # noqa: E402
 from models.registry import build_model, get_spec, model_names  # noqa: E402
 from util.config import defaults  # noqa: E402
 
-RUNTIMES = ("eager", "channels_last", "torchscript", "onnxruntime")
 # --tiny: the sizes of the test suite's configs, so that every model builds and exports in seconds.
 TINY = dict(hidden_dim=32, nheads=2, num_t_encoder_layers=1, num_t_decoder_layers=1, num_rot_encoder_layers=1,
             num_rot_decoder_layers=1, dim_feedforward=32, reg_hidden_dim=32, hyper_dim_t=16, hyper_dim_rot=32)
@@ -45,8 +45,18 @@ def model_config(name: str, size: int, num_scenes: int, tiny: bool) -> dict:
     return config
 
 
-def runners(name: str, config: dict, num_scenes: int, folder: Path, threads: int) -> dict:
-    """Runtime name -> callable(uint8 batch as a tensor)."""
+def ort_providers(device: torch.device) -> list[str] | None:
+    """onnxruntime's providers for ``device``; None when it has no CUDA provider on a CUDA device."""
+    import onnxruntime as ort
+
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in ort.get_available_providers() else None
+
+
+def runners(name: str, config: dict, num_scenes: int, folder: Path, threads: int,
+            device: torch.device = torch.device("cpu")) -> dict:
+    """Runtime name -> callable(uint8 batch as a tensor on ``device``); the results are synchronised."""
     import onnxruntime as ort
 
     model = build_model(name, config, new_backbone(config["backbone_type"])).eval()
@@ -56,20 +66,32 @@ def runners(name: str, config: dict, num_scenes: int, folder: Path, threads: int
     # test suite checks the exports of every model on real images).
     export_loaded(loaded, onnx_path, "onnx", batch="dynamic", check=False)
     export_loaded(loaded, ts_path, "torchscript", batch="dynamic", check=False)
-    graph = ExportGraph(prepare_for_export(model), uint8_input=True).eval()
+    graph = ExportGraph(prepare_for_export(model), uint8_input=True).eval().to(device)
     graph_cl = copy.deepcopy(graph).to(memory_format=torch.channels_last)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks torch.jit as deprecated
-        scripted = torch.jit.load(str(ts_path), map_location="cpu")
-    return {
-        "eager": graph,
-        "channels_last": lambda x: graph_cl(x.contiguous(memory_format=torch.channels_last)),
-        "torchscript": scripted,
-        "onnxruntime": lambda x: session.run(None, {"image": x.numpy()}),
+        scripted = torch.jit.load(str(ts_path), map_location=device)
+
+    def synced(fn):
+        def call(x):
+            out = fn(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return out
+        return call
+
+    found = {
+        "eager": synced(graph),
+        "channels_last": synced(lambda x: graph_cl(x.contiguous(memory_format=torch.channels_last))),
+        "torchscript": synced(scripted),
     }
+    providers = ort_providers(device)
+    if providers is not None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        found["onnxruntime"] = lambda x: session.run(None, {"image": x.cpu().numpy()})
+    return found
 
 
 @torch.no_grad()
@@ -96,23 +118,30 @@ def main(argv=None) -> int:
                         help="CPU threads, for torch and onnxruntime alike")
     parser.add_argument("--num_scenes", type=int, default=7, help="scenes of the multi-scene models")
     parser.add_argument("--tiny", action="store_true", help="small configs (the test suite's sizes)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    print(f"CPU, {args.threads} threads, {args.size}x{args.size} uint8 input, torch {torch.__version__}; "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+    if ort_providers(device) is None:
+        print("onnxruntime has no CUDA provider here (onnxruntime-gpu is not installed): no onnxruntime row")
+    print(f"{where}, {args.size}x{args.size} uint8 input, torch {torch.__version__}; "
           f"latency: median of {args.iters} calls at batch 1; throughput: batch {args.batch}, "
           f"{args.iters} calls; {'tiny' if args.tiny else 'default'} configs")
     header = f"{'model':<18}{'runtime':<15}{'latency b1 [ms]':>17}{'throughput [img/s]':>20}"
     print(header)
     print("-" * len(header))
-    x1 = example_input(1, args.size, "uint8")
-    xb = example_input(args.batch, args.size, "uint8", seed=1)
+    x1 = example_input(1, args.size, "uint8").to(device)
+    xb = example_input(args.batch, args.size, "uint8", seed=1).to(device)
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             config = model_config(name, args.size, args.num_scenes, args.tiny)
-            for runtime, fn in runners(name, config, args.num_scenes, Path(tmp), args.threads).items():
+            for runtime, fn in runners(name, config, args.num_scenes, Path(tmp), args.threads, device).items():
                 latency = statistics.median(time_calls(fn, x1, args.iters, args.warmup)) * 1e3
                 throughput = args.batch * args.iters / sum(time_calls(fn, xb, args.iters, args.warmup))
                 print(f"{name:<18}{runtime:<15}{latency:>17.2f}{throughput:>20.1f}", flush=True)

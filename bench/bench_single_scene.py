@@ -27,10 +27,25 @@ from util.config import defaults  # noqa: E402
 TWINS = {"hyperpose": "effposenet", "hyperatloc": "atloc"}
 
 
+BARE = "backbone"  # the bare backbone: what every head adds to
+
+
+class BareBackbone(torch.nn.Module):
+    """The backbone alone, its first 7 pooled features standing for a pose: the floor of every model's time."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, img_B3HW):
+        return self.backbone.extract(img_B3HW)["pooled"][:, :7], None
+
+
 def variants(second_backbone: str) -> list[tuple[str, str]]:
-    """(model, backbone_type) pairs: every single-scene model on its default backbone, and the
-    EfficientNet pair again on ``second_backbone``."""
-    out = [(name, get_spec(name).default_backbone) for name in model_names(multi_scene=False)]
+    """(model, backbone_type) pairs: the bare EfficientNet-B0, every single-scene model on its default
+    backbone, and the EfficientNet pair again on ``second_backbone``."""
+    out = [(BARE, "efficientnet")]
+    out += [(name, get_spec(name).default_backbone) for name in model_names(multi_scene=False)]
     out += [(name, second_backbone) for name in ("effposenet", "hyperpose") if second_backbone]
     return out
 
@@ -63,8 +78,10 @@ def bench(size: int, batch: int, iters: int, warmup: int, device: torch.device,
     pose_B7 = torch.randn(batch, 7, device=device)
     models = {}
     for name, backbone_type in VARIANTS:
-        config = dict(defaults(name), backbone_type=backbone_type)
-        model = build_model(name, config, new_backbone(backbone_type))
+        if name == BARE:
+            model = BareBackbone(new_backbone(backbone_type))
+        else:
+            model = build_model(name, dict(defaults(name), backbone_type=backbone_type), new_backbone(backbone_type))
         models[(name, backbone_type)] = model.to(device, memory_format=memory_format)
     optimizers = {n: torch.optim.Adam(m.parameters(), lr=1e-4, eps=1e-10, weight_decay=1e-4)
                   for n, m in models.items()}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+import torch
+
 from conftest import run_script
 
 
@@ -55,3 +57,21 @@ def test_amp_accuracy_pairs_the_precisions_by_seed():
     assert abs(paired["t"] - 0.1 / (0.2 / 3 ** 0.5)) < 1e-9
     assert abs(paired["sd_fp32"] - 0.15275252316) < 1e-9
     assert amp_accuracy.paired_difference(rows, "other", "x") is None
+
+
+def test_gpu_check_lists_its_steps_and_says_one_line_without_cuda(tmp_path):
+    from conftest import run_script
+
+    dry = run_script(["bench/gpu_check.py", "--dry-run", "--work", str(tmp_path / "work")])
+    assert dry.returncode == 0, dry.stderr
+    steps = dry.stdout.strip().splitlines()
+    names = " ".join(steps)
+    for needed in ("tests/test_cuda.py", "torch.distributed.run", "--amp bf16", "--amp fp16", "--cache",
+                   "bench_single_scene.py", "bench_multi_scene.py", "bench_train_e2e.py", "bench_export.py",
+                   "--batch 8", "--batch 64"):
+        assert needed in names, needed
+    assert all("--device cuda" in s for s in steps if "bench/" in s or " train " in s)
+    if not torch.cuda.is_available():
+        real = run_script(["bench/gpu_check.py", "--work", str(tmp_path / "work"), "--report", str(tmp_path / "r.md")])
+        assert real.returncode == 0 and len(real.stdout.strip().splitlines()) == 1 and "no CUDA" in real.stdout
+        assert not (tmp_path / "r.md").exists()
