@@ -229,3 +229,13 @@ def test_bad_recipes_stages_and_splits_are_one_line_errors(setup, tmp_path, caps
         assert message in line, line
     assert "scene 'chess'" in line and "3 sequence(s)" in line
     assert count_training == []
+
+
+def test_without_a_validation_split_training_uses_every_sequence(setup, tmp_path, capsys):
+    _, args = setup
+    out = tmp_path / "out"
+    assert main(args + ["--out", str(out), "--val_sequences", "0", "--stages", "1", "--dry-run"]) == 0
+    dry = capsys.readouterr().out.splitlines()
+    trains = [line for line in dry if " train " in line]
+    assert len(trains) == 3 and all("labels/" in line and "splits" not in line for line in trains)
+    assert not any("--val_labels" in line for line in dry) and not (out / "7scenes" / "splits").exists()
