@@ -77,7 +77,8 @@ def make_trainer(model: str, labels: Path, args, device: torch.device, cache_dir
     if get_spec(model).multi_scene:
         config["num_scenes"] = dataset.num_scenes
     if cache_dir is not None:
-        dataset.use_image_cache(cache_dir, config["image_resize"], config["n_workers"])
+        dataset.use_image_cache(cache_dir, config["image_resize"], config["n_workers"],
+                                resize_backend=config["resize_backend"])
     torch.manual_seed(0)
     net = prepare_model(model, "random", config, device)
     loss_fn = CameraPoseLoss.from_config(config).to(device)

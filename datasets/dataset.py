@@ -161,13 +161,15 @@ class CameraPoseDataset(Dataset):
         self.image_cache = None
 
     def use_image_cache(self, cache_dir: PathLike, image_resize: int, n_workers: int = 0,
-                        build: bool = True, required: bool = True) -> bool:
+                        build: bool = True, required: bool = True, resize_backend: str = "tensor") -> bool:
         """Read images from the decoded-image cache in ``cache_dir`` (built on first use); False if absent
-        and ``build`` is off, or if it cannot be built and is not ``required``."""
+        and ``build`` is off, or if it cannot be built and is not ``required``. ``image_resize`` and
+        ``resize_backend`` must be the transform's, so that its resize leaves the cached images as they are."""
         from datasets.image_cache import open_image_cache
 
         self.image_cache = open_image_cache(cache_dir, self.dataset_root, self.labels_file, self.img_paths,
-                                            image_resize, n_workers=n_workers, build=build, required=required)
+                                            image_resize, n_workers=n_workers, build=build, required=required,
+                                            resize_backend=resize_backend)
         return self.image_cache is not None
 
     def check_sample(self, n: int = 8) -> None:

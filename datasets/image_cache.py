@@ -2,14 +2,16 @@
 
 Decoding a 640x480 PNG costs far more than cropping and normalising it, and every epoch of every run
 decodes the same files again. The cache decodes each image of a labels file once, resizes its short side
-to ``image_resize`` exactly as :func:`datasets.transforms.build_transform` would, and stores the uint8
-RGB pixels (3 x h x w per image, in label order) in one file that later epochs and runs memory-map. The
-transform's resize then finds the image at its target size and leaves it as it is, so a cached sample
-equals an uncached one bit for bit.
+to ``image_resize`` with the config's ``resize_backend`` ("tensor" or "pil"), by the same code as
+:func:`datasets.transforms.build_transform`, and stores the uint8 RGB pixels (3 x h x w per image, in label
+order) in one file that later epochs and runs memory-map. The transform's resize then finds the image at
+its target size and leaves it as it is, so a cached sample equals an uncached one bit for bit, with either
+backend.
 
 File ``<cache_dir>/<labels stem>-<key>.u8cache``: the pixel data, then a JSON index (key, image paths,
 shapes, CRC-32 of the data), then a 24-byte footer (magic, index length, data length). The key hashes
-the labels file's content, the resolved dataset root, the resize size and method, so any change gives a
+the labels file's content, the resolved dataset root, the resize size and the resize backend's method
+(:data:`datasets.transforms.RESIZE_METHODS`), so any change, switching ``resize_backend`` included, gives a
 new file. The file is written to a temporary name and renamed into place; a file that is truncated, does
 not parse, or fails its checksum is rebuilt with a warning, never trusted.
 
@@ -35,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets.dataset import load_image_uint8
-from datasets.transforms import RESIZE_METHOD, resize_short_side
+from datasets.transforms import resize_method, resize_short_side
 from util.device import cap_workers
 from util.errors import UserError
 from util.io import atomic_write_with
@@ -101,14 +103,17 @@ def check_free_space(folder: Path, needed: int, spare: int = 0) -> None:
                         f"{free / 2**30:.1f} GiB free")
 
 
-def cache_key(labels_file: str | Path, dataset_root: str | Path, image_resize: int) -> dict:
-    """What a cache depends on: any change of these gives another cache file."""
+def cache_key(labels_file: str | Path, dataset_root: str | Path, image_resize: int,
+              resize_backend: str = "tensor") -> dict:
+    """What a cache depends on: any change of these gives another cache file. The "tensor" backend's key is
+    the one from before the backend was part of it, so existing caches stay valid."""
     try:
         digest = hashlib.sha256(Path(labels_file).read_bytes()).hexdigest()
     except OSError as e:
         raise UserError(f"cannot read labels file {labels_file}: {e.strerror}") from None
     return {"labels_sha256": digest, "dataset_root": str(Path(dataset_root).resolve()),
-            "image_resize": int(image_resize), "resize": RESIZE_METHOD, "format": FORMAT, "version": VERSION}
+            "image_resize": int(image_resize), "resize": resize_method(resize_backend), "format": FORMAT,
+            "version": VERSION}
 
 
 def cache_path(cache_dir: str | Path, labels_file: str | Path, key: dict) -> Path:
@@ -117,16 +122,18 @@ def cache_path(cache_dir: str | Path, labels_file: str | Path, key: dict) -> Pat
 
 
 class _DecodeResize(Dataset):
-    """Decoded, resized uint8 images of a list of files (the cache builder's loader)."""
+    """Decoded uint8 images of a list of files, short side resized with ``resize_backend`` (the cache
+    builder's loader)."""
 
-    def __init__(self, paths: list[Path], image_resize: int):
-        self.paths, self.image_resize = paths, image_resize
+    def __init__(self, paths: list[Path], image_resize: int, resize_backend: str):
+        self.paths, self.image_resize, self.resize_backend = paths, image_resize, resize_backend
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return resize_short_side(load_image_uint8(self.paths[i]), self.image_resize).contiguous()
+        img_3HW = load_image_uint8(self.paths[i])
+        return resize_short_side(img_3HW, self.image_resize, self.resize_backend).contiguous()
 
 
 class ImageCache:
@@ -176,7 +183,7 @@ class ImageCache:
             except (UnicodeDecodeError, json.JSONDecodeError):
                 raise ValueError("its index does not parse") from None
             if index.get("key") != key:
-                raise ValueError("made for another labels file, dataset root or size")
+                raise ValueError("made for another labels file, dataset root, size or resize backend")
             if index.get("img_paths") != list(img_paths):
                 raise ValueError("its image list differs from the labels file")
             shapes = index["shapes"]
@@ -195,9 +202,11 @@ class ImageCache:
         return cls(path, shapes, data_len)
 
     @staticmethod
-    def build(path: Path, key: dict, dataset_root: Path, img_paths: list[str], n_workers: int = 0) -> None:
-        """Decode and resize every image once and write the cache file atomically."""
-        decoder = _DecodeResize([dataset_root / p for p in img_paths], key["image_resize"])
+    def build(path: Path, key: dict, dataset_root: Path, img_paths: list[str], n_workers: int = 0,
+              resize_backend: str = "tensor") -> None:
+        """Decode and resize every image once (with ``resize_backend``, the one of ``key``) and write the
+        cache file atomically."""
+        decoder = _DecodeResize([dataset_root / p for p in img_paths], key["image_resize"], resize_backend)
         # Nothing else runs while the cache is built: every CPU may decode.
         loader = DataLoader(decoder, batch_size=None, shuffle=False, num_workers=cap_workers(n_workers))
         shapes: list[list[int]] = []
@@ -225,14 +234,16 @@ class ImageCache:
 
 def open_image_cache(cache_dir: str | Path, dataset_root: str | Path, labels_file: str | Path,
                      img_paths: list[str], image_resize: int, n_workers: int = 0, build: bool = True,
-                     verify: bool = True, required: bool = True) -> Optional[ImageCache]:
-    """The verified cache of one labels file, built first when missing or damaged.
+                     verify: bool = True, required: bool = True,
+                     resize_backend: str = "tensor") -> Optional[ImageCache]:
+    """The verified cache of one labels file at short side ``image_resize`` resized with ``resize_backend``
+    (the config key), built first when missing or damaged.
 
     With ``build=False`` (distributed ranks other than 0, which wait for rank 0 to build it) a missing or
     damaged cache returns None. A cache that cannot be built (no room, a folder that cannot be written)
     is an error when ``required``, else a warning and None: the images are then decoded every epoch.
     """
-    key = cache_key(labels_file, dataset_root, image_resize)
+    key = cache_key(labels_file, dataset_root, image_resize, resize_backend)
     path = cache_path(cache_dir, labels_file, key)
     if path.is_file():
         try:
@@ -248,8 +259,9 @@ def open_image_cache(cache_dir: str | Path, dataset_root: str | Path, labels_fil
     try:
         check_free_space(path.parent, estimated_bytes(Path(dataset_root), img_paths, image_resize),
                          0 if required else SPARE_BYTES)
-        log.info("building the image cache %s (%d images at short side %d)", path, len(img_paths), image_resize)
-        ImageCache.build(path, key, Path(dataset_root), img_paths, n_workers)
+        log.info("building the image cache %s (%d images at short side %d, resize_backend %s)", path,
+                 len(img_paths), image_resize, resize_backend)
+        ImageCache.build(path, key, Path(dataset_root), img_paths, n_workers, resize_backend)
     except UserError as e:
         if required:
             raise

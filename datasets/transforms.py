@@ -21,13 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_IMAGE_RESIZE = 256
 DEFAULT_IMAGE_CROP = 224
 COLOR_JITTER = dict(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.2)
-# How the short side is resized; part of the decoded-image cache's key (datasets/image_cache.py).
-RESIZE_METHOD = "torchvision-v2-bilinear-antialias"
-
-
-def resize_short_side(img_3HW: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize so that the shorter side is ``size``, keeping the aspect ratio (the first training step)."""
-    return v2.functional.resize(img_3HW, [int(size)], antialias=True)
+# How each ``resize_backend`` resizes the short side; part of the decoded-image cache's key
+# (datasets/image_cache.py), so a cache made with one backend is never read with the other.
+RESIZE_METHODS = {"tensor": "torchvision-v2-bilinear-antialias", "pil": "pil-bilinear"}
 
 
 def _div255(img: torch.Tensor) -> torch.Tensor:
@@ -73,14 +69,31 @@ def build_resize_crop(config: Mapping) -> v2.Compose:
     return v2.Compose([resize_step(config, resize), v2.CenterCrop(crop)])
 
 
+def resize_method(backend: str) -> str:
+    """The name of ``backend``'s resize (:data:`RESIZE_METHODS`); ``UserError`` for an unknown backend."""
+    if backend not in RESIZE_METHODS:
+        raise UserError(f"resize_backend must be 'tensor' or 'pil', got {backend!r}")
+    return RESIZE_METHODS[backend]
+
+
+def short_side_resize(backend: str, size: int) -> torch.nn.Module:
+    """Resize the shorter side to ``size`` with ``backend`` ("tensor" or "pil"), keeping the aspect ratio.
+    Both leave an image whose short side is already ``size`` as it is, so an image from the decoded-image
+    cache (resized by this same module) passes unchanged."""
+    resize_method(backend)
+    if backend == "pil":
+        return PILResize(size)
+    return v2.Resize(int(size), antialias=True)  # an int resizes the shorter side
+
+
+def resize_short_side(img_3HW: torch.Tensor, size: int, backend: str = "tensor") -> torch.Tensor:
+    """``img_3HW`` with its shorter side resized to ``size`` by ``backend`` (the first step of every transform)."""
+    return short_side_resize(backend, size)(img_3HW)
+
+
 def resize_step(config: Mapping, resize: int) -> torch.nn.Module:
     """Resize the shorter side to ``resize`` with the config's ``resize_backend``."""
-    backend = config.get("resize_backend", "tensor")
-    if backend == "pil":
-        return PILResize(resize)
-    if backend == "tensor":
-        return v2.Resize(resize, antialias=True)  # an int resizes the shorter side, keeping the aspect ratio
-    raise UserError(f"resize_backend must be 'tensor' or 'pil', got {backend!r}")
+    return short_side_resize(config.get("resize_backend", "tensor"), resize)
 
 
 def build_transform(config: Mapping, train: bool) -> v2.Compose:
@@ -92,8 +105,8 @@ def build_transform(config: Mapping, train: bool) -> v2.Compose:
     resize, crop = image_sizes(config)
     augment = train and not config.get("no_augment", False)
 
-    # An int resizes the shorter side, as resize_short_side does; an image already at that size (from the
-    # decoded-image cache) is returned unchanged.
+    # The resize of resize_short_side, which the decoded-image cache also uses: an image already at that
+    # size (from the cache) is returned unchanged.
     backend = config.get("resize_backend", "tensor")
     steps = [resize_step(config, resize)]
     steps.append(v2.RandomCrop(crop) if augment else v2.CenterCrop(crop))

@@ -158,7 +158,8 @@ class Evaluator:
             if cache_dir is not None:
                 for dataset in sets.values():
                     dataset.use_image_cache(cache_dir, self.config["image_resize"], self.config["n_workers"],
-                                            required=required)
+                                            required=required,
+                                            resize_backend=self.config.get("resize_backend", "tensor"))
             self._datasets[key] = sets
         return self._datasets[key]
 

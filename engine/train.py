@@ -165,9 +165,11 @@ def _attach_cache(dataset: CameraPoseDataset, config: dict, ctx: DistContext) ->
         return
     builder = ctx.local_rank == 0
     if builder:
-        dataset.use_image_cache(cache_dir, config["image_resize"], config["n_workers"], required=required)
+        dataset.use_image_cache(cache_dir, config["image_resize"], config["n_workers"], required=required,
+                                resize_backend=config["resize_backend"])
     barrier(ctx)
-    if not builder and not dataset.use_image_cache(cache_dir, config["image_resize"], build=False) and required:
+    if not builder and not dataset.use_image_cache(cache_dir, config["image_resize"], build=False,
+                                                   resize_backend=config["resize_backend"]) and required:
         raise UserError(f"process {ctx.rank} cannot read the image cache in {cache_dir} that local rank 0 built")
 
 

@@ -246,3 +246,121 @@ def test_a_read_only_cache_folder_is_found_before_decoding(data, read_only_dir, 
     assert "it is not writable" in caplog.records[0].getMessage()
     with pytest.raises(UserError, match="cannot use the image cache folder .*: it is not writable"):
         ds.use_image_cache(read_only_dir, RESIZE)
+
+
+# ---------------------------------------------------------------- resize_backend
+
+
+def _reference_input(path, resize, crop):
+    """The reference's test input of an image file: PIL open, RGB, short side resized with PIL's bilinear
+    filter (torchvision's Resize on a PIL image), centre crop, ToTensor, Normalize."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    return T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(crop),
+                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(rgb)
+
+
+def test_pil_backend_cached_samples_equal_decoded_ones_and_the_reference(data, tmp_path):
+    root, labels = data
+    config = {"image_resize": RESIZE, "image_crop": 48, "resize_backend": "pil"}
+    transform = build_transform(config, train=False)
+    plain = _dataset(root, labels, transform=transform)
+    cached = _dataset(root, labels, transform=transform)
+    assert cached.use_image_cache(tmp_path / "cache", RESIZE, resize_backend="pil")
+    tensor_backend = _dataset(root, labels, transform=build_transform(dict(config, resize_backend="tensor"), False))
+    n_differ = 0
+    for i in range(len(plain)):
+        img_3HW = plain[i]["img"]
+        assert torch.equal(cached[i]["img"], img_3HW), i
+        assert torch.equal(img_3HW, _reference_input(root / plain.img_paths[i], RESIZE, 48)), i
+        n_differ += not torch.equal(tensor_backend[i]["img"], img_3HW)
+    assert n_differ == len(plain)  # the backends differ here, so a cache of the other backend would fail
+
+
+def test_pil_backend_augmented_cached_samples_equal_decoded_ones_for_a_seed(data, tmp_path):
+    from datasets.samplers import SeededSamples
+
+    root, labels = data
+    transform = build_transform({"image_resize": RESIZE, "image_crop": 48, "resize_backend": "pil"}, train=True)
+    plain = SeededSamples(_dataset(root, labels, transform=transform))
+    cached_ds = _dataset(root, labels, transform=transform)
+    cached_ds.use_image_cache(tmp_path / "cache", RESIZE, resize_backend="pil")
+    cached = SeededSamples(cached_ds)
+    for key in [(0, 3), (1, 3), (len(cached_ds) - 1, 11)]:
+        assert torch.equal(plain[key]["img"], cached[key]["img"]), key
+
+
+def test_the_resize_backend_is_part_of_the_key_and_switching_it_rebuilds(data, tmp_path, caplog):
+    from datasets.image_cache import cache_key
+
+    root, labels = data
+    paths = _dataset(root, labels).img_paths
+    keys = {backend: cache_key(labels, root, RESIZE, backend) for backend in ("tensor", "pil")}
+    assert keys["tensor"] != keys["pil"]
+    assert keys["tensor"]["resize"] == "torchvision-v2-bilinear-antialias"  # caches made before stay valid
+    with pytest.raises(UserError, match="resize_backend must be 'tensor' or 'pil', got 'cv2'"):
+        cache_key(labels, root, RESIZE, "cv2")
+    caches = {}
+    for backend in ("tensor", "pil"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="datasets.image_cache"):
+            caches[backend] = open_image_cache(tmp_path / "c", root, labels, paths, RESIZE, resize_backend=backend)
+        assert "building" in caplog.text, backend  # the other backend's file is not reused
+        for i, rel_path in enumerate(paths):
+            expected = resize_short_side(load_image_uint8(root / rel_path), RESIZE, backend)
+            assert torch.equal(caches[backend][i], expected), (backend, i)
+    assert len(_files(tmp_path / "c")) == 2
+    assert caches["tensor"].path != caches["pil"].path
+    assert not torch.equal(caches["tensor"][0], caches["pil"][0])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="datasets.image_cache"):
+        assert open_image_cache(tmp_path / "c", root, labels, paths, RESIZE, resize_backend="pil").path == \
+            caches["pil"].path
+    assert "building" not in caplog.text
+
+
+@pytest.mark.parametrize("backend", ["tensor", "pil"])
+@pytest.mark.parametrize("height, width, size", [(48, 64, 56), (64, 48, 56), (301, 257, 256), (257, 301, 256),
+                                                 (1080, 1920, 256), (49, 50, 40), (50, 49, 40)])
+def test_both_resizes_leave_an_image_at_its_target_size_unchanged(backend, height, width, size):
+    """What makes cached samples equal decoded ones: the transform's resize of a cached image is a no-op."""
+    from datasets.transforms import short_side_resize
+
+    img_3HW = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    resized_3hw = resize_short_side(img_3HW, size, backend)
+    assert min(resized_3hw.shape[1:]) == size
+    assert short_side_resize(backend, size)(resized_3hw) is resized_3hw
+
+
+def _cached_backends(cache_dir, root, labels):
+    """The resize backends that ``cache_dir`` holds a cache of ``labels`` for (at the tiny config's size)."""
+    paths = _dataset(root, labels).img_paths
+    return [backend for backend in ("tensor", "pil")
+            if open_image_cache(cache_dir, root, labels, paths, RESIZE, build=False,
+                                resize_backend=backend) is not None]
+
+
+def test_train_and_test_mode_cache_with_the_configs_resize_backend(data, tmp_path):
+    from engine.train import train
+
+    root, labels = data
+    cfg = tiny_config_dict(n_epochs=1)
+    cfg["effposenet"]["resize_backend"] = "pil"
+    config = write_config(tmp_path / "cfg.json", cfg)
+    run = train("effposenet", "random", root, labels, config, tmp_path / "out", device="cpu",
+                cache_dir=tmp_path / "train_cache")
+    assert _cached_backends(tmp_path / "train_cache", root, labels) == ["pil"]
+    test_csv = root / "abs_7scenes_pose.csv_chess_test.csv"
+    scores = []
+    for cache in ("off", tmp_path / "test_cache"):
+        ev = Evaluator("effposenet", "random", root, test_csv, config, device="cpu", cache_dir=cache,
+                       latency_images=1, warmup=0, progress=False)
+        result = ev.evaluate_checkpoint(run.final_checkpoint, timing=False)
+        scores.append(next(iter(result.predictions.values())).pose_pred_N7)
+    assert _cached_backends(tmp_path / "test_cache", root, test_csv) == ["pil"]
+    assert (scores[0] == scores[1]).all()
