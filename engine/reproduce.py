@@ -397,8 +397,10 @@ class Reproduction:
                     final = path
                 elif stage.number in job.selected:
                     init = final if job.previous(stage) is not None else None
-                    lines.append(self.train_command(job, stage, path if state == "resume" else None, init))
-                    final = f"{_rel(job.stage_dir(stage.number))}/run_<stamp>/run_<stamp>_final.pth"
+                    resume = path if state == "resume" else None
+                    lines.append(self.train_command(job, stage, resume, init))
+                    run = _rel(resume.parent) if resume else f"{_rel(job.stage_dir(stage.number))}/run_<stamp>"
+                    final = f"{run}/{Path(run).name}_final.pth"
                 else:
                     continue
                 planned.append(stage.number)
