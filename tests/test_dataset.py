@@ -399,7 +399,8 @@ def test_epoch_sampler_changes_with_the_epoch_and_keeps_scene_balance():
     args = dict(scene_ids=scene_ids, seed=0, batch_size=4, equalize_scenes=True)
     a, b = _shares(args, 1, 1)[0], _shares(args, 1, 2)[0]
     assert a != b and a == _shares(args, 1, 1)[0]
-    assert sum(scene_ids[i] for i, _ in a) == 6  # half of the 12 draws from the small scene
+    # The reference's epoch: the largest scene's 10 frames x 2 scenes, half of the 20 draws from the small one.
+    assert len(a) == 20 and sum(scene_ids[i] for i, _ in a) == 10
 
 
 def test_seeded_samples_repeat_the_augmentation_and_leave_the_global_rng_alone(scene7):

@@ -57,8 +57,7 @@ def test_resumed_run_ends_with_the_same_weights(scene7, tmp_path):
     first = resume_dir / f"{full.run_dir.name}_checkpoint-1.pth"
     shutil.copy(full.run_dir / first.name, first)
     shutil.copy(full.run_dir / "metrics.csv", resume_dir / "metrics.csv")
-    resumed = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path / "unused",
-                    resume=first, device="cpu")
+    resumed = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, resume=first, device="cpu")
     assert resumed.run_dir == resume_dir
     a = torch.load(full.final_checkpoint, weights_only=True)
     b = torch.load(resumed.final_checkpoint, weights_only=True)
@@ -247,7 +246,8 @@ def test_only_the_latest_checkpoint_keeps_the_optimizer_state(scene7, tiny_confi
     assert final["optimizer"]["state"]
     assert result.final_checkpoint.stat().st_size > 2.5 * first.stat().st_size  # Adam's two moments
     with caplog.at_level(logging.WARNING):
-        resumed = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path,
+        # checkpoint-2 and the final are newer, so the resumed run branches into a folder of its own.
+        resumed = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path / "branch",
                         resume=first, device="cpu")
     assert "holds no optimizer state" in caplog.text and "Adam restarts" in caplog.text
     assert torch.load(resumed.final_checkpoint, weights_only=True)["optimizer"]["state"]
