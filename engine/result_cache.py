@@ -19,7 +19,7 @@ from util.metrics import DEFAULT_THRESHOLDS
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: non-finite floats are tagged objects (util.jsonio)
 # Config keys that cannot change a test result; editing them keeps the cache.
 RUNTIME_KEYS = ("n_workers", "n_freq_print", "n_freq_checkpoint", "device_id", "batch_size", "cache_dir")
 

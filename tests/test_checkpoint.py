@@ -108,3 +108,27 @@ def test_the_checkpoint_architecture_wins_over_the_config(scenes3, tmp_path, cap
                                   load_config(config_path, "mshyperpose"), ckpt)
     assert reconciled["nheads"] == 8 and reconciled["num_scenes"] == 3
     assert reconciled["batch_size"] == load_config(config_path, "mshyperpose")["batch_size"]  # not architecture
+
+
+def test_atomic_writes_flush_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """A power loss after the rename must not leave an empty file: fsync(file), rename, fsync(folder)."""
+    import os
+
+    from util import io as uio
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}")
+                                                                 or _is_dir_fd(fd))), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", None)), real_replace(a, b))[1])
+    for write in (lambda p: uio.atomic_write_text(p, "x"), lambda p: uio.atomic_torch_save({"a": 1}, p)):
+        events.clear()
+        write(tmp_path / "f")
+        assert events == [("fsync", False), ("replace", None), ("fsync", True)]
+
+
+def _is_dir_fd(fd: int) -> bool:
+    import os
+    import stat
+
+    return stat.S_ISDIR(os.fstat(fd).st_mode)

@@ -100,8 +100,32 @@ def check_output_dir(path: str | os.PathLike, what: str = "--output_path") -> Pa
     return path
 
 
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
 def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place. The file is
+    flushed to disk before the rename and the folder after it, so a power loss leaves the old file or the
+    new one, never an empty one."""
     path = Path(path)
     tmp = None
     try:
@@ -110,7 +134,9 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        _fsync_file(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException as exc:
         # Measure the free space before the partial file goes, so that a full disk shows as (nearly) 0 free.
         error = write_error(path, exc) if _is_write_error(exc) else None
