@@ -267,14 +267,15 @@ class Trainer:
         return path
 
     def check_before_save(self, probe_loader: DataLoader, epoch: int, checkpoint: bool) -> None:
-        """After an epoch: the divergence check, the BatchNorm recalibration before a checkpoint
-        (``bn_recalibrate_batches``, on every process alike) and the eval-mode spread line."""
+        """After an epoch: the BatchNorm recalibration before a checkpoint (``bn_recalibrate_batches``, on
+        every process alike), then the divergence check of the model as it will be saved, and the eval-mode
+        spread line."""
         probe_img = next(iter(probe_loader))["img"][:4].to(self.device, memory_format=torch.channels_last)
-        check_finite(self.model, self.loss_fn, epoch, probe_img)
         if checkpoint:
             n = recalibrate(self.model, probe_loader, self.config["bn_recalibrate_batches"], self.device)
             if n and self.ctx.is_main:
                 log.info("recalibrated the BatchNorm statistics over %d training images", n)
+        check_finite(self.model, self.loss_fn, epoch, probe_img)  # the model as it will be saved
         spread = eval_prediction_spread(self.model, probe_loader, self.device)
         if self.ctx.is_main:
             log_spread(epoch, *spread)

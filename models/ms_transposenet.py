@@ -261,9 +261,10 @@ class MSTransPoseNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         desc_t_BSd, desc_rot_BSd, pooled_BC = self.encode(img_B3HW)
         # Under autocast the scene classifier and the heads (with MS-HyperPose's generators) still run in
-        # fp32: they are a small part of the compute, and the poses keep full precision.
+        # the parameters' precision: they are a small part of the compute, and the poses keep full precision.
         with torch.autocast(img_B3HW.device.type, enabled=False):
-            desc_t_BSd, desc_rot_BSd, pooled_BC = desc_t_BSd.float(), desc_rot_BSd.float(), pooled_BC.float()
+            dtype = self.scene_embed.weight.dtype  # float32 under autocast; float64 after model.double()
+            desc_t_BSd, desc_rot_BSd, pooled_BC = (x.to(dtype) for x in (desc_t_BSd, desc_rot_BSd, pooled_BC))
             log_probs_BS = self.scene_log_probs(desc_t_BSd, desc_rot_BSd)
             if scene_B is None:
                 scene_B = log_probs_BS.argmax(dim=1)

@@ -425,3 +425,22 @@ def test_confident_scene_log_probs_stay_finite():
     assert torch.isfinite(log_probs).all()
     assert log_probs.min() < -100  # the scores really are extreme
     torch.testing.assert_close(log_probs.exp().sum(dim=1), torch.ones(2))
+
+
+def test_every_model_runs_in_float64_like_float32():
+    """``model.double()`` works for every registered model and agrees with float32 to float32's precision."""
+    from conftest import tiny_config_dict
+    from models.backbone import new_backbone
+    from models.registry import build_model, get_spec, model_names
+
+    cfg = tiny_config_dict()
+    img = torch.rand(2, 3, 48, 48)
+    for name in model_names():
+        config = dict(cfg[name], num_scenes=2) if get_spec(name).multi_scene else cfg[name]
+        torch.manual_seed(0)
+        model = build_model(name, config, new_backbone(config["backbone_type"])).eval()
+        with torch.no_grad():
+            pose32, _ = model(img, None)
+            pose64, _ = model.double()(img.double(), None)
+        assert pose64.dtype == torch.float64, name
+        torch.testing.assert_close(pose64.float(), pose32, rtol=1e-3, atol=1e-4, msg=name)

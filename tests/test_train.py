@@ -251,3 +251,24 @@ def test_only_the_latest_checkpoint_keeps_the_optimizer_state(scene7, tiny_confi
                         resume=first, device="cpu")
     assert "holds no optimizer state" in caplog.text and "Adam restarts" in caplog.text
     assert torch.load(resumed.final_checkpoint, weights_only=True)["optimizer"]["state"]
+
+
+def test_the_finite_check_sees_the_model_after_recalibration(scene7, tmp_path, monkeypatch):
+    """Recalibration runs before a save; statistics it left non-finite must stop the save like any divergence."""
+    import engine.trainer as trainer_module
+
+    real = trainer_module.recalibrate
+
+    def poisoned(model, loader, n_batches, device):
+        n = real(model, loader, n_batches, device)
+        layer = next(m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+        layer.running_var.fill_(float("inf"))  # what an overflowing batch would leave
+        return n
+
+    monkeypatch.setattr(trainer_module, "recalibrate", poisoned)
+    cfg = tiny_config_dict(n_epochs=1)
+    cfg["effposenet"].update(bn_recalibrate_batches=1)
+    with pytest.raises(UserError, match=r"training diverged at epoch 1"):
+        train("effposenet", "random", scene7, chess(scene7, "train"), write_config(tmp_path / "c.json", cfg),
+              tmp_path / "out", device="cpu")
+    assert not list(next((tmp_path / "out").glob("run_*")).glob("*.pth"))
