@@ -277,8 +277,9 @@ def predictions_csv(result: EvalResult) -> str:
     for pred in result.predictions.values():
         pos, ori = pred.errors
         for i, path in enumerate(pred.paths):
-            row = [path, pred.scene_names[i], *(f"{v:.6g}" for v in pred.pose_pred_N7[i]),
-                   *(f"{v:.6g}" for v in pred.pose_gt_N7[i]), f"{pos[i]:.6g}", f"{ori[i]:.6g}"]
+            # 9 significant digits: float32 round-trips, so outputs can be compared to 1e-7 and better.
+            row = [path, pred.scene_names[i], *(f"{v:.9g}" for v in pred.pose_pred_N7[i]),
+                   *(f"{v:.9g}" for v in pred.pose_gt_N7[i]), f"{pos[i]:.9g}", f"{ori[i]:.9g}"]
             if result.multi_scene:
                 row.append(pred.id_to_scene.get(int(pred.scene_pred_N[i]), int(pred.scene_pred_N[i])))
             w.writerow(row)

@@ -180,3 +180,21 @@ def test_format_summaries_table():
 def test_summary_is_a_dataclass_with_expected_fields():
     s = PoseSummary("x", 1, 0, 0.1, 1.0, 0.1, 1.0, {"recall_1m_10deg": 1.0})
     assert s.to_dict()["recall_1m_10deg"] == 1.0
+
+
+def test_predictions_csv_round_trips_float32_outputs():
+    """9 significant digits: every float32 prediction is read back exactly, so agreement with another
+    implementation can be checked far below 1e-6."""
+    import csv
+    import io
+
+    from engine.evaluate import EvalResult, Predictions, predictions_csv
+
+    rng = np.random.default_rng(0)
+    pred = rng.normal(size=(5, 7)).astype(np.float32) * np.float32(123.456)
+    gt = rng.normal(size=(5, 7)).astype(np.float32)
+    p = Predictions([f"f{i}.png" for i in range(5)], ["chess"] * 5, pred, gt, np.zeros(5, dtype=np.int64))
+    rows = list(csv.DictReader(io.StringIO(predictions_csv(EvalResult("hyperpose", "c.pth", [], {}, {"t": p})))))
+    cols = [f"{c}_pred" for c in ("t1", "t2", "t3", "q1", "q2", "q3", "q4")]
+    back = np.array([[float(r[c]) for c in cols] for r in rows], dtype=np.float32)
+    assert np.array_equal(back, pred)
