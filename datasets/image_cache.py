@@ -34,13 +34,13 @@ from typing import Optional
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from datasets.dataset import load_image_uint8
 from datasets.transforms import resize_method, resize_short_side
 from util.device import cap_workers
 from util.errors import UserError
 from util.io import atomic_write_with
+from util.logs import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class ImageCache:
         def write(tmp: str) -> None:
             crc, data_len = 0, 0
             with open(tmp, "wb") as f:
-                for img_3hw in tqdm(loader, desc=f"caching {path.name}", leave=False, dynamic_ncols=True):
+                for img_3hw in progress_bar(loader, desc=f"caching {path.name}", leave=False, dynamic_ncols=True):
                     raw = img_3hw.numpy().tobytes()
                     f.write(raw)
                     crc, data_len = zlib.crc32(raw, crc), data_len + len(raw)

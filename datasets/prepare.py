@@ -29,12 +29,11 @@ from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence, Union
 
 import numpy as np
-from tqdm import tqdm
 
 from datasets import label_io
 from datasets.label_io import OFFICIAL_COUNTS, SPLITS, natural_key
 from util.errors import UserError, run_cli
-from util.logs import setup_logging
+from util.logs import progress_bar, setup_logging
 from util.pose import invert_rigid, pose_to_matrix
 
 logger = logging.getLogger(__name__)
@@ -164,7 +163,7 @@ def _check_images(report: PrepareReport, root: Path, rows: list, decode: bool) -
         return
     from PIL import Image
 
-    for img_path in tqdm(present, desc="decoding images", unit="img", disable=None):
+    for img_path in progress_bar(present, desc="decoding images", unit="img"):
         try:
             with Image.open(root / img_path) as img:
                 img.load()

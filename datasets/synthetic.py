@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from datasets import label_io
 from util.errors import UserError, run_cli
-from util.logs import setup_logging
+from util.logs import progress_bar, setup_logging
 from util.pose import rotmat_to_quat
 
 logger = logging.getLogger(__name__)
@@ -639,7 +639,7 @@ def generate(out_dir: PathLike, scenes: int = 2, layout: str = "7scenes",
     camera = Camera.for_size(width, height)
     n_frames = len(names) * (train_seqs + 1 + len(levels)) * frames_per_seq
     rows, shifted_rows = [], {level: [] for level in levels}
-    with tqdm(total=n_frames, desc="rendering", unit="frame", disable=None) as progress:
+    with progress_bar(total=n_frames, desc="rendering", unit="frame") as progress:
         for scene_index, scene in enumerate(names):
             staging = Path(tempfile.mkdtemp(prefix=f".{scene}.", suffix=".tmp", dir=out))
             try:

@@ -20,7 +20,6 @@ from typing import Optional
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from datasets.image_source import ImageFileDataset, ImageList, collate_readable, resolve_image_source
 from datasets.labels import POSE_COLUMNS
@@ -29,6 +28,7 @@ from util.config import load_config
 from util.device import cap_workers
 from util.errors import UserError
 from util.io import atomic_write_text
+from util.logs import progress_bar
 from util.report import write_positions_page
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def localize_files(localizer: Localizer, source: ImageList, *, batch_size: int, 
                         num_workers=cap_workers(n_workers, localizer.device),
                         collate_fn=collate_readable, pin_memory=localizer.device.type == "cuda")
     indices, poses, logps, failed = [], [], [], []
-    for batch in tqdm(loader, desc="predict", leave=False, disable=not progress):
+    for batch in progress_bar(loader, desc="predict", leave=False, enabled=progress):
         for index, reason in batch["failed"]:
             log.warning("skipped %s: %s", source.names[index], reason)
             failed.append((index, reason))

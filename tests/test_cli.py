@@ -207,3 +207,18 @@ def test_progress_bars_only_on_a_terminal_and_never_with_quiet(user_dir, trained
     proc = run_script(train, cwd=user_dir, env={"TQDM_DISABLE": None})  # stderr is a pipe, as under nohup or CI
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr and "epoch 2/2 loss" in proc.stderr
+
+
+def test_each_warning_reaches_the_console_once_per_process(capsys):
+    import logging
+    import uuid
+
+    from util.logs import setup_logging
+
+    setup_logging()
+    text = f"backbone: random init {uuid.uuid4()}"
+    for _ in range(3):
+        logging.getLogger("models.backbone").warning(text)
+    logging.getLogger("models.backbone").warning(text + " (another)")
+    err = capsys.readouterr().err
+    assert err.count(text) == 2 and err.count(text + " (another)") == 1

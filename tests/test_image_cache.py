@@ -364,3 +364,15 @@ def test_train_and_test_mode_cache_with_the_configs_resize_backend(data, tmp_pat
         scores.append(next(iter(result.predictions.values())).pose_pred_N7)
     assert _cached_backends(tmp_path / "test_cache", root, test_csv) == ["pil"]
     assert (scores[0] == scores[1]).all()
+
+
+def test_the_cache_builder_draws_no_progress_bar_into_a_redirected_log(scene7, tmp_path):
+    """A log file is not a terminal: the builder's bar stays out of it (and --quiet turns every bar off)."""
+    from conftest import run_script
+
+    code = ("import sys; from datasets.dataset import CameraPoseDataset; "
+            f"d = CameraPoseDataset({str(scene7)!r}, {str(scene7 / 'abs_7scenes_pose.csv_chess_train.csv')!r}); "
+            f"d.use_image_cache({str(tmp_path / 'c')!r}, 56)")
+    proc = run_script(["-c", code], env={"TQDM_DISABLE": None})
+    assert proc.returncode == 0, proc.stderr
+    assert "caching" not in proc.stderr and "it/s" not in proc.stderr

@@ -27,6 +27,24 @@ class _ConsoleHandler(logging.StreamHandler):
         pass
 
 
+class _OncePerProcess(logging.Filter):
+    """Each distinct warning reaches the console once per process (a demo builds eight random backbones;
+    one "random init" line says it). Run log files still get every record."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Send records of every module to stderr at ``level`` (idempotent)."""
     root = logging.getLogger()
@@ -35,6 +53,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         console = _ConsoleHandler()
         console.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
         console._hyperpose_console = True
+        console.addFilter(_OncePerProcess())
         root.addHandler(console)
     console.setLevel(level)
     root.setLevel(min(level, root.level) if root.level else level)
@@ -49,8 +68,9 @@ def set_progress_bars(enabled: bool) -> None:
 
 
 def progress_bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
-    """A tqdm bar on a terminal only. Piped to a file, CI or ``nohup``, carriage-return updates would fill
-    the log, so there the bar is off and the caller's log lines (one per epoch) are the progress."""
+    """A tqdm bar on a terminal only, and never with ``--quiet``. Piped to a file, CI or ``nohup``,
+    carriage-return updates would fill the log, so there the bar is off and the caller's log lines (one per
+    epoch) are the progress. Every bar of the toolkit goes through here."""
     return tqdm(iterable, disable=None if (enabled and _progress_bars) else True, **kwargs)
 
 
