@@ -156,10 +156,10 @@ def run_predict(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) > 1 and argv[1] == "predict":
-        args = build_predict_parser(multi_scene).parse_args(argv)
+        args = build_predict_parser(multi_scene).parse_intermixed_args(argv)
         configure_console(args.quiet)
         return run_cli(lambda: run_predict(args))
-    args = build_parser(multi_scene).parse_args(argv)
+    args = build_parser(multi_scene).parse_intermixed_args(argv)
     configure_console(args.quiet)
 
     def run() -> int:

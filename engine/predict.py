@@ -27,7 +27,7 @@ from engine.localize import Localizer, Poses, load_for_inference
 from util.config import load_config
 from util.device import cap_workers
 from util.errors import UserError
-from util.io import atomic_write_text
+from util.io import atomic_write_text, check_output_dir
 from util.logs import progress_bar
 from util.report import write_positions_page
 
@@ -105,11 +105,12 @@ def predict(model_name: str, images: str, config_path: str | Path, checkpoint_pa
     """Localize the images named by ``images`` and write the poses CSV (and the HTML view)."""
     if not checkpoint_path:
         raise UserError("predict mode needs --checkpoint_path <checkpoint.pth>")
+    if batch_size is not None and batch_size < 1:  # 0 is a mistake, not "the config's size"
+        raise UserError(f"--batch_size must be >= 1, got {batch_size}")
+    check_output_dir(output_path)  # before any work, not after it
     source = resolve_image_source(images, dataset_root)
     config = load_config(config_path, model_name, override_config)
-    batch_size = batch_size or config["batch_size"]
-    if batch_size < 1:
-        raise UserError(f"--batch_size must be >= 1, got {batch_size}")
+    batch_size = batch_size if batch_size is not None else config["batch_size"]
     # A reference multi-scene state_dict has no scene map: it numbered the sorted scenes of its labels.
     scenes = sorted(set(source.scenes) - {""}) or None
     loaded = load_for_inference(checkpoint_path, model_name=model_name, config=config, scenes=scenes)

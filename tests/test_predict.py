@@ -170,3 +170,25 @@ def test_reference_multi_scene_state_dict_takes_scene_names_from_a_label_csv(sce
     assert "using 8 attention heads" in proc.stderr  # the reference's quirk, as in test mode
     rows = read_poses(only_csv(tmp_path / "out"))
     assert {r["scene_pred"] for r in rows.values()} <= set(scenes)
+
+
+def test_predict_refuses_batch_size_zero_and_a_read_only_output_before_any_work(single, read_only_dir, tmp_path):
+    from engine.predict import predict
+    from util.errors import UserError
+
+    _, ckpt, config = single
+    with pytest.raises(UserError, match=r"--batch_size must be >= 1, got 0"):
+        predict("hyperpose", str(tmp_path / "no_images"), config, ckpt, tmp_path / "out", batch_size=0)
+    # The output folder is checked first: the missing image source would only be found after it.
+    with pytest.raises(UserError, match="--output_path .*(not writable|cannot create the folder)"):
+        predict("hyperpose", str(tmp_path / "no_images"), config, ckpt, read_only_dir / "out")
+
+
+def test_an_override_config_after_the_options_is_accepted(scene7, single, tmp_path):
+    """``... config.json --output_path X override.json``: the override may follow the options."""
+    _, ckpt, config = single
+    override = write_config(tmp_path / "override.json", {"hyperpose": {"batch_size": 3}})
+    args = predict_cmd("main_single_scene.py", "hyperpose", scene7, config, ckpt, tmp_path / "out") + [str(override)]
+    proc = run_script(args)
+    assert proc.returncode == 0, proc.stderr
+    assert "localized 16 of 16 images" in proc.stdout
