@@ -13,6 +13,7 @@ import io
 import json
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -27,6 +28,15 @@ from engine.localize import Poses
 from util.errors import UserError, run_cli
 
 
+def _is_torch_save(data: bytes) -> bool:
+    """A torch.save zip holds ``<name>/data.pkl`` and no ``<name>/code/`` (which every TorchScript archive has)."""
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except zipfile.BadZipFile:
+        return False
+    return any(n.endswith("/data.pkl") for n in names) and not any("/code/" in n for n in names)
+
+
 class ExportedModel:
     """An ONNX (onnxruntime, CPU) or TorchScript export with its metadata; call it on an image batch."""
 
@@ -35,6 +45,9 @@ class ExportedModel:
         if not self.path.is_file():
             raise UserError(f"exported model not found: {self.path}")
         data = self.path.read_bytes()
+        if data[:2] == b"PK" and _is_torch_save(data):
+            raise UserError(f"{self.path} is a checkpoint (torch.save), not an exported model; export it with "
+                            f"`python -m engine.export {self.path} --format onnx --out MODEL.onnx`")
         if data[:2] == b"PK":  # TorchScript archives are zip files
             extra = {TORCHSCRIPT_EXTRA: ""}
             with warnings.catch_warnings():

@@ -115,7 +115,8 @@ def test_export_cli_then_run_equals_predict(checkpoints, scenes3, tmp_path):
     assert np.abs(got - want).max() <= EXPORT_TOLERANCE * max(1.0, np.abs(want).max())
 
 
-@pytest.mark.parametrize("case", ["unknown_format", "wrong_model", "opset", "wrong_size", "not_exported"])
+@pytest.mark.parametrize("case", ["unknown_format", "wrong_model", "opset", "wrong_size", "not_exported",
+                                  "training_checkpoint"])
 def test_export_errors_are_one_line(case, checkpoints, scenes3, tmp_path, capsys, monkeypatch):
     """Each mistake: exit status 2 and one 'error:' line (the CLI functions, in-process to keep this fast)."""
     from engine import export, exported
@@ -139,13 +140,16 @@ def test_export_errors_are_one_line(case, checkpoints, scenes3, tmp_path, capsys
         capsys.readouterr()
         rc = exported.main([str(out), str(scenes3 / "chess")])
         pattern = r"is 64x48 pixels but m.pt takes 48x48 images"
+    elif case == "training_checkpoint":
+        rc = exported.main([str(ckpt), str(scenes3 / "chess")])
+        pattern = r"is a checkpoint \(torch.save\), not an exported model; export it with `python -m engine.export"
     else:
         out.write_bytes(b"junk")
         rc, pattern = exported.main([str(out), str(scenes3 / "chess")]), r"neither an ONNX model nor a TorchScript"
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert re.search(pattern, lines[0]), lines[0]
+    assert re.search(pattern, lines[0]) and len(lines[0]) < 300, lines[0]
     if case in ("unknown_format", "wrong_model", "opset"):
         assert not out.exists()
 
