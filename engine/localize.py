@@ -138,10 +138,14 @@ def _as_image_3HW(item, position: int) -> torch.Tensor:
         if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
             raise UserError(f"image {position}: expected a uint8 array H x W x 3 (RGB), got {item.dtype} "
                             f"{'x'.join(map(str, item.shape))}")
+        if min(item.shape[:2]) == 0:
+            raise UserError(f"image {position}: empty ({item.shape[0]} x {item.shape[1]} pixels)")
         return torch.from_numpy(np.array(item)).permute(2, 0, 1)  # a copy: the array may be read-only
     if isinstance(item, torch.Tensor):
         if item.ndim != 3 or item.shape[0] != 3:
             raise UserError(f"image {position}: expected a tensor 3 x H x W, got {tuple(item.shape)}")
+        if min(item.shape[1:]) == 0:
+            raise UserError(f"image {position}: empty ({item.shape[1]} x {item.shape[2]} pixels)")
         return item
     raise UserError(f"image {position}: expected a path, a PIL image, a uint8 H x W x 3 array or a tensor, "
                     f"got {type(item).__name__}")
@@ -184,8 +188,8 @@ class Localizer:
     def _as_items(images) -> Union[torch.Tensor, list]:
         """A B x 3 x H x W tensor as it is; anything else as a list of single images."""
         if isinstance(images, torch.Tensor) and images.ndim == 4:
-            if images.shape[1] != 3:
-                raise UserError(f"image batch: expected B x 3 x H x W, got {tuple(images.shape)}")
+            if images.shape[1] != 3 or min(images.shape[2:]) == 0:
+                raise UserError(f"image batch: expected B x 3 x H x W with H, W >= 1, got {tuple(images.shape)}")
             return images
         if isinstance(images, np.ndarray) and images.ndim == 4:
             return list(images)  # N x H x W x 3 uint8

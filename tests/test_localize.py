@@ -94,6 +94,9 @@ def test_reference_state_dict_with_model_name_and_config(ckpt, loc, images, tmp_
     ([], r"nothing to localize"),
     (42, r"expected an image, a list of images or a tensor batch"),
     ("missing.png", r"image not found: missing.png"),
+    (np.zeros((0, 0, 3), np.uint8), r"image 0: empty \(0 x 0 pixels\)"),
+    (torch.zeros(3, 0, 5), r"image 0: empty \(0 x 5 pixels\)"),
+    (torch.zeros(2, 3, 0, 8), r"expected B x 3 x H x W with H, W >= 1"),
 ])
 def test_bad_input_is_a_user_error(loc, bad, pattern):
     with pytest.raises(UserError, match=pattern):
