@@ -32,7 +32,7 @@ from models.registry import canonical_model_name, cli_choices
 from util.checkpoint import load_checkpoint
 from util.config import GENERAL_KEYS, defaults, load_config, read_config_file
 from util.errors import UserError, run_cli
-from util.io import atomic_write_text
+from util.io import atomic_write_text, check_output_dir
 from util.logs import add_log_file
 from util.report import write_batch_report
 
@@ -130,8 +130,7 @@ def robustness_report(model_name: str, backbone_path: str, dataset_root: str | P
     ``checkpoints`` are paths, or the entries :func:`load_entries` made of them."""
     entries = (list(checkpoints) if checkpoints and all(isinstance(c, Entry) for c in checkpoints)
                else load_entries(model_name, config_path, checkpoints))
-    out = Path(output_path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(output_path)  # a read-only or mistyped folder: one line, before any evaluation
     csv_path, html_path, cache_path = (out / f"{PREFIX}.csv", out / f"{PREFIX}.html",
                                        out / f"{PREFIX}_cache.json")
     file_handler = add_log_file(out / f"{PREFIX}.log")

@@ -141,6 +141,14 @@ def test_different_scene_maps_are_refused(shifted_runs, tmp_path, capsys):
     assert status == 2 and len(lines) == 1 and "different scene maps" in lines[0] and "Traceback" not in err
 
 
+def test_a_read_only_output_folder_is_one_line(shifted_runs, read_only_dir, capsys):
+    root, config, ckpts = shifted_runs
+    status, _, err = run(["hyperpose", "random", root, config, "--checkpoint_path", ckpts["hyperpose"], "--shifts",
+                          "--output_path", read_only_dir / "out"], capsys)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert status == 2 and len(lines) == 1 and "--output_path" in lines[0] and "Traceback" not in err
+
+
 def test_demo_robustness_step(shifted_runs, tmp_path, capsys):
     from engine.demo import robustness_step
 
