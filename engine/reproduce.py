@@ -310,6 +310,9 @@ class Reproduction:
         """Every label file and image the plan needs, before anything trains (one line on the first miss)."""
         if not self.labels.is_dir():
             raise UserError(f"--labels {self.labels}: not a folder (expected the folder of the label CSVs)")
+        if not self.root.is_dir():
+            raise UserError(f"--root {self.root}: not a folder (expected the dataset root the img_path values "
+                            f"of the label CSVs are relative to)")
         if self.backbone != "random" and not Path(self.backbone).is_file():
             raise UserError(f"--backbone {self.backbone}: file not found")
         needed = {job.source_csv for job in self.jobs}
@@ -381,8 +384,9 @@ class Reproduction:
                            "--output_path", _rel(job.stage_dir(stage) / "batch_eval")] + val + self._tail(job))
 
     def dry_run(self) -> list[str]:
-        """What a run would do now: a comment per job, finished stages as comments, then the commands."""
-        self.prepare(check_images=False)
+        """What a run would do now: a comment per job, finished stages as comments, then the commands. It
+        makes the same input checks as a real run, so a plan that prints is a plan that can run."""
+        self.prepare()
         lines = []
         for job in self.jobs:
             lines.append(f"# {job.title}: " + ", ".join(f"stage {s.number} {s.name}" for s in job.stages) +

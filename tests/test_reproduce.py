@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import shutil
 
 import pytest
 import torch
@@ -125,6 +127,31 @@ def test_driver_refuses_a_root_without_label_files(setup, tmp_path, capsys, coun
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "lacks" in lines[0] and "Traceback" not in err
     assert count_training == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["no_labels_folder", "no_label_files", "no_root", "unknown_scene", "missing_image"])
+def test_the_dry_run_makes_the_real_runs_input_checks(case, setup, tmp_path, capsys):
+    """A plan that prints is a plan that runs: every input error of a real run also stops the dry run."""
+    _, args = setup
+    bad = list(args)
+    if case == "no_labels_folder":
+        bad[bad.index("--labels") + 1], pattern = str(tmp_path / "nowhere"), "not a folder"
+    elif case == "no_label_files":
+        (tmp_path / "empty").mkdir()
+        bad[bad.index("--labels") + 1], pattern = str(tmp_path / "empty"), "lacks"
+    elif case == "no_root":
+        bad[bad.index("--root") + 1], pattern = str(tmp_path / "nowhere"), "--root"
+    elif case == "unknown_scene":
+        bad[bad.index("--scenes") + 1], pattern = "chess,atlantis", "atlantis"
+    else:
+        root = tmp_path / "root"
+        shutil.copytree(bad[bad.index("--root") + 1], root)
+        next((root / "fire").rglob("*.png")).unlink()
+        bad[bad.index("--root") + 1], pattern = str(root), "not found|missing"
+    assert main(bad + ["--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]) and "Traceback" not in err, err
 
 
 def _params(path):
