@@ -66,7 +66,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (config device_id when CUDA is there, else CPU), cpu, cuda or cuda:N")
     parser.add_argument("--amp", nargs="?", const="auto", default=None, choices=AMP_CHOICES,
                         help="mixed precision: bf16 (CUDA GPUs that support it, and CPUs) or fp16 (CUDA, with "
-                             "gradient scaling in training); --amp alone picks bf16 where supported, else fp16")
+                             "gradient scaling in training); auto, or --amp alone, picks bf16 where supported, "
+                             "else fp16")
     parser.add_argument("--batch_size", type=int, default=None,
                         help="test batch size (default: the config's batch_size)")
     parser.add_argument("--cache", nargs="?", const=DEFAULT_CACHE_DIR, default=None, metavar="DIR",
