@@ -50,9 +50,24 @@ def _decode_pil(path: str) -> torch.Tensor:
     return torch.from_numpy(rgb_HW3).permute(2, 0, 1).contiguous()
 
 
+def _check_pixel_count(path: str) -> None:
+    """Refuse an image larger than PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89,478,485
+    pixels by default, e.g. 9459 x 9459) from its header, before any decoder allocates it."""
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+        return  # not readable by PIL: the decoders below report it
+    if limit and width * height > limit:
+        raise UserError(f"image {path} is {width} x {height} pixels, more than the {limit:,} an image may have "
+                        f"(PIL.Image.MAX_IMAGE_PIXELS); downscale it")
+
+
 def load_image_uint8(path: PathLike) -> torch.Tensor:
     """Decode an image file to a uint8 RGB tensor 3xHxW; ``UserError`` naming the path if it cannot."""
     path = str(path)
+    _check_pixel_count(path)
     if _TORCHVISION_DECODE:
         try:
             return _decode_torchvision(path)

@@ -463,3 +463,17 @@ def test_img_paths_outside_the_dataset_root_are_flagged(img_path, outside, tmp_p
         assert "CSV line 3" in messages[0]
     else:
         assert messages == []
+
+
+def test_an_image_above_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    """A decompression bomb is refused before it is decoded, with one line naming the size and the limit."""
+    from PIL import Image
+
+    from datasets.dataset import load_image_uint8
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 200)).save(path)
+    assert load_image_uint8(path).shape == (3, 200, 300)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 200 - 1)
+    with pytest.raises(UserError, match=r"big\.png is 300 x 200 pixels, more than the 59,999 an image may have"):
+        load_image_uint8(path)
