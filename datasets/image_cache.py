@@ -39,13 +39,13 @@ from datasets.dataset import load_image_uint8
 from datasets.transforms import resize_method, resize_short_side
 from util.device import cap_workers
 from util.errors import UserError
-from util.io import atomic_write_with
+from util.io import atomic_write_with, format_bytes
 from util.logs import progress_bar
 
 log = logging.getLogger(__name__)
 
 FORMAT = "hyperpose-image-cache"
-VERSION = 1
+VERSION = 2  # 2: each distinct image stored once, rows point at it
 MAGIC = b"HPIMGC01"
 _FOOTER = struct.Struct("<8sQQ")  # magic, index length, data length
 _CHUNK = 1 << 24
@@ -85,7 +85,7 @@ def estimated_bytes(dataset_root: Path, img_paths: list[str], image_resize: int)
     except (OSError, ValueError):
         return 0  # an unreadable image is reported by the decoder
     short = min(w, h)
-    return len(img_paths) * 3 * image_resize * int(image_resize * max(w, h) / short)  # as torchvision rounds
+    return len(set(img_paths)) * 3 * image_resize * int(image_resize * max(w, h) / short)  # as torchvision rounds
 
 
 def check_free_space(folder: Path, needed: int, spare: int = 0) -> None:
@@ -99,8 +99,8 @@ def check_free_space(folder: Path, needed: int, spare: int = 0) -> None:
     if not os.access(folder, os.W_OK):
         raise UserError(f"cannot use the image cache folder {folder}: it is not writable")
     if free < needed + spare:
-        raise UserError(f"the image cache needs about {needed / 2**30:.1f} GiB but {folder} has "
-                        f"{free / 2**30:.1f} GiB free")
+        raise UserError(f"the image cache needs about {format_bytes(needed + spare)} but {folder} has "
+                        f"{format_bytes(free)} free")
 
 
 def cache_key(labels_file: str | Path, dataset_root: str | Path, image_resize: int,
@@ -137,14 +137,15 @@ class _DecodeResize(Dataset):
 
 
 class ImageCache:
-    """Read access to a verified cache file: ``cache[i]`` is image ``i`` of the labels file, uint8 3xhxw.
+    """Read access to a verified cache file: ``cache[i]`` is the image of row ``i`` of the labels file, uint8
+    3xhxw. Each distinct image is stored once; ``rows[i]`` says which stored image row ``i`` shows.
 
     The memory map is opened lazily in each process and dropped on pickling, so DataLoader workers map the
     file themselves instead of receiving a copy of the pixels.
     """
 
-    def __init__(self, path: Path, shapes: list[tuple[int, int, int]], data_len: int):
-        self.path = path
+    def __init__(self, path: Path, shapes: list[tuple[int, int, int]], data_len: int, rows: list[int]):
+        self.path, self.rows = path, [int(r) for r in rows]
         self.shapes = [tuple(int(v) for v in s) for s in shapes]
         sizes = np.array([int(np.prod(s)) for s in self.shapes], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -152,7 +153,7 @@ class ImageCache:
         self._data: Optional[np.memmap] = None
 
     def __len__(self) -> int:
-        return len(self.shapes)
+        return len(self.rows)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_data": None}
@@ -160,8 +161,9 @@ class ImageCache:
     def __getitem__(self, i: int) -> torch.Tensor:
         if self._data is None:
             self._data = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.data_len,))
-        flat = self._data[self.offsets[i]:self.offsets[i + 1]]
-        return torch.from_numpy(np.array(flat)).view(self.shapes[i])  # a copy: the map stays read-only
+        j = self.rows[i]
+        flat = self._data[self.offsets[j]:self.offsets[j + 1]]
+        return torch.from_numpy(np.array(flat)).view(self.shapes[j])  # a copy: the map stays read-only
 
     # Reading and writing --------------------------------------------------------------------------------
     @classmethod
@@ -186,9 +188,11 @@ class ImageCache:
                 raise ValueError("made for another labels file, dataset root, size or resize backend")
             if index.get("img_paths") != list(img_paths):
                 raise ValueError("its image list differs from the labels file")
-            shapes = index["shapes"]
+            shapes, rows = index["shapes"], index["rows"]
             if sum(int(np.prod(s)) for s in shapes) != data_len:
                 raise ValueError("its shapes do not add up to its data length")
+            if len(rows) != len(img_paths) or any(not 0 <= r < len(shapes) for r in rows):
+                raise ValueError("its rows do not fit its images")
             if verify:
                 f.seek(0)
                 crc, left = 0, data_len
@@ -199,14 +203,16 @@ class ImageCache:
                     crc, left = zlib.crc32(chunk, crc), left - len(chunk)
                 if crc != index.get("data_crc32"):
                     raise ValueError("checksum mismatch (corrupt data)")
-        return cls(path, shapes, data_len)
+        return cls(path, shapes, data_len, rows)
 
     @staticmethod
     def build(path: Path, key: dict, dataset_root: Path, img_paths: list[str], n_workers: int = 0,
               resize_backend: str = "tensor") -> None:
-        """Decode and resize every image once (with ``resize_backend``, the one of ``key``) and write the
-        cache file atomically."""
-        decoder = _DecodeResize([dataset_root / p for p in img_paths], key["image_resize"], resize_backend)
+        """Decode and resize every distinct image once (with ``resize_backend``, the one of ``key``) and write
+        the cache file atomically; a labels file that names one image on many rows stores it once."""
+        distinct = list(dict.fromkeys(img_paths))
+        position = {p: k for k, p in enumerate(distinct)}
+        decoder = _DecodeResize([dataset_root / p for p in distinct], key["image_resize"], resize_backend)
         # Nothing else runs while the cache is built: every CPU may decode.
         loader = DataLoader(decoder, batch_size=None, shuffle=False, num_workers=cap_workers(n_workers))
         shapes: list[list[int]] = []
@@ -220,7 +226,7 @@ class ImageCache:
                     crc, data_len = zlib.crc32(raw, crc), data_len + len(raw)
                     shapes.append(list(img_3hw.shape))
                 index = json.dumps({"key": key, "img_paths": list(img_paths), "shapes": shapes,
-                                    "data_crc32": crc}).encode("utf-8")
+                                    "rows": [position[p] for p in img_paths], "data_crc32": crc}).encode("utf-8")
                 f.write(index)
                 f.write(_FOOTER.pack(MAGIC, len(index), data_len))
                 f.flush()

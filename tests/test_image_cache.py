@@ -223,8 +223,13 @@ def test_a_cache_larger_than_the_free_space_is_refused_before_decoding(data, tmp
     check_free_space(tmp_path / "c", expected)
     ds.use_image_cache(tmp_path / "c", RESIZE)
     assert ds.image_cache.data_len == expected  # exact for a dataset of one image size
-    with pytest.raises(UserError, match=r"needs about .* GiB but .* GiB free"):
+    with pytest.raises(UserError, match=r"needs about .* GiB but .* free"):
         check_free_space(tmp_path / "c", 1 << 60)
+    import shutil as _shutil
+    free = _shutil.disk_usage(tmp_path).free
+    with pytest.raises(UserError, match=r"needs about \d+\.\d (KiB|MiB|GiB) but .* free") as info:
+        check_free_space(tmp_path / "c", 1 << 20, spare=free)  # small sizes are not shown as "0.0 GiB"
+    assert "0.0 GiB" not in str(info.value)
 
 
 def test_building_with_more_workers_than_cpus_asks_for_no_more_than_the_cpus(data, tmp_path, recwarn):
@@ -376,3 +381,19 @@ def test_the_cache_builder_draws_no_progress_bar_into_a_redirected_log(scene7, t
     proc = run_script(["-c", code], env={"TQDM_DISABLE": None})
     assert proc.returncode == 0, proc.stderr
     assert "caching" not in proc.stderr and "it/s" not in proc.stderr
+
+
+def test_a_labels_file_naming_one_image_on_many_rows_stores_it_once(scene7, tmp_path):
+    """Every row reads its own image back, but the file holds each distinct image once."""
+    from datasets.image_cache import open_image_cache
+
+    rows = (scene7 / "abs_7scenes_pose.csv_chess_test.csv").read_text().splitlines()
+    labels = tmp_path / "repeated.csv"
+    labels.write_text("\n".join([rows[0]] + [rows[1]] * 40 + rows[2:4]) + "\n")
+    ds = CameraPoseDataset(scene7, labels)
+    cache = open_image_cache(tmp_path / "c", scene7, labels, ds.img_paths, RESIZE)
+    assert len(cache) == 42 and len(cache.shapes) == 3
+    single = cache.offsets[1] - cache.offsets[0]
+    assert cache.data_len < 4 * single  # 3 stored images, not 42
+    assert torch.equal(cache[0], cache[39]) and not torch.equal(cache[0], cache[41])
+    assert torch.equal(cache[40], resize_short_side(load_image_uint8(scene7 / ds.img_paths[40]), RESIZE))
