@@ -110,10 +110,18 @@ def eval_prediction_spread(model: nn.Module, loader: DataLoader, device: torch.d
     return _spread(torch.cat(pred)), _spread(torch.cat(true))
 
 
-def log_spread(epoch: int, spread_m: float, true_m: float) -> None:
-    """One info line per epoch; a warning when the eval-mode predictions have collapsed."""
+def log_spread(epoch: int, spread_m: float, true_m: float, config: dict | None = None) -> None:
+    """One info line per epoch; a warning when the eval-mode predictions have collapsed, with the advice that
+    the run's config does not already follow."""
     log.info("epoch %d: eval-mode predictions spread %.3f m (ground truth %.3f m)", epoch, spread_m, true_m)
     if true_m > 0 and spread_m < COLLAPSE_RATIO * true_m:
+        config = config or {}
+        advice = []
+        if not config.get("bn_recalibrate_batches"):
+            advice.append("set bn_recalibrate_batches (e.g. 20)")
+        if config.get("bn_momentum") is None or config["bn_momentum"] < 0.1:
+            advice.append("bn_momentum 0.1")
+        hint = (" or ".join(advice) if advice else
+                "early epochs often recover; if the last ones do not, train longer or with a lower lr")
         log.warning("epoch %d: eval-mode predictions have collapsed (spread %.3f m against %.3f m in the "
-                    "labels): the BatchNorm running statistics lag the weights; set bn_recalibrate_batches "
-                    "(e.g. 20) or bn_momentum 0.1", epoch, spread_m, true_m)
+                    "labels): the BatchNorm running statistics lag the weights; %s", epoch, spread_m, true_m, hint)

@@ -278,7 +278,7 @@ class Trainer:
         check_finite(self.model, self.loss_fn, epoch, probe_img)  # the model as it will be saved
         spread = eval_prediction_spread(self.model, probe_loader, self.device)
         if self.ctx.is_main:
-            log_spread(epoch, *spread)
+            log_spread(epoch, *spread, self.config)
 
     # The run ---------------------------------------------------------------------------------------------
     def record(self, row: dict, rows: list[dict], writer) -> None:

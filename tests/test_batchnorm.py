@@ -65,3 +65,20 @@ def test_eval_collapse_is_warned_and_recalibration_prevents_it(batches, scene7, 
     assert collapsed == (batches == 0), messages
     saved = torch.load(result.final_checkpoint, weights_only=True)["config"]["bn_recalibrate_batches"]
     assert saved == (0 if batches == 0 else 20)
+
+
+def test_the_collapse_warning_gives_only_advice_the_config_does_not_follow(caplog):
+    from engine.batchnorm import log_spread
+
+    def advice(config):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="engine.batchnorm"):
+            log_spread(1, 0.0, 1.0, config)
+        return caplog.text
+
+    assert "bn_recalibrate_batches" in advice({"bn_momentum": None, "bn_recalibrate_batches": 0})
+    assert "bn_momentum 0.1" in advice({"bn_momentum": None, "bn_recalibrate_batches": 0})
+    text = advice({"bn_momentum": 0.1, "bn_recalibrate_batches": 0})
+    assert "bn_recalibrate_batches" in text and "bn_momentum 0.1" not in text
+    text = advice({"bn_momentum": 0.1, "bn_recalibrate_batches": 20})
+    assert "collapsed" in text and "bn_momentum 0.1" not in text and "set bn_recalibrate" not in text
