@@ -40,9 +40,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, models: Sequence[str],
         mode_help += "; predict localizes unlabelled images (other positionals: see MODEL predict -h)"
     parser.add_argument("mode", choices=modes, help=mode_help)
     parser.add_argument("backbone_path",
-                        help="backbone weights (of the config's backbone_type): a state_dict file, the "
+                        help="train: backbone weights (of the config's backbone_type): a state_dict file, the "
                              "reference's pickled EfficientNet, 'imagenet' for local ImageNet weights, or "
-                             "'random' for random initialisation")
+                             "'random' for random initialisation; test: ignored, the checkpoint holds every "
+                             "backbone weight (any file or word, e.g. 'checkpoint')")
     parser.add_argument("dataset_path", help="dataset root; img_path in the labels file is relative to it")
     parser.add_argument("labels_file", help="label CSV (scene,split,seq,img_path,t1,t2,t3,q1,q2,q3,q4)")
     parser.add_argument("config_file", help="JSON config: a 'general' section plus one section per model")

@@ -22,7 +22,7 @@ from datasets.dataset import CameraPoseDataset, reference_scene_map
 from datasets.image_cache import AUTO, resolve_cache_dir
 from datasets.labels import read_labels
 from datasets.transforms import build_transform
-from models.backbone import load_backbone
+from models.backbone import new_backbone
 from models.registry import build_model, canonical_model_name, get_spec
 from util import jsonio
 from util.checkpoint import load_checkpoint, load_model_weights, reconcile_config
@@ -173,8 +173,9 @@ class Evaluator:
             config["num_scenes"] = len(scene_map)
         key = json.dumps(config, sort_keys=True, default=str)
         if key not in self._models:
-            self._models = {key: build_model(self.model_name, config,
-                                                   load_backbone(self.backbone_path, config["backbone_type"]))}
+            # The checkpoint holds every backbone weight (the load below is strict), so the backbone starts
+            # empty: backbone_path is irrelevant here, whatever file or word it names, and warns of nothing.
+            self._models = {key: build_model(self.model_name, config, new_backbone(config["backbone_type"]))}
         model = self._models[key]
         load_model_weights(model, ckpt["model"], checkpoint_path)
         return model.to(self.device, memory_format=torch.channels_last).eval(), scene_map

@@ -222,3 +222,35 @@ def test_each_warning_reaches_the_console_once_per_process(capsys):
     logging.getLogger("models.backbone").warning(text + " (another)")
     err = capsys.readouterr().err
     assert err.count(text) == 2 and err.count(text + " (another)") == 1
+
+
+def test_test_mode_ignores_backbone_path_because_the_checkpoint_holds_the_backbone(scene7, tmp_path, caplog):
+    """A posenet checkpoint tested with an EfficientNet file, or the word 'checkpoint', as backbone_path:
+    the same predictions, and no 'random init' warning."""
+    import logging
+
+    import torch
+
+    from conftest import tiny_config_dict, write_config
+    from engine.evaluate import Evaluator
+    from models.backbone import new_backbone
+    from models.registry import build_model
+    from util.checkpoint import save_checkpoint
+    from util.config import load_config
+
+    config = write_config(tmp_path / "c.json", tiny_config_dict())
+    cfg = load_config(config, "posenet")
+    ckpt = save_checkpoint(tmp_path / "posenet.pth", model_name="posenet", config=cfg, scene_map={"chess": 0},
+                           model=build_model("posenet", cfg, new_backbone("googlenet")), epoch=1)
+    effnet = tmp_path / "b0.pth"
+    torch.save(new_backbone("efficientnet").state_dict(), effnet)
+    preds = []
+    for backbone_path in (str(effnet), "checkpoint", "random"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            ev = Evaluator("posenet", backbone_path, scene7, scene7 / "abs_7scenes_pose.csv_chess_test.csv", config,
+                           device="cpu", progress=False)
+            result = ev.evaluate_checkpoint(ckpt)
+        assert "random init" not in caplog.text
+        preds.append(next(iter(result.predictions.values())).pose_pred_N7)
+    assert all((p == preds[0]).all() for p in preds)
