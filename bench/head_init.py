@@ -53,41 +53,61 @@ def verdict(mean: float, se: float) -> str:
 
 
 @torch.no_grad()
-def head_scales(model, img_B3HW: torch.Tensor) -> dict[str, float]:
-    """Median |generated output| / median |static output| per branch of a hyperpose model."""
+def head_scales(model, img_B3HW: torch.Tensor, train_mode: bool) -> dict[str, float]:
+    """Median over images of ||generated output|| / ||static output||, per branch of a hyperpose model.
+    ``train_mode``: BatchNorm on batch statistics as a training step sees it (dropout off), else eval mode."""
     from models.hyperpose import hyper_branch_output
     from models.posenet import static_head_output
 
-    model.eval()
+    model.train(train_mode)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
     feat = model._backbone.extract(img_B3HW)["pooled"]
     t, q = static_head_output(model, feat)
     out = {}
     for branch, static in (("t", t), ("rot", q)):
         hyper = hyper_branch_output(model, branch, feat)
-        out[branch] = float(hyper.abs().median() / static.abs().median().clamp_min(1e-12))
+        out[branch] = float((hyper.norm(dim=1) / static.norm(dim=1).clamp_min(1e-12)).median())
+    model.eval()
     return out
 
 
-def start_scales(config_path: Path, data: Path, train_csv: Path, backbone: str) -> dict[str, float]:
-    """The head scales of hyperpose at step 0, built exactly as a fresh training run builds it."""
+def sample_loader(config: dict, data: Path, csv: Path):
+    """The fixed sample of a CSV's images that training's BatchNorm checks and hyperfan init draw."""
     from datasets.dataset import CameraPoseDataset
     from datasets.transforms import build_transform
     from engine.batchnorm import plain_loader
+
+    dataset = CameraPoseDataset(data, csv, transform=build_transform(config, train=False))
+    return plain_loader(dataset, config, torch.device("cpu"))
+
+
+def scales(init: str, start: str, seed: int, args) -> dict[str, dict[str, float]]:
+    """Head scales of one hyperpose run: at step 0, built as its training run built it (training sample,
+    train mode), and of its final checkpoint on the test images (eval mode)."""
     from engine.train import hyperfan_start, prepare_model
-    from util.config import load_config
+    from util.checkpoint import load_checkpoint
+    from util.config import validate_config
     from util.device import seed_everything
 
-    config = load_config(config_path, "hyperpose")
+    _, backbone = STARTS[start]
+    final = next((args.out / start / f"seed{seed}" / f"hyperpose_{init}").glob("run_*/*_final.pth"))
+    ckpt = load_checkpoint(final)
+    config = validate_config("hyperpose", ckpt["config"])
+    train_loader = sample_loader(config, args.data, args.data / f"abs_7scenes_pose.csv_{SCENE}_train.csv")
     seed_everything(config["seed"])
     model = prepare_model("hyperpose", backbone, config, torch.device("cpu"))
-    dataset = CameraPoseDataset(data, train_csv, transform=build_transform(config, train=False))
-    loader = plain_loader(dataset, config, torch.device("cpu"))
-    if config["head_init"] == "hyperfan":
-        hyperfan_start(model, loader, torch.device("cpu"))
-    return head_scales(model, next(iter(loader))["img"])
+    if init == "hyperfan":
+        hyperfan_start(model, train_loader, torch.device("cpu"))
+    step0 = head_scales(model, next(iter(train_loader))["img"], train_mode=True)
+    model.load_state_dict(ckpt["model"])
+    test_loader = sample_loader(config, args.data, args.data / f"abs_7scenes_pose.csv_{SCENE}_test.csv")
+    return {"step0": step0, "trained": head_scales(model, next(iter(test_loader))["img"], train_mode=False)}
 
 
 def run_one(model: str, init: str, start: str, seed: int, args, tests, done: dict) -> dict:
+    """Train one model at one seed and init (unless done before) and test it at every shift level."""
     from engine.evaluate import Evaluator
     from engine.train import train
 
@@ -99,29 +119,13 @@ def run_one(model: str, init: str, start: str, seed: int, args, tests, done: dic
     with tempfile.TemporaryDirectory() as tmp:
         override = Path(tmp) / "override.json"
         override.write_text(json.dumps({model: {"backbone_type": backbone_type, "seed": seed, "head_init": init}}))
-        row = {"key": key, "model": model, "init": init, "start": start, "seed": seed}
-        if model == "hyperpose":
-            merged = Path(tmp) / "config.json"
-            base = json.loads(Path(CONFIG).read_text())
-            base[model].update(json.loads(override.read_text())[model])
-            merged.write_text(json.dumps(base))
-            row["scale_step0"] = start_scales(merged, args.data, train_csv, backbone)
         out = args.out / start / f"seed{seed}" / f"{model}_{init}"
         result = train(model, backbone, args.data, train_csv, CONFIG, out, override_config=override)
-        row["shifts"] = {}
+        row = {"key": key, "model": model, "init": init, "start": start, "seed": seed, "shifts": {}}
         for level, csv in tests:
             evaluator = Evaluator(model, backbone, args.data, csv, CONFIG, override_config=override)
             s = evaluator.evaluate_checkpoint(result.final_checkpoint).summaries[0]
             row["shifts"][str(level)] = [s.median_pos_m, s.median_ori_deg]
-        if model == "hyperpose":
-            from datasets.dataset import CameraPoseDataset
-            from datasets.transforms import build_transform
-            from util.config import load_config
-
-            config = load_config(CONFIG, model, override)
-            test = CameraPoseDataset(args.data, tests[0][1], transform=build_transform(config, train=False))
-            img = torch.stack([test[i]["img"] for i in range(min(32, len(test)))])
-            row["scale_trained"] = head_scales(result.model.cpu(), img)
     done[key] = row
     with open(args.out / "results.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -179,17 +183,15 @@ def report(done: dict, args, tests) -> None:
                 print(f"| {start} | {init} | {level} | {statistics.fmean(ep):.3f} / {statistics.fmean(eo):.1f} | "
                       f"{statistics.fmean(hp):.3f} / {statistics.fmean(ho):.1f} | {dp:+.3f} +- {sp:.3f} | "
                       f"{do:+.1f} +- {so:.1f} | {won} of {len(hp)} | {verdict(dp, sp)} |")
-    print("\nGenerated / static output (median |.| over test images), t and rot branch, mean over seeds:")
+    print("\nGenerated / static output of hyperpose (median over images of the norm ratio), t / rot branch, "
+          "mean over seeds: at step 0 as the first training step sees it, and after training in eval mode")
     print("\n| start | head_init | at step 0 (t / rot) | after training (t / rot) |")
     print("|---|---|---|---|")
     for start in args.starts:
         for init in args.inits:
-            hyp = [done[f"hyperpose|{init}|{start}|{s}"] for s in args.seeds]
-            cells = []
-            for when in ("scale_step0", "scale_trained"):
-                t = statistics.fmean(r[when]["t"] for r in hyp)
-                rot = statistics.fmean(r[when]["rot"] for r in hyp)
-                cells.append(f"{t:.2f} / {rot:.2f}")
+            found = [scales(init, start, s, args) for s in args.seeds]
+            cells = [f"{statistics.fmean(f[when]['t'] for f in found):.2f} / "
+                     f"{statistics.fmean(f[when]['rot'] for f in found):.2f}" for when in ("step0", "trained")]
             print(f"| {start} | {init} | {cells[0]} | {cells[1]} |")
 
 

@@ -38,7 +38,7 @@ from datasets.image_source import resolve_image_source
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, build_resize_crop
 from engine.localize import LoadedModel, load_for_inference
 from util.errors import UserError, run_cli
-from util.io import atomic_write_bytes
+from util.io import atomic_write_bytes, check_output_dir
 from util.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str, *, opse
     is an image source (folder, glob, list, label CSV) for the comparison with PyTorch."""
     if fmt not in FORMATS:  # before the (slow) load
         raise UserError(f"unknown export format {fmt!r}; expected {' or '.join(FORMATS)}")
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the file to write, e.g. {out / 'model.onnx'}")
+    check_output_dir(out.parent, "the folder of --out")  # before the load, the export and the comparison
     loaded = load_for_inference(checkpoint, model_name=model_name, config=config, scenes=scenes)
     images = load_check_images(check_images, loaded.config) if check_images else None
     return export_loaded(loaded, out, fmt, opset=opset, batch=batch, input_dtype=input_dtype,

@@ -116,8 +116,8 @@ def test_export_cli_then_run_equals_predict(checkpoints, scenes3, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["unknown_format", "wrong_model", "opset", "wrong_size", "not_exported",
-                                  "training_checkpoint"])
-def test_export_errors_are_one_line(case, checkpoints, scenes3, tmp_path, capsys, monkeypatch):
+                                  "training_checkpoint", "read_only_out"])
+def test_export_errors_are_one_line(case, checkpoints, scenes3, tmp_path, capsys, monkeypatch, read_only_dir):
     """Each mistake: exit status 2 and one 'error:' line (the CLI functions, in-process to keep this fast)."""
     from engine import export, exported
 
@@ -140,6 +140,10 @@ def test_export_errors_are_one_line(case, checkpoints, scenes3, tmp_path, capsys
         capsys.readouterr()
         rc = exported.main([str(out), str(scenes3 / "chess")])
         pattern = r"is 64x48 pixels but m.pt takes 48x48 images"
+    elif case == "read_only_out":
+        monkeypatch.setattr(export, "load_for_inference", lambda *a, **k: pytest.fail("loaded before the check"))
+        rc = export.main([str(ckpt), "--out", str(read_only_dir / "m.onnx"), "--format", "onnx"])
+        pattern = r"the folder of --out .* (not writable|cannot create)"
     elif case == "training_checkpoint":
         rc = exported.main([str(ckpt), str(scenes3 / "chess")])
         pattern = r"is a checkpoint \(torch.save\), not an exported model; export it with `python -m engine.export"
