@@ -3,6 +3,7 @@ run folder with --output_path; stale temporary files of killed writes are cleare
 from __future__ import annotations
 
 import hashlib
+import shutil
 
 import pytest
 import torch
@@ -20,13 +21,15 @@ def digests(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.pth"))}
 
 
-@pytest.fixture
-def finished_run(scene7, tmp_path):
+@pytest.fixture(scope="module")
+def finished_run(scene7, tmp_path_factory):
+    """One finished 3-epoch run; the tests that write into its folder work on a copy."""
+    tmp = tmp_path_factory.mktemp("resume")
     cfg = tiny_config_dict(n_epochs=3)
     cfg["general"]["keep_optimizer_state"] = "all"
-    config = write_config(tmp_path / "c.json", cfg)
+    config = write_config(tmp / "c.json", cfg)
     labels = scene7 / "abs_7scenes_pose.csv_chess_train.csv"
-    result = train(MODEL, "random", scene7, labels, config, tmp_path / "runs")
+    result = train(MODEL, "random", scene7, labels, config, tmp / "runs")
     return result, config, labels
 
 
@@ -55,9 +58,10 @@ def test_an_older_checkpoint_branches_into_a_new_run_folder(finished_run, scene7
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resuming_in_place_clears_stale_temporary_files(finished_run, scene7):
+def test_resuming_in_place_clears_stale_temporary_files(finished_run, scene7, tmp_path):
     result, config, labels = finished_run
-    stale = result.run_dir / f".{result.final_checkpoint.name}.k1ll3d.tmp"
+    run_dir = shutil.copytree(result.run_dir, tmp_path / result.run_dir.name)
+    stale = run_dir / f".{result.final_checkpoint.name}.k1ll3d.tmp"
     stale.write_bytes(b"\0" * 1000)  # what a kill -9 during a save leaves
-    more = train(MODEL, "random", scene7, labels, config, resume=result.final_checkpoint, n_epochs=4)
-    assert more.run_dir == result.run_dir and not stale.exists()
+    more = train(MODEL, "random", scene7, labels, config, resume=run_dir / result.final_checkpoint.name, n_epochs=4)
+    assert more.run_dir == run_dir and not stale.exists()
