@@ -237,7 +237,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str, *, opse
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the file to write, e.g. {out / 'model.onnx'}")
-    check_output_dir(out.parent, "the folder of --out")  # before the load, the export and the comparison
+    check_output_dir(out.parent, "the folder of --out", create=False)  # before the load and the export
     loaded = load_for_inference(checkpoint, model_name=model_name, config=config, scenes=scenes)
     images = load_check_images(check_images, loaded.config) if check_images else None
     return export_loaded(loaded, out, fmt, opset=opset, batch=batch, input_dtype=input_dtype,

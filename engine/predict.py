@@ -107,7 +107,7 @@ def predict(model_name: str, images: str, config_path: str | Path, checkpoint_pa
         raise UserError("predict mode needs --checkpoint_path <checkpoint.pth>")
     if batch_size is not None and batch_size < 1:  # 0 is a mistake, not "the config's size"
         raise UserError(f"--batch_size must be >= 1, got {batch_size}")
-    check_output_dir(output_path)  # before any work, not after it
+    check_output_dir(output_path, create=False)  # before any work; nothing is created if the work fails
     source = resolve_image_source(images, dataset_root)
     config = load_config(config_path, model_name, override_config)
     batch_size = batch_size if batch_size is not None else config["batch_size"]

@@ -192,6 +192,8 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
     # The output folder first: a read-only or mistyped --output_path must not cost a training run.
     branch = bool(resume) and output_path is not None and \
         Path(output_path).resolve() != Path(resume).resolve().parent.parent
+    if resume and not Path(resume).is_file():
+        load_checkpoint(resume)  # one line saying what is missing, before any folder is made
     if not resume or branch:
         output_path = output_path if output_path is not None else "./models"
         check_output_dir(output_path)

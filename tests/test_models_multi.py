@@ -439,8 +439,9 @@ def test_every_model_runs_in_float64_like_float32():
         config = dict(cfg[name], num_scenes=2) if get_spec(name).multi_scene else cfg[name]
         torch.manual_seed(0)
         model = build_model(name, config, new_backbone(config["backbone_type"])).eval()
+        scene = torch.zeros(2, dtype=torch.long) if get_spec(name).multi_scene else None  # no argmax ties
         with torch.no_grad():
-            pose32, _ = model(img, None)
-            pose64, _ = model.double()(img.double(), None)
+            pose32, _ = model(img, scene)
+            pose64, _ = model.double()(img.double(), scene)
         assert pose64.dtype == torch.float64, name
         torch.testing.assert_close(pose64.float(), pose32, rtol=1e-3, atol=1e-4, msg=name)

@@ -76,23 +76,32 @@ def check_input_file(path: str | Path, what: str) -> Path:
     return path
 
 
-def check_output_dir(path: str | os.PathLike, what: str = "--output_path") -> Path:
-    """Create ``path`` if needed and check that files can be written in it; a one-line UserError if not.
+def check_output_dir(path: str | os.PathLike, what: str = "--output_path", create: bool = True) -> Path:
+    """Check that files can be written in folder ``path``; a one-line UserError if not.
 
     Called before any work, so that a read-only mount or a file given as output folder fails at once rather
-    than after a whole training run or evaluation.
+    than after a whole training run or evaluation. ``create``: make the folder now; otherwise a missing folder
+    is checked through its nearest existing parent and nothing is left behind (the writes create it later).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path} is a file, not a folder; give a folder (it is created if missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UserError(f"{what} {path}: cannot create the folder, a part of the path is a file") from None
-    except OSError as exc:
-        raise UserError(f"{what} {path}: cannot create the folder ({exc.strerror})") from None
+    probe_dir = path
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UserError(f"{what} {path}: cannot create the folder, a part of the path is a file") from None
+        except OSError as exc:
+            raise UserError(f"{what} {path}: cannot create the folder ({exc.strerror})") from None
+    else:
+        probe_dir = path.absolute()
+        while not probe_dir.exists() and probe_dir != probe_dir.parent:
+            probe_dir = probe_dir.parent
+        if not probe_dir.is_dir():
+            raise UserError(f"{what} {path}: cannot create the folder, a part of the path is a file")
     try:  # os.access answers for the permission bits only; a real file also catches read-only mounts
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=probe_dir)
         os.close(fd)
         os.remove(probe)
     except OSError as exc:
