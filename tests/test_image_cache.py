@@ -33,6 +33,26 @@ def _files(cache_dir):
     return sorted(cache_dir.glob("*.u8cache"))
 
 
+def _train_then_test_with_and_without_cache(root, labels, tmp_path, **keys):
+    """Train effposenet one epoch with its cache in ``train_cache``, then test the final checkpoint with the
+    cache off and in ``test_cache``; the two prediction arrays."""
+    from engine.train import train
+
+    cfg = tiny_config_dict(n_epochs=1)
+    cfg["effposenet"].update(keys)
+    config = write_config(tmp_path / "cfg.json", cfg)
+    run = train("effposenet", "random", root, labels, config, tmp_path / "out", device="cpu",
+                cache_dir=tmp_path / "train_cache")
+    test_csv = root / "abs_7scenes_pose.csv_chess_test.csv"
+    scores = []
+    for cache in ("off", tmp_path / "test_cache"):
+        ev = Evaluator("effposenet", "random", root, test_csv, config, device="cpu", cache_dir=cache,
+                       latency_images=1, warmup=0, progress=False)
+        result = ev.evaluate_checkpoint(run.final_checkpoint, timing=False)
+        scores.append(next(iter(result.predictions.values())).pose_pred_N7)
+    return scores
+
+
 def test_cached_samples_equal_decoded_ones(data, tmp_path):
     root, labels = data
     transform = build_transform({"image_resize": RESIZE, "image_crop": 48}, train=False)
@@ -137,21 +157,9 @@ def test_cache_is_read_by_workers(data, tmp_path):
 
 
 def test_test_mode_uses_the_cache_and_scores_the_same(data, tmp_path):
-    from engine.train import train
-
     root, labels = data
-    cfg = tiny_config_dict(n_epochs=1)
-    config = write_config(tmp_path / "cfg.json", cfg)
-    run = train("effposenet", "random", root, labels, config, tmp_path / "out", device="cpu",
-                cache_dir=tmp_path / "train_cache")
+    scores = _train_then_test_with_and_without_cache(root, labels, tmp_path)
     assert len(_files(tmp_path / "train_cache")) == 1
-    test_csv = root / "abs_7scenes_pose.csv_chess_test.csv"
-    scores = []
-    for cache in ("off", tmp_path / "test_cache"):
-        ev = Evaluator("effposenet", "random", root, test_csv, config, device="cpu", cache_dir=cache,
-                       latency_images=1, warmup=0, progress=False)
-        result = ev.evaluate_checkpoint(run.final_checkpoint, timing=False)
-        scores.append(next(iter(result.predictions.values())).pose_pred_N7)
     assert len(_files(tmp_path / "test_cache")) == 1
     assert (scores[0] == scores[1]).all()
 
@@ -351,22 +359,10 @@ def _cached_backends(cache_dir, root, labels):
 
 
 def test_train_and_test_mode_cache_with_the_configs_resize_backend(data, tmp_path):
-    from engine.train import train
-
     root, labels = data
-    cfg = tiny_config_dict(n_epochs=1)
-    cfg["effposenet"]["resize_backend"] = "pil"
-    config = write_config(tmp_path / "cfg.json", cfg)
-    run = train("effposenet", "random", root, labels, config, tmp_path / "out", device="cpu",
-                cache_dir=tmp_path / "train_cache")
+    scores = _train_then_test_with_and_without_cache(root, labels, tmp_path, resize_backend="pil")
     assert _cached_backends(tmp_path / "train_cache", root, labels) == ["pil"]
     test_csv = root / "abs_7scenes_pose.csv_chess_test.csv"
-    scores = []
-    for cache in ("off", tmp_path / "test_cache"):
-        ev = Evaluator("effposenet", "random", root, test_csv, config, device="cpu", cache_dir=cache,
-                       latency_images=1, warmup=0, progress=False)
-        result = ev.evaluate_checkpoint(run.final_checkpoint, timing=False)
-        scores.append(next(iter(result.predictions.values())).pose_pred_N7)
     assert _cached_backends(tmp_path / "test_cache", root, test_csv) == ["pil"]
     assert (scores[0] == scores[1]).all()
 
