@@ -157,11 +157,15 @@ class CameraPoseDataset(Dataset):
     ``scene_map`` (name -> id) is derived from the CSV's sorted scene names unless given, e.g. the training
     map stored with a model, so that test-time ids agree with training. ``image_cache`` (see
     ``datasets.image_cache``) replaces decoding with a read of the already decoded, resized image.
+    ``corruption`` (e.g. a :class:`datasets.corruptions.Corruption`) is called as ``corruption(img_3HW, img_path)``
+    on every decoded uint8 image before the transform resizes it; a corrupted dataset never reads the
+    image cache, whose images are already resized.
     """
 
     def __init__(self, dataset_root: PathLike, labels_file: PathLike,
                  transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 scene_map: Optional[Mapping[str, int]] = None, check_images: bool = True):
+                 scene_map: Optional[Mapping[str, int]] = None, check_images: bool = True,
+                 corruption: Optional[Callable[[torch.Tensor, str], torch.Tensor]] = None):
         labels = read_labels(labels_file, dataset_root=dataset_root, check_images=check_images)
         self.dataset_root = Path(dataset_root)
         self.labels_file = Path(labels_file)
@@ -174,6 +178,7 @@ class CameraPoseDataset(Dataset):
         self.seqs = labels["seq"].astype(str).tolist()
         self.poses_N7 = labels[POSE_COLUMNS].to_numpy(dtype=np.float32)
         self.image_cache = None
+        self.corruption = corruption
 
     def use_image_cache(self, cache_dir: PathLike, image_resize: int, n_workers: int = 0,
                         build: bool = True, required: bool = True, resize_backend: str = "tensor") -> bool:
@@ -182,6 +187,8 @@ class CameraPoseDataset(Dataset):
         ``resize_backend`` must be the transform's, so that its resize leaves the cached images as they are."""
         from datasets.image_cache import open_image_cache
 
+        if self.corruption is not None:
+            return False  # corruptions apply to the full-size decoded image
         self.image_cache = open_image_cache(cache_dir, self.dataset_root, self.labels_file, self.img_paths,
                                             image_resize, n_workers=n_workers, build=build, required=required,
                                             resize_backend=resize_backend)
@@ -206,6 +213,8 @@ class CameraPoseDataset(Dataset):
             img_3HW = self.image_cache[index]
         else:
             img_3HW = load_image_uint8(self.dataset_root / rel_path)
+            if self.corruption is not None:
+                img_3HW = self.corruption(img_3HW, rel_path)
         img = self.transform(img_3HW) if self.transform is not None else img_3HW.float().div_(255.0)
         return {
             "img": img,
