@@ -261,7 +261,10 @@ class Trainer:
                             model=self.model, loss=self.loss_fn, optimizer=self.optimizer,
                             scheduler=self.scheduler, epoch=epoch,
                             extra={"run_stamp": self.stamp, "world_size": self.ctx.world_size,
-                                   "micro_batches": self.micro_batches, "trainable": list(self.trainable)})
+                                   "micro_batches": self.micro_batches, "trainable": list(self.trainable),
+                                   # Where the training images are: the baselines of a report (engine.retrieval).
+                                   "train_labels": str(self.dataset.labels_file.resolve()),
+                                   "train_root": str(self.dataset.dataset_root.resolve())})
             log.info("saved %s", path.name)
             self.keeper.saved(path)
         return path
