@@ -23,6 +23,11 @@ With ``--val_sequences N`` (default 1) the last N training sequences of every sc
 checkpoint chosen on validation (:data:`engine.table.SELECTIONS`), beside the published numbers of
 ``configs/published_results.json``.
 
+``--seeds 0,1,2`` trains every model once per seed (``.../<scene or all>/seed<N>/stage<k>/``, the seed in the
+``general`` section of each ``override.json``); the table then gives the mean and spread over seeds, and pairs
+every model with ``--baseline_model`` seed by seed (mean difference, standard error, seeds won, in words
+whether the 95 % interval covers zero). ``python -m engine.compare`` pairs the same runs on other conditions.
+
 ``--dry-run`` prints the equivalent commands of the entry scripts and trains nothing; it writes what those
 commands read (each stage's ``override.json``, the split CSVs), so they run as printed. Everything the
 driver needs is checked before anything trains.
@@ -102,6 +107,7 @@ class Job:
     stages: tuple[Stage, ...]  # the recipe's stages that apply
     selected: tuple[int, ...]  # the stage numbers to train now (--stages)
     skipped: tuple[Stage, ...] = ()  # the recipe's stages that freeze nothing here (see freezes_nothing)
+    seed: int | None = None    # --seeds: the training seed (None: the config's)
 
     @property
     def multi(self) -> bool:
@@ -109,7 +115,12 @@ class Job:
 
     @property
     def title(self) -> str:
-        return f"{self.model} {self.scene or 'all scenes'}"
+        return f"{self.model} {self.scene or 'all scenes'}" + ("" if self.seed is None else f" seed {self.seed}")
+
+    def override(self, stage: Stage) -> dict:
+        """The stage's override file for this job: the recipe's override as the model's section, and under
+        --seeds the seed in ``general`` (which wins over the config's own ``general`` seed)."""
+        return {**({} if self.seed is None else {"general": {"seed": self.seed}}), self.model: stage.override}
 
     def stage_dir(self, stage: int) -> Path:
         return self.folder / f"stage{stage}"
@@ -166,7 +177,7 @@ class Reproduction:
     def __init__(self, dataset: str, root, labels, backbone: str, models: Sequence[str], out, *,
                  config=None, scenes: Sequence[str] | None = None, stages: Sequence[int] | None = None,
                  recipe: str = "released", val_sequences: int = 1, n_epochs: int | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", seeds: Sequence[int] | None = None, baseline: str = "effposenet"):
         if dataset not in DATASETS:
             raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
         self.dataset, self.spec = dataset, DATASETS[dataset]
@@ -179,6 +190,11 @@ class Reproduction:
         if n_epochs is not None and n_epochs < 1:
             raise UserError(f"--n_epochs must be >= 1, got {n_epochs}")
         self.val_sequences = val_sequences
+        if seeds is not None and (not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0):
+            raise UserError(f"--seeds expects distinct non-negative seeds such as 0,1,2, got "
+                            f"{','.join(map(str, seeds)) or 'nothing'}")
+        self.seeds = list(seeds) if seeds else None
+        self.baseline = baseline
         self.recipe_path = recipe_path(recipe, self.spec)
         self.recipe = load_recipe(self.recipe_path)
         self.models = [canonical_model_name(m) for m in models]
@@ -211,19 +227,25 @@ class Reproduction:
         folder = self.out / self.dataset / "splits"
         return folder / f"{stem}_train.csv", folder / f"{stem}_val.csv"
 
-    def _job(self, model, scene, source, test, stem, stages, selected) -> Job:
+    def _job(self, model, scene, source, test, stem, stages, selected, seed) -> Job:
         train, val = self._split_files(stem) if self.val_sequences else (source, None)
         applying, skipped = stages
         wanted = tuple(s.number for s in applying if selected is None or s.number in selected)
         folder = self.out / self.dataset / model / (scene or "all")
-        return Job(model, scene, source, train, val, test, folder, applying, wanted, skipped)
+        folder = folder if seed is None else folder / f"seed{seed}"
+        return Job(model, scene, source, train, val, test, folder, applying, wanted, skipped, seed)
 
     def _jobs(self, model: str, stages: tuple[tuple[Stage, ...], tuple[Stage, ...]], selected) -> list[Job]:
-        if get_spec(model).multi_scene:
-            source = self.labels / self.spec.multi_train
-            return [self._job(model, None, source, source, source.stem, stages, selected)]
-        return [self._job(model, s, self.labels / self.spec.csv_name(s, "train"),
-                          self.labels / self.spec.csv_name(s, "test"), s, stages, selected) for s in self.scenes]
+        jobs = []
+        for seed in self.seeds or [None]:
+            if get_spec(model).multi_scene:
+                source = self.labels / self.spec.multi_train
+                jobs.append(self._job(model, None, source, source, source.stem, stages, selected, seed))
+                continue
+            jobs += [self._job(model, s, self.labels / self.spec.csv_name(s, "train"),
+                               self.labels / self.spec.csv_name(s, "test"), s, stages, selected, seed)
+                     for s in self.scenes]
+        return jobs
 
     def _check_chains(self) -> None:
         """A stage to train from scratch needs the final weights of the stage before it, now or from before."""
@@ -278,7 +300,7 @@ class Reproduction:
         for job in self.jobs:
             for stage in job.stages:
                 path = job.override_file(stage.number)
-                text = json.dumps({job.model: stage.override}, indent=2) + "\n"
+                text = json.dumps(job.override(stage), indent=2) + "\n"
                 if not path.is_file() or path.read_text() != text:
                     atomic_write_text(path, text)
                 load_config(self.config, job.model, path)
@@ -359,7 +381,7 @@ class Reproduction:
                 return
             trainable = load_checkpoint(final).get("extra", {}).get("trainable")
         record = {"final": str(final.relative_to(job.stage_dir(stage.number))), "stage": stage.number,
-                  "name": stage.name, "override": stage.override,
+                  "name": stage.name, "override": stage.override, "seed": job.seed,
                   "n_trainable": None if trainable is None else len(trainable),
                   "trainable": None if trainable is None else list(trainable)}
         atomic_write_text(marker, json.dumps(record, indent=1) + "\n")
@@ -430,21 +452,21 @@ class Reproduction:
     def run(self) -> ReproTable:
         self.prepare()
         table = ReproTable(self.dataset, self.models, self.scenes,
-                           ("final", "best_on_val") if self.val_sequences else ("final",))
+                           ("final", "best_on_val") if self.val_sequences else ("final",), self.seeds, self.baseline)
         for job in self.jobs:
             done = self.run_stages(job)
             if not done:
                 log.warning("%s: no finished stage to test (--stages selects none of its recipe's)", job.title)
                 continue
             stage, final = done[-1]
-            where = dict(stage=stage.number, epoch=read_epoch(final), checkpoint=self._in_out(final))
+            where = dict(stage=stage.number, epoch=read_epoch(final), checkpoint=self._in_out(final), seed=job.seed)
             for scene, (pos, ori) in self.test(job, final).items():
                 if scene in self.scenes:
                     table.add(job.model, scene, pos, ori, "final", **where)
             batches = [(s, self.batch(job, s, path.parent)) for s, path in done]
             if job.val_csv is not None:
                 stage, best = best_on_validation(batches)
-                where = dict(stage=stage.number, epoch=best.epoch, checkpoint=self._in_out(best.path))
+                where = dict(stage=stage.number, epoch=best.epoch, checkpoint=self._in_out(best.path), seed=job.seed)
                 for s in best.scenes:
                     if s["scene"] in self.scenes:
                         table.add(job.model, s["scene"], s["median_pos_m"], s["median_ori_deg"], "best_on_val",
@@ -462,6 +484,13 @@ def _stages(text: str) -> list[int]:
         return [int(v) for v in _list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected stage numbers such as 1 or 1,3, got {text!r}") from None
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(v) for v in _list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds such as 0,1,2, got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -488,6 +517,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default=None,
                         help="config file (default: the shipped 7Scenes / CambridgeLandmarks config)")
     parser.add_argument("--scenes", type=_list, default=None, help="comma-separated scenes (default: the paper's)")
+    parser.add_argument("--seeds", type=_seeds, default=None,
+                        help="train every model once per seed, e.g. 0,1,2 (folders seed<N>); the table gives the "
+                             "mean and spread over seeds and pairs each model with --baseline_model seed by seed")
+    parser.add_argument("--baseline_model", default="effposenet",
+                        help="the model the others are paired with under --seeds (the first model when absent)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the commands it would run and train nothing (it writes the files they read: "
@@ -499,7 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
         plan = Reproduction(args.dataset, args.root, args.labels, args.backbone, args.models, args.out,
                             config=args.config, scenes=args.scenes, stages=args.stages, recipe=args.recipe,
-                            val_sequences=args.val_sequences, n_epochs=args.n_epochs, device=args.device)
+                            val_sequences=args.val_sequences, n_epochs=args.n_epochs, device=args.device,
+                            seeds=args.seeds, baseline=args.baseline_model)
         if args.dry_run:
             print("\n".join(plan.dry_run()))
             return 0

@@ -2,18 +2,22 @@
 published numbers (``configs/published_results.json``), as Markdown and CSV.
 
 Each model gets the errors of two checkpoints: its final one and, where there is a validation split, the one
-chosen on it (``SELECTIONS``). No row is chosen on the test set, which would flatter the numbers.
+chosen on it (``SELECTIONS``). No row is chosen on the test set, which would flatter the numbers. With
+several seeds a cell is the mean over seeds with its standard deviation, the CSV has a row per seed and a
+``mean`` row, and every model is paired with the baseline model seed by seed (:mod:`util.stats`).
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from util.io import atomic_write_text
+from util.stats import paired_difference
 
 PUBLISHED = Path(__file__).resolve().parent.parent / "configs" / "published_results.json"
 
@@ -43,29 +47,62 @@ class Measured:
 
 
 class ReproTable:
-    """Measured medians per selection, model and scene; ``average`` is the mean of the per-scene medians."""
+    """Measured medians per selection, model, scene and seed; ``average`` is the mean of the per-scene medians.
+    ``seeds`` (None: one run per model, seed as configured) lists the training seeds of a multi-seed run."""
 
     def __init__(self, dataset: str, models: Sequence[str], scenes: Sequence[str],
-                 selections: Sequence[str] = ("final",)):
+                 selections: Sequence[str] = ("final",), seeds: Sequence[int] | None = None,
+                 baseline: str | None = None):
         unknown = [s for s in selections if s not in SELECTIONS]
         assert not unknown, unknown
         self.dataset, self.models, self.scenes = dataset, list(models), list(scenes)
         self.selections = list(selections)
-        self.values: dict[tuple[str, str, str], Measured] = {}
+        self.seeds: list[int | None] = list(seeds) if seeds else [None]
+        self.baseline = baseline if baseline in self.models else self.models[0]
+        self.values: dict[tuple[str, str, str, int | None], Measured] = {}
         self.published = published(dataset)
 
     def add(self, model: str, scene: str, pos_m: float, ori_deg: float, selection: str = "final", *,
-            stage: int | None = None, epoch: int | None = None, checkpoint: str = "") -> None:
-        assert selection in self.selections, selection
-        self.values[(selection, model, scene)] = Measured(float(pos_m), float(ori_deg), stage, epoch, checkpoint)
+            stage: int | None = None, epoch: int | None = None, checkpoint: str = "", seed: int | None = None) -> None:
+        assert selection in self.selections and seed in self.seeds, (selection, seed)
+        self.values[(selection, model, scene, seed)] = Measured(float(pos_m), float(ori_deg), stage, epoch,
+                                                                checkpoint)
+
+    def per_seed(self, model: str, scene: str, selection: str = "final") -> dict[int | None, Measured]:
+        """Seed -> the measured medians (``average``: the mean over scenes, only where every scene is known)."""
+        out = {}
+        for seed in self.seeds:
+            if scene != "average":
+                if (selection, model, scene, seed) in self.values:
+                    out[seed] = self.values[(selection, model, scene, seed)]
+                continue
+            rows = [self.values[k] for s in self.scenes if (k := (selection, model, s, seed)) in self.values]
+            if len(rows) == len(self.scenes):  # an average over some scenes only would not compare
+                out[seed] = Measured(sum(r.pos_m for r in rows) / len(rows), sum(r.ori_deg for r in rows) / len(rows))
+        return out
 
     def entry(self, model: str, scene: str, selection: str = "final") -> Measured | None:
-        if scene != "average":
-            return self.values.get((selection, model, scene))
-        rows = [self.values[(selection, model, s)] for s in self.scenes if (selection, model, s) in self.values]
-        if len(rows) != len(self.scenes):  # an average over some scenes only would not compare
+        """One run's medians, or the mean over seeds (only when every seed is known)."""
+        runs = self.per_seed(model, scene, selection)
+        if len(runs) != len(self.seeds):
             return None
-        return Measured(sum(r.pos_m for r in rows) / len(rows), sum(r.ori_deg for r in rows) / len(rows))
+        if len(runs) == 1:
+            return next(iter(runs.values()))
+        return Measured(sum(r.pos_m for r in runs.values()) / len(runs),
+                        sum(r.ori_deg for r in runs.values()) / len(runs))
+
+    def spread(self, model: str, scene: str, selection: str = "final") -> tuple[float, float] | None:
+        """Sample standard deviations over seeds of (position, orientation); None with one seed."""
+        runs = list(self.per_seed(model, scene, selection).values())
+        if len(runs) < 2 or len(runs) != len(self.seeds):
+            return None
+        return statistics.stdev(r.pos_m for r in runs), statistics.stdev(r.ori_deg for r in runs)
+
+    def paired(self, model: str, scene: str, selection: str = "final"):
+        """``model`` minus the baseline over the seeds both have: (position, orientation) PairedDifference."""
+        a, b = self.per_seed(model, scene, selection), self.per_seed(self.baseline, scene, selection)
+        return (paired_difference({s: m.pos_m for s, m in a.items()}, {s: m.pos_m for s, m in b.items()}),
+                paired_difference({s: m.ori_deg for s, m in a.items()}, {s: m.ori_deg for s, m in b.items()}))
 
     def measured(self, model: str, scene: str, selection: str = "final") -> tuple[float, float] | None:
         e = self.entry(model, scene, selection)
@@ -74,10 +111,19 @@ class ReproTable:
     def paper(self, model: str, scene: str) -> tuple[float, float] | None:
         return self.published.get(model, {}).get(scene)
 
+    @property
+    def multi_seed(self) -> bool:
+        return len(self.seeds) > 1
+
     def markdown(self) -> str:
-        """One table per selection: scenes down, models across, then the published numbers."""
-        def cell(v: tuple[float, float] | None, where: str = "") -> str:
-            return "-" if v is None else f"{v[0]:.3f} / {v[1]:.2f}{where}"
+        """One table per selection: scenes down, models across, then the published numbers; with several
+        seeds, mean +- sd over seeds and the paired differences from the baseline model."""
+        def cell(v: tuple[float, float] | None, where: str = "", sd: tuple[float, float] | None = None) -> str:
+            if v is None:
+                return "-"
+            if sd is None:
+                return f"{v[0]:.3f} / {v[1]:.2f}{where}"
+            return f"{v[0]:.3f} +- {sd[0]:.3f} / {v[1]:.2f} +- {sd[1]:.2f}{where}"
 
         def chosen(e: Measured | None, selection: str) -> str:
             if e is None or selection == "final" or e.stage is None:
@@ -87,6 +133,8 @@ class ReproTable:
         with_paper = [m for m in self.models if m in self.published]
         head = ["scene"] + self.models + [f"{m} (published)" for m in with_paper]
         lines = [f"{self.dataset}: median position [m] / orientation [deg] on the test set"]
+        if self.multi_seed:
+            lines.append(f"Mean +- sample standard deviation over seeds {', '.join(map(str, self.seeds))}.")
         for selection in self.selections:
             lines += ["", f"{selection}: {SELECTIONS[selection]}.", "",
                       "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -94,24 +142,55 @@ class ReproTable:
                 cells = []
                 for m in self.models:
                     e = self.entry(m, scene, selection)
-                    cells.append(cell(None if e is None else (e.pos_m, e.ori_deg), chosen(e, selection)))
+                    cells.append(cell(None if e is None else (e.pos_m, e.ori_deg),
+                                      "" if self.multi_seed else chosen(e, selection), self.spread(m, scene, selection)))
                 cells += [cell(self.paper(m, scene)) for m in with_paper]
                 lines.append(f"| {scene} | " + " | ".join(cells) + " |")
+            if self.multi_seed and len(self.models) > 1:
+                lines += self._paired_markdown(selection)
         return "\n".join(lines) + "\n"
 
+    def _paired_markdown(self, selection: str) -> list[str]:
+        others = [m for m in self.models if m != self.baseline]
+        lines = ["", f"{selection}, paired by seed: model - {self.baseline}, mean difference +- SE (seeds won "
+                     f"model:{self.baseline}; verdict at 95 %).", "",
+                 "| scene | " + " | ".join(others) + " |", "|" + "---|" * (len(others) + 1)]
+
+        def words(d, unit, name) -> str:
+            if d is None:
+                return "-"
+            se = "" if d.n < 2 else f" +- {d.se:.3f}"
+            return f"{d.mean:+.3f}{se} {unit} ({d.wins_a}:{d.wins_b}, {d.verdict(name, self.baseline)})"
+
+        for scene in self.scenes + ["average"]:
+            cells = []
+            for m in others:
+                pos, ori = self.paired(m, scene, selection)
+                cells.append(f"{words(pos, 'm', m)}; {words(ori, 'deg', m)}")
+            lines.append(f"| {scene} | " + " | ".join(cells) + " |")
+        return lines
+
     def csv(self) -> str:
+        """One row per selection, model and scene (with several seeds: per seed, then the ``mean`` row)."""
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["dataset", "model", "scene", "selection", "median_pos_m", "median_ori_deg", "stage", "epoch",
-                    "checkpoint", "published_pos_m", "published_ori_deg"])
+                    "checkpoint", "published_pos_m", "published_ori_deg", "seed"])
+
+        def row(e: Measured | None) -> tuple:
+            return ("", "", "", "", "") if e is None else (e.pos_m, e.ori_deg, "" if e.stage is None else e.stage,
+                                                           "" if e.epoch is None else e.epoch, e.checkpoint)
+
         for selection in self.selections:
             for m in self.models:
                 for scene in self.scenes + ["average"]:
-                    e, paper = self.entry(m, scene, selection), self.paper(m, scene)
-                    ours = ("", "", "", "", "") if e is None else (
-                        e.pos_m, e.ori_deg, "" if e.stage is None else e.stage,
-                        "" if e.epoch is None else e.epoch, e.checkpoint)
-                    w.writerow([self.dataset, m, scene, selection, *ours, *(paper or ("", ""))])
+                    paper = self.paper(m, scene) or ("", "")
+                    if self.multi_seed:
+                        runs = self.per_seed(m, scene, selection)
+                        for seed in self.seeds:
+                            w.writerow([self.dataset, m, scene, selection, *row(runs.get(seed)), *paper, seed])
+                    w.writerow([self.dataset, m, scene, selection, *row(self.entry(m, scene, selection)), *paper,
+                                "mean" if self.multi_seed else ""])
         return buf.getvalue()
 
     def paths(self, out: Path) -> tuple[Path, Path]:

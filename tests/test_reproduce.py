@@ -266,3 +266,29 @@ def test_without_a_validation_split_training_uses_every_sequence(setup, tmp_path
     trains = [line for line in dry if " train " in line]
     assert len(trains) == 3 and all("labels/" in line and "splits" not in line for line in trains)
     assert not any("--val_labels" in line for line in dry) and not (out / "7scenes" / "splits").exists()
+
+
+def test_seeds_train_each_model_once_per_seed_and_pair_them(setup, tmp_path, capsys, count_training):
+    folder, args = setup
+    args = [a if a != MODELS else "hyperpose,effposenet" for a in args]
+    args[args.index("--scenes") + 1] = "chess"
+    out = tmp_path / "out"
+    assert main(args + ["--out", str(out), "--seeds", "0,1", "--stages", "1", "--val_sequences", "0"]) == 0
+    assert len(count_training) == 4
+    for model in ("hyperpose", "effposenet"):
+        for seed in (0, 1):
+            stage = out / "7scenes" / model / "chess" / f"seed{seed}" / "stage1"
+            assert json.loads((stage / "override.json").read_text())["general"] == {"seed": seed}
+            final = stage / json.loads((stage / "stage.json").read_text())["final"]
+            assert torch.load(final, weights_only=True)["config"]["seed"] == seed
+    rows = list(csv.DictReader(io.StringIO((out / "7scenes_results.csv").read_text())))
+    chess = {(r["model"], r["seed"]): float(r["median_pos_m"]) for r in rows if r["scene"] == "chess"}
+    assert set(chess) == {(m, s) for m in ("hyperpose", "effposenet") for s in ("0", "1", "mean")}
+    assert chess[("hyperpose", "mean")] == pytest.approx((chess[("hyperpose", "0")] + chess[("hyperpose", "1")]) / 2)
+    table = (out / "7scenes_results.md").read_text()
+    diff = (chess[("hyperpose", "0")] - chess[("effposenet", "0")] + chess[("hyperpose", "1")]
+            - chess[("effposenet", "1")]) / 2
+    assert "paired by seed: model - effposenet" in table and f"{diff:+.3f}" in table
+    # Seeds must be distinct and non-negative.
+    assert main(args + ["--out", str(out), "--seeds", "1,1"]) == 2
+    assert "--seeds expects distinct" in capsys.readouterr().err
