@@ -29,10 +29,9 @@ CONFIG = Path(os.path.relpath(Path(__file__).resolve().parent.parent / "configs"
 def mean_pose_errors(train_csv: Path, test_csv: Path, root: Path) -> tuple[float, float]:
     """Median errors of predicting the mean training pose for every test frame."""
     from datasets.dataset import CameraPoseDataset
-    from engine.train import train_mean_pose
-    from util.pose import pose_errors
+    from util.pose import mean_pose, pose_errors
 
-    mean_7 = train_mean_pose(CameraPoseDataset(root, train_csv))
+    mean_7 = mean_pose(CameraPoseDataset(root, train_csv).poses_N7.astype(np.float64))
     test = CameraPoseDataset(root, test_csv)
     pos, ori = pose_errors(np.repeat(mean_7[None], len(test), 0).astype(np.float64), test.poses_N7.astype(np.float64))
     return float(np.median(pos)), float(np.median(ori))
@@ -62,10 +61,8 @@ def robustness_step(model_name: str, checkpoints, data: Path, out: Path, scene: 
     test_csv = data / f"abs_7scenes_pose.csv_{scene}_test.csv"
     result = robustness_report(model_name, "random", data, CONFIG, checkpoints, shift_conditions([test_csv], data),
                                out)
-    base_pos, base_ori = mean_pose_errors(data / f"abs_7scenes_pose.csv_{scene}_train.csv", test_csv, data)
     print(f"\nRobustness to appearance change ({scene}, median errors; same poses at every shift level):")
     print(format_table(result))
-    print(f"mean training pose: {base_pos:.3f} m / {base_ori:.2f} deg at every level")
     print(f"robustness report: {result.html_path}")
 
 

@@ -36,6 +36,7 @@ from util.distributed import DistContext, barrier, broadcast_object, init_distri
 from util.errors import UserError
 from util.io import atomic_write_text, check_output_dir
 from util.logs import add_log_file, log_run_failure
+from util.pose import mean_pose
 
 log = logging.getLogger(__name__)
 
@@ -306,8 +307,4 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
 
 def train_mean_pose(dataset: CameraPoseDataset) -> np.ndarray:
     """The mean training pose (mean position, chordal-mean orientation): the baseline any APR must beat."""
-    t = dataset.poses_N7[:, :3].mean(0)
-    q = dataset.poses_N7[:, 3:].astype(np.float64)
-    # Principal eigenvector of sum q q^T: the quaternion mean that is blind to the q/-q sign.
-    eigval, eigvec = np.linalg.eigh(q.T @ q)
-    return np.concatenate([t, eigvec[:, -1]]).astype(np.float32)
+    return mean_pose(dataset.poses_N7).astype(np.float32)

@@ -193,3 +193,57 @@ def pose_errors(pose_pred_N7: Array, pose_gt_N7: Array) -> tuple[Array, Array]:
     return (position_error(pose_pred_N7[..., :3], pose_gt_N7[..., :3]),
             orientation_error_deg(pose_pred_N7[..., 3:], pose_gt_N7[..., 3:]))
 
+
+def _as_float64(x: Array) -> np.ndarray:
+    """``x`` as a float64 numpy array (a tensor is copied to the CPU)."""
+    return x.detach().cpu().double().numpy() if _is_torch(x) else np.asarray(x, dtype=np.float64)
+
+
+def _like(result: np.ndarray, x: Array) -> Array:
+    """``result`` as the type of ``x``: its floating dtype (float64 for integers) and, for a tensor, its device."""
+    if _is_torch(x):
+        dtype = x.dtype if x.is_floating_point() else torch.float64
+        return torch.as_tensor(result, device=x.device).to(dtype)
+    dtype = np.asarray(x).dtype
+    return result.astype(dtype if np.issubdtype(dtype, np.floating) else np.float64)
+
+
+def _weights(weights_N: Array | None, shape: tuple) -> np.ndarray:
+    """Float64 weights of shape ``(..., N)`` (ones by default); ValueError unless finite, >= 0 and not all zero."""
+    if weights_N is None:
+        return np.ones(shape)
+    w = _as_float64(weights_N)
+    if w.shape[-1:] != shape[-1:]:
+        raise ValueError(f"weights_N has shape {w.shape}, expected one weight per pose ({shape[-1]})")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or np.any(w.sum(-1) <= 0):
+        raise ValueError("weights must be finite, >= 0 and not all zero")
+    return w
+
+
+def average_quaternions(q_N4: Array, weights_N: Array | None = None) -> Array:
+    """The (weighted) average rotation of quaternions ``(..., N, 4)``: a unit quaternion ``(..., 4)``, w >= 0.
+
+    The eigenvector of the largest eigenvalue of ``sum_i w_i q_i q_i^T`` (Markley et al., "Averaging
+    quaternions", J. Guidance, Control, and Dynamics 2007): the rotation closest to all of them in the chordal
+    sense, blind to the q / -q sign, so q and -q average to the canonical one of them. Inputs are normalised
+    first; weights default to 1. Computed in float64; the result has the input's floating dtype.
+    """
+    q = normalize_quat(_as_float64(q_N4))
+    if q.shape[-2] == 0:
+        raise ValueError("average_quaternions needs at least one quaternion")
+    w = _weights(weights_N, q.shape[:-1])
+    M_44 = np.einsum("...n,...ni,...nj->...ij", w, q, q)
+    mean_4 = np.linalg.eigh(M_44)[1][..., -1]  # eigenvalues ascend: the last eigenvector is the largest's
+    return _like(canonical_quat(mean_4), q_N4)
+
+
+def mean_pose(poses_N7: Array, weights_N: Array | None = None) -> Array:
+    """The (weighted) mean of poses ``(..., N, 7)``: ``(..., 7)``, the weighted mean position and the
+    :func:`average_quaternions` orientation (w >= 0). Weights default to 1."""
+    poses = _as_float64(poses_N7)
+    if poses.shape[-2] == 0:
+        raise ValueError("mean_pose needs at least one pose")
+    w = _weights(weights_N, poses.shape[:-1])
+    t_3 = (w[..., None] * poses[..., :3]).sum(-2) / w.sum(-1)[..., None]
+    q_4 = _as_float64(average_quaternions(poses[..., 3:], w))
+    return _like(np.concatenate([t_3, q_4], axis=-1), poses_N7)
