@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from datasets.corruptions import Corruption
 from datasets.labels import read_labels
 from datasets.prepare import ECL_STYLES
 from datasets.synthetic import find_shift_csvs, shift_label
@@ -21,12 +22,17 @@ from util.errors import UserError
 
 @dataclass
 class Condition:
-    """One named test condition: (label CSV, dataset root) per part; parts are pooled like scenes."""
+    """One named test condition: (label CSV, dataset root) per part; parts are pooled like scenes. A
+    corrupted condition applies ``corruption`` (:class:`datasets.corruptions.Corruption`) to every image."""
     name: str
     parts: list[tuple[Path, Path]] = field(default_factory=list)
+    corruption: Corruption | None = None
 
     def describe(self) -> str:
-        return " + ".join(str(csv) for csv, _ in self.parts)
+        files = " + ".join(str(csv) for csv, _ in self.parts)
+        if self.corruption is None:
+            return files
+        return f"{files}, {self.corruption.name} at severity {self.corruption.severity} (seed {self.corruption.seed})"
 
 
 def parse_condition(text: str, default_root: Path) -> tuple[str, Path, Path]:
@@ -82,6 +88,18 @@ def shift_conditions(base_csvs: Sequence[Path], root: Path) -> list[Condition]:
         items += [(shift_label(level), path, root) for level, path in levels]
     items.sort(key=lambda item: float(item[0][len("shift"):]))
     return group_conditions(items)
+
+
+def corruption_conditions(base: Condition, names: Sequence[str], severities: Sequence[int],
+                          seed: int = 0) -> list[Condition]:
+    """The base condition's test images under every corruption and severity, ``NAME@SEVERITY``, by corruption
+    then severity."""
+    out = []
+    for name in names:
+        for severity in severities:
+            corruption = Corruption(name, severity, seed)
+            out.append(Condition(corruption.label, list(base.parts), corruption))
+    return out
 
 
 def check_condition(condition: Condition) -> str | None:

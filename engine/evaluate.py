@@ -115,7 +115,8 @@ class Evaluator:
                  config_path: str | Path, *, override_config=None, device: str = "auto", amp: bool = False,
                  batch_size: int | None = None, test_dataset_id: str | None = None,
                  scene_map_file: str | Path | None = None, latency_images: int = 50, warmup: int = 5,
-                 progress: bool = True, config: dict | None = None, cache_dir: str | None = None):
+                 progress: bool = True, config: dict | None = None, cache_dir: str | None = None,
+                 corruption=None):
         self.model_name = canonical_model_name(model_name)
         # ``config``: an effective config already resolved (e.g. the one a checkpoint records); else loaded.
         self.config = dict(config) if config is not None else load_config(config_path, self.model_name,
@@ -139,6 +140,8 @@ class Evaluator:
         self.latency_images, self.warmup, self.progress = latency_images, warmup, progress
         self.transform = build_transform(self.config, train=False)
         self.labels_scenes = sorted(read_labels(self.labels_file)["scene"].astype(str).unique())
+        # An image corruption (datasets.corruptions.Corruption) applied to every decoded test image.
+        self.corruption = corruption
         self._datasets: dict = {}
         self._models: dict = {}
 
@@ -152,7 +155,8 @@ class Evaluator:
             else:
                 files = {self.labels_file.stem: self.labels_file}
             sets = {name: CameraPoseDataset(self.dataset_root, path, transform=self.transform,
-                                            scene_map=scene_map if self.multi else None)
+                                            scene_map=scene_map if self.multi else None,
+                                            corruption=self.corruption)
                     for name, path in files.items()}
             cache_dir, required = resolve_cache_dir(self.config.get("cache_dir"))
             if cache_dir is not None:

@@ -41,7 +41,8 @@ def evaluator_context(evaluator: Evaluator) -> dict:
     return {"model": evaluator.model_name, "amp": evaluator.amp,
             "dataset_root": str(evaluator.dataset_root.resolve()), "test_dataset_id": evaluator.test_dataset_id,
             "test_files": [file_stamp(f) for f in files if f.is_file()],
-            "config": {k: v for k, v in sorted(evaluator.config.items()) if k not in RUNTIME_KEYS}}
+            "config": {k: v for k, v in sorted(evaluator.config.items()) if k not in RUNTIME_KEYS},
+            **({"corruption": repr(evaluator.corruption)} if getattr(evaluator, "corruption", None) else {})}
 
 
 class ResultCache:

@@ -10,6 +10,7 @@ import torch
 
 from conftest import tiny_config_dict, write_config
 from datasets.synthetic import generate
+from engine.demo import mean_pose_errors
 from engine.evaluate import evaluate
 from engine.robustness import main
 from engine.train import train
@@ -31,8 +32,10 @@ def shifted_runs(tmp_path_factory):
     return root, config, ckpts
 
 
-def read_rows(path):
-    return list(csv.DictReader(io.StringIO(path.read_text())))
+def read_rows(path, baselines=False):
+    """The CSV's rows: the checkpoints' (and with ``baselines`` the baselines' too)."""
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    return rows if baselines else [r for r in rows if r["group"] != "baseline"]
 
 
 def run(args, capsys):
@@ -47,9 +50,18 @@ def test_report_matches_test_mode_and_ranks_models_per_level(shifted_runs, tmp_p
     status, stdout, err = run(["hyperpose", "random", root, config, "--checkpoint_path", *ckpts.values(),
                                "--shifts", "--output_path", out], capsys)
     assert status == 0, err
+    every = read_rows(out / "robustness.csv", baselines=True)
     rows = read_rows(out / "robustness.csv")
     names = [f"shift{v:g}" for v in LEVELS]
     assert [(r["model"], r["condition"]) for r in rows] == [(m, c) for m in MODELS for c in names]
+    # The baselines on the same conditions, from the training set the checkpoints record.
+    baselines = [(r["model"], r["condition"]) for r in every if r["group"] == "baseline"]
+    assert baselines == [(b, c) for b in ("mean pose", "retrieval imagenet k=1") for c in names]
+    for name, level in zip(names, LEVELS):
+        pos, ori = mean_pose_errors(root / "abs_7scenes_pose.csv_chess_train.csv",
+                                    root / f"abs_7scenes_pose.csv_chess_test_shift{level:g}.csv", root)
+        row = next(r for r in every if r["model"] == "mean pose" and r["condition"] == name)
+        assert float(row["median_pos_m"]) == pytest.approx(pos) and float(row["median_ori_deg"]) == pytest.approx(ori)
     for name, level in zip(names, LEVELS):
         # The same checkpoint in test mode on that level's CSV scores exactly what the report says.
         medians = {}
@@ -78,7 +90,7 @@ def test_report_matches_test_mode_and_ranks_models_per_level(shifted_runs, tmp_p
     page = (out / "robustness.html").read_text()
     assert "<script src=" not in page  # self-contained
     errors = read_embedded_json(page, "fig-errors")
-    assert {t["name"] for t in errors["data"]} == set(MODELS)
+    assert {t["name"] for t in errors["data"]} == set(MODELS) | {"mean pose", "retrieval imagenet k=1"}
     assert all(t["x"] == names for t in errors["data"])
     hyper_pos = next(t for t in errors["data"] if t["name"] == "hyperpose")
     assert hyper_pos["y"] == pytest.approx([float(r["median_pos_m"]) for r in rows if r["model"] == "hyperpose"])
@@ -155,9 +167,9 @@ def test_demo_robustness_step(shifted_runs, tmp_path, capsys):
     root, _, ckpts = shifted_runs
     robustness_step("hyperpose", list(ckpts.values()), root, tmp_path / "demo", "chess")
     out = capsys.readouterr().out
-    assert "Robustness to appearance change" in out and "mean training pose" in out
+    assert "Robustness to appearance change" in out
     table = out.split("same poses at every shift level):\n", 1)[1].splitlines()
-    assert table[0].split() == ["condition", *MODELS] and [line.split()[0] for line in table[1:6]] == \
+    assert table[0].split() == ["condition", *MODELS, "mean", "pose", "retrieval", "imagenet", "k=1"] and [line.split()[0] for line in table[1:6]] == \
         [f"shift{v:g}" for v in LEVELS]
     assert (tmp_path / "demo" / "robustness.html").is_file()
 

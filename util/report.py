@@ -42,6 +42,16 @@ class Column:
 
 
 @dataclass
+class Section:
+    """An extra part of a report page after its main table: a heading, a note, a table and/or a figure."""
+    heading: str
+    note: str = ""
+    columns: list[Column] | None = None
+    rows: list[list] | None = None
+    figure: go.Figure | None = None
+
+
+@dataclass
 class BatchReport:
     """Everything the page shows, as plain data.
 
@@ -68,6 +78,7 @@ class BatchReport:
     cdf_note: str = ""                                     # what the CDF groups are, when not the best's scenes
     # Extra curve figures, fig id -> (heading, y titles (position, orientation), series -> (pos, ori)).
     more_curves: dict[str, tuple[str, tuple[str, str], dict]] = field(default_factory=dict)
+    sections: list[Section] = field(default_factory=list)  # after the main table, in order
 
 
 def _finite_or_none(value):
@@ -270,6 +281,17 @@ document.querySelectorAll('table.sortable th').forEach(function (th, col) {
 """
 
 
+def _section_html(k: int, section: Section) -> str:
+    parts = [f"<h2>{html.escape(section.heading)}</h2>"]
+    if section.note:
+        parts.append(f"<p>{html.escape(section.note)}</p>")
+    if section.columns is not None:
+        parts.append(f'<div class="table-wrap">{sortable_table(section.columns, section.rows or [], None)}</div>')
+    if section.figure is not None:
+        parts.append(f'<div id="fig-section-{k}-plot" class="plot"></div>')
+    return "\n".join(parts) + "\n"
+
+
 def render_batch_report(report: BatchReport) -> str:
     """The complete HTML page (plotly.js inline)."""
     figures = {"fig-errors": error_curves_figure(report.labels, report.curves, report.best_index,
@@ -278,6 +300,9 @@ def render_batch_report(report: BatchReport) -> str:
         figures[fid] = error_curves_figure(report.labels, curves, report.best_index, x_title=report.x_title,
                                            titles=titles)
     figures["fig-cdf"] = cdf_figure(report.cdf_errors)
+    for k, section in enumerate(report.sections):
+        if section.figure is not None:
+            figures[f"fig-section-{k}"] = section.figure
     if report.positions:
         figures["fig-positions"] = positions_figure(report.positions)
     facts = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in report.facts)
@@ -299,6 +324,7 @@ def render_batch_report(report: BatchReport) -> str:
     else:
         rule = f'<p class="rule">{html.escape(report.best_rule)}</p>' if report.best_rule else ""
         table_note, cdf_heading = "", "Error CDFs"
+    sections = "".join(_section_html(k, section) for k, section in enumerate(report.sections))
     positions = ""
     if report.positions:
         positions = f"""<h2>Camera positions of the best checkpoint ({best})</h2>
@@ -323,7 +349,7 @@ ground truth. Drag to rotate; click a legend entry to show or hide a scene.</p>
 {more}<h2>{html.escape(report.table_title)}</h2>
 <p>Click a column header to sort; click it again to reverse. {table_note}</p>
 <div class="table-wrap">{sortable_table(report.columns, report.rows, report.best_index)}</div>
-<h2>{cdf_heading}</h2>
+{sections}<h2>{cdf_heading}</h2>
 <p>Fraction of frames whose error is at most x; failed estimates never count. {html.escape(report.cdf_note)}</p>
 <div id="fig-cdf-plot" class="plot"></div>
 {positions}{skipped}
