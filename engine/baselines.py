@@ -22,23 +22,11 @@ import numpy as np
 from datasets.dataset import CameraPoseDataset
 from engine.records import CheckpointResult
 from engine.retrieval import BaselinePredictions, Descriptor, MeanPoseBaseline, RetrievalBaseline
+from util.checkpoint import load_checkpoint
 from util.errors import UserError
 from util.metrics import DEFAULT_THRESHOLDS, summarize
 
 log = logging.getLogger(__name__)
-
-
-def parse_train_labels(text: str | None) -> tuple[Path, Path] | None:
-    """``CSV[:ROOT]`` -> (labels, root); the root defaults to the labels file's folder."""
-    if not text:
-        return None
-    csv, colon, root = text.rpartition(":")
-    if not colon or not csv.lower().endswith(".csv"):
-        csv, root = text, ""
-    labels = Path(csv)
-    if not labels.is_file():
-        raise UserError(f"--train_labels {labels}: file not found")
-    return labels, Path(root) if root else labels.parent
 
 
 def recorded_train_files(ckpt: dict) -> tuple[Path, Path] | None:
@@ -91,3 +79,64 @@ def record_of(name: str, preds: Sequence[BaselinePredictions], source: Path, mul
                        median_ori_deg=float(np.mean([s.median_ori_deg for s in summaries])))
     return CheckpointResult(path=source, label=name, size=0, mtime_ns=0, epoch=None,
                             scenes=[s.to_dict() for s in summaries], overall=overall)
+
+
+def score_baselines(models: Baselines, parts: Sequence[tuple[Path, Path]], multi_scene: bool = False,
+                    corruption=None) -> dict[str, CheckpointResult]:
+    """Baseline name -> its record on the test parts (label CSV, root), as a checkpoint's record."""
+    return {name: record_of(name, preds, models.train_labels, multi_scene)
+            for name, preds in models.predict(parts, corruption).items()}
+
+
+def train_set_of(checkpoint: dict, given: tuple[Path, Path] | None) -> tuple[tuple[Path, Path] | None, str]:
+    """(training labels and root, '') from ``--train_labels`` or the checkpoint, else (None, why not)."""
+    if given is not None:
+        return given, ""
+    recorded = recorded_train_files(checkpoint)
+    if recorded is not None:
+        return recorded, ""
+    extra = checkpoint.get("extra") or {}
+    if extra.get("train_labels"):
+        return None, (f"the training set the checkpoint records ({extra['train_labels']}) is not here; give "
+                      f"--train_labels CSV[:ROOT]")
+    return None, "the checkpoint records no training set; give --train_labels CSV[:ROOT]"
+
+
+def format_baselines(records: dict[str, CheckpointResult]) -> str:
+    """One console line per baseline: its median errors on the same frames."""
+    return "\n".join(f"baseline {name}: median {r.overall['median_pos_m']:.4f} m, {r.overall['median_ori_deg']:.3f} "
+                     f"deg on the same frames" for name, r in records.items())
+
+
+def baselines_csv(records: dict[str, CheckpointResult]) -> str:
+    """Per baseline and scene: ``baseline,scene,pos,ori`` then the other summary columns."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    first = next(iter(records.values())).scenes[0]
+    extra = [k for k in first if k not in ("scene", "median_pos_m", "median_ori_deg")]
+    w.writerow(["baseline", "scene", "pos", "ori", *extra])
+    for name, r in records.items():
+        for s in r.scenes:
+            w.writerow([name, s["scene"], s["median_pos_m"], s["median_ori_deg"], *(s[k] for k in extra)])
+    return buf.getvalue()
+
+
+def evaluator_baselines(evaluator, checkpoint_path: str | Path,
+                        given: tuple[Path, Path] | None) -> tuple[dict[str, CheckpointResult], str]:
+    """The baselines on the test sets ``evaluator`` scores ``checkpoint_path`` on, or ({}, why not)."""
+    train, why = train_set_of(load_checkpoint(checkpoint_path), given)
+    if train is None:
+        log.warning("no baselines: %s", why)
+        return {}, why
+    models = Baselines(*train, image_size=int(evaluator.config.get("image_crop", 224)), device=str(evaluator.device),
+                       cache_dir=evaluator.config.get("cache_dir"))
+    sets = evaluator.last_sets or evaluator.test_sets(evaluator.load(checkpoint_path)[1])
+    parts = [(ds.labels_file, ds.dataset_root) for ds in sets.values()]
+    try:
+        return score_baselines(models, parts, evaluator.multi, evaluator.corruption), ""
+    except UserError as exc:
+        log.warning("no baselines: %s", exc)
+        return {}, str(exc).splitlines()[0]

@@ -26,8 +26,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engine.batch_report import CHOSEN_ON, build_report, format_batch, results_csv
 from engine.checkpoints import checkpoint_labels, discover_checkpoints
-from engine.cli import (add_common_arguments, add_runtime_arguments, add_test_dataset_argument,
-                        configure_console, run_cli)
+from engine.baselines import baselines_csv, evaluator_baselines
+from engine.cli import (add_baseline_arguments, add_common_arguments, add_runtime_arguments,
+                        add_test_dataset_argument, configure_console, parse_train_labels, run_cli)
 from engine.evaluate import Evaluator
 from engine.records import CheckpointResult, first_line, summarize_result
 from engine.result_cache import ResultCache, evaluator_context
@@ -56,6 +57,9 @@ class BatchResult:
     val: dict[Path, CheckpointResult] = field(default_factory=dict)  # validation record per checkpoint file
     val_labels: Path | None = None      # the validation CSV (--val_labels), None without one
     n_val_evaluated: int = 0            # checkpoints run through the model on the validation set in this call
+    baselines: dict = field(default_factory=dict)  # name -> record of the mean-pose / retrieval baseline
+    baseline_note: str = ""             # why there are none, when they were asked for
+    baselines_path: Path | None = None
 
     @property
     def chosen_on(self) -> str:
@@ -129,7 +133,8 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
                    override_config: str | Path | None = None, ckpt_start_index: int = 0, device: str = "auto",
                    amp: bool = False, batch_size: int | None = None, test_dataset_id: str | None = None,
                    scene_map_file: str | Path | None = None, progress: bool = True,
-                   cache_dir: str | None = None, val_labels: str | Path | None = None) -> BatchResult:
+                   cache_dir: str | None = None, val_labels: str | Path | None = None, baselines: bool = False,
+                   train_labels: tuple[Path, Path] | None = None) -> BatchResult:
     """Evaluate the checkpoints of ``checkpoints_dir`` (cached ones are not run again) and write the CSV,
     the HTML report and the cache to ``output_path`` (default: ``checkpoints_dir``).
 
@@ -137,7 +142,9 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
     checkpoint is also scored on it, and the best is chosen there: the checkpoint with the lowest median
     position error on the validation set (multi-scene: the mean of the per-scene medians), ties to the lower
     median orientation error, then to the earlier checkpoint. Without it the best is chosen on the test set
-    itself, which flatters its error; the outputs say which.
+    itself, which flatters its error; the outputs say which. With ``baselines`` the mean training pose and
+    image retrieval are scored on the test set too (:mod:`engine.baselines`), from ``train_labels`` or the
+    training set the best checkpoint records.
     """
     checkpoints_dir = Path(checkpoints_dir)
     paths = discover_checkpoints(checkpoints_dir, ckpt_start_index)
@@ -197,6 +204,11 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
         id_note = f" (--test_dataset_id {test_dataset_id})" if test_dataset_id else ""
         config_note = f" + {override_config}" if override_config else ""
         n_cached = len(ordered) - sum(r.evaluated for r in ordered)
+        base_records, base_note, base_path = {}, "", None
+        if baselines:
+            base_records, base_note = evaluator_baselines(evaluator, best.path, train_labels)
+            if base_records:
+                base_path = atomic_write_text(out / f"{prefix}_baselines.csv", baselines_csv(base_records))
         facts = [("model", evaluator.model_name), ("checkpoints", str(checkpoints_dir)),
                  ("test set", f"{labels_file}{id_note}"),
                  *([("validation set", str(val_labels))] if val is not None else []),
@@ -204,7 +216,10 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
                  ("dataset root", str(dataset_root)), ("config", f"{config_path}{config_note}"),
                  ("results", f"{len(ordered)} checkpoints ({test.n_evaluated} in this run, {n_cached} from the "
                              f"cache), {len(skipped)} skipped"),
-                 ("device", f"{evaluator.device}{' (AMP)' if amp else ''}")]
+                 ("device", f"{evaluator.device}{' (AMP)' if amp else ''}"),
+                 *([("baselines (same test frames)", "; ".join(
+                     f"{n}: {r.overall['median_pos_m']:.4f} m, {r.overall['median_ori_deg']:.3f} deg"
+                     for n, r in base_records.items()) or f"none: {base_note}")] if baselines else [])]
         report = build_report(ordered, best, skipped, model_name=evaluator.model_name, multi_scene=multi,
                               checkpoints_dir=checkpoints_dir, test_set=test_set, facts=facts,
                               val=val_of or None)
@@ -214,7 +229,8 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
                  best.overall["median_ori_deg"], csv_path, html_path)
         return BatchResult(results=ordered, best=best, skipped=skipped, n_evaluated=test.n_evaluated,
                            csv_path=csv_path, html_path=html_path, cache_path=cache_path, val=val_of,
-                           val_labels=val_labels, n_val_evaluated=val.n_evaluated if val is not None else 0)
+                           val_labels=val_labels, n_val_evaluated=val.n_evaluated if val is not None else 0,
+                           baselines=base_records, baseline_note=base_note, baselines_path=base_path)
     finally:
         logging.getLogger().removeHandler(file_handler)
         file_handler.close()
@@ -275,6 +291,7 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
                              "(default: the best is chosen on the test set itself, an optimistic estimate)")
     if multi_scene:
         add_test_dataset_argument(parser)
+    add_baseline_arguments(parser)
     add_runtime_arguments(parser)
     return parser
 
@@ -294,13 +311,16 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
                                ckpt_start_index=args.ckpt_start_index, device=args.device, amp=args.amp,
                                batch_size=args.batch_size, test_dataset_id=getattr(args, "test_dataset_id", None),
                                scene_map_file=getattr(args, "scene_map", None), progress=not args.quiet,
-                               cache_dir=args.cache, val_labels=args.val_labels)
+                               cache_dir=args.cache, val_labels=args.val_labels, baselines=not args.no_baselines,
+                               train_labels=parse_train_labels(args.train_labels))
         print(format_batch(batch))
         val_note = f" (and {batch.n_val_evaluated} on the validation set)" if batch.val_labels else ""
         print(f"evaluated {batch.n_evaluated}{val_note}, from the cache "
               f"{sum(not r.evaluated for r in batch.results)}, skipped {len(batch.skipped)}")
         print(f"csv: {batch.csv_path}")
         print(f"html: {batch.html_path}")
+        if batch.baselines_path:
+            print(f"baselines: {batch.baselines_path}")
         return 0
 
     return run_cli(run)

@@ -169,4 +169,7 @@ def format_batch(batch: BatchResult) -> str:
         mark = f"  <- {best_column(validated)}" if r is batch.best else ""
         lines.append(line + mark)
     lines.append(f"best: {batch.best.label}, chosen on {CHOSEN_ON[validated]}")
+    if batch.baselines or batch.baseline_note:
+        from engine.baselines import format_baselines
+        lines.append(format_baselines(batch.baselines) if batch.baselines else f"no baselines: {batch.baseline_note}")
     return "\n".join(lines)

@@ -62,6 +62,27 @@ def add_test_dataset_argument(parser: argparse.ArgumentParser) -> None:
                              "sorted scenes of labels_file)")
 
 
+def parse_train_labels(text: str | None) -> tuple[Path, Path] | None:
+    """``CSV[:ROOT]`` -> (labels, root); the root defaults to the labels file's folder."""
+    if not text:
+        return None
+    csv, colon, root = text.rpartition(":")
+    if not colon or not csv.lower().endswith(".csv"):
+        csv, root = text, ""
+    labels = Path(csv)
+    if not labels.is_file():
+        raise UserError(f"--train_labels {labels}: file not found")
+    return labels, Path(root) if root else labels.parent
+
+
+def add_baseline_arguments(parser) -> None:
+    """``--train_labels`` and ``--no_baselines`` of every report."""
+    parser.add_argument("--train_labels", metavar="CSV[:ROOT]", default=None,
+                        help="training set of the mean-pose and retrieval baselines (default: the one the "
+                             "checkpoints record); ROOT defaults to the CSV's folder")
+    parser.add_argument("--no_baselines", action="store_true", help="skip the mean-pose and retrieval baselines")
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto (config device_id when CUDA is there, else CPU), cpu, cuda or cuda:N")
@@ -107,6 +128,7 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
                              "(batch statistics per part, as on that many GPUs)")
     if multi_scene:
         add_test_dataset_argument(parser)
+    add_baseline_arguments(parser)
     add_runtime_arguments(parser)
     return parser
 
@@ -183,7 +205,8 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
                                  override_config=args.override_config, batch_size=args.batch_size,
                                  device=args.device, amp=args.amp,
                                  test_dataset_id=getattr(args, "test_dataset_id", None),
-                                 scene_map_file=getattr(args, "scene_map", None), cache_dir=args.cache)
+                                 scene_map_file=getattr(args, "scene_map", None), cache_dir=args.cache,
+                                 baselines=not args.no_baselines, train_labels=parse_train_labels(args.train_labels))
         print(result.report_text())
         for kind, path in paths.items():
             print(f"{kind}: {path}")

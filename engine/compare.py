@@ -224,8 +224,7 @@ def group_names(a: Sequence[Entry], b: Sequence[Entry], runs_a: str, runs_b: str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from engine.cli import configure_console
-    from engine.baselines import parse_train_labels
+    from engine.cli import configure_console, parse_train_labels
     from engine.robustness import conditions_from_args, label_entries, load_entries, robustness_report
     from util.errors import run_cli
 

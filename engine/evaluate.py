@@ -70,6 +70,8 @@ class EvalResult:
     predictions: dict[str, Predictions]
     timing: dict = field(default_factory=dict)
     multi_scene: bool = False
+    baselines: dict = field(default_factory=dict)  # name -> engine.records.CheckpointResult on the same frames
+    baseline_note: str = ""                        # why there are none, when they were asked for
 
     @property
     def aggregate(self) -> dict:
@@ -82,6 +84,9 @@ class EvalResult:
         if len(self.summaries) > 1:
             agg = self.aggregate
             lines.append("  ".join(f"{k} {v:.4g}" for k, v in agg.items() if isinstance(v, (int, float))))
+        if self.baselines or self.baseline_note:
+            from engine.baselines import format_baselines
+            lines.append(format_baselines(self.baselines) if self.baselines else f"no baselines: {self.baseline_note}")
         if self.timing:
             t = self.timing
             lines.append(f"latency {t['latency_ms_median']:.2f} ms/image median ({t['latency_ms_mean']:.2f} mean, "
@@ -92,7 +97,8 @@ class EvalResult:
     def to_dict(self) -> dict:
         return {"model": self.model_name, "checkpoint": self.checkpoint,
                 "scenes": [s.to_dict() for s in self.summaries], "scene_acc": self.scene_acc,
-                "aggregate": self.aggregate, "timing": self.timing}
+                "aggregate": self.aggregate, "timing": self.timing,
+                "baselines": {name: {"overall": r.overall, "scenes": r.scenes} for name, r in self.baselines.items()}}
 
 
 def find_scene_test_files(labels_file: str | Path, scenes: list[str], dataset_id: str) -> dict[str, Path]:
@@ -144,6 +150,7 @@ class Evaluator:
         self.corruption = corruption
         self._datasets: dict = {}
         self._models: dict = {}
+        self.last_sets: dict[str, CameraPoseDataset] = {}  # the test sets of the last checkpoint evaluated
 
     # Data -------------------------------------------------------------------------------------------------
     def test_sets(self, scene_map: dict[str, int]) -> dict[str, CameraPoseDataset]:
@@ -249,7 +256,7 @@ class Evaluator:
     def evaluate_checkpoint(self, checkpoint_path: str | Path, *, timing: bool = True,
                             thresholds=DEFAULT_THRESHOLDS) -> EvalResult:
         model, scene_map = self.load(checkpoint_path)
-        sets = self.test_sets(scene_map)
+        sets = self.last_sets = self.test_sets(scene_map)
         summaries, accs, preds = [], {}, {}
         total_frames, total_seconds = 0, 0.0
         for name, dataset in sets.items():
@@ -324,6 +331,9 @@ def write_outputs(result: EvalResult, output_path: str | Path, test_set: str) ->
     atomic_write_text(paths["predictions"], predictions_csv(result))
     atomic_write_text(paths["report"], scene_report_csv(result))
     atomic_write_text(paths["summary"], jsonio.dumps(result.to_dict(), indent=2) + "\n")
+    if result.baselines:
+        from engine.baselines import baselines_csv
+        paths["baselines"] = atomic_write_text(out / f"{stem}_baselines.csv", baselines_csv(result.baselines))
     return paths
 
 
@@ -331,8 +341,11 @@ def evaluate(model_name: str, backbone_path: str, dataset_root: str | Path, labe
              config_path: str | Path, checkpoint_path: str | Path, output_path: str | Path = "./evals", *,
              override_config=None, batch_size: int | None = None, device: str = "auto", amp: bool = False,
              test_dataset_id: str | None = None, scene_map_file: str | Path | None = None,
-             cache_dir: str | None = None) -> tuple[EvalResult, dict[str, Path]]:
-    """Test one checkpoint and write its outputs to ``output_path``."""
+             cache_dir: str | None = None, baselines: bool = False,
+             train_labels: tuple[Path, Path] | None = None) -> tuple[EvalResult, dict[str, Path]]:
+    """Test one checkpoint and write its outputs to ``output_path``. With ``baselines``, the mean training
+    pose and image retrieval (:mod:`engine.baselines`) are scored on the same frames, from ``train_labels``
+    (labels, root) or the training set the checkpoint records."""
     if not checkpoint_path:
         raise UserError("test mode needs --checkpoint_path")
     check_output_dir(output_path)  # before the evaluation, not after it
@@ -340,4 +353,7 @@ def evaluate(model_name: str, backbone_path: str, dataset_root: str | Path, labe
                           override_config=override_config, device=device, amp=amp, batch_size=batch_size,
                           test_dataset_id=test_dataset_id, scene_map_file=scene_map_file, cache_dir=cache_dir)
     result = evaluator.evaluate_checkpoint(checkpoint_path)
+    if baselines:
+        from engine.baselines import evaluator_baselines
+        result.baselines, result.baseline_note = evaluator_baselines(evaluator, checkpoint_path, train_labels)
     return result, write_outputs(result, output_path, test_set_name(labels_file, test_dataset_id))

@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from engine.cli import add_runtime_arguments, configure_console
+from engine.cli import add_baseline_arguments, add_runtime_arguments, configure_console, parse_train_labels
 from datasets.corruptions import parse_corruptions, parse_severities
 from engine.conditions import (Condition, base_test_csvs, check_condition, corruption_conditions, ecl_conditions,
                                group_conditions, parse_condition, shift_conditions)
 from engine.evaluate import EvalResult, Evaluator
 from engine.records import CheckpointResult, first_line, summarize_result
 from engine.result_cache import ResultCache, evaluator_context
-from engine.baselines import Baselines, parse_train_labels, recorded_train_files, record_of
+from engine.baselines import Baselines, recorded_train_files, score_baselines
 from engine.compare import paired_csv, paired_rows, pairs_of
 from engine.robustness_report import (build_report, corruption_csv, corruption_summary, format_summaries, format_table,
                                       results_csv)
@@ -259,8 +259,8 @@ def score_baselines(result: RobustnessResult, train: tuple[Path, Path] | None, d
     multi = get_spec(first.model_name).multi_scene
     try:
         for condition in result.conditions:
-            for name, preds in models.predict(condition.parts, condition.corruption).items():
-                result.baseline_records[(name, condition.name)] = record_of(name, preds, train[0], multi)
+            for name, record in score_baselines(models, condition.parts, multi, condition.corruption).items():
+                result.baseline_records[(name, condition.name)] = record
     except UserError as exc:
         result.baseline_records.clear()
         result.skipped.append(("baselines", first_line(str(exc))))
@@ -313,10 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline_model", default="effposenet",
                         help="the model others are paired against and the mean corruption error is relative to "
                              "(the first model of the report when absent)")
-    parser.add_argument("--train_labels", metavar="CSV[:ROOT]", default=None,
-                        help="training set of the mean-pose and retrieval baselines (default: the one the "
-                             "checkpoints record); ROOT defaults to the CSV's folder")
-    parser.add_argument("--no_baselines", action="store_true", help="skip the mean-pose and retrieval baselines")
+    add_baseline_arguments(parser)
     parser.add_argument("--output_path", required=True, help="folder for the CSV, the HTML report, cache and log")
     add_runtime_arguments(parser)
     return parser
