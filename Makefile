@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA := data/synthetic
 DEMO_OUT := runs/demo
 
-.PHONY: venv test demo demo-ms bench gpu-check clean-demo
+.PHONY: venv test demo demo-ms demo-evidence bench gpu-check clean-demo
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: $(STAMP)
 demo-ms: $(STAMP)
 	$(PY) -m engine.demo multi --data $(DATA)_ms --out $(DEMO_OUT)_ms
 
+# hyperpose against effposenet over three paired seeds, with baselines and corruptions (about 15 min on 2 cores).
+demo-evidence: $(STAMP)
+	$(PY) -m engine.demo evidence --data $(DATA) --out $(DEMO_OUT)_evidence
+
 bench: $(STAMP)
 	$(PY) bench/bench_single_scene.py
 	$(PY) bench/bench_multi_scene.py
@@ -34,4 +38,4 @@ gpu-check: $(STAMP)
 	$(PY) bench/gpu_check.py
 
 clean-demo:
-	rm -rf $(DEMO_OUT) $(DEMO_OUT)_ms
+	rm -rf $(DEMO_OUT) $(DEMO_OUT)_ms $(DEMO_OUT)_evidence

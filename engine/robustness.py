@@ -227,7 +227,7 @@ def robustness_report(model_name: str, backbone_path: str, dataset_root: str | P
         cache.save()
         result = RobustnessResult(entries, usable, records, skipped, n_evaluated, csv_path, html_path, cache_path)
         if baselines:
-            score_baselines(result, train, device, cache_dir)
+            add_baselines(result, train, device, cache_dir)
         summarize_groups(result, baseline, out)
         atomic_write_text(csv_path, results_csv(result))
         facts = [("checkpoints", ", ".join(f"{e.label}: {e.path}" for e in entries)),
@@ -245,7 +245,7 @@ def robustness_report(model_name: str, backbone_path: str, dataset_root: str | P
         file_handler.close()
 
 
-def score_baselines(result: RobustnessResult, train: tuple[Path, Path] | None, device: str,
+def add_baselines(result: RobustnessResult, train: tuple[Path, Path] | None, device: str,
                     cache_dir: str | None) -> None:
     """The mean pose and retrieval baselines on every condition (one skipped line when they cannot run)."""
     train = train or next((e.train for e in result.entries if e.train is not None), None)

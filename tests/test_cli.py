@@ -145,7 +145,7 @@ def test_multi_scene_seed_commands(scenes3, tmp_path):
         names = {p.name for p in (tmp_path / "evals").glob(f"*{ckpt.stem}*")}
         # Named after what was evaluated (the per-scene test files), not after the training CSV.
         assert names == {f"{canonical}_{ckpt.stem}_7scenes_test_{kind}" for kind in
-                         ("predictions.csv", "report.csv", "summary.json")}, names
+                         ("predictions.csv", "report.csv", "summary.json", "baselines.csv")}, names
         report = next((tmp_path / "evals").glob(f"*{ckpt.stem}*_report.csv")).read_text().splitlines()
         assert report[0].startswith("scene,pos,ori,")
         assert [r.split(",")[0] for r in report[1:4]] == ["chess", "fire", "heads"]
