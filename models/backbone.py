@@ -192,6 +192,11 @@ def _googlenet_class():
         def feature_layer(self):
             return self.fc  # the reference's PoseNet redraws it (models/posenet.py)
 
+        def _load_imagenet_state(self, state, source):
+            # torchvision's ImageNet file also holds the two auxiliary classifiers, which this model has not.
+            self.load_weights(OrderedDict((k, v) for k, v in state.items() if not k.startswith(("aux1.", "aux2."))),
+                              source)
+
         def extract(self, img_B3HW):
             x = self._transform_input(img_B3HW)
             out = {"reduction_1": self.conv1(x)}
@@ -439,7 +444,6 @@ def _download_imagenet(backbone: nn.Module) -> None:
         weights = {"googlenet": models.GoogLeNet_Weights.IMAGENET1K_V1,
                    "resnet34": models.ResNet34_Weights.IMAGENET1K_V1}[backbone.type_name]
         state = weights.get_state_dict(progress=False)
-        state = OrderedDict((k, v) for k, v in state.items() if not k.startswith("aux"))
     backbone._load_imagenet_state(state, "ImageNet download")
 
 
