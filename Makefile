@@ -6,18 +6,35 @@ STAMP := $(VENV)/.installed
 DATA := data/synthetic
 DEMO_OUT := runs/demo
 
-.PHONY: venv test demo demo-ms demo-evidence bench gpu-check clean-demo
+.PHONY: venv test test-fast lint format demo demo-ms demo-evidence bench gpu-check clean-demo
 
 venv: $(STAMP)
 
 # Reinstall only when a requirements file changed.
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The whole suite on two worker processes of one thread each (the CI command).
+TEST_JOBS ?= 2
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS)
+
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
+
+# Everything but the end-to-end tests marked slow, with fewer property-test examples.
+test-fast: $(STAMP)
+	HYPOTHESIS_PROFILE=fast $(PYTEST) -m "not slow" tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 demo: $(STAMP)
 	$(PY) -m engine.demo single --data $(DATA) --out $(DEMO_OUT)

@@ -10,11 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
 
 # Two cores are shared by the whole suite; more threads only contend.
 torch.set_num_threads(1)
+
+# Property-test example counts: "full" in make test, "fast" in make test-fast (HYPOTHESIS_PROFILE).
+settings.register_profile("full", max_examples=150, deadline=None)
+settings.register_profile("fast", max_examples=20, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "full"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -13,7 +13,8 @@ from datasets.labels import LABEL_COLUMNS, POSE_COLUMNS, read_labels
 from util.config import accepted_keys, defaults, load_config
 from util.errors import UserError
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Example counts come from the hypothesis profile (tests/conftest.py).
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HEADER = ",".join(LABEL_COLUMNS)
 
 
