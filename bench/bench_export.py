@@ -29,7 +29,7 @@ from engine.export import ExportGraph, example_input, export_loaded, prepare_for
 from engine.localize import LoadedModel  # noqa: E402
 from models.backbone import new_backbone  # noqa: E402
 from models.registry import build_model, get_spec, model_names  # noqa: E402
-from util.config import defaults  # noqa: E402
+from models.config import defaults  # noqa: E402
 
 # --tiny: the sizes of the test suite's configs, so that every model builds and exports in seconds.
 TINY = dict(hidden_dim=32, nheads=2, num_t_encoder_layers=1, num_t_decoder_layers=1, num_rot_encoder_layers=1,

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from models.backbone import new_backbone  # noqa: E402
 from models.registry import build_model, get_spec, model_names  # noqa: E402
-from util.config import defaults  # noqa: E402
+from models.config import defaults  # noqa: E402
 
 # Hyper model -> its static twin (same head otherwise, same backbone).
 TWINS = {"hyperpose": "effposenet", "hyperatloc": "atloc"}

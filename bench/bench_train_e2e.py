@@ -40,7 +40,7 @@ from engine.train import build_optimizer, prepare_model  # noqa: E402
 from engine.trainer import Trainer  # noqa: E402
 from models.losses import CameraPoseLoss  # noqa: E402
 from models.registry import get_spec, model_names  # noqa: E402
-from util.config import validate_config  # noqa: E402
+from models.config import validate_config  # noqa: E402
 from util.device import autocast_dtype, synchronize  # noqa: E402
 from util.errors import UserError  # noqa: E402
 

@@ -88,7 +88,7 @@ def scales(init: str, start: str, seed: int, args) -> dict[str, dict[str, float]
     train mode), and of its final checkpoint on the test images (eval mode)."""
     from engine.train import hyperfan_start, prepare_model
     from util.checkpoint import load_checkpoint
-    from util.config import validate_config
+    from models.config import validate_config
     from util.device import seed_everything
 
     _, backbone = STARTS[start]

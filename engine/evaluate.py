@@ -22,11 +22,10 @@ from datasets.dataset import CameraPoseDataset, reference_scene_map
 from datasets.image_cache import AUTO, resolve_cache_dir
 from datasets.labels import read_labels
 from datasets.transforms import build_transform
-from models.backbone import new_backbone
-from models.registry import build_model, canonical_model_name, get_spec
+from models.config import load_config
+from models.loading import empty_model, load_model
+from models.registry import canonical_model_name, get_spec
 from util import jsonio
-from util.checkpoint import load_checkpoint, load_model_weights, reconcile_config
-from util.config import load_config
 from util.device import autocast_dtype, cap_workers, select_device, synchronize
 from util.errors import UserError
 from util.io import atomic_write_text, check_output_dir
@@ -177,28 +176,26 @@ class Evaluator:
     # Model ------------------------------------------------------------------------------------------------
     def load(self, checkpoint_path: str | Path) -> tuple[torch.nn.Module, dict[str, int]]:
         """Build the model for a checkpoint (ours or a reference state_dict) and load its weights strictly."""
-        ckpt = load_checkpoint(checkpoint_path)
-        config = reconcile_config(ckpt, self.model_name, self.config, checkpoint_path)
-        scene_map = self.scene_map_of(ckpt, config, checkpoint_path)
-        if self.multi:
-            config["num_scenes"] = len(scene_map)
+        loaded = load_model(checkpoint_path, self.model_name, self.config, build=self._model_for,
+                            scene_map_for=lambda n_scenes: self.scene_map_for(n_scenes, checkpoint_path))
+        return loaded.model.to(self.device, memory_format=torch.channels_last).eval(), loaded.scene_map
+
+    def _model_for(self, config: dict) -> torch.nn.Module:
+        """The model of ``config``, built once while checkpoints of the same architecture follow each other."""
         key = json.dumps(config, sort_keys=True, default=str)
         if key not in self._models:
-            # The checkpoint holds every backbone weight (the load below is strict), so the backbone starts
-            # empty: backbone_path is irrelevant here, whatever file or word it names, and warns of nothing.
-            self._models = {key: build_model(self.model_name, config, new_backbone(config["backbone_type"]))}
-        model = self._models[key]
-        load_model_weights(model, ckpt["model"], checkpoint_path)
-        return model.to(self.device, memory_format=torch.channels_last).eval(), scene_map
+            # The checkpoint holds every backbone weight (the load is strict), so the backbone starts empty:
+            # backbone_path is irrelevant here, whatever file or word it names, and warns of nothing.
+            self._models = {key: empty_model(self.model_name, config)}
+        return self._models[key]
 
-    def scene_map_of(self, ckpt: dict, config: dict, checkpoint_path: str | Path) -> dict[str, int]:
-        """The checkpoint's scene map; for a bare reference state_dict, one that fits its scene heads
-        (``--scene_map``, the dataset's training order, or the test CSV's scenes), logged."""
-        if ckpt.get("scene_map"):
-            return dict(ckpt["scene_map"])
+    def scene_map_for(self, n_scenes: int | None, checkpoint_path: str | Path) -> dict[str, int]:
+        """The scene map of a checkpoint that records none (a bare reference state_dict): one that fits its
+        ``n_scenes`` scene heads (``--scene_map``, the dataset's training order, or the test CSV's scenes),
+        logged; for a single-scene model, the test CSV's sorted scenes."""
         if not self.multi:
             return {s: i for i, s in enumerate(self.labels_scenes)}
-        n_scenes = config.get("num_scenes") or len(self.labels_scenes)
+        n_scenes = n_scenes or len(self.labels_scenes)
         scene_map, source = reference_scene_map(n_scenes, self.labels_scenes, self.scene_map_file,
                                                 f"checkpoint {checkpoint_path}")
         if self._announced != (str(checkpoint_path), source):

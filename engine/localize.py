@@ -25,14 +25,12 @@ from PIL import Image
 
 from datasets.dataset import load_image_uint8
 from datasets.transforms import build_transform
-from models.backbone import new_backbone
-from models.registry import build_model, canonical_model_name, get_spec
-from util.checkpoint import check_compatible, load_checkpoint, load_model_weights, reconcile_config
-from util.config import load_config, validate_config
+from models.config import load_config, validate_config
+from models.loading import check_compatible, load_checkpoint, load_model
+from models.registry import canonical_model_name, get_spec
 from util.device import select_device
 from util.errors import UserError
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -93,7 +91,7 @@ def load_for_inference(checkpoint_path: str | os.PathLike, *, model_name: Option
     """Build the checkpoint's model in eval mode on the CPU and load its weights strictly.
 
     ``config`` (a JSON path or a dict) replaces the checkpoint's own config, except for the architecture
-    keys, where the checkpoint wins (``util.checkpoint.reconcile_config``, with a warning listing any
+    keys, where the checkpoint wins (``models.loading.reconcile_config``, with a warning listing any
     difference); ``scenes`` names the scenes of a reference multi-scene state_dict (sorted, as the
     reference numbered them).
     """
@@ -106,26 +104,19 @@ def load_for_inference(checkpoint_path: str | os.PathLike, *, model_name: Option
     model_name = canonical_model_name(model_name)
     check_compatible(ckpt, model_name, checkpoint_path)  # the model first, before its config is read
     cfg = _effective_config(model_name, config, ckpt)
-    multi = get_spec(model_name).multi_scene
-    if ckpt["format"] == "reference":
+
+    def named_scenes(n_scenes: Optional[int]) -> dict:
         scene_map = {s: i for i, s in enumerate(sorted(scenes))} if scenes else {}
-    else:
-        scene_map = {str(s): int(i) for s, i in dict(ckpt["scene_map"]).items()}
-    # The checkpoint's architecture keys; for a reference state_dict 8 heads and the scene count of its weights.
-    cfg = reconcile_config(ckpt, model_name, cfg, checkpoint_path)
-    num_scenes = 0
-    if multi:
-        num_scenes = cfg.get("num_scenes") or len(scene_map)
-        if not num_scenes:
-            raise UserError(f"{checkpoint_path}: a multi-scene reference state_dict needs the scene names "
-                            f"(scenes=[...]) or num_scenes in the config")
-        if scene_map and len(scene_map) != num_scenes:
-            raise UserError(f"{checkpoint_path} has {num_scenes} scene heads but {len(scene_map)} scene names "
+        if scene_map and n_scenes and len(scene_map) != n_scenes:
+            raise UserError(f"{checkpoint_path} has {n_scenes} scene heads but {len(scene_map)} scene names "
                             f"were given")
-        cfg["num_scenes"] = num_scenes
-    model = build_model(model_name, cfg, new_backbone(cfg["backbone_type"]))  # weights: the checkpoint's
-    load_model_weights(model, ckpt["model"], checkpoint_path)
-    return LoadedModel(model.eval(), model_name, cfg, scene_map, num_scenes)
+        return scene_map
+
+    # The weights' model: the checkpoint's architecture keys; for a reference state_dict 8 heads and the scene
+    # count of its weights; the scene map the checkpoint records, else the sorted scene names given.
+    loaded = load_model(checkpoint_path, model_name, cfg, ckpt=ckpt, scene_map_for=named_scenes)
+    num_scenes = loaded.config["num_scenes"] if get_spec(model_name).multi_scene else 0
+    return LoadedModel(loaded.model.eval(), model_name, loaded.config, loaded.scene_map, num_scenes)
 
 
 def _as_image_3HW(item, position: int) -> torch.Tensor:

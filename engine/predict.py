@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from datasets.image_source import ImageFileDataset, ImageList, collate_readable, resolve_image_source
 from datasets.labels import POSE_COLUMNS
 from engine.localize import Localizer, Poses, load_for_inference
-from util.config import load_config
+from models.config import load_config
 from util.device import cap_workers
 from util.errors import UserError
 from util.io import atomic_write_text, check_output_dir

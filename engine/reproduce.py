@@ -50,10 +50,10 @@ from engine.recipes import RECIPES, Stage, freezes_nothing, load_recipe
 from engine.cli import configure_console
 from engine.result_cache import file_stamp
 from engine.table import ReproTable
+from models.config import load_config
 from models.registry import canonical_model_name, get_spec
 from util import jsonio
 from util.checkpoint import load_checkpoint
-from util.config import load_config
 from util.errors import UserError, run_cli
 from util.io import atomic_write_text
 

@@ -40,9 +40,10 @@ from datasets.image_cache import AUTO, cache_key, resolve_cache_dir
 from datasets.transforms import build_transform, image_sizes
 from engine.cli import configure_console
 from models.backbone import LITE0_TIMM_NAME, Backbone, load_backbone, new_backbone
+from models.config import defaults
+from models.loading import load_checkpoint, reconcile_config
 from models.registry import build_model, canonical_model_name
-from util.checkpoint import load_checkpoint, load_model_weights, reconcile_config
-from util.config import defaults
+from util.checkpoint import load_model_weights
 from util.device import cap_workers, select_device
 from util.errors import UserError, run_cli
 from util.io import atomic_write_text, atomic_write_with, check_output_dir

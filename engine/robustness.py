@@ -38,7 +38,8 @@ from engine.robustness_report import (build_report, corruption_csv, corruption_s
                                       results_csv)
 from models.registry import canonical_model_name, cli_choices, get_spec
 from util.checkpoint import load_checkpoint
-from util.config import GENERAL_KEYS, defaults, load_config, read_config_file
+from util.config import GENERAL_KEYS, read_config_file
+from models.config import defaults, load_config
 from util.errors import UserError, run_cli
 from util.io import atomic_write_text, check_output_dir
 from util.logs import add_log_file

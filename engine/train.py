@@ -29,8 +29,9 @@ from models.losses import CameraPoseLoss
 from models.registry import build_model, canonical_model_name, get_spec
 from engine.batchnorm import plain_loader, resolve_recalibrate_batches
 from models.hypernet import hyperfan_from_images
-from util.checkpoint import load_checkpoint, load_model_weights, reconcile_config
-from util.config import load_config
+from models.config import load_config
+from models.loading import load_checkpoint, load_model, reconcile_config
+from util.checkpoint import load_model_weights
 from util.device import autocast_dtype, make_deterministic, seed_everything
 from util.distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
 from util.errors import UserError
@@ -229,15 +230,22 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
                 raise UserError(f"config num_scenes={config['num_scenes']} but {labels_file} has {n_scenes} "
                                 f"scenes ({', '.join(dataset.scene_map)}); remove num_scenes or set it to {n_scenes}")
             config["num_scenes"] = n_scenes
-        if source is not None:
-            config = reconcile_config(source, model_name, config, resume or init_checkpoint)
+        if ckpt is not None:
+            config = reconcile_config(ckpt, model_name, config, resume)
         if ckpt is not None and config.get("bn_recalibrate_batches") is None:  # a resumed run goes on as it began
             config["bn_recalibrate_batches"] = ckpt["config"].get("bn_recalibrate_batches")
         config["bn_recalibrate_batches"] = resolve_recalibrate_batches(
             config, random_backbone=backbone_path == "random" and init is None)
 
         seed_everything(config["seed"])
-        model = prepare_model(model_name, backbone_path, config, dev)
+        if init is not None:  # the checkpoint's architecture keys and weights; the dataset holds its scene map
+            loaded = load_model(init_checkpoint, model_name, config, ckpt=init,
+                                scene_map_for=lambda n_scenes: dataset.scene_map,
+                                build=lambda cfg: prepare_model(model_name, backbone_path, cfg, dev))
+            model, config = loaded.model, loaded.config
+            log.info("initialised %s from %s", model_name, init_checkpoint)
+        else:
+            model = prepare_model(model_name, backbone_path, config, dev)
         if config.get("bn_momentum") is not None:
             for module in model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -248,10 +256,7 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config["lr_scheduler_step_size"],
                                                     gamma=config["lr_scheduler_gamma"])
         start_epoch = 0
-        if init is not None:
-            load_model_weights(model, init["model"], init_checkpoint)
-            log.info("initialised %s from %s", model_name, init_checkpoint)
-        elif ckpt is None and config.get("head_init") == "hyperfan":
+        if init is None and ckpt is None and config.get("head_init") == "hyperfan":
             hyperfan_start(model, plain_loader(dataset, config, dev), dev)
         if ckpt is not None:
             load_model_weights(model, ckpt["model"], resume)

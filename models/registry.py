@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
 from models.hypernet import HEAD_INITS, STATIC_HEAD_INITS
-from util.config import Key, at_least, check_dropout, greater, one_of
+from util.schema import INT_GE1, Key, at_least, check_dropout, greater, one_of
 from util.errors import UserError
 
 # Backbone families a spec can accept; "timm" stands for every ``timm:<name>``.
@@ -96,10 +95,6 @@ def cli_choices(multi_scene: bool) -> tuple[str, ...]:
     return names + tuple(a for a, n in _ALIASES.items() if n in names)
 
 
-def aliases() -> Mapping[str, str]:
-    return MappingProxyType(_ALIASES)
-
-
 def canonical_model_name(name: str) -> str:
     """The canonical name (``mstransformer`` -> ``ems-transposenet``); UserError listing the valid names."""
     key = str(name).strip().lower()
@@ -114,11 +109,6 @@ def canonical_model_name(name: str) -> str:
 def get_spec(name: str) -> ModelSpec:
     """The spec of a model (aliases accepted)."""
     return _REGISTRY[canonical_model_name(name)]
-
-
-def model_class(name: str) -> type[nn.Module]:
-    """The class implementing ``name`` (aliases accepted)."""
-    return get_spec(name).cls
 
 
 def build_model(name: str, config: dict, backbone: nn.Module) -> nn.Module:
@@ -145,7 +135,6 @@ def guess_reference_model(state_dict: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Key tables shared by several entries
 
-_INT_GE1 = dict(kind="int", check=at_least(1))
 _INIT_DOC = ("how the regression head starts: 'reference' as the reference code drew it, 'torch' PyTorch's "
              "default")
 # Models without a hypernetwork: the reference's init or PyTorch's.
@@ -155,8 +144,8 @@ _HYPER_INIT = {"head_init": Key("reference", "str", one_of(*HEAD_INITS),
                                 doc=_INIT_DOC + ", 'hyperfan' generators scaled so the generated weights have "
                                                 "kaiming's variance, 'zero' generated layers that start at zero")}
 _HYPER_KEYS = {
-    "hyper_dim_t": Key(256, **_INT_GE1, doc="width of the position hypernetwork (generated layer input)"),
-    "hyper_dim_rot": Key(512, **_INT_GE1, doc="width of the orientation hypernetwork"),
+    "hyper_dim_t": Key(256, **INT_GE1, doc="width of the position hypernetwork (generated layer input)"),
+    "hyper_dim_rot": Key(512, **INT_GE1, doc="width of the orientation hypernetwork"),
 }
 _NO_HYPERNETWORK = "it has no hypernetwork"
 _HYPER_IGNORED = {"hyper_dim_t": _NO_HYPERNETWORK, "hyper_dim_rot": _NO_HYPERNETWORK,
@@ -212,15 +201,15 @@ _TRANSFORMER_KEYS = {
                            "all in train mode"),
     "num_scenes": Key(None, "int", at_least(1), nullable=True,
                       doc="number of scenes; null: taken from the training CSV"),
-    "num_t_encoder_layers": Key(4, **_INT_GE1, doc="encoder layers of the position transformer"),
-    "num_t_decoder_layers": Key(4, **_INT_GE1, doc="decoder layers of the position transformer"),
-    "num_rot_encoder_layers": Key(4, **_INT_GE1, doc="encoder layers of the orientation transformer"),
-    "num_rot_decoder_layers": Key(4, **_INT_GE1, doc="decoder layers of the orientation transformer"),
-    "dim_feedforward": Key(256, **_INT_GE1, doc="feed-forward width of the transformer layers"),
+    "num_t_encoder_layers": Key(4, **INT_GE1, doc="encoder layers of the position transformer"),
+    "num_t_decoder_layers": Key(4, **INT_GE1, doc="decoder layers of the position transformer"),
+    "num_rot_encoder_layers": Key(4, **INT_GE1, doc="encoder layers of the orientation transformer"),
+    "num_rot_decoder_layers": Key(4, **INT_GE1, doc="decoder layers of the orientation transformer"),
+    "dim_feedforward": Key(256, **INT_GE1, doc="feed-forward width of the transformer layers"),
     "hidden_dim": Key(256, "int", at_least(2), doc="transformer width d"),
-    "reg_hidden_dim": Key(1024, **_INT_GE1, doc="hidden width of the MLP regressor heads"),
+    "reg_hidden_dim": Key(1024, **INT_GE1, doc="hidden width of the MLP regressor heads"),
     "dropout": Key(0.1, "float", check_dropout, doc="transformer dropout"),
-    "nheads": Key(8, **_INT_GE1, doc="attention heads (the reference ran 8 whatever its config said)"),
+    "nheads": Key(8, **INT_GE1, doc="attention heads (the reference ran 8 whatever its config said)"),
     "reduction": Key(["reduction_4", "reduction_3"], "str_list", _check_reduction,
                      doc="backbone endpoints of the position and orientation branches"),
 }

@@ -14,9 +14,9 @@ from conftest import tiny_config_dict
 from datasets.dataset import load_image_uint8
 from datasets.transforms import build_transform
 from models.backbone import new_backbone
+from models.config import validate_config
 from models.registry import build_model, get_spec
 from util.checkpoint import save_checkpoint
-from util.config import validate_config
 
 
 def tiny_model_config(model_name: str, num_scenes: int = 0) -> dict:

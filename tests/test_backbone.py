@@ -172,7 +172,7 @@ def test_imagenet_lite0_loads_offline_into_the_feature_extractor():
 def test_nothing_downloads_when_building_every_model(monkeypatch):
     """With sockets blocked, every registered model builds, and the offline ImageNet start loads."""
     from models.registry import build_model, get_spec, model_names
-    from util.config import defaults
+    from models.config import defaults
 
     def refuse(*args, **kwargs):
         raise OSError("network access during model construction")

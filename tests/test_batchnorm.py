@@ -12,8 +12,8 @@ from datasets.transforms import build_transform
 from engine.batchnorm import batchnorm_layers, plain_loader, recalibrate, resolve_recalibrate_batches
 from engine.train import train
 from models.backbone import load_backbone
+from models.config import load_config
 from models.registry import build_model
-from util.config import load_config
 
 
 def chess_train(root):

@@ -12,9 +12,10 @@ from conftest import tiny_config_dict, write_config
 from datasets.label_io import SEVEN_SCENES
 from engine.evaluate import evaluate
 from models.backbone import load_backbone
+from models.config import load_config
+from models.loading import reconcile_config
 from models.registry import build_model
-from util.checkpoint import load_checkpoint, reconcile_config, save_checkpoint
-from util.config import load_config
+from util.checkpoint import load_checkpoint, save_checkpoint
 from util.device import seed_everything
 from util.errors import UserError
 

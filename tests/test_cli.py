@@ -236,7 +236,7 @@ def test_test_mode_ignores_backbone_path_because_the_checkpoint_holds_the_backbo
     from models.backbone import new_backbone
     from models.registry import build_model
     from util.checkpoint import save_checkpoint
-    from util.config import load_config
+    from models.config import load_config
 
     config = write_config(tmp_path / "c.json", tiny_config_dict())
     cfg = load_config(config, "posenet")

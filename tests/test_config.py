@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from models.config import all_keys, defaults, load_config, main, validate_config
 from models.registry import canonical_model_name, get_spec, model_names
-from util.config import all_keys, defaults, load_config, main, validate_config
 from util.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,7 +345,7 @@ def test_missing_model_section_names_the_sections_present(tmp_path):
 
 def test_ignored_key_warns_and_is_dropped(tmp_path, caplog):
     path = section_config(tmp_path, "hyperpose", hyper_t_hidden_scale=0.5)
-    with caplog.at_level(logging.WARNING, logger="util.config"):
+    with caplog.at_level(logging.WARNING, logger="models.config"):
         config = load_config(path, "hyperpose")
     assert "hyper_t_hidden_scale" not in config
     assert "'hyper_t_hidden_scale' is accepted but ignored by hyperpose" in caplog.text
@@ -354,7 +354,7 @@ def test_ignored_key_warns_and_is_dropped(tmp_path, caplog):
 @pytest.mark.parametrize("model", ["effposenet", "ems-transposenet"])
 def test_sections_copied_from_a_hypernetwork_model_load_with_warnings(tmp_path, caplog, model):
     keys = {"hyper_dim_t": 256, "hyper_dim_rot": 512, "hyper_t_hidden_scale": 0.5}
-    with caplog.at_level(logging.WARNING, logger="util.config"):
+    with caplog.at_level(logging.WARNING, logger="models.config"):
         config = load_config(section_config(tmp_path, model, **keys), model)
     assert not set(keys) & set(config)
     assert caplog.text.count("accepted but ignored") == 3
@@ -371,7 +371,7 @@ def test_every_ignored_key_is_a_documented_key():
 
 def test_general_wins_over_the_model_section_with_a_warning(tmp_path, caplog):
     path = section_config(tmp_path, "hyperpose", general={"batch_size": 4}, batch_size=16)
-    with caplog.at_level(logging.WARNING, logger="util.config"):
+    with caplog.at_level(logging.WARNING, logger="models.config"):
         assert load_config(path, "hyperpose")["batch_size"] == 4
     assert "'general' wins" in caplog.text
 

@@ -164,7 +164,7 @@ def test_the_synthetic_config_is_described_with_its_values():
 def test_differences_table_names_only_real_config_keys():
     """README "Differences from the reference": one row per behaviour, four cells each, and every
     ``"key": value`` that restores the reference's behaviour is a config key with a value it accepts."""
-    from util.config import all_keys
+    from models.config import all_keys
 
     text = (REPO / "README.md").read_text()
     section = text.split("## Differences from the reference\n", 1)[1].split("\n## ", 1)[0]

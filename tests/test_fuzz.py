@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from datasets.labels import LABEL_COLUMNS, POSE_COLUMNS, read_labels
-from util.config import accepted_keys, defaults, load_config
+from models.config import accepted_keys, defaults, load_config
 from util.errors import UserError
 
 # Example counts come from the hypothesis profile (tests/conftest.py).

@@ -17,10 +17,11 @@ from conftest import run_script, tiny_config_dict, write_config
 from engine.cli import main as cli_main
 from engine.evaluate import evaluate
 from engine.train import train
+from models.config import load_config
+from models.loading import architecture_keys
 from models.registry import ModelSpec, cli_choices, register, unregister
-from util.checkpoint import architecture_keys
-from util.config import Key, at_least, load_config
 from util.errors import UserError
+from util.schema import Key, at_least
 
 
 def chess(root, split):

@@ -8,11 +8,11 @@ from torchvision.models import GoogLeNet
 from torchvision.models.resnet import ResNet
 
 from models.backbone import new_backbone
+from models.config import defaults
+from models.loading import reconcile_config
 from models.registry import build_model, get_spec, guess_reference_model, model_names
 from tests.reference_layout import (layout_path, random_state_dict, read_layout, read_layout_header,
                                     state_dict_layout)
-from util.checkpoint import reconcile_config
-from util.config import defaults
 from util.errors import UserError
 
 TABLES = [(name, table) for name in model_names() for table in get_spec(name).reference_tables]

@@ -18,10 +18,10 @@ from engine.batchnorm import plain_loader
 from engine.train import train
 from engine.trainer import read_metrics_csv
 from models.backbone import new_backbone
+from models.config import load_config
 from models.hypernet import generated_heads, hyperfan_from_images, swish
 from models.registry import build_model
 from util.checkpoint import load_checkpoint
-from util.config import load_config
 
 CPU = torch.device("cpu")
 

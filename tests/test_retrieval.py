@@ -22,9 +22,9 @@ from engine.retrieval import (
 )
 from engine.train import train_mean_pose
 from models.backbone import new_backbone
+from models.config import defaults
 from models.registry import build_model
 from util.checkpoint import save_checkpoint
-from util.config import defaults
 from util.errors import UserError
 from util.pose import (
     average_quaternions,

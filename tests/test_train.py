@@ -13,9 +13,9 @@ import torch
 from conftest import tiny_config_dict, write_config
 from engine.train import new_run_dir, train
 from models.backbone import load_backbone
+from models.config import load_config
 from models.registry import build_model
 from util.checkpoint import save_checkpoint
-from util.config import load_config
 from util.device import seed_everything
 from util.errors import UserError
 

@@ -3,6 +3,9 @@
 Our format holds the full training state (model, optimizer, scheduler, loss weights s_x/s_q, epoch, config,
 scene-id map). A reference checkpoint is a bare ``state_dict``; it loads into the same models because the
 parameter names are the reference's.
+
+This module knows no model: which model a bare reference state_dict holds, and what a checkpoint decides
+about the config of the model that loads it, are the registry's to say (``models/loading.py``).
 """
 from __future__ import annotations
 
@@ -105,7 +108,8 @@ def torch_load_problem(path: str | Path, exc: BaseException) -> str:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint safely. Returns our dict; a reference state_dict is wrapped as ``format='reference'``."""
+    """Read a checkpoint safely. Returns our dict; a reference state_dict is wrapped as ``format='reference'``
+    with ``model_name`` None (``models.loading.load_checkpoint`` names its model from its keys)."""
     path = check_input_file(path, "checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -117,77 +121,13 @@ def load_checkpoint(path: str | Path) -> dict:
                             f"this code reads up to {FORMAT_VERSION}")
         return obj
     if is_reference_state_dict(obj):
-        from models.registry import guess_reference_model
-
-        return {"format": "reference", "model_name": guess_reference_model(obj), "model": obj,
-                "config": {}, "scene_map": {}, "epoch": None}
+        return {"format": "reference", "model_name": None, "model": obj, "config": {}, "scene_map": {},
+                "epoch": None}
     raise UserError(f"{path} is neither a HyperPose checkpoint nor a model state_dict")
-
-
-def architecture_keys(model_name: str) -> tuple[str, ...]:
-    """Config keys that change a model's architecture (shapes or numerics), from its registry entry."""
-    from models.registry import get_spec
-
-    return ("backbone_type",) + get_spec(model_name).arch_keys
-
-
-def check_compatible(ckpt: dict, model_name: str, path: str | Path) -> None:
-    """Raise a one-line UserError when a checkpoint holds another model."""
-    trained = ckpt.get("model_name")
-    if trained not in (None, "unknown") and trained != model_name:
-        how = " (by its parameter names)" if ckpt.get("format") == "reference" else ""
-        raise UserError(f"checkpoint {path} holds a '{trained}' model{how}, not '{model_name}'")
-
-
-def checkpoint_scene_count(ckpt: dict, model_name: str) -> int | None:
-    """How many scenes the model in ``ckpt`` was built for: its scene map, else its weights."""
-    if ckpt.get("scene_map"):
-        return len(ckpt["scene_map"])
-    from models.registry import get_spec
-
-    count = getattr(get_spec(model_name).cls, "scenes_in_state_dict", None)
-    return count(ckpt["model"]) if count is not None else None
-
-
-def reconcile_config(ckpt: dict, model_name: str, config: dict, path: str | Path) -> dict:
-    """The config to build the model that loads ``ckpt``, for testing it, resuming it or starting from it.
-
-    The checkpoint decides the architecture: a checkpoint of this toolkit records its architecture keys,
-    and they win over ``config`` with one warning listing the differences (a model fine-tuned with 8 heads
-    tests with a config that says 4). A bare reference state_dict of a multi-scene model gets 8 attention
-    heads (the reference ignored ``nheads``) and the scene count of its weights. Other keys (batch size,
-    workers, image size, ...) stay the config's. A checkpoint of another model is a UserError.
-    """
-    from models.registry import get_spec
-
-    check_compatible(ckpt, model_name, path)
-    spec, config = get_spec(model_name), dict(config)
-    if ckpt.get("format") == FORMAT:
-        wanted = {k: ckpt["config"][k] for k in architecture_keys(model_name) if k in ckpt["config"]}
-    elif spec.multi_scene:
-        wanted = {"nheads": 8}  # what the reference code ran, whatever its config said
-    else:
-        wanted = {}
-    if spec.multi_scene:
-        n_scenes = checkpoint_scene_count(ckpt, model_name)
-        if n_scenes is not None:
-            wanted["num_scenes"] = n_scenes
-    differ = [k for k, v in wanted.items() if config.get(k) is not None and config.get(k) != v]
-    if ckpt.get("format") == "reference" and "nheads" in differ:
-        log.warning("reference checkpoint %s: using 8 attention heads, as the reference code did (it ignored "
-                    "nheads=%s)", Path(path).name, config["nheads"])
-        differ.remove("nheads")
-    if differ:
-        whose = "the scene count of its weights" if ckpt.get("format") == "reference" else "its architecture"
-        log.warning("checkpoint %s: using %s: %s", Path(path).name, whose,
-                    ", ".join(f"{k}={wanted[k]!r} (config: {config[k]!r})" for k in differ))
-    config.update(wanted)
-    return config
 
 
 def load_model_weights(model: torch.nn.Module, state_dict: dict, path: str | Path) -> None:
     """Strict load; a mismatch is one line naming how many keys differ and a few examples."""
-    missing, unexpected = [], []
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
