@@ -1,4 +1,4 @@
-"""Evaluate every checkpoint of a single-scene run (effposenet, hyperpose): a CSV and an HTML report.
+"""Evaluate every checkpoint of a single-scene run (any single-scene model): a CSV and an HTML report.
 
     python main_batch_eval_model.py hyperpose test <backbone> <dataset_root> <test.csv> <config.json> \
         ./models/run_<stamp> --output_path ./evals/hyperpose_7scenes_evals

@@ -501,7 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("dataset", choices=tuple(DATASETS), help="which paper table")
     parser.add_argument("--root", required=True, help="dataset root (img_path in the label CSVs is relative to it)")
     parser.add_argument("--labels", required=True, help="folder of the label CSVs (datasets.prepare writes them)")
-    parser.add_argument("--backbone", required=True, help="EfficientNet-B0 weights, or 'random'")
+    parser.add_argument("--backbone", required=True,
+                        help="backbone weights file (of each model's backbone_type), or 'random'")
     parser.add_argument("--models", type=_list, required=True, help="comma-separated model names")
     parser.add_argument("--out", required=True, help="output folder (runs, tests, batch evaluations, tables)")
     parser.add_argument("--recipe", default="released",

@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "one CSV and one self-contained HTML report with the degradation from the base condition.")
     parser.add_argument("model_name", choices=cli_choices(False) + cli_choices(True),
                         help="model of checkpoints that do not record one (bare reference state_dicts)")
-    parser.add_argument("backbone_path", help="EfficientNet-B0 weights, or 'random' (checkpoints hold theirs)")
+    parser.add_argument("backbone_path", help="backbone weights of the config's backbone_type (a file, "
+                                              "'imagenet' or 'random'); checkpoints hold theirs")
     parser.add_argument("dataset_path", help="dataset root; img_path in the label CSVs is relative to it")
     parser.add_argument("config_file", help="JSON config: runtime settings, and the config of bare state_dicts")
     parser.add_argument("--checkpoint_path", nargs="+", required=True, metavar="CKPT",

@@ -1,1 +1,1 @@
-"""Pose regression models: EfficientNet backbone, single- and multi-scene heads, hypernetworks, registry."""
+"""Pose regression models: backbones, single- and multi-scene heads, hypernetworks, registry."""

@@ -32,10 +32,6 @@ def _stack(parts: list, axis: int, like: Array) -> Array:
     return torch.stack(parts, dim=axis) if _is_torch(like) else np.stack(parts, axis=axis)
 
 
-def _sqrt(x: Array) -> Array:
-    return torch.sqrt(x) if _is_torch(x) else np.sqrt(x)
-
-
 def _norm(x: Array) -> Array:
     """Euclidean norm over the last axis."""
     return torch.linalg.vector_norm(x, dim=-1) if _is_torch(x) else np.linalg.norm(x, axis=-1)

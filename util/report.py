@@ -24,8 +24,7 @@ from plotly.subplots import make_subplots
 from util import jsonio
 from util.io import atomic_write_text
 
-# Figure element ids, stable so that tools can find the data: <script type="application/json" id="...">.
-FIGURE_IDS = ("fig-errors", "fig-cdf", "fig-positions")
+# The element id of the embedded data, stable so that tools can find it: <script type="application/json" id="...">.
 DATA_ID = "batch-eval-data"
 
 MAX_CDF_POINTS = 1000       # per curve; more frames are drawn at evenly spaced quantiles
