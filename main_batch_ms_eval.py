@@ -6,6 +6,7 @@
 
 Re-running evaluates only checkpoints added (or changed) since the last run. See docs/batch_eval.md.
 """
+
 import sys
 
 from engine.batch_eval import main

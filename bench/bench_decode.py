@@ -5,10 +5,10 @@ transforms. Runs on one thread, like a data-loader worker. Usage: ``python bench
 With ``--device cuda`` a further column decodes the JPEGs on the GPU (torchvision's nvjpeg path, one image
 per call, synchronised); PNG has no GPU decoder there.
 """
+
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,8 +18,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datasets.dataset import load_image_uint8  # noqa: E402
+from datasets.dataset import load_image_uint8
 
 
 def decode_pil(path: str) -> torch.Tensor:
@@ -73,14 +72,17 @@ def images_per_second(decode, paths: list, min_seconds: float) -> float:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--n-images", type=int, default=8, help="distinct images per format and size")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="minimum timing per measurement")
-    parser.add_argument("--small", type=int, nargs=2, default=[128, 96], metavar=("W", "H"),
-                        help="the small image size")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cuda: also decode the JPEGs on the GPU")
+    parser.add_argument(
+        "--small", type=int, nargs=2, default=[128, 96], metavar=("W", "H"), help="the small image size"
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="cuda: also decode the JPEGs on the GPU"
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
@@ -89,8 +91,11 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     sizes = [(640, 480), tuple(args.small)]
-    print(f"{'size':>9} {'format':>6} {'KiB/img':>8} " + " ".join(f"{name:>17}" for name in decoders)
-          + "   (images/s, 1 thread)")
+    print(
+        f"{'size':>9} {'format':>6} {'KiB/img':>8} "
+        + " ".join(f"{name:>17}" for name in decoders)
+        + "   (images/s, 1 thread)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for width, height in sizes:
             paths = make_images(Path(tmp), width, height, args.n_images, rng)
@@ -101,8 +106,12 @@ def main(argv=None) -> None:
                     img_3HW = decode(ext_paths[0])
                     assert img_3HW.dtype == torch.uint8 and img_3HW.shape == reference_3HW.shape
                 kib = np.mean([Path(p).stat().st_size for p in ext_paths]) / 1024
-                rates = [f"{images_per_second(usable[n], ext_paths, args.min_seconds):>17.0f}" if n in usable
-                         else f"{'n/a':>17}" for n in decoders]
+                rates = [
+                    f"{images_per_second(usable[n], ext_paths, args.min_seconds):>17.0f}"
+                    if n in usable
+                    else f"{'n/a':>17}"
+                    for n in decoders
+                ]
                 print(f"{width:>4}x{height:<4} {ext:>6} {kib:>8.1f} " + " ".join(rates))
 
 

@@ -4,12 +4,14 @@ on the CPU or (``--device cuda``) a GPU, where onnxruntime runs with its CUDA pr
 Each model is built with its default config (random weights; ``--num_scenes`` scenes for multi-scene
 models), wrapped as :class:`engine.export.ExportGraph` (uint8 image in, normalisation and unit quaternion
 inside) and exported with a dynamic batch through :func:`engine.export.export_loaded` (without its comparison with
-PyTorch, which ``tests/test_export.py`` makes on real images). Printed per model and runtime: latency at batch 1 (median ms over ``--iters``
+PyTorch, which ``tests/test_export.py`` makes on real images). Printed per model and runtime: latency at batch 1
+(median ms over ``--iters``
 calls after ``--warmup``) and throughput at batch ``--batch`` (images/s over ``--iters`` calls).
 
     python bench/bench_export.py --size 224 --iters 20 --threads 4
     python bench/bench_export.py --tiny --iters 2 --warmup 1            # check that it runs (small configs)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,19 +23,27 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+import torch
 
-import torch  # noqa: E402
-
-from engine.export import ExportGraph, example_input, export_loaded, prepare_for_export  # noqa: E402
-from engine.localize import LoadedModel  # noqa: E402
-from models.backbone import new_backbone  # noqa: E402
-from models.registry import build_model, get_spec, model_names  # noqa: E402
-from models.config import defaults  # noqa: E402
+from engine.export import ExportGraph, example_input, export_loaded, prepare_for_export
+from engine.localize import LoadedModel
+from models.backbone import new_backbone
+from models.config import defaults
+from models.registry import build_model, get_spec, model_names
 
 # --tiny: the sizes of the test suite's configs, so that every model builds and exports in seconds.
-TINY = dict(hidden_dim=32, nheads=2, num_t_encoder_layers=1, num_t_decoder_layers=1, num_rot_encoder_layers=1,
-            num_rot_decoder_layers=1, dim_feedforward=32, reg_hidden_dim=32, hyper_dim_t=16, hyper_dim_rot=32)
+TINY = dict(
+    hidden_dim=32,
+    nheads=2,
+    num_t_encoder_layers=1,
+    num_t_decoder_layers=1,
+    num_rot_encoder_layers=1,
+    num_rot_decoder_layers=1,
+    dim_feedforward=32,
+    reg_hidden_dim=32,
+    hyper_dim_t=16,
+    hyper_dim_rot=32,
+)
 
 
 def model_config(name: str, size: int, num_scenes: int, tiny: bool) -> dict:
@@ -54,8 +64,9 @@ def ort_providers(device: torch.device) -> list[str] | None:
     return ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in ort.get_available_providers() else None
 
 
-def runners(name: str, config: dict, num_scenes: int, folder: Path, threads: int,
-            device: torch.device = torch.device("cpu")) -> dict:
+def runners(
+    name: str, config: dict, num_scenes: int, folder: Path, threads: int, device: torch.device = torch.device("cpu")
+) -> dict:
     """Runtime name -> callable(uint8 batch as a tensor on ``device``); the results are synchronised."""
     import onnxruntime as ort
 
@@ -78,6 +89,7 @@ def runners(name: str, config: dict, num_scenes: int, folder: Path, threads: int
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             return out
+
         return call
 
     found = {
@@ -107,15 +119,17 @@ def time_calls(fn, x: torch.Tensor, iters: int, warmup: int) -> list[float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--models", default=",".join(model_names()), help="comma-separated model names")
     parser.add_argument("--size", type=int, default=224, help="crop size (square input)")
     parser.add_argument("--batch", type=int, default=32, help="batch size of the throughput runs")
     parser.add_argument("--iters", type=int, default=20, help="timed calls per runtime and batch size")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="CPU threads, for torch and onnxruntime alike")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="CPU threads, for torch and onnxruntime alike"
+    )
     parser.add_argument("--num_scenes", type=int, default=7, help="scenes of the multi-scene models")
     parser.add_argument("--tiny", action="store_true", help="small configs (the test suite's sizes)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run")
@@ -130,9 +144,11 @@ def main(argv=None) -> int:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     if ort_providers(device) is None:
         print("onnxruntime has no CUDA provider here (onnxruntime-gpu is not installed): no onnxruntime row")
-    print(f"{where}, {args.size}x{args.size} uint8 input, torch {torch.__version__}; "
-          f"latency: median of {args.iters} calls at batch 1; throughput: batch {args.batch}, "
-          f"{args.iters} calls; {'tiny' if args.tiny else 'default'} configs")
+    print(
+        f"{where}, {args.size}x{args.size} uint8 input, torch {torch.__version__}; "
+        f"latency: median of {args.iters} calls at batch 1; throughput: batch {args.batch}, "
+        f"{args.iters} calls; {'tiny' if args.tiny else 'default'} configs"
+    )
     header = f"{'model':<18}{'runtime':<15}{'latency b1 [ms]':>17}{'throughput [img/s]':>20}"
     print(header)
     print("-" * len(header))

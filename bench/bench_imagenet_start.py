@@ -9,6 +9,7 @@ speed, so it may run on a busy machine; it takes about ten minutes on two CPU co
 
     python bench/bench_imagenet_start.py [--data data/synthetic] [--out runs/bench_imagenet] [--seeds 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,14 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from engine.demo import CONFIG, ensure_data, mean_pose_errors  # noqa: E402
-from util.logs import setup_logging  # noqa: E402
+from engine.demo import CONFIG, ensure_data, mean_pose_errors
+from util.logs import setup_logging
 
 MODELS = ("hyperpose", "effposenet")
-STARTS = (("efficientnet", "random"), ("timm:tf_efficientnet_lite0", "random"),
-          ("timm:tf_efficientnet_lite0", "imagenet"))
+STARTS = (
+    ("efficientnet", "random"),
+    ("timm:tf_efficientnet_lite0", "random"),
+    ("timm:tf_efficientnet_lite0", "imagenet"),
+)
 
 
 def main(argv=None) -> int:
@@ -49,8 +51,16 @@ def main(argv=None) -> int:
                 for model in MODELS:
                     out = args.out / f"{model}_{backbone_type.replace(':', '_')}_{start}_seed{seed}"
                     result = train(model, start, args.data, train_csv, CONFIG, out, override_config=override)
-                    ev, _ = evaluate(model, start, args.data, test_csv, CONFIG, result.final_checkpoint, out / "evals",
-                                     override_config=override)
+                    ev, _ = evaluate(
+                        model,
+                        start,
+                        args.data,
+                        test_csv,
+                        CONFIG,
+                        result.final_checkpoint,
+                        out / "evals",
+                        override_config=override,
+                    )
                     s = ev.summaries[0]
                     rows.append((model, backbone_type, start, seed, s.median_pos_m, s.median_ori_deg))
     base_pos, base_ori = mean_pose_errors(train_csv, test_csv, args.data)

@@ -8,20 +8,17 @@ each hyper model over its static twin on the same backbone (hyperpose / effposen
 
     python bench/bench_single_scene.py --size 224 --batch 8 --iters 20 --device cpu
 """
+
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+import torch
 
-import torch  # noqa: E402
-
-from models.backbone import new_backbone  # noqa: E402
-from models.registry import build_model, get_spec, model_names  # noqa: E402
-from models.config import defaults  # noqa: E402
+from models.backbone import new_backbone
+from models.config import defaults
+from models.registry import build_model, get_spec, model_names
 
 # Hyper model -> its static twin (same head otherwise, same backbone).
 TWINS = {"hyperpose": "effposenet", "hyperatloc": "atloc"}
@@ -70,8 +67,14 @@ def _infer_step(model, img_B3HW):
 VARIANTS: list[tuple[str, str]] = []
 
 
-def bench(size: int, batch: int, iters: int, warmup: int, device: torch.device,
-          memory_format: torch.memory_format = torch.channels_last) -> dict:
+def bench(
+    size: int,
+    batch: int,
+    iters: int,
+    warmup: int,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.channels_last,
+) -> dict:
     """Seconds per iteration, per model and mode, measured interleaved."""
     torch.manual_seed(0)
     img_B3HW = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory_format)
@@ -83,8 +86,7 @@ def bench(size: int, batch: int, iters: int, warmup: int, device: torch.device,
         else:
             model = build_model(name, dict(defaults(name), backbone_type=backbone_type), new_backbone(backbone_type))
         models[(name, backbone_type)] = model.to(device, memory_format=memory_format)
-    optimizers = {n: torch.optim.Adam(m.parameters(), lr=1e-4, eps=1e-10, weight_decay=1e-4)
-                  for n, m in models.items()}
+    optimizers = {n: torch.optim.Adam(m.parameters(), lr=1e-4, eps=1e-10, weight_decay=1e-4) for n, m in models.items()}
     steps = {
         "train": lambda n: _train_step(models[n].train(), optimizers[n], img_B3HW, pose_B7),
         "infer": lambda n: _infer_step(models[n].eval(), img_B3HW),
@@ -94,7 +96,7 @@ def bench(size: int, batch: int, iters: int, warmup: int, device: torch.device,
     order = list(models)
     for mode, step in steps.items():
         for i in range(warmup + iters):
-            for n in order[i % len(order):] + order[:i % len(order)]:
+            for n in order[i % len(order) :] + order[: i % len(order)]:
                 _sync(device)
                 start, start_cpu = time.perf_counter(), time.process_time()
                 step(n)
@@ -103,25 +105,39 @@ def bench(size: int, batch: int, iters: int, warmup: int, device: torch.device,
                     wall[(mode, n)].append(time.perf_counter() - start)
                     cpu[(mode, n)].append(time.process_time() - start_cpu)
     median = lambda v: sorted(v)[len(v) // 2]  # noqa: E731 - robust to spikes from other processes
-    return {"seconds": {k: median(v) for k, v in wall.items()},
-            "cpu_seconds": {k: median(v) for k, v in cpu.items()},
-            "params": {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}}
+    return {
+        "seconds": {k: median(v) for k, v in wall.items()},
+        "cpu_seconds": {k: median(v) for k, v in cpu.items()},
+        "params": {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()},
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=224, help="square input size in pixels")
     parser.add_argument("--batch", type=int, default=8, help="images per batch")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per model and mode")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run")
-    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last",
-                        help="tensor layout of the models and the input (training and testing use channels_last)")
-    parser.add_argument("--second-backbone", default="timm:mobilenetv3_large_100",
-                        help="second backbone for effposenet and hyperpose ('' for none)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads for torch (0: torch's default); 1 is steadier on a busy machine")
+    parser.add_argument(
+        "--memory-format",
+        choices=("channels_last", "contiguous"),
+        default="channels_last",
+        help="tensor layout of the models and the input (training and testing use channels_last)",
+    )
+    parser.add_argument(
+        "--second-backbone",
+        default="timm:mobilenetv3_large_100",
+        help="second backbone for effposenet and hyperpose ('' for none)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0: torch's default); 1 is steadier on a busy machine",
+    )
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -132,14 +148,17 @@ def main() -> None:
     fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     result = bench(args.size, args.batch, args.iters, args.warmup, device, fmt)
     sec, cpu = result["seconds"], result["cpu_seconds"]
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"cpu ({torch.get_num_threads()} threads)")
-    print(f"device {name}, input {args.batch}x3x{args.size}x{args.size} {args.memory_format}, "
-          f"median of {args.iters} iterations after {args.warmup} warm-up, all variants interleaved")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(
+        f"device {name}, input {args.batch}x3x{args.size}x{args.size} {args.memory_format}, "
+        f"median of {args.iters} iterations after {args.warmup} warm-up, all variants interleaved"
+    )
     print(f"{'model':<12}{'backbone':<30}{'params':>13}{'train img/s':>14}{'infer img/s':>14}")
     for key in result["params"]:
-        print(f"{key[0]:<12}{key[1]:<30}{result['params'][key]:>13,}{args.batch / sec[('train', key)]:>14.1f}"
-              f"{args.batch / sec[('infer', key)]:>14.1f}")
+        print(
+            f"{key[0]:<12}{key[1]:<30}{result['params'][key]:>13,}{args.batch / sec[('train', key)]:>14.1f}"
+            f"{args.batch / sec[('infer', key)]:>14.1f}"
+        )
     print("hypernetwork overhead: time of the hyper model / time of its static twin on the same backbone")
     for hyper, static in TWINS.items():
         for key in result["params"]:

@@ -17,6 +17,7 @@ forces each count in turn, to compare them in one run.
     python bench/bench_train_e2e.py --models hyperpose --formats png --workers 0 2 --steps 20
     python bench/bench_train_e2e.py --device cuda --batch 64 --workers 8 --amp bf16 --steps 50
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,22 +28,20 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+import torch
+from PIL import Image
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from datasets.dataset import CameraPoseDataset  # noqa: E402
-from datasets.synthetic import generate  # noqa: E402
-from datasets.transforms import build_transform  # noqa: E402
-from models.backbone import load_backbone  # noqa: E402
-from engine.train import build_optimizer, prepare_model  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
-from models.losses import CameraPoseLoss  # noqa: E402
-from models.registry import get_spec, model_names  # noqa: E402
-from models.config import validate_config  # noqa: E402
-from util.device import autocast_dtype, synchronize  # noqa: E402
-from util.errors import UserError  # noqa: E402
+from datasets.dataset import CameraPoseDataset
+from datasets.synthetic import generate
+from datasets.transforms import build_transform
+from engine.train import build_optimizer, prepare_model
+from engine.trainer import Trainer
+from models.backbone import load_backbone
+from models.config import validate_config
+from models.losses import CameraPoseLoss
+from models.registry import get_spec, model_names
+from util.device import autocast_dtype, synchronize
+from util.errors import UserError
 
 LABELS = "7scenes_all_scenes.csv"
 
@@ -69,24 +68,46 @@ def make_data(root: Path, frames: int, size: tuple[int, int]) -> dict[str, Path]
     return {"png": png / LABELS, "jpeg": jpeg / LABELS}
 
 
-def make_trainer(model: str, labels: Path, args, device: torch.device, cache_dir: Path | None,
-                 compile: bool | None = None) -> Trainer:
-    config = validate_config(model, {"batch_size": args.batch, "image_resize": args.resize,
-                                     "image_crop": args.crop, "seed": 0, "device_id": "cpu", "n_epochs": 10**6})
+def make_trainer(
+    model: str, labels: Path, args, device: torch.device, cache_dir: Path | None, compile: bool | None = None
+) -> Trainer:
+    config = validate_config(
+        model,
+        {
+            "batch_size": args.batch,
+            "image_resize": args.resize,
+            "image_crop": args.crop,
+            "seed": 0,
+            "device_id": "cpu",
+            "n_epochs": 10**6,
+        },
+    )
     dataset = CameraPoseDataset(labels.parent, labels, transform=build_transform(config, train=True))
     if get_spec(model).multi_scene:
         config["num_scenes"] = dataset.num_scenes
     if cache_dir is not None:
-        dataset.use_image_cache(cache_dir, config["image_resize"], config["n_workers"],
-                                resize_backend=config["resize_backend"])
+        dataset.use_image_cache(
+            cache_dir, config["image_resize"], config["n_workers"], resize_backend=config["resize_backend"]
+        )
     torch.manual_seed(0)
     net = prepare_model(model, "random", config, device)
     loss_fn = CameraPoseLoss.from_config(config).to(device)
     optimizer = build_optimizer(net, loss_fn, config)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10**6)
-    return Trainer(model, net, loss_fn, optimizer, scheduler, dataset, config, device, Path(tempfile.gettempdir()),
-                   "bench", amp_dtype=autocast_dtype(args.amp, device),
-                   compile=args.compile if compile is None else compile)
+    return Trainer(
+        model,
+        net,
+        loss_fn,
+        optimizer,
+        scheduler,
+        dataset,
+        config,
+        device,
+        Path(tempfile.gettempdir()),
+        "bench",
+        amp_dtype=autocast_dtype(args.amp, device),
+        compile=args.compile if compile is None else compile,
+    )
 
 
 def _batches(trainer: Trainer, loader):
@@ -146,8 +167,7 @@ def time_model_only(trainer: Trainer, batch: dict, steps: int, warmup: int) -> f
 def time_backbone(args, device: torch.device) -> float:
     """Images/s of the bare EfficientNet-B0 forward + backward (sum of pooled features) at the crop size."""
     backbone = load_backbone("random", "efficientnet").to(device, memory_format=torch.channels_last).train()
-    img = torch.randn(args.batch, 3, args.crop, args.crop, device=device).contiguous(
-        memory_format=torch.channels_last)
+    img = torch.randn(args.batch, 3, args.crop, args.crop, device=device).contiguous(memory_format=torch.channels_last)
     dtype = autocast_dtype(args.amp, device)
 
     def step():
@@ -180,35 +200,66 @@ def bench(args) -> list[dict]:
                         setup_s = time.perf_counter() - t0
                         e2e, batch, util, n_workers = time_e2e(trainer, args.steps, args.warmup, workers)
                         model_only = time_model_only(trainer, batch, args.steps, args.warmup)
-                        rows.append({"model": model, "format": fmt, "cache": cached, "workers": n_workers,
-                                     "e2e": e2e, "util": util, "model_only": model_only,
-                                     "ratio": e2e / model_only, "setup_s": setup_s})
+                        rows.append(
+                            {
+                                "model": model,
+                                "format": fmt,
+                                "cache": cached,
+                                "workers": n_workers,
+                                "e2e": e2e,
+                                "util": util,
+                                "model_only": model_only,
+                                "ratio": e2e / model_only,
+                                "setup_s": setup_s,
+                            }
+                        )
                         print(format_row(rows[-1]), flush=True)
                         if args.compile:
-                            eager = time_model_only(make_trainer(model, data[fmt], args, device, None, False),
-                                                    batch, args.steps, args.warmup)
-                            print(f"  model-only step without compile: {eager:.2f} img/s; compiled / eager "
-                                  f"{model_only / eager:.2f}x", flush=True)
+                            eager = time_model_only(
+                                make_trainer(model, data[fmt], args, device, None, False),
+                                batch,
+                                args.steps,
+                                args.warmup,
+                            )
+                            print(
+                                f"  model-only step without compile: {eager:.2f} img/s; compiled / eager "
+                                f"{model_only / eager:.2f}x",
+                                flush=True,
+                            )
     backbone = time_backbone(args, device)
-    print(f"bare backbone (efficientnet) forward+backward: {backbone:.2f} img/s at batch {args.batch}; "
-          f"end-to-end / backbone: " + ", ".join(f"{r['model']} {r['format']}{' cache' if r['cache'] else ''} "
-                                                  f"w{r['workers']} {r['e2e'] / backbone:.2f}" for r in rows))
+    print(
+        f"bare backbone (efficientnet) forward+backward: {backbone:.2f} img/s at batch {args.batch}; "
+        f"end-to-end / backbone: "
+        + ", ".join(
+            f"{r['model']} {r['format']}{' cache' if r['cache'] else ''} w{r['workers']} {r['e2e'] / backbone:.2f}"
+            for r in rows
+        )
+    )
     return rows
 
 
 def format_row(r: dict) -> str:
     util = "" if r["util"] is None else f"{r['util']:>8.0f}%"
-    return (f"{r['model']:<18}{r['format']:<6}{'yes' if r['cache'] else 'no':<7}{r['workers']:>8}{r['e2e']:>12.2f}"
-            f"{r['model_only']:>14.2f}{r['ratio']:>8.2f}{r['setup_s']:>10.1f}{util}")
+    return (
+        f"{r['model']:<18}{r['format']:<6}{'yes' if r['cache'] else 'no':<7}{r['workers']:>8}{r['e2e']:>12.2f}"
+        f"{r['model_only']:>14.2f}{r['ratio']:>8.2f}{r['setup_s']:>10.1f}{util}"
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["effposenet", "hyperpose", "ems-transposenet", "mshyperpose"],
-                        choices=model_names(), help="models to time")
-    parser.add_argument("--formats", nargs="+", default=["png", "jpeg"], choices=("png", "jpeg"),
-                        help="image formats to train from")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["effposenet", "hyperpose", "ems-transposenet", "mshyperpose"],
+        choices=model_names(),
+        help="models to time",
+    )
+    parser.add_argument(
+        "--formats", nargs="+", default=["png", "jpeg"], choices=("png", "jpeg"), help="image formats to train from"
+    )
     parser.add_argument("--data", default="data/bench_e2e", help="folder for the rendered images (reused)")
     parser.add_argument("--frames", type=int, default=96, help="frames per scene (2 scenes, 4 sequences each)")
     parser.add_argument("--width", type=int, default=640, help="image width in pixels")
@@ -216,8 +267,13 @@ def main(argv=None) -> int:
     parser.add_argument("--resize", type=int, default=256, help="image_resize (short side)")
     parser.add_argument("--crop", type=int, default=224, help="image_crop")
     parser.add_argument("--batch", type=int, default=8, help="batch size")
-    parser.add_argument("--workers", type=int, nargs="+", default=None,
-                        help="DataLoader worker counts to force, each in turn (default: what training uses)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="DataLoader worker counts to force, each in turn (default: what training uses)",
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision")
@@ -229,12 +285,16 @@ def main(argv=None) -> int:
     if min(args.steps, args.batch, args.frames) < 1 or args.warmup < 0 or min(args.workers or [0]) < 0:
         parser.error("--steps, --batch and --frames must be >= 1, --warmup and --workers >= 0")
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"device={args.device} ({name}) images {args.width}x{args.height} resize {args.resize} crop {args.crop} "
-          f"batch {args.batch} workers {' '.join(map(str, args.workers)) if args.workers else 'as in training'} "
-          f"steps {args.steps} warmup {args.warmup} "
-          f"amp {args.amp or 'off'}{' compile' if args.compile else ''}")
-    print(f"{'model':<18}{'fmt':<6}{'cache':<7}{'workers':>8}{'e2e img/s':>12}{'model img/s':>14}{'ratio':>8}"
-          f"{'setup s':>10}{'GPU util' if args.device == 'cuda' else ''}")
+    print(
+        f"device={args.device} ({name}) images {args.width}x{args.height} resize {args.resize} crop {args.crop} "
+        f"batch {args.batch} workers {' '.join(map(str, args.workers)) if args.workers else 'as in training'} "
+        f"steps {args.steps} warmup {args.warmup} "
+        f"amp {args.amp or 'off'}{' compile' if args.compile else ''}"
+    )
+    print(
+        f"{'model':<18}{'fmt':<6}{'cache':<7}{'workers':>8}{'e2e img/s':>12}{'model img/s':>14}{'ratio':>8}"
+        f"{'setup s':>10}{'GPU util' if args.device == 'cuda' else ''}"
+    )
     try:
         bench(args)
     except UserError as err:

@@ -9,6 +9,7 @@ spread of the eval-mode test predictions. An accuracy study, not a benchmark: no
 
     python bench/bn_recalibration.py [--epochs 15] [--frames 200] [--models hyperpose effposenet]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,14 +22,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datasets.dataset import CameraPoseDataset  # noqa: E402
-from datasets.synthetic import generate  # noqa: E402
-from datasets.transforms import build_transform  # noqa: E402
-from engine.batchnorm import batchnorm_layers  # noqa: E402
-from engine.train import prepare_model, train  # noqa: E402
-from util.checkpoint import load_checkpoint  # noqa: E402
-from util.pose import pose_errors  # noqa: E402
+from datasets.dataset import CameraPoseDataset
+from datasets.synthetic import generate
+from datasets.transforms import build_transform
+from engine.batchnorm import batchnorm_layers
+from engine.train import prepare_model, train
+from util.checkpoint import load_checkpoint
+from util.pose import pose_errors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,41 +62,57 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bn_recal_"))
-    generate(work / "data", scenes=1, layout="7scenes", frames_per_seq=args.frames // 4, train_seqs=4,
-             size=(64, 48), seed=args.seed)
+    generate(
+        work / "data",
+        scenes=1,
+        layout="7scenes",
+        frames_per_seq=args.frames // 4,
+        train_seqs=4,
+        size=(64, 48),
+        seed=args.seed,
+    )
     labels = {s: work / "data" / f"abs_7scenes_pose.csv_chess_{s}.csv" for s in ("train", "test")}
     cfg = json.loads((REPO / "configs" / "synthetic_config.json").read_text())
     cfg["general"].update(n_workers=0, device_id="cpu", n_freq_checkpoint=args.epochs)
     results = []
     for model_name in args.models:
         for recal in (0, None):
-            cfg[model_name].update(n_epochs=args.epochs, batch_size=8, bn_momentum=None,
-                                   bn_recalibrate_batches=recal, seed=args.seed)
+            cfg[model_name].update(
+                n_epochs=args.epochs, batch_size=8, bn_momentum=None, bn_recalibrate_batches=recal, seed=args.seed
+            )
             config_path = work / f"{model_name}_{recal}.json"
             config_path.write_text(json.dumps(cfg))
-            result = train(model_name, "random", work / "data", labels["train"], config_path,
-                           work / "runs", device="cpu")
+            result = train(
+                model_name, "random", work / "data", labels["train"], config_path, work / "runs", device="cpu"
+            )
             ckpt = load_checkpoint(result.final_checkpoint)
             model = prepare_model(model_name, "random", ckpt["config"], torch.device("cpu"))
             model.load_state_dict(ckpt["model"])
             test_tf = build_transform(ckpt["config"], train=False)
             sets = {s: CameraPoseDataset(work / "data", labels[s], transform=test_tf) for s in ("train", "test")}
-            row = {"model": model_name, "recalibration": "off" if recal == 0 else "on (20 batches)",
-                   "train_eval_m": median_pos(predict(model, sets["train"], False), sets["train"]),
-                   "train_trainmode_m": median_pos(predict(model, sets["train"], True), sets["train"]),
-                   "test_eval_m": median_pos(predict(model, sets["test"], False), sets["test"]),
-                   "test_eval_spread_m": spread(predict(model, sets["test"], False)[:, :3]),
-                   "test_true_spread_m": spread(torch.from_numpy(sets["test"].poses_N7[:, :3]))}
+            row = {
+                "model": model_name,
+                "recalibration": "off" if recal == 0 else "on (20 batches)",
+                "train_eval_m": median_pos(predict(model, sets["train"], False), sets["train"]),
+                "train_trainmode_m": median_pos(predict(model, sets["train"], True), sets["train"]),
+                "test_eval_m": median_pos(predict(model, sets["test"], False), sets["test"]),
+                "test_eval_spread_m": spread(predict(model, sets["test"], False)[:, :3]),
+                "test_true_spread_m": spread(torch.from_numpy(sets["test"].poses_N7[:, :3])),
+            }
             row["eval_over_trainmode"] = row["train_eval_m"] / row["train_trainmode_m"]
             results.append(row)
             print(json.dumps(row), flush=True)
-    print("\n| model | recalibration | train imgs, eval mode [m] | train imgs, train-mode BN [m] | ratio | "
-          "test, eval mode [m] | test eval spread [m] (labels) |")
+    print(
+        "\n| model | recalibration | train imgs, eval mode [m] | train imgs, train-mode BN [m] | ratio | "
+        "test, eval mode [m] | test eval spread [m] (labels) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['model']} | {r['recalibration']} | {r['train_eval_m']:.3f} | {r['train_trainmode_m']:.3f} | "
-              f"{r['eval_over_trainmode']:.2f} | {r['test_eval_m']:.3f} | {r['test_eval_spread_m']:.3f} "
-              f"({r['test_true_spread_m']:.3f}) |")
+        print(
+            f"| {r['model']} | {r['recalibration']} | {r['train_eval_m']:.3f} | {r['train_trainmode_m']:.3f} | "
+            f"{r['eval_over_trainmode']:.2f} | {r['test_eval_m']:.3f} | {r['test_eval_spread_m']:.3f} "
+            f"({r['test_true_spread_m']:.3f}) |"
+        )
     return 0
 
 

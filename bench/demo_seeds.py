@@ -6,6 +6,7 @@ Same data (``engine.demo.ensure_data``), config (``configs/synthetic_config.json
     python bench/demo_seeds.py [--seeds 0 1 2] [--data data/synthetic] [--out runs/demo_seeds] \
         [--bn_recalibrate_batches N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,11 +15,10 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.demo import CONFIG, ensure_data  # noqa: E402
-from engine.evaluate import evaluate  # noqa: E402
-from engine.train import train  # noqa: E402
-from util.logs import setup_logging  # noqa: E402
+from engine.demo import CONFIG, ensure_data
+from engine.evaluate import evaluate
+from engine.train import train
+from util.logs import setup_logging
 
 MODELS = ("hyperpose", "effposenet")
 
@@ -28,8 +28,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data", type=Path, default=Path("data/synthetic"))
     parser.add_argument("--out", type=Path, default=Path("runs/demo_seeds"))
-    parser.add_argument("--bn_recalibrate_batches", type=int, default=None,
-                        help="override the config's value (default: keep it)")
+    parser.add_argument(
+        "--bn_recalibrate_batches", type=int, default=None, help="override the config's value (default: keep it)"
+    )
     args = parser.parse_args(argv)
     setup_logging()
     ensure_data(args.data, 1, 50)
@@ -47,12 +48,23 @@ def main(argv=None) -> int:
         config.write_text(json.dumps(base, indent=2))
         for model in MODELS:
             run = train(model, "random", args.data, train_csv, config, args.out / f"seed{seed}" / model)
-            ev, _ = evaluate(model, "random", args.data, test_csv, config, run.final_checkpoint,
-                             args.out / f"seed{seed}" / model / "evals")
+            ev, _ = evaluate(
+                model,
+                "random",
+                args.data,
+                test_csv,
+                config,
+                run.final_checkpoint,
+                args.out / f"seed{seed}" / model / "evals",
+            )
             s = ev.summaries[0]
             results[model].append((seed, s.median_pos_m, s.median_ori_deg))
-            print(json.dumps({"seed": seed, "model": model, "median_pos_m": s.median_pos_m,
-                              "median_ori_deg": s.median_ori_deg}), flush=True)
+            print(
+                json.dumps(
+                    {"seed": seed, "model": model, "median_pos_m": s.median_pos_m, "median_ori_deg": s.median_ori_deg}
+                ),
+                flush=True,
+            )
     print("\n| seed | " + " | ".join(f"{m} pos [m] / ori [deg]" for m in MODELS) + " | better position |")
     print("|---|" + "---|" * len(MODELS) + "---|")
     wins = {m: 0 for m in MODELS}
@@ -63,8 +75,10 @@ def main(argv=None) -> int:
         print(f"| {seed} | " + " | ".join(cells) + f" | {best} |")
     for m in MODELS:
         pos = [r[1] for r in results[m]]
-        print(f"{m}: median position {min(pos):.3f}-{max(pos):.3f} m (mean {statistics.fmean(pos):.3f}) over "
-              f"{len(pos)} seeds; better in {wins[m]} of {len(pos)}")
+        print(
+            f"{m}: median position {min(pos):.3f}-{max(pos):.3f} m (mean {statistics.fmean(pos):.3f}) over "
+            f"{len(pos)} seeds; better in {wins[m]} of {len(pos)}"
+        )
     return 0
 
 

@@ -18,6 +18,7 @@ each step's command, time, exit status and output tail, and a list of the failur
 
     python bench/gpu_check.py [--dry-run] [--report runs/gpu_check/report.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,38 +54,177 @@ def plan(work: Path) -> list[Step]:
     chess = str(single / "abs_7scenes_pose.csv_chess_train.csv")
     all_scenes = str(multi / "7scenes_all_scenes.csv")
     steps = [
-        Step("synthetic data", [PY, "-m", "datasets.synthetic", str(single), "--scenes", "1", "--size", "128x128",
-                                "--frames-per-seq", "20"], 120, min_gpus=0),
-        Step("synthetic data (3 scenes)", [PY, "-m", "datasets.synthetic", str(multi), "--scenes", "3",
-                                           "--size", "128x128", "--frames-per-seq", "8"], 120, min_gpus=0),
+        Step(
+            "synthetic data",
+            [
+                PY,
+                "-m",
+                "datasets.synthetic",
+                str(single),
+                "--scenes",
+                "1",
+                "--size",
+                "128x128",
+                "--frames-per-seq",
+                "20",
+            ],
+            120,
+            min_gpus=0,
+        ),
+        Step(
+            "synthetic data (3 scenes)",
+            [PY, "-m", "datasets.synthetic", str(multi), "--scenes", "3", "--size", "128x128", "--frames-per-seq", "8"],
+            120,
+            min_gpus=0,
+        ),
         Step("CUDA tests", [PY, "-m", "pytest", "-q", "-x", "tests/test_cuda.py"], 150),
-        Step("NCCL torchrun, 2 processes", [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                            "2", "main_single_scene.py", "hyperpose", "train", "random", str(single),
-                                            chess, CONFIG, "--output_path", str(work / "ddp"), "--device", "cuda",
-                                            "--n_epochs", "1"], 120, min_gpus=2),
+        Step(
+            "NCCL torchrun, 2 processes",
+            [
+                PY,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                "main_single_scene.py",
+                "hyperpose",
+                "train",
+                "random",
+                str(single),
+                chess,
+                CONFIG,
+                "--output_path",
+                str(work / "ddp"),
+                "--device",
+                "cuda",
+                "--n_epochs",
+                "1",
+            ],
+            120,
+            min_gpus=2,
+        ),
     ]
-    for model, script, labels, extra in (("hyperpose", "main_single_scene.py", chess, []),
-                                         ("mshyperpose", "main_multi_scene.py", all_scenes, [])):
+    for model, script, labels, extra in (
+        ("hyperpose", "main_single_scene.py", chess, []),
+        ("mshyperpose", "main_multi_scene.py", all_scenes, []),
+    ):
         for amp in ("bf16", "fp16"):
-            steps.append(Step(f"{model} training, --amp {amp}, image cache",
-                              [PY, script, model, "train", "random", str(single if model == "hyperpose" else multi),
-                               labels, CONFIG, "--output_path", str(work / f"{model}_{amp}"), "--device", "cuda",
-                               "--amp", amp, "--n_epochs", "1", "--cache", str(work / "cache"), *extra], 90))
+            steps.append(
+                Step(
+                    f"{model} training, --amp {amp}, image cache",
+                    [
+                        PY,
+                        script,
+                        model,
+                        "train",
+                        "random",
+                        str(single if model == "hyperpose" else multi),
+                        labels,
+                        CONFIG,
+                        "--output_path",
+                        str(work / f"{model}_{amp}"),
+                        "--device",
+                        "cuda",
+                        "--amp",
+                        amp,
+                        "--n_epochs",
+                        "1",
+                        "--cache",
+                        str(work / "cache"),
+                        *extra,
+                    ],
+                    90,
+                )
+            )
     steps += [
-        Step("bench_single_scene (bare backbone beside every model)",
-             [PY, "bench/bench_single_scene.py", "--device", "cuda", "--size", "224", "--batch", "32", "--iters", "10",
-              "--warmup", "3"], 150),
-        Step("bench_multi_scene (fp32, bf16, fp16)",
-             [PY, "bench/bench_multi_scene.py", "--device", "cuda", "--batch", "16", "--iters", "5", "--warmup", "2",
-              "--amp", "off", "bf16", "fp16", "--no-split"], 150),
+        Step(
+            "bench_single_scene (bare backbone beside every model)",
+            [
+                PY,
+                "bench/bench_single_scene.py",
+                "--device",
+                "cuda",
+                "--size",
+                "224",
+                "--batch",
+                "32",
+                "--iters",
+                "10",
+                "--warmup",
+                "3",
+            ],
+            150,
+        ),
+        Step(
+            "bench_multi_scene (fp32, bf16, fp16)",
+            [
+                PY,
+                "bench/bench_multi_scene.py",
+                "--device",
+                "cuda",
+                "--batch",
+                "16",
+                "--iters",
+                "5",
+                "--warmup",
+                "2",
+                "--amp",
+                "off",
+                "bf16",
+                "fp16",
+                "--no-split",
+            ],
+            150,
+        ),
     ]
     for batch in (8, 64):
-        steps.append(Step(f"bench_train_e2e, batch {batch}",
-                          [PY, "bench/bench_train_e2e.py", "--device", "cuda", "--batch", str(batch), "--steps", "10",
-                           "--warmup", "2", "--frames", str(max(48, batch * 2)), "--models", "effposenet", "hyperpose",
-                           "--formats", "jpeg", "--data", str(work / "e2e")], 150, sample_utilisation=True))
-    steps.append(Step("bench_export", [PY, "bench/bench_export.py", "--device", "cuda", "--models",
-                                       "effposenet,hyperpose,mshyperpose", "--iters", "10", "--warmup", "2"], 150))
+        steps.append(
+            Step(
+                f"bench_train_e2e, batch {batch}",
+                [
+                    PY,
+                    "bench/bench_train_e2e.py",
+                    "--device",
+                    "cuda",
+                    "--batch",
+                    str(batch),
+                    "--steps",
+                    "10",
+                    "--warmup",
+                    "2",
+                    "--frames",
+                    str(max(48, batch * 2)),
+                    "--models",
+                    "effposenet",
+                    "hyperpose",
+                    "--formats",
+                    "jpeg",
+                    "--data",
+                    str(work / "e2e"),
+                ],
+                150,
+                sample_utilisation=True,
+            )
+        )
+    steps.append(
+        Step(
+            "bench_export",
+            [
+                PY,
+                "bench/bench_export.py",
+                "--device",
+                "cuda",
+                "--models",
+                "effposenet,hyperpose,mshyperpose",
+                "--iters",
+                "10",
+                "--warmup",
+                "2",
+            ],
+            150,
+        )
+    )
     return steps
 
 
@@ -104,8 +244,9 @@ def environment() -> list[str]:
         props = torch.cuda.get_device_properties(i)
         lines.append(f"- GPU {i}: {props.name}, {props.total_memory / 2**30:.0f} GiB")
     if shutil.which("nvidia-smi"):
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
+        )
         lines.append(f"- driver {out.stdout.strip().splitlines()[0] if out.stdout.strip() else 'unknown'}")
     return lines
 
@@ -120,8 +261,11 @@ class UtilisationSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+            )
             first = out.stdout.strip().splitlines()[:1]
             if first and first[0].strip().isdigit():
                 self.samples.append(float(first[0]))
@@ -141,8 +285,10 @@ class UtilisationSampler:
         if not self.samples:
             return "GPU utilisation: not sampled (no nvidia-smi)"
         busy = [s for s in self.samples if s > 0]
-        return (f"GPU utilisation: mean {sum(self.samples) / len(self.samples):.0f} % over {len(self.samples)} "
-                f"samples, {len(busy)} of them busy")
+        return (
+            f"GPU utilisation: mean {sum(self.samples) / len(self.samples):.0f} % over {len(self.samples)} "
+            f"samples, {len(busy)} of them busy"
+        )
 
 
 def run_step(step: Step) -> None:
@@ -151,14 +297,17 @@ def run_step(step: Step) -> None:
     sampler = UtilisationSampler() if step.sample_utilisation else None
     try:
         with sampler or _Null():
-            proc = subprocess.run(step.argv, cwd=REPO, env=env, capture_output=True, text=True,
-                                  timeout=step.timeout_s)
+            proc = subprocess.run(step.argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=step.timeout_s)
         rc, out = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
         rc = "timeout"
         out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-    step.result = {"rc": rc, "seconds": time.perf_counter() - t0, "tail": out[-4000:],
-                   "utilisation": sampler.summary() if sampler else None}
+    step.result = {
+        "rc": rc,
+        "seconds": time.perf_counter() - t0,
+        "tail": out[-4000:],
+        "utilisation": sampler.summary() if sampler else None,
+    }
 
 
 class _Null:
@@ -179,10 +328,19 @@ def report(steps: list[Step], gpus: int, path: Path, seconds: float) -> str:
     for s in steps:
         if not s.result:
             continue
-        lines += [f"## {s.name}", "", f"`{shlex.join(s.argv)}`", "",
-                  f"exit {s.result['rc']}, {s.result['seconds']:.0f} s"
-                  + (f"; {s.result['utilisation']}" if s.result["utilisation"] else ""), "", "```",
-                  s.result["tail"].rstrip(), "```", ""]
+        lines += [
+            f"## {s.name}",
+            "",
+            f"`{shlex.join(s.argv)}`",
+            "",
+            f"exit {s.result['rc']}, {s.result['seconds']:.0f} s"
+            + (f"; {s.result['utilisation']}" if s.result["utilisation"] else ""),
+            "",
+            "```",
+            s.result["tail"].rstrip(),
+            "```",
+            "",
+        ]
     text = "\n".join(lines)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -194,8 +352,12 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
     parser.add_argument("--report", type=Path, default=Path("runs/gpu_check/report.md"), help="Markdown report")
     parser.add_argument("--work", type=Path, default=Path("runs/gpu_check/work"), help="data and runs")
-    parser.add_argument("--budget-s", type=int, default=450,
-                        help="whole-check time limit: a step gets at most what is left, later ones are skipped")
+    parser.add_argument(
+        "--budget-s",
+        type=int,
+        default=450,
+        help="whole-check time limit: a step gets at most what is left, later ones are skipped",
+    )
     args = parser.parse_args(argv)
     steps = plan(args.work.resolve())
     if args.dry_run:

@@ -15,11 +15,12 @@ are kept (``<out>/results.jsonl``), so a re-run only trains what is missing.
     python bench/head_init.py [--seeds 0 1 2] [--starts random lite0] \
         [--inits reference torch hyperfan zero] [--data data/synthetic] [--out runs/bench_head_init]
 """
+
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import math
 import statistics
 import sys
@@ -28,9 +29,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from engine.demo import CONFIG, DEMO_SHIFTS, ensure_data  # noqa: E402
-from util.logs import setup_logging  # noqa: E402
+from engine.demo import CONFIG, DEMO_SHIFTS, ensure_data
+from util.logs import setup_logging
 
 STARTS = {"random": ("efficientnet", "random"), "lite0": ("timm:tf_efficientnet_lite0", "imagenet")}
 INITS = ("reference", "torch", "hyperfan", "zero")
@@ -87,8 +87,8 @@ def scales(init: str, start: str, seed: int, args) -> dict[str, dict[str, float]
     """Head scales of one hyperpose run: at step 0, built as its training run built it (training sample,
     train mode), and of its final checkpoint on the test images (eval mode)."""
     from engine.train import hyperfan_start, prepare_model
-    from util.checkpoint import load_checkpoint
     from models.config import validate_config
+    from util.checkpoint import load_checkpoint
     from util.device import seed_everything
 
     _, backbone = STARTS[start]
@@ -165,10 +165,14 @@ def main(argv=None) -> int:
 
 def report(done: dict, args, tests) -> None:
     levels = [str(lvl) for lvl, _ in tests]
-    print(f"\n{len(args.seeds)} paired seeds ({', '.join(map(str, args.seeds))}); median test errors, mean over "
-          f"seeds; difference = hyperpose - effposenet, +- one standard error")
-    print("\n| start | hyperpose head_init | shift | effposenet m / deg | hyperpose m / deg | "
-          "position difference [m] | orientation difference [deg] | hyperpose won | verdict (position) |")
+    print(
+        f"\n{len(args.seeds)} paired seeds ({', '.join(map(str, args.seeds))}); median test errors, mean over "
+        f"seeds; difference = hyperpose - effposenet, +- one standard error"
+    )
+    print(
+        "\n| start | hyperpose head_init | shift | effposenet m / deg | hyperpose m / deg | "
+        "position difference [m] | orientation difference [deg] | hyperpose won | verdict (position) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for start in args.starts:
         eff = [done[f"effposenet|reference|{start}|{s}"] for s in args.seeds]
@@ -180,18 +184,25 @@ def report(done: dict, args, tests) -> None:
                 dp, sp = paired(hp, ep)
                 do, so = paired(ho, eo)
                 won = sum(h < e for h, e in zip(hp, ep))
-                print(f"| {start} | {init} | {level} | {statistics.fmean(ep):.3f} / {statistics.fmean(eo):.1f} | "
-                      f"{statistics.fmean(hp):.3f} / {statistics.fmean(ho):.1f} | {dp:+.3f} +- {sp:.3f} | "
-                      f"{do:+.1f} +- {so:.1f} | {won} of {len(hp)} | {verdict(dp, sp)} |")
-    print("\nGenerated / static output of hyperpose (median over images of the norm ratio), t / rot branch, "
-          "mean over seeds: at step 0 as the first training step sees it, and after training in eval mode")
+                print(
+                    f"| {start} | {init} | {level} | {statistics.fmean(ep):.3f} / {statistics.fmean(eo):.1f} | "
+                    f"{statistics.fmean(hp):.3f} / {statistics.fmean(ho):.1f} | {dp:+.3f} +- {sp:.3f} | "
+                    f"{do:+.1f} +- {so:.1f} | {won} of {len(hp)} | {verdict(dp, sp)} |"
+                )
+    print(
+        "\nGenerated / static output of hyperpose (median over images of the norm ratio), t / rot branch, "
+        "mean over seeds: at step 0 as the first training step sees it, and after training in eval mode"
+    )
     print("\n| start | head_init | at step 0 (t / rot) | after training (t / rot) |")
     print("|---|---|---|---|")
     for start in args.starts:
         for init in args.inits:
             found = [scales(init, start, s, args) for s in args.seeds]
-            cells = [f"{statistics.fmean(f[when]['t'] for f in found):.2f} / "
-                     f"{statistics.fmean(f[when]['rot'] for f in found):.2f}" for when in ("step0", "trained")]
+            cells = [
+                f"{statistics.fmean(f[when]['t'] for f in found):.2f} / "
+                f"{statistics.fmean(f[when]['rot'] for f in found):.2f}"
+                for when in ("step0", "trained")
+            ]
             print(f"| {start} | {init} | {cells[0]} | {cells[1]} |")
 
 

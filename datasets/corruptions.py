@@ -45,6 +45,7 @@ Not included:
     python -m datasets.corruptions list
     python -m datasets.corruptions write LABELS_CSV DATASET_ROOT OUT_ROOT --corruption fog --severity 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,6 +87,7 @@ class CorruptionSpec:
     """One corruption: ``fn(x_3HW, param, rng)`` maps float32 RGB in [0, 1] to float32 RGB (clipped afterwards),
     ``param = params[severity - 1]``. ``random``: draws from ``rng``; ``extra``: one of ImageNet-C's extra
     corruptions rather than of its 15 benchmark ones; ``meaning``: what a parameter is, for ``list``."""
+
     name: str
     family: str
     params: tuple
@@ -128,6 +130,7 @@ def to_uint8(x_3HW: torch.Tensor) -> torch.Tensor:
 
 # ---- noise ------------------------------------------------------------------------------------------------
 
+
 def gaussian_noise(x_3HW: torch.Tensor, sigma: float, rng: np.random.Generator) -> torch.Tensor:
     """x + N(0, sigma), independently per pixel and channel."""
     return x_3HW + sigma * _normal(rng, x_3HW)
@@ -154,16 +157,18 @@ def speckle_noise(x_3HW: torch.Tensor, sigma: float, rng: np.random.Generator) -
 
 # ---- blur -------------------------------------------------------------------------------------------------
 
+
 def disk_kernel(radius: float, alias_sigma: float) -> torch.Tensor:
     """ImageNet-C's defocus kernel: the pixels with x^2 + y^2 <= radius^2, normalised, then smoothed by a
     Gaussian of ``alias_sigma`` px against aliasing; square, odd side, sums to 1."""
     half = math.ceil(radius) + math.ceil(3 * alias_sigma)
     yx = torch.arange(-half, half + 1, dtype=torch.float64)
-    disk_KK = ((yx[:, None] ** 2 + yx[None, :] ** 2) <= radius ** 2).double()
+    disk_KK = ((yx[:, None] ** 2 + yx[None, :] ** 2) <= radius**2).double()
     disk_KK /= disk_KK.sum()
     size = 2 * math.ceil(3 * alias_sigma) + 1
-    smooth_KK = kornia.filters.gaussian_blur2d(disk_KK[None, None], size, (alias_sigma, alias_sigma),
-                                               border_type="constant")[0, 0]
+    smooth_KK = kornia.filters.gaussian_blur2d(
+        disk_KK[None, None], size, (alias_sigma, alias_sigma), border_type="constant"
+    )[0, 0]
     return (smooth_KK / smooth_KK.sum()).float()
 
 
@@ -181,15 +186,16 @@ def motion_kernel(radius: float, sigma: float, angle_deg: float) -> torch.Tensor
     output pixel averages the pixels ahead of it along the direction."""
     n_taps = 2 * math.ceil(radius) + 1
     i = np.arange(n_taps)
-    weight = np.exp(-(i ** 2) / (2.0 * sigma ** 2))
+    weight = np.exp(-(i**2) / (2.0 * sigma**2))
     weight /= weight.sum()
     angle = math.radians(angle_deg)
     dx = np.ceil(i * math.cos(angle) - 0.5).astype(np.int64)
     dy = np.ceil(i * math.sin(angle) - 0.5).astype(np.int64)
     half = n_taps - 1
     kernel_KK = torch.zeros(2 * half + 1, 2 * half + 1, dtype=torch.float64)
-    kernel_KK.index_put_((torch.from_numpy(dy + half), torch.from_numpy(dx + half)), torch.from_numpy(weight),
-                         accumulate=True)
+    kernel_KK.index_put_(
+        (torch.from_numpy(dy + half), torch.from_numpy(dx + half)), torch.from_numpy(weight), accumulate=True
+    )
     return kernel_KK.float()
 
 
@@ -213,8 +219,9 @@ def zoom_blur(x_3HW: torch.Tensor, arange_args: tuple, rng: np.random.Generator)
     its optical axis during the exposure. ImageNet-C zooms a centre crop of a square image, the same thing."""
     out_3HW = x_3HW.clone()
     for factor in zoom_factors(arange_args):
-        zoomed = kornia.geometry.transform.scale(x_3HW[None], torch.tensor([float(factor)], device=x_3HW.device),
-                                                 padding_mode="border")
+        zoomed = kornia.geometry.transform.scale(
+            x_3HW[None], torch.tensor([float(factor)], device=x_3HW.device), padding_mode="border"
+        )
         out_3HW += zoomed[0]
     return out_3HW / (len(zoom_factors(arange_args)) + 1)
 
@@ -228,6 +235,7 @@ def gaussian_blur(x_3HW: torch.Tensor, sigma: float, rng: np.random.Generator) -
 
 
 # ---- weather ----------------------------------------------------------------------------------------------
+
 
 def brightness(x_3HW: torch.Tensor, delta: float, rng: np.random.Generator) -> torch.Tensor:
     """HSV value + ``delta`` (clipped to 1), hue and saturation kept."""
@@ -271,8 +279,9 @@ def fog_layer(height: int, width: int, decay: float, rng: np.random.Generator) -
     fog_hw = torch.from_numpy(plasma_fractal(size, decay, rng)[:grid_h, :grid_w]).float()
     if (grid_h, grid_w) == (height, width):
         return fog_hw
-    return F.interpolate(fog_hw[None, None], size=(height, width), mode="bilinear", align_corners=False,
-                         antialias=height < grid_h)[0, 0]
+    return F.interpolate(
+        fog_hw[None, None], size=(height, width), mode="bilinear", align_corners=False, antialias=height < grid_h
+    )[0, 0]
 
 
 def fog(x_3HW: torch.Tensor, param: tuple, rng: np.random.Generator) -> torch.Tensor:
@@ -284,6 +293,7 @@ def fog(x_3HW: torch.Tensor, param: tuple, rng: np.random.Generator) -> torch.Te
 
 
 # ---- digital ----------------------------------------------------------------------------------------------
+
 
 def contrast(x_3HW: torch.Tensor, factor: float, rng: np.random.Generator) -> torch.Tensor:
     """Deviations from each channel's mean scaled by ``factor``."""
@@ -307,46 +317,105 @@ def jpeg_compression(x_3HW: torch.Tensor, quality: int, rng: np.random.Generator
 
 
 _AT_224 = "px at 224, scaled by min(H, W)/224"
-CORRUPTIONS: dict[str, CorruptionSpec] = {spec.name: spec for spec in (
-    CorruptionSpec("gaussian_noise", "noise", (0.08, 0.12, 0.18, 0.26, 0.38), gaussian_noise,
-                   "sigma of the noise added to intensities in [0, 1]", random=True),
-    CorruptionSpec("shot_noise", "noise", (60, 25, 12, 5, 3), shot_noise,
-                   "photons of a white pixel (Poisson)", random=True),
-    CorruptionSpec("impulse_noise", "noise", (0.03, 0.06, 0.09, 0.17, 0.27), impulse_noise,
-                   "fraction of values set to 0 or 1", random=True),
-    CorruptionSpec("defocus_blur", "blur", ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)), defocus_blur,
-                   f"(disk radius, anti-alias sigma), {_AT_224}"),
-    CorruptionSpec("motion_blur", "blur", ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)), motion_blur,
-                   f"(radius, sigma) of ImageMagick's motion blur, {_AT_224}; angle U(-45, 45) deg", random=True),
-    CorruptionSpec("zoom_blur", "blur", ((1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.02), (1, 1.26, 0.02),
-                                         (1, 1.31, 0.03)), zoom_blur,
-                   "zoom factors, np.arange(start, stop, step)"),
-    CorruptionSpec("fog", "weather", ((1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4)), fog,
-                   f"(thickness, plasma decay); fractal grid {_AT_224}", random=True),
-    CorruptionSpec("brightness", "weather", (0.1, 0.2, 0.3, 0.4, 0.5), brightness,
-                   "added to the HSV value in [0, 1]"),
-    CorruptionSpec("contrast", "digital", (0.4, 0.3, 0.2, 0.1, 0.05), contrast,
-                   "factor on deviations from the channel mean"),
-    CorruptionSpec("pixelate", "digital", (0.6, 0.5, 0.4, 0.3, 0.25), pixelate,
-                   "size of the downsampled image, fraction of the original"),
-    CorruptionSpec("jpeg_compression", "digital", (25, 18, 15, 10, 7), jpeg_compression, "JPEG quality"),
-    CorruptionSpec("speckle_noise", "noise", (0.15, 0.2, 0.35, 0.45, 0.6), speckle_noise,
-                   "sigma of the multiplicative noise", random=True, extra=True),
-    CorruptionSpec("gaussian_blur", "blur", (1, 2, 3, 4, 6), gaussian_blur, f"sigma, {_AT_224}", extra=True),
-)}
+CORRUPTIONS: dict[str, CorruptionSpec] = {
+    spec.name: spec
+    for spec in (
+        CorruptionSpec(
+            "gaussian_noise",
+            "noise",
+            (0.08, 0.12, 0.18, 0.26, 0.38),
+            gaussian_noise,
+            "sigma of the noise added to intensities in [0, 1]",
+            random=True,
+        ),
+        CorruptionSpec(
+            "shot_noise", "noise", (60, 25, 12, 5, 3), shot_noise, "photons of a white pixel (Poisson)", random=True
+        ),
+        CorruptionSpec(
+            "impulse_noise",
+            "noise",
+            (0.03, 0.06, 0.09, 0.17, 0.27),
+            impulse_noise,
+            "fraction of values set to 0 or 1",
+            random=True,
+        ),
+        CorruptionSpec(
+            "defocus_blur",
+            "blur",
+            ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)),
+            defocus_blur,
+            f"(disk radius, anti-alias sigma), {_AT_224}",
+        ),
+        CorruptionSpec(
+            "motion_blur",
+            "blur",
+            ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)),
+            motion_blur,
+            f"(radius, sigma) of ImageMagick's motion blur, {_AT_224}; angle U(-45, 45) deg",
+            random=True,
+        ),
+        CorruptionSpec(
+            "zoom_blur",
+            "blur",
+            ((1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.02), (1, 1.26, 0.02), (1, 1.31, 0.03)),
+            zoom_blur,
+            "zoom factors, np.arange(start, stop, step)",
+        ),
+        CorruptionSpec(
+            "fog",
+            "weather",
+            ((1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4)),
+            fog,
+            f"(thickness, plasma decay); fractal grid {_AT_224}",
+            random=True,
+        ),
+        CorruptionSpec(
+            "brightness", "weather", (0.1, 0.2, 0.3, 0.4, 0.5), brightness, "added to the HSV value in [0, 1]"
+        ),
+        CorruptionSpec(
+            "contrast", "digital", (0.4, 0.3, 0.2, 0.1, 0.05), contrast, "factor on deviations from the channel mean"
+        ),
+        CorruptionSpec(
+            "pixelate",
+            "digital",
+            (0.6, 0.5, 0.4, 0.3, 0.25),
+            pixelate,
+            "size of the downsampled image, fraction of the original",
+        ),
+        CorruptionSpec("jpeg_compression", "digital", (25, 18, 15, 10, 7), jpeg_compression, "JPEG quality"),
+        CorruptionSpec(
+            "speckle_noise",
+            "noise",
+            (0.15, 0.2, 0.35, 0.45, 0.6),
+            speckle_noise,
+            "sigma of the multiplicative noise",
+            random=True,
+            extra=True,
+        ),
+        CorruptionSpec("gaussian_blur", "blur", (1, 2, 3, 4, 6), gaussian_blur, f"sigma, {_AT_224}", extra=True),
+    )
+}
 
 
 # ---- the corruption of a dataset --------------------------------------------------------------------------
+
 
 def _valid_names() -> str:
     return "all, " + ", ".join(CORRUPTIONS)
 
 
 def _check_image(img_3HW: torch.Tensor) -> None:
-    if not isinstance(img_3HW, torch.Tensor) or img_3HW.dtype != torch.uint8 or img_3HW.dim() != 3 \
-            or img_3HW.shape[0] != 3:
-        described = (f"{img_3HW.dtype} tensor of shape {tuple(img_3HW.shape)}" if isinstance(img_3HW, torch.Tensor)
-                     else type(img_3HW).__name__)
+    if (
+        not isinstance(img_3HW, torch.Tensor)
+        or img_3HW.dtype != torch.uint8
+        or img_3HW.dim() != 3
+        or img_3HW.shape[0] != 3
+    ):
+        described = (
+            f"{img_3HW.dtype} tensor of shape {tuple(img_3HW.shape)}"
+            if isinstance(img_3HW, torch.Tensor)
+            else type(img_3HW).__name__
+        )
         raise TypeError(f"corruptions take a uint8 RGB tensor 3xHxW, got a {described}")
 
 
@@ -362,6 +431,7 @@ class Corruption:
     uint8 RGB image and its path as in the label CSV (what :class:`datasets.dataset.CameraPoseDataset` does);
     the result is a deterministic function of (image, name, severity, seed, key). Severity 0 returns the input
     tensor itself."""
+
     name: str
     severity: int
     seed: int = 0
@@ -370,8 +440,9 @@ class Corruption:
         if self.name not in CORRUPTIONS:
             raise UserError(f"unknown corruption {printable(self.name)!r}; valid: {', '.join(CORRUPTIONS)}")
         if self.severity not in range(len(SEVERITIES) + 1):
-            raise UserError(f"corruption severity must be 0 (clean) or one of 1, 2, 3, 4, 5, got "
-                            f"{printable(self.severity)}")
+            raise UserError(
+                f"corruption severity must be 0 (clean) or one of 1, 2, 3, 4, 5, got {printable(self.severity)}"
+            )
 
     @property
     def spec(self) -> CorruptionSpec:
@@ -400,7 +471,7 @@ def psnr(a_3HW: torch.Tensor, b_3HW: torch.Tensor) -> float:
     if a_3HW.shape != b_3HW.shape:
         raise ValueError(f"psnr of images of different shapes {tuple(a_3HW.shape)} and {tuple(b_3HW.shape)}")
     mse = (a_3HW.double() - b_3HW.double()).pow(2).mean().item()
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def _split(text: str) -> list:
@@ -426,8 +497,9 @@ def parse_severities(text: str) -> list[int]:
         return list(SEVERITIES)
     valid = [part for part in parts if part in {str(s) for s in SEVERITIES}]
     if not parts or len(valid) != len(parts):
-        raise UserError(f"severities must be comma-separated values from 1, 2, 3, 4, 5 (or all), got "
-                        f"{printable(text)!r}")
+        raise UserError(
+            f"severities must be comma-separated values from 1, 2, 3, 4, 5 (or all), got {printable(text)!r}"
+        )
     return [int(part) for part in valid]
 
 
@@ -444,14 +516,16 @@ def _output_plan(img_paths: Sequence[str], dataset_root: Path, out_root: Path) -
     for img_path in dict.fromkeys(img_paths):
         target = (out_root / _png_path(img_path)).resolve()
         if not target.is_relative_to(out_resolved):
-            raise UserError(f"img_path {printable(img_path)} leaves the dataset root: its copy would be written "
-                            f"outside {out_root}")
+            raise UserError(
+                f"img_path {printable(img_path)} leaves the dataset root: its copy would be written outside {out_root}"
+            )
         if target == (dataset_root / img_path).resolve():
-            raise UserError(f"the copy of {printable(img_path)} would replace the image itself: give an OUT_ROOT "
-                            f"other than the dataset root")
+            raise UserError(
+                f"the copy of {printable(img_path)} would replace the image itself: give an OUT_ROOT "
+                f"other than the dataset root"
+            )
         if target in owners:
-            raise UserError(f"{printable(owners[target])} and {printable(img_path)} would both be written to "
-                            f"{target}")
+            raise UserError(f"{printable(owners[target])} and {printable(img_path)} would both be written to {target}")
         owners[target] = img_path
         plan[img_path] = _png_path(img_path)
     return plan
@@ -462,8 +536,9 @@ def _write_png(path: Path, img_3HW: torch.Tensor) -> None:
     atomic_write_with(path, lambda tmp: Image.fromarray(hwc).save(tmp, format="PNG"))
 
 
-def write_corrupted_copies(labels_csv: PathLike, dataset_root: PathLike, out_root: PathLike,
-                           corruption: Corruption) -> Path:
+def write_corrupted_copies(
+    labels_csv: PathLike, dataset_root: PathLike, out_root: PathLike, corruption: Corruption
+) -> Path:
     """Write every image of ``labels_csv`` (paths relative to ``dataset_root``), corrupted, as a lossless PNG
     at the same relative path under ``out_root`` with the suffix .png, and a copy of the label CSV whose
     img_path points to the PNGs (``out_root/<labels file name>``, ``out_root`` being its dataset root).
@@ -486,6 +561,7 @@ def write_corrupted_copies(labels_csv: PathLike, dataset_root: PathLike, out_roo
 
 # ---- command line -----------------------------------------------------------------------------------------
 
+
 def format_params(param: object) -> str:
     return "(" + ", ".join(f"{v:g}" for v in param) + ")" if isinstance(param, tuple) else f"{param:g}"
 
@@ -504,19 +580,22 @@ def format_table() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m datasets.corruptions",
-                                     description="ImageNet-C-style corruptions of camera-pose test images.")
+    parser = argparse.ArgumentParser(
+        prog="python -m datasets.corruptions", description="ImageNet-C-style corruptions of camera-pose test images."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="print the corruptions, their families and parameter tables")
-    write = commands.add_parser("write", help="write a label CSV's images, corrupted, as PNGs with a label CSV "
-                                              "beside them")
+    write = commands.add_parser(
+        "write", help="write a label CSV's images, corrupted, as PNGs with a label CSV beside them"
+    )
     write.add_argument("labels_csv", help="label CSV whose images to corrupt")
     write.add_argument("dataset_root", help="folder the CSV's img_path values are relative to")
     write.add_argument("out_root", help="output folder: the PNGs at the same relative paths, and the new CSV")
     write.add_argument("--corruption", required=True, metavar="NAME", help=f"one of {', '.join(CORRUPTIONS)}")
     write.add_argument("--severity", required=True, metavar="N", help="1 (mild) to 5")
-    write.add_argument("--seed", type=int, default=0,
-                       help="seed of the random draws, which it fixes per image (default 0)")
+    write.add_argument(
+        "--seed", type=int, default=0, help="seed of the random draws, which it fixes per image (default 0)"
+    )
     return parser
 
 

@@ -5,12 +5,14 @@ measures at 1.1-1.9x the speed of PIL for PNG and JPEG; PIL remains the fallback
 does not decode (BMP, TIFF, ...) and for torchvision builds without image support. Either way the result is
 a uint8 RGB tensor 3xHxW (grayscale, palette and RGBA images become RGB; alpha is dropped).
 """
+
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -26,6 +28,7 @@ from util.io import check_input_file
 try:
     from torchvision.io import ImageReadMode, decode_image, read_file
     from torchvision.io.image import _has_image_ops
+
     _TORCHVISION_DECODE = _has_image_ops()
 except ImportError:  # torchvision has announced the removal of torchvision.io image decoding
     _TORCHVISION_DECODE = False
@@ -36,8 +39,9 @@ PathLike = Union[str, os.PathLike]
 def _decode_torchvision(path: str) -> torch.Tensor:
     with warnings.catch_warnings():
         # torchvision 0.29 warns on every call that torchvision.io image decoding is deprecated.
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                                category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+        )
         img_3HW = decode_image(read_file(path), mode=ImageReadMode.RGB)
     if img_3HW.dtype != torch.uint8:  # 16-bit PNG: keep the 8 most significant bits
         img_3HW = (img_3HW.to(torch.int32) >> 8).to(torch.uint8)
@@ -60,8 +64,10 @@ def _check_pixel_count(path: str) -> None:
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
         return  # not readable by PIL: the decoders below report it
     if limit and width * height > limit:
-        raise UserError(f"image {path} is {width} x {height} pixels, more than the {limit:,} an image may have "
-                        f"(PIL.Image.MAX_IMAGE_PIXELS); downscale it")
+        raise UserError(
+            f"image {path} is {width} x {height} pixels, more than the {limit:,} an image may have "
+            f"(PIL.Image.MAX_IMAGE_PIXELS); downscale it"
+        )
 
 
 def load_image_uint8(path: PathLike) -> torch.Tensor:
@@ -83,25 +89,29 @@ def load_image_uint8(path: PathLike) -> torch.Tensor:
         raise UserError(f"cannot decode image {path}: {e}") from None
 
 
-def build_scene_map(scene_names: Sequence[str]) -> Dict[str, int]:
+def build_scene_map(scene_names: Sequence[str]) -> dict[str, int]:
     """Scene name -> id, ids in the order of the sorted unique names (7Scenes: chess 0, ..., stairs 6)."""
     return {name: scene_id for scene_id, name in enumerate(sorted(set(scene_names)))}
 
 
 # Scene maps of the reference's multi-scene training sets (ids follow the sorted names of the
 # training CSV, docs/datasets.md): 7scenes_all_scenes.csv, cambridge_four_scenes.csv and cambridge_five_scenes.csv.
-CANONICAL_SCENE_SETS = {"7Scenes": SEVEN_SCENES, "Cambridge (four scenes)": CAMBRIDGE_FOUR,
-                        "Cambridge (five scenes)": CAMBRIDGE_FIVE}
+CANONICAL_SCENE_SETS = {
+    "7Scenes": SEVEN_SCENES,
+    "Cambridge (four scenes)": CAMBRIDGE_FOUR,
+    "Cambridge (five scenes)": CAMBRIDGE_FIVE,
+}
 
 
-def read_scene_map_file(path: PathLike) -> Dict[str, int]:
+def read_scene_map_file(path: PathLike) -> dict[str, int]:
     """Scene name -> id from a CSV's ``scene`` column, ids in order of first appearance (``--scene_map``)."""
     path = check_input_file(path, "--scene_map file")
     try:
         scenes = pd.read_csv(path, dtype=str, usecols=["scene"], skipinitialspace=True)["scene"]
     except ValueError:
-        raise UserError(f"--scene_map {path}: no 'scene' column (a label CSV or a one-column CSV with the "
-                        f"header 'scene')") from None
+        raise UserError(
+            f"--scene_map {path}: no 'scene' column (a label CSV or a one-column CSV with the header 'scene')"
+        ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"--scene_map {path}: cannot parse it ({' '.join(str(exc).split())[:120]})") from None
     names = list(dict.fromkeys(s.strip() for s in scenes.dropna() if s.strip()))
@@ -110,8 +120,12 @@ def read_scene_map_file(path: PathLike) -> Dict[str, int]:
     return {name: i for i, name in enumerate(names)}
 
 
-def reference_scene_map(n_scenes: int, test_scenes: Sequence[str], scene_map_file: Optional[PathLike] = None,
-                        checkpoint: str = "the checkpoint") -> tuple[Dict[str, int], str]:
+def reference_scene_map(
+    n_scenes: int,
+    test_scenes: Sequence[str],
+    scene_map_file: PathLike | None = None,
+    checkpoint: str = "the checkpoint",
+) -> tuple[dict[str, int], str]:
     """The scene map of a checkpoint that stores none (a bare reference state_dict with ``n_scenes``
     scene heads), and where it came from: ``--scene_map`` if given, else the reference training set whose
     scenes include the test scenes and number ``n_scenes``, else the test CSV's own sorted scenes."""
@@ -126,22 +140,26 @@ def reference_scene_map(n_scenes: int, test_scenes: Sequence[str], scene_map_fil
         if scene_map is None and len(set(test_scenes)) == n_scenes:
             scene_map, source = build_scene_map(test_scenes), "the sorted scenes of the test CSV"
         if scene_map is None:
-            raise UserError(f"{checkpoint} has {n_scenes} scene heads but stores no scene map, and the test CSV's "
-                            f"{len(set(test_scenes))} scene(s) ({', '.join(sorted(set(test_scenes)))}) fit no known "
-                            f"training set; give --scene_map FILE (a CSV whose scene column lists the training "
-                            f"scenes in id order, e.g. the training labels file)")
+            raise UserError(
+                f"{checkpoint} has {n_scenes} scene heads but stores no scene map, and the test CSV's "
+                f"{len(set(test_scenes))} scene(s) ({', '.join(sorted(set(test_scenes)))}) fit no known "
+                f"training set; give --scene_map FILE (a CSV whose scene column lists the training "
+                f"scenes in id order, e.g. the training labels file)"
+            )
     if len(scene_map) != n_scenes:
         raise UserError(f"{source} lists {len(scene_map)} scenes but {checkpoint} has {n_scenes} scene heads")
     return scene_map, source
 
 
-def check_scene_map(scene_map: Mapping[str, int], scene_names: Sequence[str], source: str) -> Dict[str, int]:
+def check_scene_map(scene_map: Mapping[str, int], scene_names: Sequence[str], source: str) -> dict[str, int]:
     """A copy of a given scene map (e.g. from a checkpoint); ``UserError`` naming any scene it lacks."""
     scene_map = {str(name): int(scene_id) for name, scene_id in scene_map.items()}
     unknown = sorted(set(scene_names) - set(scene_map))
     if unknown:
-        raise UserError(f"{source}: scene(s) {', '.join(unknown)} not in the scene map, which has "
-                        f"{', '.join(sorted(scene_map, key=scene_map.get))}; the model was trained on other scenes")
+        raise UserError(
+            f"{source}: scene(s) {', '.join(unknown)} not in the scene map, which has "
+            f"{', '.join(sorted(scene_map, key=scene_map.get))}; the model was trained on other scenes"
+        )
     if len(set(scene_map.values())) != len(scene_map):
         raise UserError(f"scene map assigns one id to several scenes: {scene_map}")
     return scene_map
@@ -162,17 +180,25 @@ class CameraPoseDataset(Dataset):
     image cache, whose images are already resized.
     """
 
-    def __init__(self, dataset_root: PathLike, labels_file: PathLike,
-                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 scene_map: Optional[Mapping[str, int]] = None, check_images: bool = True,
-                 corruption: Optional[Callable[[torch.Tensor, str], torch.Tensor]] = None):
+    def __init__(
+        self,
+        dataset_root: PathLike,
+        labels_file: PathLike,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        scene_map: Mapping[str, int] | None = None,
+        check_images: bool = True,
+        corruption: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
+    ):
         labels = read_labels(labels_file, dataset_root=dataset_root, check_images=check_images)
         self.dataset_root = Path(dataset_root)
         self.labels_file = Path(labels_file)
         self.transform = transform
         self.scene_names = labels["scene"].tolist()
-        self.scene_map = (build_scene_map(self.scene_names) if scene_map is None
-                          else check_scene_map(scene_map, self.scene_names, str(labels_file)))
+        self.scene_map = (
+            build_scene_map(self.scene_names)
+            if scene_map is None
+            else check_scene_map(scene_map, self.scene_names, str(labels_file))
+        )
         self.scene_ids = np.array([self.scene_map[name] for name in self.scene_names], dtype=np.int64)
         self.img_paths = labels["img_path"].tolist()
         self.seqs = labels["seq"].astype(str).tolist()
@@ -180,8 +206,15 @@ class CameraPoseDataset(Dataset):
         self.image_cache = None
         self.corruption = corruption
 
-    def use_image_cache(self, cache_dir: PathLike, image_resize: int, n_workers: int = 0,
-                        build: bool = True, required: bool = True, resize_backend: str = "tensor") -> bool:
+    def use_image_cache(
+        self,
+        cache_dir: PathLike,
+        image_resize: int,
+        n_workers: int = 0,
+        build: bool = True,
+        required: bool = True,
+        resize_backend: str = "tensor",
+    ) -> bool:
         """Read images from the decoded-image cache in ``cache_dir`` (built on first use); False if absent
         and ``build`` is off, or if it cannot be built and is not ``required``. ``image_resize`` and
         ``resize_backend`` must be the transform's, so that its resize leaves the cached images as they are."""
@@ -189,9 +222,17 @@ class CameraPoseDataset(Dataset):
 
         if self.corruption is not None:
             return False  # corruptions apply to the full-size decoded image
-        self.image_cache = open_image_cache(cache_dir, self.dataset_root, self.labels_file, self.img_paths,
-                                            image_resize, n_workers=n_workers, build=build, required=required,
-                                            resize_backend=resize_backend)
+        self.image_cache = open_image_cache(
+            cache_dir,
+            self.dataset_root,
+            self.labels_file,
+            self.img_paths,
+            image_resize,
+            n_workers=n_workers,
+            build=build,
+            required=required,
+            resize_backend=resize_backend,
+        )
         return self.image_cache is not None
 
     def check_sample(self, n: int = 8) -> None:

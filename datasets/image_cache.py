@@ -19,6 +19,7 @@ Where the cache lives is the config key ``cache_dir`` (:func:`resolve_cache_dir`
 per-user folder, used wherever it can be written and has room, with one warning and plain decoding where
 not; a folder that is named explicitly must work or the run stops with one line.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +30,6 @@ import shutil
 import struct
 import zlib
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ def default_cache_dir() -> Path:
     return base / "hyperpose" / "images"
 
 
-def resolve_cache_dir(value) -> tuple[Optional[Path], bool]:
+def resolve_cache_dir(value) -> tuple[Path | None, bool]:
     """``(folder, required)`` for a ``cache_dir`` value: null or "off" give no cache; "auto" the default
     folder, not required (a cache that cannot be written there is skipped with a warning); any other
     value that folder, required (failing to write it is an error)."""
@@ -99,21 +99,28 @@ def check_free_space(folder: Path, needed: int, spare: int = 0) -> None:
     if not os.access(folder, os.W_OK):
         raise UserError(f"cannot use the image cache folder {folder}: it is not writable")
     if free < needed + spare:
-        raise UserError(f"the image cache needs about {format_bytes(needed + spare)} but {folder} has "
-                        f"{format_bytes(free)} free")
+        raise UserError(
+            f"the image cache needs about {format_bytes(needed + spare)} but {folder} has {format_bytes(free)} free"
+        )
 
 
-def cache_key(labels_file: str | Path, dataset_root: str | Path, image_resize: int,
-              resize_backend: str = "tensor") -> dict:
+def cache_key(
+    labels_file: str | Path, dataset_root: str | Path, image_resize: int, resize_backend: str = "tensor"
+) -> dict:
     """What a cache depends on: any change of these gives another cache file. The "tensor" backend's key is
     the one from before the backend was part of it, so existing caches stay valid."""
     try:
         digest = hashlib.sha256(Path(labels_file).read_bytes()).hexdigest()
     except OSError as e:
         raise UserError(f"cannot read labels file {labels_file}: {e.strerror}") from None
-    return {"labels_sha256": digest, "dataset_root": str(Path(dataset_root).resolve()),
-            "image_resize": int(image_resize), "resize": resize_method(resize_backend), "format": FORMAT,
-            "version": VERSION}
+    return {
+        "labels_sha256": digest,
+        "dataset_root": str(Path(dataset_root).resolve()),
+        "image_resize": int(image_resize),
+        "resize": resize_method(resize_backend),
+        "format": FORMAT,
+        "version": VERSION,
+    }
 
 
 def cache_path(cache_dir: str | Path, labels_file: str | Path, key: dict) -> Path:
@@ -150,7 +157,7 @@ class ImageCache:
         sizes = np.array([int(np.prod(s)) for s in self.shapes], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
         self.data_len = data_len
-        self._data: Optional[np.memmap] = None
+        self._data: np.memmap | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -162,12 +169,12 @@ class ImageCache:
         if self._data is None:
             self._data = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.data_len,))
         j = self.rows[i]
-        flat = self._data[self.offsets[j]:self.offsets[j + 1]]
+        flat = self._data[self.offsets[j] : self.offsets[j + 1]]
         return torch.from_numpy(np.array(flat)).view(self.shapes[j])  # a copy: the map stays read-only
 
     # Reading and writing --------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: Path, key: dict, img_paths: list[str], verify: bool = True) -> "ImageCache":
+    def load(cls, path: Path, key: dict, img_paths: list[str], verify: bool = True) -> ImageCache:
         """Open ``path``; ``ValueError`` saying why when it is not a complete cache of ``key`` and ``img_paths``."""
         size = path.stat().st_size
         if size < _FOOTER.size:
@@ -206,8 +213,14 @@ class ImageCache:
         return cls(path, shapes, data_len, rows)
 
     @staticmethod
-    def build(path: Path, key: dict, dataset_root: Path, img_paths: list[str], n_workers: int = 0,
-              resize_backend: str = "tensor") -> None:
+    def build(
+        path: Path,
+        key: dict,
+        dataset_root: Path,
+        img_paths: list[str],
+        n_workers: int = 0,
+        resize_backend: str = "tensor",
+    ) -> None:
         """Decode and resize every distinct image once (with ``resize_backend``, the one of ``key``) and write
         the cache file atomically; a labels file that names one image on many rows stores it once."""
         distinct = list(dict.fromkeys(img_paths))
@@ -225,8 +238,15 @@ class ImageCache:
                     f.write(raw)
                     crc, data_len = zlib.crc32(raw, crc), data_len + len(raw)
                     shapes.append(list(img_3hw.shape))
-                index = json.dumps({"key": key, "img_paths": list(img_paths), "shapes": shapes,
-                                    "rows": [position[p] for p in img_paths], "data_crc32": crc}).encode("utf-8")
+                index = json.dumps(
+                    {
+                        "key": key,
+                        "img_paths": list(img_paths),
+                        "shapes": shapes,
+                        "rows": [position[p] for p in img_paths],
+                        "data_crc32": crc,
+                    }
+                ).encode("utf-8")
                 f.write(index)
                 f.write(_FOOTER.pack(MAGIC, len(index), data_len))
                 f.flush()
@@ -238,10 +258,18 @@ class ImageCache:
             raise UserError(f"cannot write the image cache {path}: {e.strerror or e}") from None
 
 
-def open_image_cache(cache_dir: str | Path, dataset_root: str | Path, labels_file: str | Path,
-                     img_paths: list[str], image_resize: int, n_workers: int = 0, build: bool = True,
-                     verify: bool = True, required: bool = True,
-                     resize_backend: str = "tensor") -> Optional[ImageCache]:
+def open_image_cache(
+    cache_dir: str | Path,
+    dataset_root: str | Path,
+    labels_file: str | Path,
+    img_paths: list[str],
+    image_resize: int,
+    n_workers: int = 0,
+    build: bool = True,
+    verify: bool = True,
+    required: bool = True,
+    resize_backend: str = "tensor",
+) -> ImageCache | None:
     """The verified cache of one labels file at short side ``image_resize`` resized with ``resize_backend``
     (the config key), built first when missing or damaged.
 
@@ -263,10 +291,16 @@ def open_image_cache(cache_dir: str | Path, dataset_root: str | Path, labels_fil
     elif not build:
         return None
     try:
-        check_free_space(path.parent, estimated_bytes(Path(dataset_root), img_paths, image_resize),
-                         0 if required else SPARE_BYTES)
-        log.info("building the image cache %s (%d images at short side %d, resize_backend %s)", path,
-                 len(img_paths), image_resize, resize_backend)
+        check_free_space(
+            path.parent, estimated_bytes(Path(dataset_root), img_paths, image_resize), 0 if required else SPARE_BYTES
+        )
+        log.info(
+            "building the image cache %s (%d images at short side %d, resize_backend %s)",
+            path,
+            len(img_paths),
+            image_resize,
+            resize_backend,
+        )
         ImageCache.build(path, key, Path(dataset_root), img_paths, n_workers, resize_backend)
     except UserError as e:
         if required:

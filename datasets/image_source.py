@@ -13,14 +13,15 @@ folder, the path as listed, or the path as the glob matched it.
 does, but an unreadable file becomes a sample with ``ok=False`` and its reason instead of an exception, so
 that one broken image does not end a prediction run; :func:`collate_readable` drops such samples from a batch.
 """
+
 from __future__ import annotations
 
 import csv
 import glob
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -35,6 +36,7 @@ _GLOB_CHARS = ("*", "?", "[")
 @dataclass
 class ImageList:
     """Files to localize: absolute-or-as-given ``files`` and the ``names`` written to the output."""
+
     files: list[Path]
     names: list[str]
     kind: str  # "folder", "glob", "list" or "labels"
@@ -51,8 +53,7 @@ def is_image_file(path: str | os.PathLike) -> bool:
 def _folder(folder: Path) -> ImageList:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
     if not files:
-        raise UserError(f"no images in folder {folder} (looked recursively for "
-                        f"{', '.join(IMAGE_EXTENSIONS)})")
+        raise UserError(f"no images in folder {folder} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
     return ImageList(files, [p.relative_to(folder).as_posix() for p in files], "folder")
 
 
@@ -86,15 +87,14 @@ def _text_list(path: Path, root: Path) -> ImageList:
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError:
-        raise UserError(f"{path} is neither an image, a folder, a label CSV nor a UTF-8 list of image "
-                        f"paths") from None
+        raise UserError(f"{path} is neither an image, a folder, a label CSV nor a UTF-8 list of image paths") from None
     names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not names:
         raise UserError(f"image list {path} holds no paths")
     return ImageList([root / name for name in names], names, "list")
 
 
-def resolve_image_source(source: str | os.PathLike, root: Optional[str | os.PathLike] = None) -> ImageList:
+def resolve_image_source(source: str | os.PathLike, root: str | os.PathLike | None = None) -> ImageList:
     """The images named by ``source`` (folder, glob, text list or label CSV); UserError if there are none."""
     text = str(source)
     path = Path(text)
@@ -107,8 +107,10 @@ def resolve_image_source(source: str | os.PathLike, root: Optional[str | os.Path
         return _label_csv(path, base) if _is_label_csv(path) else _text_list(path, base)
     if any(c in text for c in _GLOB_CHARS):
         return _glob(text)
-    raise UserError(f"images not found: {text} (expected a folder, a glob pattern, a text file with one "
-                    f"image path per line, or a label CSV)")
+    raise UserError(
+        f"images not found: {text} (expected a folder, a glob pattern, a text file with one "
+        f"image path per line, or a label CSV)"
+    )
 
 
 class ImageFileDataset(Dataset):
@@ -118,8 +120,9 @@ class ImageFileDataset(Dataset):
     be read, an empty tensor with ``ok=False`` and ``error`` the one-line reason.
     """
 
-    def __init__(self, files: Sequence[str | os.PathLike],
-                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+    def __init__(
+        self, files: Sequence[str | os.PathLike], transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ):
         self.files = [Path(f) for f in files]
         self.transform = transform
 

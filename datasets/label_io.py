@@ -9,13 +9,15 @@ Conventions (docs/datasets.md, ``util.pose``): ``t`` is the camera centre in the
 from the 4x4 camera-to-world ``frame-XXXXXX.pose.txt``); Cambridge rows hold the raw ``X Y Z W P Q R``
 text of ``dataset_*.txt`` (W P Q R = world-to-camera rotation), copied character for character.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Union
 
 import numpy as np
 
@@ -36,10 +38,23 @@ CAMBRIDGE_FIVE = CAMBRIDGE_FOUR + ("GreatCourt",)
 
 # Rows per (scene, split) of the public releases, for the preparation report.
 OFFICIAL_COUNTS = {
-    "7scenes": {"chess": (4000, 2000), "fire": (2000, 2000), "heads": (1000, 1000), "office": (6000, 4000),
-                "pumpkin": (4000, 2000), "redkitchen": (7000, 5000), "stairs": (2000, 1000)},
-    "cambridge": {"GreatCourt": (1532, 760), "KingsCollege": (1220, 343), "OldHospital": (895, 182),
-                  "ShopFacade": (231, 103), "StMarysChurch": (1487, 530), "Street": (3015, 2923)},
+    "7scenes": {
+        "chess": (4000, 2000),
+        "fire": (2000, 2000),
+        "heads": (1000, 1000),
+        "office": (6000, 4000),
+        "pumpkin": (4000, 2000),
+        "redkitchen": (7000, 5000),
+        "stairs": (2000, 1000),
+    },
+    "cambridge": {
+        "GreatCourt": (1532, 760),
+        "KingsCollege": (1220, 343),
+        "OldHospital": (895, 182),
+        "ShopFacade": (231, 103),
+        "StMarysChurch": (1487, 530),
+        "Street": (3015, 2923),
+    },
 }
 
 CAMBRIDGE_HEADER = ("Visual Landmark Dataset V1", "ImageFile, Camera Position [X Y Z W P Q R]", "")
@@ -71,6 +86,7 @@ def _snippet(text: str, limit: int = 60) -> str:
 
 # ---- 7Scenes ----------------------------------------------------------------------------------------------
 
+
 def seven_scenes_seq_name(number: int) -> str:
     """``seq-03`` for sequence 3 (the folder name)."""
     return f"seq-{number:02d}"
@@ -96,15 +112,16 @@ def parse_pose_txt(text: str, source: str) -> np.ndarray:
             continue
         fields = line.split()
         if len(fields) != 4:
-            raise UserError(f"{source}:{line_no}: expected 4 numbers per row of the 4x4 camera-to-world "
-                            f"matrix, got {len(fields)} in {_snippet(line)}")
+            raise UserError(
+                f"{source}:{line_no}: expected 4 numbers per row of the 4x4 camera-to-world "
+                f"matrix, got {len(fields)} in {_snippet(line)}"
+            )
         try:
             rows.append([float(f) for f in fields])
         except ValueError:
             raise UserError(f"{source}:{line_no}: not a number in {_snippet(line)}") from None
     if len(rows) != 4:
-        raise UserError(f"{source}: expected 4 rows of 4 numbers (a 4x4 camera-to-world matrix), "
-                        f"got {len(rows)} rows")
+        raise UserError(f"{source}: expected 4 rows of 4 numbers (a 4x4 camera-to-world matrix), got {len(rows)} rows")
     return np.array(rows, dtype=np.float64)
 
 
@@ -136,6 +153,7 @@ def seven_scenes_pose_fields(cam_to_world_44: np.ndarray) -> list:
 
 # ---- Cambridge Landmarks ----------------------------------------------------------------------------------
 
+
 def cambridge_frame_name(seq_number: int, frame_number: int) -> str:
     """``seq2/frame00017.png`` (the image name of a Cambridge split file, relative to the scene folder)."""
     return f"seq{seq_number}/frame{frame_number:05d}.png"
@@ -151,8 +169,9 @@ def parse_cambridge_split(path: PathLike) -> list:
     """Entries ``(name, [X, Y, Z, W, P, Q, R] as the original strings, line_no)`` of a Cambridge split file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: split file missing (each Cambridge scene needs dataset_train.txt and "
-                        f"dataset_test.txt)")
+        raise UserError(
+            f"{path}: split file missing (each Cambridge scene needs dataset_train.txt and dataset_test.txt)"
+        )
     lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
     for line_no, expected in enumerate(CAMBRIDGE_HEADER, start=1):
         got = lines[line_no - 1].strip() if line_no <= len(lines) else None
@@ -165,8 +184,9 @@ def parse_cambridge_split(path: PathLike) -> list:
             continue
         fields = line.split()
         if len(fields) != 8:
-            raise UserError(f"{path}:{line_no}: expected 'IMAGE X Y Z W P Q R' (8 fields), got {len(fields)} "
-                            f"in {_snippet(line)}")
+            raise UserError(
+                f"{path}:{line_no}: expected 'IMAGE X Y Z W P Q R' (8 fields), got {len(fields)} in {_snippet(line)}"
+            )
         for value in fields[1:]:
             try:
                 ok = math.isfinite(float(value))
@@ -179,6 +199,7 @@ def parse_cambridge_split(path: PathLike) -> list:
 
 
 # ---- label CSV files --------------------------------------------------------------------------------------
+
 
 def seven_scenes_csv_name(scene: str, split: str) -> str:
     return f"abs_7scenes_pose.csv_{scene}_{split}.csv"
@@ -216,8 +237,10 @@ def group_label_files(kind: str, rows: Iterable[Row]) -> dict:
         files[f"{kind}_all_scenes.csv"] = train
     scenes = {r[0] for r in train}
     if kind == "cambridge":
-        for name, group in (("cambridge_four_scenes.csv", CAMBRIDGE_FOUR),
-                            ("cambridge_five_scenes.csv", CAMBRIDGE_FIVE)):
+        for name, group in (
+            ("cambridge_four_scenes.csv", CAMBRIDGE_FOUR),
+            ("cambridge_five_scenes.csv", CAMBRIDGE_FIVE),
+        ):
             if set(group) <= scenes:
                 files[name] = [r for r in train if r[0] in group]
     return files
@@ -230,8 +253,10 @@ def format_label_csv(rows: Iterable[Row]) -> str:
         assert len(row) == len(LABEL_COLUMNS), row
         for value in row:
             if any(c in value for c in ',"\n\r'):
-                raise UserError(f"cannot write {value!r} to a label CSV: commas, quotes and newlines are "
-                                f"not allowed in scene names or image paths")
+                raise UserError(
+                    f"cannot write {value!r} to a label CSV: commas, quotes and newlines are "
+                    f"not allowed in scene names or image paths"
+                )
         lines.append(",".join(row))
     return "\n".join(lines) + "\n"
 

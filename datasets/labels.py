@@ -5,13 +5,15 @@ the dataset root (``<root>/<img_path>``); ``t`` is the camera centre in the worl
 scalar-first (w, x, y, z): the camera-to-world rotation for 7Scenes, the raw world-to-camera W P Q R for
 Cambridge (see ``util.pose``). Problems are reported by CSV line number, the header being line 1.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -53,8 +55,9 @@ def read_labels_csv(labels_file: PathLike) -> pd.DataFrame:
     try:
         # Everything as text: the pose columns are parsed by validate_labels so that a bad cell is reported
         # with its line instead of silently turning a whole column into strings.
-        raw = pd.read_csv(path, dtype=str, na_filter=False, skip_blank_lines=False, skipinitialspace=True,
-                          encoding="utf-8-sig")
+        raw = pd.read_csv(
+            path, dtype=str, na_filter=False, skip_blank_lines=False, skipinitialspace=True, encoding="utf-8-sig"
+        )
     except pd.errors.EmptyDataError:
         raise UserError(f"labels file is empty: {path} (expected the header {','.join(LABEL_COLUMNS)})") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -77,8 +80,10 @@ def validate_labels(raw: pd.DataFrame, source: str = "labels") -> pd.DataFrame:
     """
     missing = [c for c in LABEL_COLUMNS if c not in raw.columns]
     if missing:
-        raise UserError(f"{source}: missing column(s) {', '.join(missing)}; "
-                        f"the header must be {','.join(LABEL_COLUMNS)} (found {printable(','.join(map(str, raw.columns)), 200)})")
+        raise UserError(
+            f"{source}: missing column(s) {', '.join(missing)}; "
+            f"the header must be {','.join(LABEL_COLUMNS)} (found {printable(','.join(map(str, raw.columns)), 200)})"
+        )
     if len(raw) == 0:
         raise UserError(f"{source}: no data rows after the header")
 
@@ -102,17 +107,30 @@ def validate_labels(raw: pd.DataFrame, source: str = "labels") -> pd.DataFrame:
         raise UserError(f"{source}: zero quaternion (q1..q4 all ~0, no orientation) at {format_lines(zero)}")
     off = np.abs(q_norm_N - 1.0) > QUAT_NORM_TOL
     if off.any():
-        logger.warning("%s: %d quaternion(s) with norm off 1 by more than %g (norms %.4g..%.4g, at %s); "
-                       "renormalised to unit length", source, int(off.sum()), QUAT_NORM_TOL,
-                       q_norm_N[off].min(), q_norm_N[off].max(), format_lines(pose.index[off]))
+        logger.warning(
+            "%s: %d quaternion(s) with norm off 1 by more than %g (norms %.4g..%.4g, at %s); "
+            "renormalised to unit length",
+            source,
+            int(off.sum()),
+            QUAT_NORM_TOL,
+            q_norm_N[off].min(),
+            q_norm_N[off].max(),
+            format_lines(pose.index[off]),
+        )
     pose_N7[:, 3:] /= q_norm_N[:, None]
 
     t_max_N = np.abs(pose_N7[:, :3]).max(axis=1)
     far = t_max_N > MAX_ABS_TRANSLATION_M
     if far.any():
-        logger.warning("%s: %d row(s) with a translation component above %g m (largest %.3g m) at %s; "
-                       "likely a label defect, kept as is", source, int(far.sum()), MAX_ABS_TRANSLATION_M,
-                       t_max_N[far].max(), format_lines(pose.index[far]))
+        logger.warning(
+            "%s: %d row(s) with a translation component above %g m (largest %.3g m) at %s; "
+            "likely a label defect, kept as is",
+            source,
+            int(far.sum()),
+            MAX_ABS_TRANSLATION_M,
+            t_max_N[far].max(),
+            format_lines(pose.index[far]),
+        )
 
     labels = text.reset_index(drop=True)
     labels[POSE_COLUMNS] = pose_N7
@@ -137,13 +155,22 @@ def _warn_duplicates_and_outside_paths(raw: pd.DataFrame, text: pd.DataFrame, so
     cells = raw[LABEL_COLUMNS].apply(lambda col: col.astype(str).str.strip())
     repeated = cells.index[cells.duplicated(keep="first")]
     if len(repeated):
-        logger.warning("%s: %d row(s) repeat an earlier row exactly (at %s); each copy counts as a frame",
-                       source, len(repeated), format_lines(repeated))
+        logger.warning(
+            "%s: %d row(s) repeat an earlier row exactly (at %s); each copy counts as a frame",
+            source,
+            len(repeated),
+            format_lines(repeated),
+        )
     outside = text.index[text["img_path"].map(_outside_root)]
     if len(outside):
-        logger.warning("%s: %d img_path value(s) are absolute or leave the dataset root with '..' (at %s, "
-                       "e.g. %s); they are read from there", source, len(outside), format_lines(outside),
-                       text.loc[outside[0], "img_path"])
+        logger.warning(
+            "%s: %d img_path value(s) are absolute or leave the dataset root with '..' (at %s, "
+            "e.g. %s); they are read from there",
+            source,
+            len(outside),
+            format_lines(outside),
+            text.loc[outside[0], "img_path"],
+        )
 
 
 def find_missing_images(img_paths: Sequence[str], dataset_root: PathLike) -> list:
@@ -161,16 +188,21 @@ def check_images_exist(img_paths: Sequence[str], dataset_root: PathLike, source:
     if folders:
         shown = ", ".join(str(p) for p in folders[:MAX_LISTED_PATHS])
         more = f" and {len(folders) - MAX_LISTED_PATHS} more" if len(folders) > MAX_LISTED_PATHS else ""
-        raise UserError(f"{source}: {len(folders)} img_path value(s) name a directory, not an image file: "
-                        f"{shown}{more}")
+        raise UserError(
+            f"{source}: {len(folders)} img_path value(s) name a directory, not an image file: {shown}{more}"
+        )
     if not Path(dataset_root).is_dir():
-        raise UserError(f"dataset root {dataset_root} is not a directory; the img_path values of {source} are "
-                        f"relative to it, check the dataset root argument")
+        raise UserError(
+            f"dataset root {dataset_root} is not a directory; the img_path values of {source} are "
+            f"relative to it, check the dataset root argument"
+        )
     shown = ", ".join(str(p) for p in missing[:MAX_LISTED_PATHS])
     more = f" and {len(missing) - MAX_LISTED_PATHS} more" if len(missing) > MAX_LISTED_PATHS else ""
-    raise UserError(f"{source}: {len(missing)} of {len(img_paths)} images not found: {shown}{more}; "
-                    f"img_path is relative to the dataset root, check the dataset root argument "
-                    f"(got {dataset_root})")
+    raise UserError(
+        f"{source}: {len(missing)} of {len(img_paths)} images not found: {shown}{more}; "
+        f"img_path is relative to the dataset root, check the dataset root argument "
+        f"(got {dataset_root})"
+    )
 
 
 def split_last_sequences(labels_file: PathLike, n_held_out: int, advice: str = "") -> tuple[list, list]:
@@ -188,17 +220,18 @@ def split_last_sequences(labels_file: PathLike, n_held_out: int, advice: str = "
     for scene, seqs in cells.groupby("scene", sort=False)["seq"]:
         names = sorted(set(seqs), key=natural_key)
         if len(names) <= n_held_out:
-            raise UserError(f"{labels_file}: scene {scene!r} has {len(names)} sequence(s) "
-                            f"({', '.join(names) or 'no seq values'}), so holding out the last {n_held_out} "
-                            f"leaves none to train on{advice}")
-        held |= {(scene, seq) for seq in names[len(names) - n_held_out:]}
+            raise UserError(
+                f"{labels_file}: scene {scene!r} has {len(names)} sequence(s) "
+                f"({', '.join(names) or 'no seq values'}), so holding out the last {n_held_out} "
+                f"leaves none to train on{advice}"
+            )
+        held |= {(scene, seq) for seq in names[len(names) - n_held_out :]}
     rows = [tuple(r) for r in cells.itertuples(index=False)]
     out = [(r[0], r[2]) in held for r in rows]
     return [r for r, o in zip(rows, out) if not o], [r for r, o in zip(rows, out) if o]
 
 
-def read_labels(labels_file: PathLike, dataset_root: Optional[PathLike] = None,
-                check_images: bool = True) -> pd.DataFrame:
+def read_labels(labels_file: PathLike, dataset_root: PathLike | None = None, check_images: bool = True) -> pd.DataFrame:
     """Load and validate a label CSV; columns ``LABEL_COLUMNS``, one row per image, unit quaternions.
 
     With ``dataset_root`` given and ``check_images`` true, every ``<dataset_root>/<img_path>`` must exist, so

@@ -17,6 +17,7 @@ every file (and its mtime) alone. A validation report ends each run: rows per sc
 official counts, missing or unreadable images, non-unit quaternions, non-orthonormal rotations and
 translation outliers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,10 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 
@@ -42,32 +44,33 @@ PathLike = Union[str, os.PathLike]
 
 KINDS = ("7scenes", "cambridge", "ecl", "colmap")
 ECL_STYLES = ("evening", "winter", "summer")
-QUAT_NORM_TOL = 1e-3        # |1 - |q|| above this is listed as a non-unit quaternion
-ORTHONORMAL_TOL = 1e-2      # max |R R^T - I| above this (or det R < 0) is listed as a bad rotation
+QUAT_NORM_TOL = 1e-3  # |1 - |q|| above this is listed as a non-unit quaternion
+ORTHONORMAL_TOL = 1e-2  # max |R R^T - I| above this (or det R < 0) is listed as a bad rotation
 MAX_ABS_TRANSLATION_M = 1e4  # any |t_i| above this is an outlier (public GreatCourt has one row at ~3e9 m)
-OUTLIER_SPREAD = 10.0       # ... and so is a centre farther from the scene's median than 10x the median distance
-OUTLIER_MIN_ROWS = 10       # (that relative rule only for scenes with at least this many rows)
-MAX_LISTED = 20             # items listed per report section before "... and K more"
+OUTLIER_SPREAD = 10.0  # ... and so is a centre farther from the scene's median than 10x the median distance
+OUTLIER_MIN_ROWS = 10  # (that relative rule only for scenes with at least this many rows)
+MAX_LISTED = 20  # items listed per report section before "... and K more"
 COLMAP_MODEL_CANDIDATES = (".", "sparse/0", "sparse")
 
 
 @dataclass
 class PrepareReport:
     """What a preparation run found and wrote; ``format()`` gives the text printed at the end."""
+
     kind: str
     raw_root: str
     out_dir: str
-    counts: list = field(default_factory=list)            # (scene, split, rows, official or None)
-    written: list = field(default_factory=list)           # file names rewritten
-    unchanged: list = field(default_factory=list)         # file names already up to date
-    multi_scene: dict = field(default_factory=dict)       # multi-scene file name -> its scenes
-    missing_images: list = field(default_factory=list)    # img_path
+    counts: list = field(default_factory=list)  # (scene, split, rows, official or None)
+    written: list = field(default_factory=list)  # file names rewritten
+    unchanged: list = field(default_factory=list)  # file names already up to date
+    multi_scene: dict = field(default_factory=dict)  # multi-scene file name -> its scenes
+    missing_images: list = field(default_factory=list)  # img_path
     unreadable_images: list = field(default_factory=list)  # "img_path (reason)"
-    images_checked: Optional[int] = None
-    non_unit_quats: list = field(default_factory=list)    # "img_path |q|=..."
-    bad_rotations: list = field(default_factory=list)     # "img_path ..."
+    images_checked: int | None = None
+    non_unit_quats: list = field(default_factory=list)  # "img_path |q|=..."
+    bad_rotations: list = field(default_factory=list)  # "img_path ..."
     translation_outliers: list = field(default_factory=list)  # "img_path t=... (d m from median)"
-    skipped: list = field(default_factory=list)           # "path: reason" (rows not written)
+    skipped: list = field(default_factory=list)  # "path: reason" (rows not written)
     notes: list = field(default_factory=list)
 
     @property
@@ -77,27 +80,43 @@ class PrepareReport:
     @property
     def clean(self) -> bool:
         """No missing/unreadable image, suspicious pose, skipped row or count mismatch."""
-        return not (self.missing_images or self.unreadable_images or self.non_unit_quats or self.bad_rotations
-                    or self.translation_outliers or self.skipped or self.count_mismatches)
+        return not (
+            self.missing_images
+            or self.unreadable_images
+            or self.non_unit_quats
+            or self.bad_rotations
+            or self.translation_outliers
+            or self.skipped
+            or self.count_mismatches
+        )
 
     def format(self) -> str:
-        lines = [f"prepared {self.kind} labels: raw root {self.raw_root} -> {self.out_dir}",
-                 f"{'scene':<16} {'split':<14} {'rows':>7} {'official':>9}"]
+        lines = [
+            f"prepared {self.kind} labels: raw root {self.raw_root} -> {self.out_dir}",
+            f"{'scene':<16} {'split':<14} {'rows':>7} {'official':>9}",
+        ]
         for scene, split, rows, official in self.counts:
             status = "" if official is None else ("  ok" if rows == official else "  DIFFERS")
             lines.append(f"{scene:<16} {split:<14} {rows:>7} {'-' if official is None else official:>9}{status}")
         if self.count_mismatches:
-            lines.append("row counts differ from the official release for "
-                         f"{len(self.count_mismatches)} split(s) (expected for a subset or a synthetic dataset)")
+            lines.append(
+                "row counts differ from the official release for "
+                f"{len(self.count_mismatches)} split(s) (expected for a subset or a synthetic dataset)"
+            )
         for name, scenes in self.multi_scene.items():
             lines.append(f"{name}: train rows of {', '.join(scenes)}")
         lines.append(f"files in {self.out_dir}: {len(self.written)} written, {len(self.unchanged)} unchanged")
         lines += [f"  written: {name}" for name in self.written]
         if self.images_checked is not None:
             lines.append(f"images checked (exist and decode): {self.images_checked}")
-        sections = (("missing images", self.missing_images), ("unreadable images", self.unreadable_images),
-                    ("non-unit quaternions", self.non_unit_quats), ("non-orthonormal rotations", self.bad_rotations),
-                    ("translation outliers", self.translation_outliers), ("skipped rows", self.skipped))
+        sections = (
+            ("missing images", self.missing_images),
+            ("unreadable images", self.unreadable_images),
+            ("non-unit quaternions", self.non_unit_quats),
+            ("non-orthonormal rotations", self.bad_rotations),
+            ("translation outliers", self.translation_outliers),
+            ("skipped rows", self.skipped),
+        )
         for title, items in sections:
             lines.append(f"{title}: {len(items) if items else 'none'}")
             lines += [f"  {item}" for item in items[:MAX_LISTED]]
@@ -109,20 +128,22 @@ class PrepareReport:
 
 # ---- shared steps -----------------------------------------------------------------------------------------
 
+
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise UserError(f"{what} {path} is not a directory")
     return path
 
 
-def _select_scenes(root: Path, scenes: Optional[Sequence[str]], marker_files: Sequence[str], kind: str) -> list:
+def _select_scenes(root: Path, scenes: Sequence[str] | None, marker_files: Sequence[str], kind: str) -> list:
     """Scene folders to prepare: the requested ones (which must exist), else every folder holding a marker."""
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and any((p / m).is_file() for m in marker_files))
     if scenes:
         missing = [s for s in scenes if not (root / s).is_dir()]
         if missing:
-            raise UserError(f"scene folder(s) {', '.join(missing)} not found under {root} "
-                            f"(found: {', '.join(found) or 'none'})")
+            raise UserError(
+                f"scene folder(s) {', '.join(missing)} not found under {root} (found: {', '.join(found) or 'none'})"
+            )
         found = list(scenes)
     elif not found:
         raise UserError(f"no {kind} scene folders (folders holding {' or '.join(marker_files)}) under {root}")
@@ -142,8 +163,9 @@ def _check_poses(report: PrepareReport, rows: list, q_norm_N: np.ndarray) -> Non
     limit = OUTLIER_SPREAD * max(float(np.median(dist_N)), 0.1)
     for row, t_3, d in zip(rows, t_N3, dist_N):
         if np.abs(t_3).max() > MAX_ABS_TRANSLATION_M or (len(rows) >= OUTLIER_MIN_ROWS and d > limit):
-            report.translation_outliers.append(f"{row[3]} ({row[1]}): t = ({', '.join(row[4:7])}), "
-                                               f"{d:.4g} m from the scene's median position")
+            report.translation_outliers.append(
+                f"{row[3]} ({row[1]}): t = ({', '.join(row[4:7])}), {d:.4g} m from the scene's median position"
+            )
 
 
 def _check_rotation(report: PrepareReport, img_path: str, R_33: np.ndarray) -> None:
@@ -188,6 +210,7 @@ def _count(report: PrepareReport, dataset: str, scene: str, split: str, rows: li
 
 # ---- 7Scenes ----------------------------------------------------------------------------------------------
 
+
 def _seven_scenes_scene(root: Path, scene: str, report: PrepareReport) -> list:
     scene_dir = root / scene
     rows = []
@@ -202,15 +225,17 @@ def _seven_scenes_scene(root: Path, scene: str, report: PrepareReport) -> list:
             seq_name = label_io.seven_scenes_seq_name(number)
             seq_dir = scene_dir / seq_name
             if not seq_dir.is_dir():
-                hint = " (the download ships each sequence as a zip inside the scene zip: unzip it)" \
-                    if (scene_dir / f"{seq_name}.zip").is_file() else ""
+                hint = (
+                    " (the download ships each sequence as a zip inside the scene zip: unzip it)"
+                    if (scene_dir / f"{seq_name}.zip").is_file()
+                    else ""
+                )
                 raise UserError(f"{split_path}:{line_no}: sequence{number} has no folder {seq_dir}{hint}")
             pose_files = sorted(seq_dir.glob("frame-*.pose.txt"), key=lambda p: natural_key(p.name))
             if not pose_files:
                 raise UserError(f"{seq_dir}: no frame-XXXXXX.pose.txt files (listed at {split_path}:{line_no})")
             for pose_path in pose_files:
-                T_44 = label_io.parse_pose_txt(pose_path.read_text(encoding="utf-8", errors="replace"),
-                                               str(pose_path))
+                T_44 = label_io.parse_pose_txt(pose_path.read_text(encoding="utf-8", errors="replace"), str(pose_path))
                 stem = pose_path.name[: -len(".pose.txt")]
                 img_path = f"{scene}/{seq_name}/{stem}.color.png"
                 try:
@@ -227,8 +252,9 @@ def _seven_scenes_scene(root: Path, scene: str, report: PrepareReport) -> list:
     return rows
 
 
-def prepare_7scenes(raw_root: PathLike, out_dir: PathLike, scenes: Optional[Sequence[str]] = None,
-                    check_images: bool = False) -> PrepareReport:
+def prepare_7scenes(
+    raw_root: PathLike, out_dir: PathLike, scenes: Sequence[str] | None = None, check_images: bool = False
+) -> PrepareReport:
     """7Scenes: ``<scene>/seq-XX/frame-XXXXXX.pose.txt`` (4x4 camera-to-world) and Train/TestSplit.txt -> CSVs."""
     root = _require_dir(Path(raw_root), "7Scenes raw root")
     report = PrepareReport("7scenes", str(root), str(out_dir))
@@ -244,6 +270,7 @@ def prepare_7scenes(raw_root: PathLike, out_dir: PathLike, scenes: Optional[Sequ
 
 
 # ---- Cambridge Landmarks and its Extended (ECL) test styles ----------------------------------------------
+
 
 def _cambridge_rows(root: Path, scene: str, split: str) -> list:
     entries = label_io.parse_cambridge_split(root / scene / label_io.CAMBRIDGE_SPLIT_FILES[split])
@@ -272,8 +299,9 @@ def _report_duplicates(report: PrepareReport, rows: list) -> None:
         report.notes.append(f"{len(both)} image(s) in both the train and the test split, e.g. {both[0]}")
 
 
-def prepare_cambridge(raw_root: PathLike, out_dir: PathLike, scenes: Optional[Sequence[str]] = None,
-                      check_images: bool = False) -> PrepareReport:
+def prepare_cambridge(
+    raw_root: PathLike, out_dir: PathLike, scenes: Sequence[str] | None = None, check_images: bool = False
+) -> PrepareReport:
     """Cambridge Landmarks: ``<Scene>/dataset_{train,test}.txt`` -> CSVs, pose text copied exactly."""
     root = _require_dir(Path(raw_root), "Cambridge Landmarks raw root")
     report = PrepareReport("cambridge", str(root), str(out_dir))
@@ -298,8 +326,13 @@ def ecl_image_name(name: str, style: str) -> str:
     return str(path.with_name(f"{path.stem}_{style}{path.suffix}"))
 
 
-def prepare_ecl(raw_root: PathLike, out_dir: PathLike, scenes: Optional[Sequence[str]] = None,
-                styles: Sequence[str] = ECL_STYLES, check_images: bool = False) -> PrepareReport:
+def prepare_ecl(
+    raw_root: PathLike,
+    out_dir: PathLike,
+    scenes: Sequence[str] | None = None,
+    styles: Sequence[str] = ECL_STYLES,
+    check_images: bool = False,
+) -> PrepareReport:
     """Extended Cambridge Landmarks: one test CSV per scene and style from the scene's base test labels.
 
     RAW_ROOT is the Cambridge root with the restyled images beside the originals (``frame00017_winter.png``
@@ -311,20 +344,27 @@ def prepare_ecl(raw_root: PathLike, out_dir: PathLike, scenes: Optional[Sequence
     if not scenes:
         scenes = [s for s in label_io.CAMBRIDGE_FOUR if (root / s / label_io.CAMBRIDGE_SPLIT_FILES["test"]).is_file()]
         if not scenes:
-            raise UserError(f"no Cambridge scene with {label_io.CAMBRIDGE_SPLIT_FILES['test']} under {root} "
-                            f"(looked for {', '.join(label_io.CAMBRIDGE_FOUR)})")
+            raise UserError(
+                f"no Cambridge scene with {label_io.CAMBRIDGE_SPLIT_FILES['test']} under {root} "
+                f"(looked for {', '.join(label_io.CAMBRIDGE_FOUR)})"
+            )
     files = {}
     all_rows = []
     for scene in _select_scenes(root, scenes, (label_io.CAMBRIDGE_SPLIT_FILES["test"],), "Cambridge"):
         base_rows = _cambridge_rows(root, scene, "test")
         for style in styles:
-            rows = [(r[0], r[1], r[2], f"{scene}/{ecl_image_name(r[3][len(scene) + 1:], style)}", *r[4:])
-                    for r in base_rows]
+            rows = [
+                (r[0], r[1], r[2], f"{scene}/{ecl_image_name(r[3][len(scene) + 1 :], style)}", *r[4:])
+                for r in base_rows
+            ]
             present = sum((root / r[3]).is_file() for r in rows)
             if present == 0:
-                report.notes.append(f"{scene} {style}: no images found (e.g. {root / rows[0][3]}); "
-                                    f"{label_io.cambridge_csv_name(scene, 'test_' + style)} not written"
-                                    if rows else f"{scene}: no test rows")
+                report.notes.append(
+                    f"{scene} {style}: no images found (e.g. {root / rows[0][3]}); "
+                    f"{label_io.cambridge_csv_name(scene, 'test_' + style)} not written"
+                    if rows
+                    else f"{scene}: no test rows"
+                )
                 continue
             _count(report, "cambridge", scene, f"test_{style}", rows, official_split="test")
             files[label_io.cambridge_csv_name(scene, f"test_{style}")] = rows  # the base file's order
@@ -336,6 +376,7 @@ def prepare_ecl(raw_root: PathLike, out_dir: PathLike, scenes: Optional[Sequence
 
 
 # ---- COLMAP -----------------------------------------------------------------------------------------------
+
 
 def read_colmap_images(images_txt: PathLike) -> list:
     """``(name, q_world_to_cam (w, x, y, z), t_world_to_cam, line_no)`` for each image of a COLMAP images.txt.
@@ -354,14 +395,18 @@ def read_colmap_images(images_txt: PathLike) -> list:
             continue
         fields = line.split()
         if len(fields) < 10:
-            raise UserError(f"{path}:{i}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', got "
-                            f"{len(fields)} fields in {line.strip()[:60]!r}")
+            raise UserError(
+                f"{path}:{i}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', got "
+                f"{len(fields)} fields in {line.strip()[:60]!r}"
+            )
         try:
             numbers = [float(v) for v in fields[1:8]]
             int(fields[0]), int(fields[8])
         except ValueError:
-            raise UserError(f"{path}:{i}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME' with numeric "
-                            f"ids and pose, got {line.strip()[:60]!r}") from None
+            raise UserError(
+                f"{path}:{i}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME' with numeric "
+                f"ids and pose, got {line.strip()[:60]!r}"
+            ) from None
         if not all(math.isfinite(v) for v in numbers):
             raise UserError(f"{path}:{i}: non-finite pose value in {line.strip()[:60]!r}")
         images.append((" ".join(fields[9:]), np.array(numbers[:4]), np.array(numbers[4:7]), i))
@@ -371,22 +416,34 @@ def read_colmap_images(images_txt: PathLike) -> list:
     return images
 
 
-def _find_colmap_model(root: Path, model: Optional[PathLike]) -> Path:
-    candidates = [Path(model) if Path(model).is_absolute() else root / model] if model is not None \
+def _find_colmap_model(root: Path, model: PathLike | None) -> Path:
+    candidates = (
+        [Path(model) if Path(model).is_absolute() else root / model]
+        if model is not None
         else [root / c for c in COLMAP_MODEL_CANDIDATES]
+    )
     for folder in candidates:
         if (folder / "images.txt").is_file():
             return folder
     for folder in candidates:
         if (folder / "images.bin").is_file():
-            raise UserError(f"{folder} holds a binary COLMAP model; convert it to text first: colmap "
-                            f"model_converter --input_path {folder} --output_path {folder} --output_type TXT")
+            raise UserError(
+                f"{folder} holds a binary COLMAP model; convert it to text first: colmap "
+                f"model_converter --input_path {folder} --output_path {folder} --output_type TXT"
+            )
     raise UserError(f"no COLMAP images.txt in {', '.join(str(c) for c in candidates)} (pass --model)")
 
 
-def prepare_colmap(raw_root: PathLike, out_dir: PathLike, scene: str, model: Optional[PathLike] = None,
-                   image_dir: str = "images", test_every: Optional[int] = 8, test_list: Optional[PathLike] = None,
-                   check_images: bool = False) -> PrepareReport:
+def prepare_colmap(
+    raw_root: PathLike,
+    out_dir: PathLike,
+    scene: str,
+    model: PathLike | None = None,
+    image_dir: str = "images",
+    test_every: int | None = 8,
+    test_list: PathLike | None = None,
+    check_images: bool = False,
+) -> PrepareReport:
     """A COLMAP text model -> ``abs_colmap_pose.csv_<scene>_<split>.csv`` in the 7Scenes convention.
 
     COLMAP stores world-to-camera ``R_wc = R(q)``, ``t_wc``; rows get the camera centre ``-R_wc^T t_wc`` and the
@@ -428,8 +485,11 @@ def prepare_colmap(raw_root: PathLike, out_dir: PathLike, scene: str, model: Opt
     for (name, q_wc_4, t_wc_3, _), test in zip(images, is_test):
         T_cw_44 = invert_rigid(pose_to_matrix(t_wc_3, q_wc_4))
         img = PurePosixPath(name) if prefix is None else prefix / name
-        seq = str(PurePosixPath(name).parent) if PurePosixPath(name).parent != PurePosixPath(".") \
+        seq = (
+            str(PurePosixPath(name).parent)
+            if PurePosixPath(name).parent != PurePosixPath(".")
             else (prefix.name if prefix is not None else scene)
+        )
         rows.append((scene, "test" if test else "train", seq, str(img), *label_io.seven_scenes_pose_fields(T_cw_44)))
         q_norms.append(float(np.linalg.norm(q_wc_4)))
     for split in SPLITS:
@@ -437,20 +497,27 @@ def prepare_colmap(raw_root: PathLike, out_dir: PathLike, scene: str, model: Opt
     # The COLMAP quaternion's norm is what matters (the CSV's is unit by construction).
     _check_poses(report, rows, np.array(q_norms))
     _check_images(report, root, rows, check_images)
-    files = {f"abs_colmap_pose.csv_{scene}_{split}.csv": [r for r in label_io.sort_rows(rows) if r[1] == split]
-             for split in SPLITS}
+    files = {
+        f"abs_colmap_pose.csv_{scene}_{split}.csv": [r for r in label_io.sort_rows(rows) if r[1] == split]
+        for split in SPLITS
+    }
     _write_files(report, Path(out_dir), files)
-    readme = (f"Label CSVs of scene '{scene}' made by `python -m datasets.prepare colmap` from "
-              f"{model_dir / 'images.txt'}.\n"
-              "Columns: scene,split,seq,img_path,t1,t2,t3,q1,q2,q3,q4. img_path is relative to the dataset root "
-              f"{root}.\n"
-              "t = camera centre in the COLMAP world frame (-R_wc^T t_wc, in the model's units: metres only if the "
-              "model was scaled to metres).\n"
-              "q = (w, x, y, z) of the camera-to-world rotation R_wc^T with w >= 0 (the 7Scenes convention; "
-              "COLMAP's own QW QX QY QZ is world-to-camera).\n"
-              + (f"Split: images listed in {test_list} are test.\n" if test_list is not None else
-                 f"Split: images sorted by name (numbers compared numerically); the image at index i is "
-                 f"test when i % {test_every} == 0.\n"))
+    readme = (
+        f"Label CSVs of scene '{scene}' made by `python -m datasets.prepare colmap` from "
+        f"{model_dir / 'images.txt'}.\n"
+        "Columns: scene,split,seq,img_path,t1,t2,t3,q1,q2,q3,q4. img_path is relative to the dataset root "
+        f"{root}.\n"
+        "t = camera centre in the COLMAP world frame (-R_wc^T t_wc, in the model's units: metres only if the "
+        "model was scaled to metres).\n"
+        "q = (w, x, y, z) of the camera-to-world rotation R_wc^T with w >= 0 (the 7Scenes convention; "
+        "COLMAP's own QW QX QY QZ is world-to-camera).\n"
+        + (
+            f"Split: images listed in {test_list} are test.\n"
+            if test_list is not None
+            else f"Split: images sorted by name (numbers compared numerically); the image at index i is "
+            f"test when i % {test_every} == 0.\n"
+        )
+    )
     changed = label_io.write_if_changed(Path(out_dir) / "README_labels.txt", readme)
     (report.written if changed else report.unchanged).append("README_labels.txt")
     return report
@@ -458,16 +525,21 @@ def prepare_colmap(raw_root: PathLike, out_dir: PathLike, scene: str, model: Opt
 
 # ---- command line -----------------------------------------------------------------------------------------
 
+
 def prepare(kind: str, raw_root: PathLike, out_dir: PathLike, **options) -> PrepareReport:
     """Dispatch to ``prepare_<kind>``; ``options`` are that function's keyword arguments."""
-    functions = {"7scenes": prepare_7scenes, "cambridge": prepare_cambridge, "ecl": prepare_ecl,
-                 "colmap": prepare_colmap}
+    functions = {
+        "7scenes": prepare_7scenes,
+        "cambridge": prepare_cambridge,
+        "ecl": prepare_ecl,
+        "colmap": prepare_colmap,
+    }
     if kind not in functions:
         raise UserError(f"unknown dataset kind {kind!r}; choose one of {', '.join(KINDS)}")
     return functions[kind](raw_root, out_dir, **options)
 
 
-def _scene_list(values: Optional[Sequence[str]]) -> Optional[list]:
+def _scene_list(values: Sequence[str] | None) -> list | None:
     if not values:
         return None
     return [s for v in values for s in v.split(",") if s.strip()]
@@ -478,37 +550,62 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("raw_root", help="dataset root: img_path in the CSVs is relative to it")
     common.add_argument("--out", required=True, default=argparse.SUPPRESS, help="folder for the label CSVs")
     common.add_argument("--check-images", action="store_true", help="also open and decode every image")
-    parser = argparse.ArgumentParser(prog="python -m datasets.prepare",
-                                     description="Write label CSVs (scene,split,seq,img_path,t1..t3,q1..q4) "
-                                                 "from raw dataset files, then print a validation report.")
+    parser = argparse.ArgumentParser(
+        prog="python -m datasets.prepare",
+        description="Write label CSVs (scene,split,seq,img_path,t1..t3,q1..q4) "
+        "from raw dataset files, then print a validation report.",
+    )
     sub = parser.add_subparsers(dest="kind", required=True, metavar="{" + ",".join(KINDS) + "}")
     formatter = argparse.ArgumentDefaultsHelpFormatter
-    p = sub.add_parser("7scenes", parents=[common], formatter_class=formatter,
-                       help="Microsoft 7-Scenes: seq-XX/frame-XXXXXX.pose.txt + TrainSplit/TestSplit.txt")
+    p = sub.add_parser(
+        "7scenes",
+        parents=[common],
+        formatter_class=formatter,
+        help="Microsoft 7-Scenes: seq-XX/frame-XXXXXX.pose.txt + TrainSplit/TestSplit.txt",
+    )
     p.add_argument("--scenes", nargs="+", help="scene folders to prepare (default: all found)")
-    p = sub.add_parser("cambridge", parents=[common], formatter_class=formatter,
-                       help="Cambridge Landmarks: <Scene>/dataset_train.txt and dataset_test.txt")
+    p = sub.add_parser(
+        "cambridge",
+        parents=[common],
+        formatter_class=formatter,
+        help="Cambridge Landmarks: <Scene>/dataset_train.txt and dataset_test.txt",
+    )
     p.add_argument("--scenes", nargs="+", help="scene folders to prepare (default: all found)")
-    p = sub.add_parser("ecl", parents=[common], formatter_class=formatter,
-                       help="Extended Cambridge Landmarks test styles (frameXXXXX_<style>.png)")
+    p = sub.add_parser(
+        "ecl",
+        parents=[common],
+        formatter_class=formatter,
+        help="Extended Cambridge Landmarks test styles (frameXXXXX_<style>.png)",
+    )
     p.add_argument("--scenes", nargs="+", help="scenes (default: those of the four with dataset_test.txt)")
     p.add_argument("--styles", nargs="+", default=list(ECL_STYLES), help="styles to look for")
-    p = sub.add_parser("colmap", parents=[common], formatter_class=formatter,
-                       help="a COLMAP text model (images.txt) of your own images")
-    p.add_argument("--scene", required=True, default=argparse.SUPPRESS,
-                   help="scene name written to the CSVs and their file names")
-    p.add_argument("--model", default=None,
-                   help="folder with images.txt, relative to RAW_ROOT or absolute; None: the first of "
-                        f"{', '.join(COLMAP_MODEL_CANDIDATES)} under RAW_ROOT that has one")
-    p.add_argument("--image-dir", default="images",
-                   help="folder of the images COLMAP saw, relative to RAW_ROOT (img_path = <image-dir>/<NAME>)")
+    p = sub.add_parser(
+        "colmap",
+        parents=[common],
+        formatter_class=formatter,
+        help="a COLMAP text model (images.txt) of your own images",
+    )
+    p.add_argument(
+        "--scene", required=True, default=argparse.SUPPRESS, help="scene name written to the CSVs and their file names"
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="folder with images.txt, relative to RAW_ROOT or absolute; None: the first of "
+        f"{', '.join(COLMAP_MODEL_CANDIDATES)} under RAW_ROOT that has one",
+    )
+    p.add_argument(
+        "--image-dir",
+        default="images",
+        help="folder of the images COLMAP saw, relative to RAW_ROOT (img_path = <image-dir>/<NAME>)",
+    )
     split = p.add_mutually_exclusive_group()
     split.add_argument("--test-every", type=int, default=8, help="every Nth image (by name) is a test image")
     split.add_argument("--test-list", default=None, help="file listing the test images' names, one per line")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> PrepareReport:
+def main(argv: Sequence[str] | None = None) -> PrepareReport:
     args = build_parser().parse_args(argv)
     setup_logging()
     options = {"check_images": args.check_images}
@@ -517,8 +614,13 @@ def main(argv: Optional[Sequence[str]] = None) -> PrepareReport:
     if args.kind == "ecl":
         options["styles"] = _scene_list(args.styles)
     if args.kind == "colmap":
-        options.update(scene=args.scene, model=args.model, image_dir=args.image_dir,
-                       test_every=args.test_every, test_list=args.test_list)
+        options.update(
+            scene=args.scene,
+            model=args.model,
+            image_dir=args.image_dir,
+            test_every=args.test_every,
+            test_list=args.test_list,
+        )
     report = prepare(args.kind, args.raw_root, args.out, **options)
     print(report.format())
     return report

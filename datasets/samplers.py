@@ -1,8 +1,9 @@
 """Training samplers: scene-balanced sampling (the recipe's ``equalize_scenes``) and the per-epoch order
 with per-sample augmentation seeds that single-process and distributed training share."""
+
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence, Tuple, Union
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,8 +20,12 @@ class SceneBalancedSampler(Sampler[int]):
     the global torch RNG, as ``torch.utils.data.RandomSampler`` does.
     """
 
-    def __init__(self, scene_ids: Union[Sequence[int], np.ndarray, torch.Tensor], num_samples: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None):
+    def __init__(
+        self,
+        scene_ids: Sequence[int] | np.ndarray | torch.Tensor,
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
         scene_ids_N = torch.as_tensor(np.asarray(scene_ids), dtype=torch.long).reshape(-1)
         if scene_ids_N.numel() == 0:
             raise ValueError("SceneBalancedSampler needs at least one scene id")
@@ -48,8 +53,9 @@ class SceneBalancedSampler(Sampler[int]):
         n_scenes = len(self.scenes)
         draws_S = torch.full((n_scenes,), self.num_samples // n_scenes, dtype=torch.long)
         draws_S[torch.randperm(n_scenes, generator=generator)[: self.num_samples % n_scenes]] += 1
-        indices = torch.cat([self._draw(frames, int(n), generator)
-                             for frames, n in zip(self.frames_by_scene, draws_S) if n > 0])
+        indices = torch.cat(
+            [self._draw(frames, int(n), generator) for frames, n in zip(self.frames_by_scene, draws_S) if n > 0]
+        )
         indices = indices[torch.randperm(len(indices), generator=generator)]
         return iter(indices.tolist())
 
@@ -69,7 +75,7 @@ def stratified_sample(groups: Sequence, n: int, seed: int) -> list[int]:
     return [chosen[k] for k in torch.randperm(len(chosen), generator=generator).tolist()]
 
 
-def epoch_length(scene_ids: Union[Sequence[int], np.ndarray], equalize_scenes: bool) -> int:
+def epoch_length(scene_ids: Sequence[int] | np.ndarray, equalize_scenes: bool) -> int:
     """Samples per epoch: the frame count, or with ``equalize_scenes`` the reference's (largest scene's frame
     count) x (number of scenes), so that every scene is drawn as often as the largest one has frames."""
     scene_ids = np.asarray(scene_ids, dtype=np.int64)
@@ -84,11 +90,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-class EpochSampler(Sampler[Tuple[int, int]]):
+class EpochSampler(Sampler[tuple[int, int]]):
     """The training order of one epoch for one process: ``(dataset index, sample seed)`` pairs.
 
     Every epoch draws one global order from the generator seeded by ``epoch_seed(seed, epoch)`` (a random
-    permutation, or with ``equalize_scenes`` :class:`SceneBalancedSampler` over :func:`epoch_length` samples) and one seed per position, which
+    permutation, or with ``equalize_scenes`` :class:`SceneBalancedSampler` over :func:`epoch_length` samples) and
+    one seed per position, which
     :class:`SeededSamples` uses for that sample's augmentation. The order and the augmentations therefore
     depend only on (seed, epoch), not on the worker count, persistent workers or the world size.
 
@@ -98,8 +105,15 @@ class EpochSampler(Sampler[Tuple[int, int]]):
     ``batch_size`` x W. Call :meth:`set_epoch` before iterating.
     """
 
-    def __init__(self, scene_ids: Union[Sequence[int], np.ndarray], seed: int, batch_size: int,
-                 equalize_scenes: bool = False, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        scene_ids: Sequence[int] | np.ndarray,
+        seed: int,
+        batch_size: int,
+        equalize_scenes: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.scene_ids = np.asarray(scene_ids, dtype=np.int64)
@@ -115,7 +129,7 @@ class EpochSampler(Sampler[Tuple[int, int]]):
     def __len__(self) -> int:
         return self.padded // self.world_size
 
-    def global_order(self) -> Tuple[torch.Tensor, torch.Tensor]:
+    def global_order(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices, sample seeds) of the whole epoch, before the split across processes."""
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         n = self.epoch_length
@@ -126,7 +140,7 @@ class EpochSampler(Sampler[Tuple[int, int]]):
         seeds = torch.randint(0, 2**62, (n,), generator=generator)
         return indices, seeds
 
-    def __iter__(self) -> Iterator[Tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         indices, seeds = self.global_order()
         if self.padded > len(indices):
             wrap = torch.arange(self.padded - len(indices)) % len(indices)
@@ -153,7 +167,7 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: Tuple[int, int]):
+    def __getitem__(self, key: tuple[int, int]):
         index, seed = key
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -20,6 +20,7 @@ Conventions:
 
 Output is a deterministic function of the arguments (same bytes on the same platform and library versions).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,11 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -63,8 +65,18 @@ WOBBLE_DEG = (8.0, 5.0, 4.0)  # yaw, pitch, roll amplitude on top of looking at 
 
 # Sample images that ship inside the scikit-image wheel (no download needed).
 GRAY_TEXTURES = ("brick", "grass", "gravel", "camera", "moon", "coins", "page", "text", "clock", "cell")
-COLOR_TEXTURES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
-                  "colorwheel", "retina", "logo", "motorcycle")
+COLOR_TEXTURES = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "colorwheel",
+    "retina",
+    "logo",
+    "motorcycle",
+)
 
 # Texture-space axes of each facing: index 2a + s is a face of axis a whose normal points along -a when
 # s = 1 and +a when s = 0 (the side a ray travelling along +a / -a sees). (u axis, u sign, v axis): v is up
@@ -76,6 +88,7 @@ _FLOOR, _CEILING = 4, 5
 @dataclass(frozen=True)
 class Surface:
     """A texture tiled over a surface: ``rgb_HW3`` in [0, 1], one copy per ``tile_m`` metres."""
+
     rgb_HW3: np.ndarray
     tile_m: float
 
@@ -83,6 +96,7 @@ class Surface:
 @dataclass(frozen=True)
 class Picture:
     """A framed image on a room wall (facing index 0..3), spanning ``[u0, u1] x [v0, v1]`` metres."""
+
     facing: int
     u0: float
     u1: float
@@ -95,17 +109,18 @@ class Picture:
 @dataclass
 class World:
     """One scene: room bounds, surfaces, boxes, pictures, lighting and where the camera may go."""
+
     lo_3: np.ndarray
     hi_3: np.ndarray
-    faces: list                      # 6 Surfaces, by facing index (walls x-, x+, y-, y+, floor, ceiling)
+    faces: list  # 6 Surfaces, by facing index (walls x-, x+, y-, y+, floor, ceiling)
     boxes_lo_M3: np.ndarray
     boxes_hi_M3: np.ndarray
-    box_surfaces: list               # M Surfaces
+    box_surfaces: list  # M Surfaces
     pictures: list = field(default_factory=list)
-    open_sky: bool = False           # cambridge: no ceiling, a sky gradient instead
-    light_3: np.ndarray = None       # indoor point light (world, m) or outdoor sun direction (unit)
+    open_sky: bool = False  # cambridge: no ceiling, a sky gradient instead
+    light_3: np.ndarray = None  # indoor point light (world, m) or outdoor sun direction (unit)
     light_shift_3: np.ndarray = None  # where the test-time light moves (scaled by test_shift)
-    cam_lo_3: np.ndarray = None      # camera centres stay inside this box
+    cam_lo_3: np.ndarray = None  # camera centres stay inside this box
     cam_hi_3: np.ndarray = None
     yaw_centre_deg: float = 0.0
 
@@ -113,6 +128,7 @@ class World:
 @dataclass(frozen=True)
 class Appearance:
     """Per-frame photometric settings: global gain, per-channel cast, haze, noise, light offset."""
+
     gain: float = 1.0
     cast_3: tuple = (1.0, 1.0, 1.0)
     haze: float = 0.0
@@ -124,6 +140,7 @@ class Appearance:
 @dataclass(frozen=True)
 class Camera:
     """Pinhole intrinsics in pixels (OpenCV axes)."""
+
     width: int
     height: int
     fx: float
@@ -132,14 +149,15 @@ class Camera:
     cy: float
 
     @classmethod
-    def for_size(cls, width: int, height: int) -> "Camera":
+    def for_size(cls, width: int, height: int) -> Camera:
         f = FOCAL_PER_WIDTH * width
         return cls(width, height, f, f, width / 2.0, height / 2.0)
 
 
 # ---- textures ---------------------------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+
+@cache
 def _sample_image(name: str) -> np.ndarray:
     """A scikit-image sample image as float32 RGB in [0, 1] (grayscale contrast-stretched)."""
     import skimage.data
@@ -190,13 +208,19 @@ def _tinted(gray_HW3: np.ndarray, dark_3: np.ndarray, light_3: np.ndarray) -> np
 
 # ---- scenes -----------------------------------------------------------------------------------------------
 
+
 def build_world(layout: str, scene_index: int, seed: int, texels_per_m: float) -> World:
     """The deterministic world of one scene: dimensions, textures, boxes and pictures drawn from the seed."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1, scene_index]))
     outdoor = layout == "cambridge"
     scale = 6.0 if outdoor else 1.0  # outdoor squares are ~35 m across, rooms ~6 m
-    size_3 = np.array([rng.uniform(5.2, 7.0) * scale, rng.uniform(5.2, 7.0) * scale,
-                       rng.uniform(8.0, 14.0) if outdoor else rng.uniform(2.6, 3.2)])
+    size_3 = np.array(
+        [
+            rng.uniform(5.2, 7.0) * scale,
+            rng.uniform(5.2, 7.0) * scale,
+            rng.uniform(8.0, 14.0) if outdoor else rng.uniform(2.6, 3.2),
+        ]
+    )
     lo_3 = np.array([-size_3[0] / 2, -size_3[1] / 2, 0.0])
     hi_3 = np.array([size_3[0] / 2, size_3[1] / 2, size_3[2]])
 
@@ -251,27 +275,42 @@ def build_world(layout: str, scene_index: int, seed: int, texels_per_m: float) -
         u_lo, u_hi = sorted((u_sign * lo_3[u_axis], u_sign * hi_3[u_axis]))
         width = rng.uniform(0.8, 1.4) * scale
         u0 = rng.uniform(u_lo + 0.1 * (u_hi - u_lo), u_hi - 0.1 * (u_hi - u_lo) - width)
-        v0 = (rng.uniform(2.0, 4.0) if outdoor else rng.uniform(1.0, 1.5))
+        v0 = rng.uniform(2.0, 4.0) if outdoor else rng.uniform(1.0, 1.5)
         img = _sample_image(COLOR_TEXTURES[colour_order[(4 + j) % len(COLOR_TEXTURES)]])
         height = width * img.shape[0] / img.shape[1]
         frame = tuple(float(c) for c in _hue_rgb(rng.uniform(), 0.6, 0.25))
-        pictures.append(Picture(facing, u0, u0 + width, v0, v0 + height,
-                                _resized(img, tex_side(max(width, height))), frame))
+        pictures.append(
+            Picture(facing, u0, u0 + width, v0, v0 + height, _resized(img, tex_side(max(width, height))), frame)
+        )
 
     if outdoor:
         azimuth, elevation = rng.uniform(0, 2 * np.pi), np.deg2rad(rng.uniform(35, 60))
-        light_3 = np.array([np.cos(azimuth) * np.cos(elevation), np.sin(azimuth) * np.cos(elevation),
-                            np.sin(elevation)])
+        light_3 = np.array(
+            [np.cos(azimuth) * np.cos(elevation), np.sin(azimuth) * np.cos(elevation), np.sin(elevation)]
+        )
         light_shift_3 = np.array([-light_3[1], light_3[0], 0.0])  # swing the sun sideways
     else:
-        light_3 = np.array([rng.uniform(-0.2, 0.2) * size_3[0], rng.uniform(-0.1, 0.2) * size_3[1],
-                            size_3[2] - 0.3])
+        light_3 = np.array([rng.uniform(-0.2, 0.2) * size_3[0], rng.uniform(-0.1, 0.2) * size_3[1], size_3[2] - 0.3])
         light_shift_3 = np.array([rng.choice([-1.0, 1.0]) * 0.3 * size_3[0], 0.25 * size_3[1], -0.5])
-    return World(lo_3, hi_3, faces, np.array(boxes_lo), np.array(boxes_hi), box_surfaces, pictures,
-                 outdoor, light_3, light_shift_3, cam_lo_3, cam_hi_3, float(rng.uniform(-10, 10)))
+    return World(
+        lo_3,
+        hi_3,
+        faces,
+        np.array(boxes_lo),
+        np.array(boxes_hi),
+        box_surfaces,
+        pictures,
+        outdoor,
+        light_3,
+        light_shift_3,
+        cam_lo_3,
+        cam_hi_3,
+        float(rng.uniform(-10, 10)),
+    )
 
 
 # ---- trajectories -----------------------------------------------------------------------------------------
+
 
 def look_rotation(yaw_rad: np.ndarray, pitch_rad: np.ndarray, roll_rad: np.ndarray) -> np.ndarray:
     """Camera-to-world rotations (N, 3, 3) of a camera looking along ``yaw`` (from +y towards +x), ``pitch``
@@ -306,9 +345,14 @@ def trajectory(world: World, scene_index: int, seq: int, n_frames: int, seed: in
     # The camera looks roughly at a target in the front half of the scene (as a person scanning a room
     # does): orientation follows position, plus some yaw/pitch/roll wobble.
     size_3 = world.hi_3 - world.lo_3
-    target_N3 = np.stack([wave(TARGET_WANDER * size_3[0]),
-                          0.25 * size_3[1] + wave(0.5 * TARGET_WANDER * size_3[1]),
-                          world.cam_lo_3[2] + (3.0 if world.open_sky else 0.0) + wave(0.2)], axis=-1)
+    target_N3 = np.stack(
+        [
+            wave(TARGET_WANDER * size_3[0]),
+            0.25 * size_3[1] + wave(0.5 * TARGET_WANDER * size_3[1]),
+            world.cam_lo_3[2] + (3.0 if world.open_sky else 0.0) + wave(0.2),
+        ],
+        axis=-1,
+    )
     look_N3 = target_N3 - centre_N3
     yaw = np.arctan2(look_N3[:, 0], look_N3[:, 1]) + np.deg2rad(world.yaw_centre_deg + wave(WOBBLE_DEG[0]))
     pitch = np.arctan2(look_N3[:, 2], np.hypot(look_N3[:, 0], look_N3[:, 1])) + np.deg2rad(wave(WOBBLE_DEG[1]))
@@ -321,6 +365,7 @@ def trajectory(world: World, scene_index: int, seq: int, n_frames: int, seed: in
 
 
 # ---- rendering --------------------------------------------------------------------------------------------
+
 
 def _bilinear(rgb_HW3: np.ndarray, x_N: np.ndarray, y_N: np.ndarray, wrap: bool) -> np.ndarray:
     """Bilinear texture lookup (N, 3) at continuous texel coordinates (texel centres at integer + 0.5)."""
@@ -371,8 +416,9 @@ def _intersect(world: World, origin_3: np.ndarray, d_3N: np.ndarray) -> tuple:
     cols_N = np.arange(n)
 
     # Room interior: a ray leaves through the nearest of the three faces it is heading for.
-    t_exit = [np.where(positive_3N[a], world.hi_3[a] - origin_3[a], world.lo_3[a] - origin_3[a]) * inv_3N[a]
-              for a in range(3)]
+    t_exit = [
+        np.where(positive_3N[a], world.hi_3[a] - origin_3[a], world.lo_3[a] - origin_3[a]) * inv_3N[a] for a in range(3)
+    ]
     axis_N = _index_of_min3(*t_exit)
     t_N = np.minimum(np.minimum(t_exit[0], t_exit[1]), t_exit[2])
     surface_N = 2 * axis_N + positive_3N[axis_N, cols_N]
@@ -405,8 +451,13 @@ def _intersect(world: World, origin_3: np.ndarray, d_3N: np.ndarray) -> tuple:
     return t_N, axis_N, surface_N, on_box_N
 
 
-def render(world: World, camera: Camera, cam_to_world_44: np.ndarray, appearance: Appearance = Appearance(),
-           supersampling: int = SUPERSAMPLING) -> np.ndarray:
+def render(
+    world: World,
+    camera: Camera,
+    cam_to_world_44: np.ndarray,
+    appearance: Appearance = Appearance(),
+    supersampling: int = SUPERSAMPLING,
+) -> np.ndarray:
     """Ray-cast one view: uint8 RGB image (H, W, 3). Fully vectorised over pixels (no per-pixel Python)."""
     origin_3 = np.asarray(cam_to_world_44, dtype=np.float64)[:3, 3]
     d_3N = _camera_rays(camera, cam_to_world_44, supersampling)
@@ -430,15 +481,24 @@ def render(world: World, camera: Camera, cam_to_world_44: np.ndarray, appearance
         albedo_N3[sel] = _bilinear(surf.rgb_HW3, u_N[sel] / surf.tile_m * w, -v_N[sel] / surf.tile_m * h, wrap=True)
     for pic in world.pictures:
         border = 0.06 * (pic.u1 - pic.u0)
-        sel = np.nonzero((surface_N == pic.facing) & (u_N > pic.u0 - border) & (u_N < pic.u1 + border)
-                         & (v_N > pic.v0 - border) & (v_N < pic.v1 + border))[0]
+        sel = np.nonzero(
+            (surface_N == pic.facing)
+            & (u_N > pic.u0 - border)
+            & (u_N < pic.u1 + border)
+            & (v_N > pic.v0 - border)
+            & (v_N < pic.v1 + border)
+        )[0]
         if sel.size == 0:
             continue
         albedo_N3[sel] = pic.frame_rgb
         inner = sel[(u_N[sel] > pic.u0) & (u_N[sel] < pic.u1) & (v_N[sel] > pic.v0) & (v_N[sel] < pic.v1)]
         h, w = pic.rgb_HW3.shape[:2]
-        albedo_N3[inner] = _bilinear(pic.rgb_HW3, (u_N[inner] - pic.u0) / (pic.u1 - pic.u0) * w,
-                                     (pic.v1 - v_N[inner]) / (pic.v1 - pic.v0) * h, wrap=False)
+        albedo_N3[inner] = _bilinear(
+            pic.rgb_HW3,
+            (u_N[inner] - pic.u0) / (pic.u1 - pic.u0) * w,
+            (pic.v1 - v_N[inner]) / (pic.v1 - pic.v0) * h,
+            wrap=False,
+        )
 
     # Lambertian shading; the normal faces the ray: -sign(d) along the hit axis.
     normal_3N = np.zeros((3, n))
@@ -446,8 +506,9 @@ def render(world: World, camera: Camera, cam_to_world_44: np.ndarray, appearance
     light_3 = world.light_3 + appearance.light_shift * world.light_shift_3
     if world.open_sky:
         sun_3 = light_3 / np.linalg.norm(light_3)
-        shade_N = 0.45 + 0.65 * np.maximum(normal_3N[0] * sun_3[0] + normal_3N[1] * sun_3[1]
-                                           + normal_3N[2] * sun_3[2], 0.0)
+        shade_N = 0.45 + 0.65 * np.maximum(
+            normal_3N[0] * sun_3[0] + normal_3N[1] * sun_3[1] + normal_3N[2] * sun_3[2], 0.0
+        )
     else:
         to_light_3N = light_3[:, None] - point_3N
         dist_N = np.sqrt(to_light_3N[0] ** 2 + to_light_3N[1] ** 2 + to_light_3N[2] ** 2)
@@ -484,11 +545,18 @@ def frame_appearance(seed: int, scene_index: int, seq: int, frame: int, test: bo
     S = float(test_shift) if test else 0.0
     gain *= 1.0 - 0.45 * S
     cast = cast * np.array([1.0 + 0.3 * S, 1.0 + 0.05 * S, 1.0 - 0.3 * S])
-    return Appearance(gain=float(gain), cast_3=tuple(float(c) for c in cast), haze=0.25 * S,
-                      noise_std=noise_std + 0.05 * S, light_shift=S, noise_seed=(seed, 4, scene_index, seq, frame))
+    return Appearance(
+        gain=float(gain),
+        cast_3=tuple(float(c) for c in cast),
+        haze=0.25 * S,
+        noise_std=noise_std + 0.05 * S,
+        light_shift=S,
+        noise_seed=(seed, 4, scene_index, seq, frame),
+    )
 
 
 # ---- dataset writing --------------------------------------------------------------------------------------
+
 
 def _png_bytes(img_HW3: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -496,8 +564,17 @@ def _png_bytes(img_HW3: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_frame(layout: str, scene: str, scene_dir: Path, prefix: str, seq: int, frame: int, split: str,
-                 png: bytes, cam_to_world_44: np.ndarray) -> tuple[tuple, list]:
+def _write_frame(
+    layout: str,
+    scene: str,
+    scene_dir: Path,
+    prefix: str,
+    seq: int,
+    frame: int,
+    split: str,
+    png: bytes,
+    cam_to_world_44: np.ndarray,
+) -> tuple[tuple, list]:
     """Write one rendered frame (and, for 7Scenes, its pose file) under ``scene_dir / prefix``.
 
     Returns the label row and the raw split-file entry (Cambridge only; empty for 7Scenes).
@@ -518,8 +595,9 @@ def _write_frame(layout: str, scene: str, scene_dir: Path, prefix: str, seq: int
     (base / name).parent.mkdir(parents=True, exist_ok=True)
     (base / name).write_bytes(png)
     q_world_to_cam_4 = rotmat_to_quat(cam_to_world_44[:3, :3].T)
-    values = [label_io.format_float(v) for v in cam_to_world_44[:3, 3]] + \
-             [label_io.format_float(v) for v in q_world_to_cam_4]
+    values = [label_io.format_float(v) for v in cam_to_world_44[:3, 3]] + [
+        label_io.format_float(v) for v in q_world_to_cam_4
+    ]
     return (scene, split, f"seq{seq}", f"{rel}{name}", *values), [name] + values
 
 
@@ -532,7 +610,7 @@ def shift_csv_name(test_csv_name: str, level: float) -> str:
     """``..._chess_test.csv`` -> ``..._chess_test_shift0.25.csv``."""
     if not test_csv_name.endswith("_test.csv"):
         raise ValueError(f"not a test CSV name: {test_csv_name}")
-    return f"{test_csv_name[:-len('.csv')]}_{shift_label(level)}.csv"
+    return f"{test_csv_name[: -len('.csv')]}_{shift_label(level)}.csv"
 
 
 def find_shift_csvs(test_csv: PathLike) -> list[tuple[float, Path]]:
@@ -541,15 +619,25 @@ def find_shift_csvs(test_csv: PathLike) -> list[tuple[float, Path]]:
     found = []
     for path in test_csv.parent.glob(f"{test_csv.stem}_shift*.csv"):
         try:
-            found.append((float(path.stem[len(test_csv.stem) + len("_shift"):]), path))
+            found.append((float(path.stem[len(test_csv.stem) + len("_shift") :]), path))
         except ValueError:
             continue
     return sorted(found)
 
 
-def _write_scene(layout: str, scene: str, scene_index: int, scene_dir: Path, camera: Camera,
-                 frames_per_seq: int, train_seqs: int, test_shift: float, seed: int, progress: tqdm,
-                 shift_levels: Sequence[float] = ()) -> tuple[list, dict]:
+def _write_scene(
+    layout: str,
+    scene: str,
+    scene_index: int,
+    scene_dir: Path,
+    camera: Camera,
+    frames_per_seq: int,
+    train_seqs: int,
+    test_shift: float,
+    seed: int,
+    progress: tqdm,
+    shift_levels: Sequence[float] = (),
+) -> tuple[list, dict]:
     """Render all sequences of one scene into ``scene_dir``; return its label rows and, per extra shift
     level, the rows of the test sequence rendered again at that level (under ``test_shift<level>/``)."""
     texels_per_m = camera.fx * SUPERSAMPLING / (12.0 if layout == "cambridge" else 2.0)
@@ -576,8 +664,9 @@ def _write_scene(layout: str, scene: str, scene_index: int, scene_dir: Path, cam
             for frame, cam_to_world_44 in enumerate(trajectory(world, scene_index, seq, frames_per_seq, seed)):
                 appearance = frame_appearance(seed, scene_index, seq, frame, True, level)
                 png = _png_bytes(render(world, camera, cam_to_world_44, appearance))
-                row, _ = _write_frame(layout, scene, scene_dir, f"test_{shift_label(level)}", seq, frame, "test",
-                                      png, cam_to_world_44)
+                row, _ = _write_frame(
+                    layout, scene, scene_dir, f"test_{shift_label(level)}", seq, frame, "test", png, cam_to_world_44
+                )
                 shifted[level].append(row)
                 progress.update(1)
     if layout == "7scenes":
@@ -591,10 +680,18 @@ def _write_scene(layout: str, scene: str, scene_index: int, scene_dir: Path, cam
     return rows, shifted
 
 
-def generate(out_dir: PathLike, scenes: int = 2, layout: str = "7scenes",
-             frames_per_seq: int = DEFAULT_FRAMES_PER_SEQ, size: tuple = DEFAULT_SIZE,
-             test_shift: float = DEFAULT_TEST_SHIFT, seed: int = 0, names: Optional[Sequence[str]] = None,
-             train_seqs: int = DEFAULT_TRAIN_SEQS, test_shifts: Optional[Sequence[float]] = None) -> dict:
+def generate(
+    out_dir: PathLike,
+    scenes: int = 2,
+    layout: str = "7scenes",
+    frames_per_seq: int = DEFAULT_FRAMES_PER_SEQ,
+    size: tuple = DEFAULT_SIZE,
+    test_shift: float = DEFAULT_TEST_SHIFT,
+    seed: int = 0,
+    names: Sequence[str] | None = None,
+    train_seqs: int = DEFAULT_TRAIN_SEQS,
+    test_shifts: Sequence[float] | None = None,
+) -> dict:
     """Render a synthetic dataset into ``out_dir`` (raw files and label CSVs); return a summary dict.
 
     ``test_shifts`` with one level is ``test_shift``. With several, the test sequence is also rendered once
@@ -608,8 +705,10 @@ def generate(out_dir: PathLike, scenes: int = 2, layout: str = "7scenes",
         raise UserError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if names is None:
         if not 1 <= scenes <= len(DEFAULT_NAMES[layout]):
-            raise UserError(f"--scenes must be 1..{len(DEFAULT_NAMES[layout])} for the {layout} layout "
-                            f"(or name them with --names), got {scenes}")
+            raise UserError(
+                f"--scenes must be 1..{len(DEFAULT_NAMES[layout])} for the {layout} layout "
+                f"(or name them with --names), got {scenes}"
+            )
         names = list(DEFAULT_NAMES[layout][:scenes])
     names = [str(n).strip() for n in names]
     if not names or any(not n or any(c in n for c in '/\\,"') or n.startswith(".") for n in names):
@@ -643,8 +742,19 @@ def generate(out_dir: PathLike, scenes: int = 2, layout: str = "7scenes",
         for scene_index, scene in enumerate(names):
             staging = Path(tempfile.mkdtemp(prefix=f".{scene}.", suffix=".tmp", dir=out))
             try:
-                scene_rows, shifted = _write_scene(layout, scene, scene_index, staging, camera, frames_per_seq,
-                                                   train_seqs, test_shift, seed, progress, levels)
+                scene_rows, shifted = _write_scene(
+                    layout,
+                    scene,
+                    scene_index,
+                    staging,
+                    camera,
+                    frames_per_seq,
+                    train_seqs,
+                    test_shift,
+                    seed,
+                    progress,
+                    levels,
+                )
                 rows += scene_rows
                 for level, level_rows in shifted.items():
                     shifted_rows[level] += level_rows
@@ -662,20 +772,35 @@ def generate(out_dir: PathLike, scenes: int = 2, layout: str = "7scenes",
                 label_io.write_label_csv(file_rows, out / shift_csv_name(file_name, level))
                 csv_files.append(shift_csv_name(file_name, level))
     summary = {
-        "layout": layout, "scenes": names, "seed": seed, "test_shift": test_shift,
+        "layout": layout,
+        "scenes": names,
+        "seed": seed,
+        "test_shift": test_shift,
         "test_shifts": levels,
-        "frames_per_seq": frames_per_seq, "train_seqs": list(range(1, train_seqs + 1)),
+        "frames_per_seq": frames_per_seq,
+        "train_seqs": list(range(1, train_seqs + 1)),
         "test_seqs": [train_seqs + 1],
-        "camera": {"model": "PINHOLE", "axes": "x right, y down, z forward (OpenCV)", "width": width,
-                   "height": height, "fx": camera.fx, "fy": camera.fy, "cx": camera.cx, "cy": camera.cy},
+        "camera": {
+            "model": "PINHOLE",
+            "axes": "x right, y down, z forward (OpenCV)",
+            "width": width,
+            "height": height,
+            "fx": camera.fx,
+            "fy": camera.fy,
+            "cx": camera.cx,
+            "cy": camera.cy,
+        },
         "world": "metres, z up",
-        "frames": {scene: {split: sum(1 for r in rows if r[0] == scene and r[1] == split)
-                           for split in label_io.SPLITS} for scene in names},
+        "frames": {
+            scene: {split: sum(1 for r in rows if r[0] == scene and r[1] == split) for split in label_io.SPLITS}
+            for scene in names
+        },
         "csv_files": sorted(csv_files),
     }
     label_io.write_if_changed(out / "synthetic.json", json.dumps(summary, indent=2) + "\n")
-    logger.info("rendered %d frames of %d %s scene(s) at %dx%d into %s", n_frames, len(names), layout, width,
-                height, out)
+    logger.info(
+        "rendered %d frames of %d %s scene(s) at %dx%d into %s", n_frames, len(names), layout, width, height, out
+    )
     return dict(summary, out_dir=str(out))
 
 
@@ -708,34 +833,59 @@ def _parse_levels(text: str) -> list:
     return levels
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m datasets.synthetic", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Render a synthetic camera-pose dataset (7Scenes or Cambridge layout) with its label CSVs.")
+        prog="python -m datasets.synthetic",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Render a synthetic camera-pose dataset (7Scenes or Cambridge layout) with its label CSVs.",
+    )
     parser.add_argument("out_dir", help="output folder: scene folders and label CSVs (the dataset root)")
     parser.add_argument("--scenes", type=int, default=2, help="number of scenes (first N default names)")
     parser.add_argument("--layout", choices=LAYOUTS, default="7scenes", help="raw layout and label convention")
-    parser.add_argument("--frames-per-seq", type=int, default=DEFAULT_FRAMES_PER_SEQ,
-                        help="frames per sequence")
-    parser.add_argument("--train-seqs", type=int, default=DEFAULT_TRAIN_SEQS,
-                        help="training sequences per scene (one more sequence is the test sequence); more "
-                             "sequences cover the pose space more densely")
-    parser.add_argument("--size", type=_parse_size, default="%dx%d" % DEFAULT_SIZE, metavar="WxH",
-                        help="image size in pixels")
-    parser.add_argument("--test-shift", type=float, default=DEFAULT_TEST_SHIFT,
-                        help="appearance change of the test sequences, 0 (none) .. 1 (strong)")
-    parser.add_argument("--test-shifts", type=_parse_levels, default=None, metavar="S1,S2,...",
-                        help="render the test sequences once per shift level as well (same poses, other "
-                             "appearance), written as ..._test_shift<level>.csv; one level = --test-shift")
+    parser.add_argument("--frames-per-seq", type=int, default=DEFAULT_FRAMES_PER_SEQ, help="frames per sequence")
+    parser.add_argument(
+        "--train-seqs",
+        type=int,
+        default=DEFAULT_TRAIN_SEQS,
+        help="training sequences per scene (one more sequence is the test sequence); more "
+        "sequences cover the pose space more densely",
+    )
+    parser.add_argument(
+        "--size", type=_parse_size, default="%dx%d" % DEFAULT_SIZE, metavar="WxH", help="image size in pixels"
+    )
+    parser.add_argument(
+        "--test-shift",
+        type=float,
+        default=DEFAULT_TEST_SHIFT,
+        help="appearance change of the test sequences, 0 (none) .. 1 (strong)",
+    )
+    parser.add_argument(
+        "--test-shifts",
+        type=_parse_levels,
+        default=None,
+        metavar="S1,S2,...",
+        help="render the test sequences once per shift level as well (same poses, other "
+        "appearance), written as ..._test_shift<level>.csv; one level = --test-shift",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
-    parser.add_argument("--names", default=None,
-                        help="comma-separated scene names (overrides --scenes), e.g. ShopFacade,KingsCollege")
+    parser.add_argument(
+        "--names", default=None, help="comma-separated scene names (overrides --scenes), e.g. ShopFacade,KingsCollege"
+    )
     args = parser.parse_args(argv)
     setup_logging()
     names = [n for n in args.names.split(",") if n.strip()] if args.names is not None else None
-    summary = generate(args.out_dir, scenes=args.scenes, layout=args.layout, frames_per_seq=args.frames_per_seq,
-                       size=args.size, test_shift=args.test_shift, seed=args.seed, names=names,
-                       train_seqs=args.train_seqs, test_shifts=args.test_shifts)
+    summary = generate(
+        args.out_dir,
+        scenes=args.scenes,
+        layout=args.layout,
+        frames_per_seq=args.frames_per_seq,
+        size=args.size,
+        test_shift=args.test_shift,
+        seed=args.seed,
+        names=names,
+        train_seqs=args.train_seqs,
+        test_shifts=args.test_shifts,
+    )
     for scene, counts in summary["frames"].items():
         print(f"{scene}: {counts['train']} train / {counts['test']} test frames")
     print(f"wrote {len(summary['csv_files'])} label CSVs to {summary['out_dir']}: {', '.join(summary['csv_files'])}")

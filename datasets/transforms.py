@@ -5,9 +5,10 @@ tensor 3 x crop x crop, normalised with the ImageNet mean and std. Random choice
 torch RNG, so ``torch.manual_seed`` (and the per-worker seeds a DataLoader derives from it) make them
 reproducible.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch

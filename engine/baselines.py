@@ -10,12 +10,13 @@ Both need the training set: the labels file and dataset root a checkpoint record
 ``extra.train_root``, written since this toolkit records them), or ``--train_labels CSV[:ROOT]``. A report
 without a training set says so on one line and shows no baselines.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -41,6 +42,7 @@ def recorded_train_files(ckpt: dict) -> tuple[Path, Path] | None:
 @dataclass
 class Baselines:
     """The mean pose and the retrieval baseline of one training set, ready to predict any test set."""
+
     train_labels: Path
     train_root: Path
     image_size: int = 224
@@ -75,17 +77,30 @@ def record_of(name: str, preds: Sequence[BaselinePredictions], source: Path, mul
     summaries = [s for p in preds for s in p.summaries()]
     overall = summarize(pos, ori, scene="all", thresholds=DEFAULT_THRESHOLDS).to_dict()
     if multi_scene:  # as summarize_result does: every scene counts once in a multi-scene median
-        overall.update(scene="average", median_pos_m=float(np.mean([s.median_pos_m for s in summaries])),
-                       median_ori_deg=float(np.mean([s.median_ori_deg for s in summaries])))
-    return CheckpointResult(path=source, label=name, size=0, mtime_ns=0, epoch=None,
-                            scenes=[s.to_dict() for s in summaries], overall=overall)
+        overall.update(
+            scene="average",
+            median_pos_m=float(np.mean([s.median_pos_m for s in summaries])),
+            median_ori_deg=float(np.mean([s.median_ori_deg for s in summaries])),
+        )
+    return CheckpointResult(
+        path=source,
+        label=name,
+        size=0,
+        mtime_ns=0,
+        epoch=None,
+        scenes=[s.to_dict() for s in summaries],
+        overall=overall,
+    )
 
 
-def score_baselines(models: Baselines, parts: Sequence[tuple[Path, Path]], multi_scene: bool = False,
-                    corruption=None) -> dict[str, CheckpointResult]:
+def score_baselines(
+    models: Baselines, parts: Sequence[tuple[Path, Path]], multi_scene: bool = False, corruption=None
+) -> dict[str, CheckpointResult]:
     """Baseline name -> its record on the test parts (label CSV, root), as a checkpoint's record."""
-    return {name: record_of(name, preds, models.train_labels, multi_scene)
-            for name, preds in models.predict(parts, corruption).items()}
+    return {
+        name: record_of(name, preds, models.train_labels, multi_scene)
+        for name, preds in models.predict(parts, corruption).items()
+    }
 
 
 def train_set_of(checkpoint: dict, given: tuple[Path, Path] | None) -> tuple[tuple[Path, Path] | None, str]:
@@ -97,15 +112,20 @@ def train_set_of(checkpoint: dict, given: tuple[Path, Path] | None) -> tuple[tup
         return recorded, ""
     extra = checkpoint.get("extra") or {}
     if extra.get("train_labels"):
-        return None, (f"the training set the checkpoint records ({extra['train_labels']}) is not here; give "
-                      f"--train_labels CSV[:ROOT]")
+        return None, (
+            f"the training set the checkpoint records ({extra['train_labels']}) is not here; give "
+            f"--train_labels CSV[:ROOT]"
+        )
     return None, "the checkpoint records no training set; give --train_labels CSV[:ROOT]"
 
 
 def format_baselines(records: dict[str, CheckpointResult]) -> str:
     """One console line per baseline: its median errors on the same frames."""
-    return "\n".join(f"baseline {name}: median {r.overall['median_pos_m']:.4f} m, {r.overall['median_ori_deg']:.3f} "
-                     f"deg on the same frames" for name, r in records.items())
+    return "\n".join(
+        f"baseline {name}: median {r.overall['median_pos_m']:.4f} m, {r.overall['median_ori_deg']:.3f} "
+        f"deg on the same frames"
+        for name, r in records.items()
+    )
 
 
 def baselines_csv(records: dict[str, CheckpointResult]) -> str:
@@ -124,15 +144,20 @@ def baselines_csv(records: dict[str, CheckpointResult]) -> str:
     return buf.getvalue()
 
 
-def evaluator_baselines(evaluator, checkpoint_path: str | Path,
-                        given: tuple[Path, Path] | None) -> tuple[dict[str, CheckpointResult], str]:
+def evaluator_baselines(
+    evaluator, checkpoint_path: str | Path, given: tuple[Path, Path] | None
+) -> tuple[dict[str, CheckpointResult], str]:
     """The baselines on the test sets ``evaluator`` scores ``checkpoint_path`` on, or ({}, why not)."""
     train, why = train_set_of(load_checkpoint(checkpoint_path), given)
     if train is None:
         log.warning("no baselines: %s", why)
         return {}, why
-    models = Baselines(*train, image_size=int(evaluator.config.get("image_crop", 224)), device=str(evaluator.device),
-                       cache_dir=evaluator.config.get("cache_dir"))
+    models = Baselines(
+        *train,
+        image_size=int(evaluator.config.get("image_crop", 224)),
+        device=str(evaluator.device),
+        cache_dir=evaluator.config.get("cache_dir"),
+    )
     sets = evaluator.last_sets or evaluator.test_sets(evaluator.load(checkpoint_path)[1])
     parts = [(ds.labels_file, ds.dataset_root) for ds in sets.values()]
     try:

@@ -13,22 +13,30 @@ CSV (``--val_labels``) every checkpoint is also scored on it, through a second e
 test set itself, and the outputs say so. Discovery lives in :mod:`engine.checkpoints`, the record in
 :mod:`engine.records`, the CSV and the page's data in :mod:`engine.batch_report`.
 """
+
 from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from engine.baselines import baselines_csv, evaluator_baselines
 from engine.batch_report import CHOSEN_ON, build_report, format_batch, results_csv
 from engine.checkpoints import checkpoint_labels, discover_checkpoints
-from engine.baselines import baselines_csv, evaluator_baselines
-from engine.cli import (add_baseline_arguments, add_common_arguments, add_runtime_arguments,
-                        add_test_dataset_argument, configure_console, parse_train_labels, run_cli)
+from engine.cli import (
+    add_baseline_arguments,
+    add_common_arguments,
+    add_runtime_arguments,
+    add_test_dataset_argument,
+    configure_console,
+    parse_train_labels,
+    run_cli,
+)
 from engine.evaluate import Evaluator
 from engine.records import CheckpointResult, first_line, summarize_result
 from engine.result_cache import ResultCache, evaluator_context
@@ -40,25 +48,34 @@ from util.report import write_batch_report
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchResult", "batch_evaluate", "build_parser", "checkpoint_labels", "discover_checkpoints",
-           "format_batch", "main", "split_trailing_positionals"]
+__all__ = [
+    "BatchResult",
+    "batch_evaluate",
+    "build_parser",
+    "checkpoint_labels",
+    "discover_checkpoints",
+    "format_batch",
+    "main",
+    "split_trailing_positionals",
+]
 
 
 @dataclass
 class BatchResult:
     """What :func:`batch_evaluate` did and wrote."""
-    results: list[CheckpointResult]     # test-set records in evaluation order; evaluated now or cached
-    best: CheckpointResult              # the test record of the chosen checkpoint (see ``chosen_on``)
-    skipped: list[tuple[Path, str]]     # (file, one-line reason)
-    n_evaluated: int                    # checkpoints run through the model on the test set in this call
+
+    results: list[CheckpointResult]  # test-set records in evaluation order; evaluated now or cached
+    best: CheckpointResult  # the test record of the chosen checkpoint (see ``chosen_on``)
+    skipped: list[tuple[Path, str]]  # (file, one-line reason)
+    n_evaluated: int  # checkpoints run through the model on the test set in this call
     csv_path: Path
     html_path: Path
     cache_path: Path
     val: dict[Path, CheckpointResult] = field(default_factory=dict)  # validation record per checkpoint file
-    val_labels: Path | None = None      # the validation CSV (--val_labels), None without one
-    n_val_evaluated: int = 0            # checkpoints run through the model on the validation set in this call
+    val_labels: Path | None = None  # the validation CSV (--val_labels), None without one
+    n_val_evaluated: int = 0  # checkpoints run through the model on the validation set in this call
     baselines: dict = field(default_factory=dict)  # name -> record of the mean-pose / retrieval baseline
-    baseline_note: str = ""             # why there are none, when they were asked for
+    baseline_note: str = ""  # why there are none, when they were asked for
     baselines_path: Path | None = None
 
     @property
@@ -91,10 +108,16 @@ class _Pass:
                 self.results[path] = cached
             else:
                 todo.append((path, label))
-        log.info("%s set: %d checkpoints, %d cached, %d to evaluate", self.what, len(paths),
-                 len(paths) - len(todo), len(todo))
-        for path, label in progress_bar(todo, desc=f"checkpoints ({self.what})", unit="ckpt",
-                                        enabled=progress and bool(todo)):
+        log.info(
+            "%s set: %d checkpoints, %d cached, %d to evaluate",
+            self.what,
+            len(paths),
+            len(paths) - len(todo),
+            len(todo),
+        )
+        for path, label in progress_bar(
+            todo, desc=f"checkpoints ({self.what})", unit="ckpt", enabled=progress and bool(todo)
+        ):
             self.run(path, label, keep)
 
     def run(self, path: Path, label: str, keep: Callable[[], CheckpointResult | None]) -> None:
@@ -124,17 +147,38 @@ class _Pass:
             self.cache.store(p.name, r)
         self.cache.save()
         o = self.results[path].overall
-        log.info("%s on the %s set: median %.4f m, %.3f deg%s", label, self.what, o["median_pos_m"],
-                 o["median_ori_deg"], f", scene accuracy {o['scene_acc']:.3f}" if self.evaluator.multi else "")
+        log.info(
+            "%s on the %s set: median %.4f m, %.3f deg%s",
+            label,
+            self.what,
+            o["median_pos_m"],
+            o["median_ori_deg"],
+            f", scene accuracy {o['scene_acc']:.3f}" if self.evaluator.multi else "",
+        )
 
 
-def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
-                   config_path: str | Path, checkpoints_dir: str | Path, output_path: str | Path | None = None, *,
-                   override_config: str | Path | None = None, ckpt_start_index: int = 0, device: str = "auto",
-                   amp: bool = False, batch_size: int | None = None, test_dataset_id: str | None = None,
-                   scene_map_file: str | Path | None = None, progress: bool = True,
-                   cache_dir: str | None = None, val_labels: str | Path | None = None, baselines: bool = False,
-                   train_labels: tuple[Path, Path] | None = None) -> BatchResult:
+def batch_evaluate(
+    model_name: str,
+    backbone_path: str,
+    dataset_root: str | Path,
+    labels_file: str | Path,
+    config_path: str | Path,
+    checkpoints_dir: str | Path,
+    output_path: str | Path | None = None,
+    *,
+    override_config: str | Path | None = None,
+    ckpt_start_index: int = 0,
+    device: str = "auto",
+    amp: bool = False,
+    batch_size: int | None = None,
+    test_dataset_id: str | None = None,
+    scene_map_file: str | Path | None = None,
+    progress: bool = True,
+    cache_dir: str | None = None,
+    val_labels: str | Path | None = None,
+    baselines: bool = False,
+    train_labels: tuple[Path, Path] | None = None,
+) -> BatchResult:
     """Evaluate the checkpoints of ``checkpoints_dir`` (cached ones are not run again) and write the CSV,
     the HTML report and the cache to ``output_path`` (default: ``checkpoints_dir``).
 
@@ -148,14 +192,24 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
     """
     checkpoints_dir = Path(checkpoints_dir)
     paths = discover_checkpoints(checkpoints_dir, ckpt_start_index)
-    out = check_output_dir(output_path if output_path else checkpoints_dir,
-                           "--output_path" if output_path else "the checkpoints folder (the default --output_path)")
+    out = check_output_dir(
+        output_path if output_path else checkpoints_dir,
+        "--output_path" if output_path else "the checkpoints folder (the default --output_path)",
+    )
     if val_labels is not None:
         val_labels = check_input_file(val_labels, "--val_labels")
-    common = dict(override_config=override_config, device=device, amp=amp, batch_size=batch_size,
-                  scene_map_file=scene_map_file, progress=progress, cache_dir=cache_dir)
-    evaluator = Evaluator(model_name, backbone_path, dataset_root, labels_file, config_path,
-                          test_dataset_id=test_dataset_id, **common)
+    common = dict(
+        override_config=override_config,
+        device=device,
+        amp=amp,
+        batch_size=batch_size,
+        scene_map_file=scene_map_file,
+        progress=progress,
+        cache_dir=cache_dir,
+    )
+    evaluator = Evaluator(
+        model_name, backbone_path, dataset_root, labels_file, config_path, test_dataset_id=test_dataset_id, **common
+    )
     multi = evaluator.multi
     test_set = test_dataset_id or Path(labels_file).stem
     prefix = f"{checkpoints_dir.resolve().name}_{test_set}_batch_eval"
@@ -166,8 +220,12 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
         test = _Pass(evaluator, cache_path, checkpoints_dir, "test")
         val = None
         if val_labels is not None:
-            val = _Pass(Evaluator(model_name, backbone_path, dataset_root, val_labels, config_path, **common),
-                        out / f"{prefix}_val_cache.json", checkpoints_dir, "validation")
+            val = _Pass(
+                Evaluator(model_name, backbone_path, dataset_root, val_labels, config_path, **common),
+                out / f"{prefix}_val_cache.json",
+                checkpoints_dir,
+                "validation",
+            )
         log.info("%s: %d checkpoints; outputs go to %s", checkpoints_dir, len(paths), out)
 
         def chosen() -> CheckpointResult | None:
@@ -187,15 +245,17 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
             while best is not None and best.frames is None and best.path not in retried:
                 # The best is cached without per-frame data (e.g. the former best lies before
                 # --ckpt_start_index or was deleted): evaluate it again for the CDFs and the 3D view.
-                log.info("evaluating %s again for its per-frame errors (the cache keeps them for the best only)",
-                         best.label)
+                log.info(
+                    "evaluating %s again for its per-frame errors (the cache keeps them for the best only)", best.label
+                )
                 retried.add(best.path)
                 test.run(best.path, best.label, chosen)
                 best = chosen()
         skipped = (val.skipped if val is not None else []) + test.skipped
         if best is None:
-            raise UserError(f"none of the {len(paths)} checkpoints in {checkpoints_dir} could be evaluated "
-                            f"(see the messages above)")
+            raise UserError(
+                f"none of the {len(paths)} checkpoints in {checkpoints_dir} could be evaluated (see the messages above)"
+            )
 
         ordered = [test.results[p] for p in paths if p in test.results]
         val_of = {p: val.results[p] for p in paths if val is not None and p in val.results}
@@ -209,28 +269,71 @@ def batch_evaluate(model_name: str, backbone_path: str, dataset_root: str | Path
             base_records, base_note = evaluator_baselines(evaluator, best.path, train_labels)
             if base_records:
                 base_path = atomic_write_text(out / f"{prefix}_baselines.csv", baselines_csv(base_records))
-        facts = [("model", evaluator.model_name), ("checkpoints", str(checkpoints_dir)),
-                 ("test set", f"{labels_file}{id_note}"),
-                 *([("validation set", str(val_labels))] if val is not None else []),
-                 ("best chosen on", CHOSEN_ON[val is not None]),
-                 ("dataset root", str(dataset_root)), ("config", f"{config_path}{config_note}"),
-                 ("results", f"{len(ordered)} checkpoints ({test.n_evaluated} in this run, {n_cached} from the "
-                             f"cache), {len(skipped)} skipped"),
-                 ("device", f"{evaluator.device}{' (AMP)' if amp else ''}"),
-                 *([("baselines (same test frames)", "; ".join(
-                     f"{n}: {r.overall['median_pos_m']:.4f} m, {r.overall['median_ori_deg']:.3f} deg"
-                     for n, r in base_records.items()) or f"none: {base_note}")] if baselines else [])]
-        report = build_report(ordered, best, skipped, model_name=evaluator.model_name, multi_scene=multi,
-                              checkpoints_dir=checkpoints_dir, test_set=test_set, facts=facts,
-                              val=val_of or None)
+        facts = [
+            ("model", evaluator.model_name),
+            ("checkpoints", str(checkpoints_dir)),
+            ("test set", f"{labels_file}{id_note}"),
+            *([("validation set", str(val_labels))] if val is not None else []),
+            ("best chosen on", CHOSEN_ON[val is not None]),
+            ("dataset root", str(dataset_root)),
+            ("config", f"{config_path}{config_note}"),
+            (
+                "results",
+                f"{len(ordered)} checkpoints ({test.n_evaluated} in this run, {n_cached} from the "
+                f"cache), {len(skipped)} skipped",
+            ),
+            ("device", f"{evaluator.device}{' (AMP)' if amp else ''}"),
+            *(
+                [
+                    (
+                        "baselines (same test frames)",
+                        "; ".join(
+                            f"{n}: {r.overall['median_pos_m']:.4f} m, {r.overall['median_ori_deg']:.3f} deg"
+                            for n, r in base_records.items()
+                        )
+                        or f"none: {base_note}",
+                    )
+                ]
+                if baselines
+                else []
+            ),
+        ]
+        report = build_report(
+            ordered,
+            best,
+            skipped,
+            model_name=evaluator.model_name,
+            multi_scene=multi,
+            checkpoints_dir=checkpoints_dir,
+            test_set=test_set,
+            facts=facts,
+            val=val_of or None,
+        )
         write_batch_report(html_path, report)
-        log.info("best, chosen on the %s set: %s (test median %.4f m, %.3f deg); wrote %s and %s",
-                 "validation" if val is not None else "test", best.label, best.overall["median_pos_m"],
-                 best.overall["median_ori_deg"], csv_path, html_path)
-        return BatchResult(results=ordered, best=best, skipped=skipped, n_evaluated=test.n_evaluated,
-                           csv_path=csv_path, html_path=html_path, cache_path=cache_path, val=val_of,
-                           val_labels=val_labels, n_val_evaluated=val.n_evaluated if val is not None else 0,
-                           baselines=base_records, baseline_note=base_note, baselines_path=base_path)
+        log.info(
+            "best, chosen on the %s set: %s (test median %.4f m, %.3f deg); wrote %s and %s",
+            "validation" if val is not None else "test",
+            best.label,
+            best.overall["median_pos_m"],
+            best.overall["median_ori_deg"],
+            csv_path,
+            html_path,
+        )
+        return BatchResult(
+            results=ordered,
+            best=best,
+            skipped=skipped,
+            n_evaluated=test.n_evaluated,
+            csv_path=csv_path,
+            html_path=html_path,
+            cache_path=cache_path,
+            val=val_of,
+            val_labels=val_labels,
+            n_val_evaluated=val.n_evaluated if val is not None else 0,
+            baselines=base_records,
+            baseline_note=base_note,
+            baselines_path=base_path,
+        )
     finally:
         logging.getLogger().removeHandler(file_handler)
         file_handler.close()
@@ -249,11 +352,15 @@ def split_trailing_positionals(paths: Sequence[str]) -> tuple[str | None, str]:
     elif len(paths) == 2:
         config2, folder = paths
         if not config2.lower().endswith(".json"):
-            raise UserError(f"expected '[eval_config_file.json] checkpoints_dir' after config_file, got "
-                            f"{config2!r} {folder!r}: the first is not a .json file")
+            raise UserError(
+                f"expected '[eval_config_file.json] checkpoints_dir' after config_file, got "
+                f"{config2!r} {folder!r}: the first is not a .json file"
+            )
     else:
-        raise UserError(f"expected '[eval_config_file.json] checkpoints_dir' after config_file, got "
-                        f"{len(paths)} paths: {' '.join(paths)}")
+        raise UserError(
+            f"expected '[eval_config_file.json] checkpoints_dir' after config_file, got "
+            f"{len(paths)} paths: {' '.join(paths)}"
+        )
     if folder.lower().endswith(".json"):
         raise UserError(f"the last positional must be the checkpoints folder, got the JSON file {folder!r}")
     return config2, folder
@@ -271,24 +378,41 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=script,
         usage=f"{script} model_name test backbone_path dataset_path labels_file config_file "
-              f"[eval_config_file] checkpoints_dir [options]",
-        description=("Evaluate every checkpoint of a %s training run: a CSV and an interactive HTML report "
-                     "(re-runs evaluate only new checkpoints)." % ("multi-scene" if multi_scene else "single-scene")),
-        formatter_class=_HelpFormatter)
+        f"[eval_config_file] checkpoints_dir [options]",
+        description=(
+            "Evaluate every checkpoint of a %s training run: a CSV and an interactive HTML report "
+            "(re-runs evaluate only new checkpoints)." % ("multi-scene" if multi_scene else "single-scene")
+        ),
+        formatter_class=_HelpFormatter,
+    )
     add_common_arguments(parser, cli_choices(multi_scene))
-    parser.add_argument("paths", nargs="+", metavar="[eval_config_file] checkpoints_dir",
-                        help="optional second JSON config whose sections override the first (an evaluation "
-                             "config), then the folder of *.pth checkpoints (e.g. ./models/run_<stamp>)")
-    parser.add_argument("--output_path", default=None,
-                        help="folder for the CSV, the HTML report, the cache and the log "
-                             "(default: the checkpoints folder)")
-    parser.add_argument("--ckpt_start_index", type=int, default=0,
-                        help="skip *_checkpoint-N.pth with N below this (as in the reference); the final and "
-                             "other .pth files are always evaluated")
-    parser.add_argument("--val_labels", default=None, metavar="CSV",
-                        help="a validation label CSV (images under the same dataset root, all its scenes "
-                             "evaluated): every checkpoint is also scored on it and the best is chosen on it "
-                             "(default: the best is chosen on the test set itself, an optimistic estimate)")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="[eval_config_file] checkpoints_dir",
+        help="optional second JSON config whose sections override the first (an evaluation "
+        "config), then the folder of *.pth checkpoints (e.g. ./models/run_<stamp>)",
+    )
+    parser.add_argument(
+        "--output_path",
+        default=None,
+        help="folder for the CSV, the HTML report, the cache and the log (default: the checkpoints folder)",
+    )
+    parser.add_argument(
+        "--ckpt_start_index",
+        type=int,
+        default=0,
+        help="skip *_checkpoint-N.pth with N below this (as in the reference); the final and "
+        "other .pth files are always evaluated",
+    )
+    parser.add_argument(
+        "--val_labels",
+        default=None,
+        metavar="CSV",
+        help="a validation label CSV (images under the same dataset root, all its scenes "
+        "evaluated): every checkpoint is also scored on it and the best is chosen on it "
+        "(default: the best is chosen on the test set itself, an optimistic estimate)",
+    )
     if multi_scene:
         add_test_dataset_argument(parser)
     add_baseline_arguments(parser)
@@ -303,20 +427,38 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
 
     def run() -> int:
         if args.mode != "test":
-            raise UserError(f"batch evaluation tests checkpoints: mode must be 'test', got {args.mode!r} "
-                            f"(train with main_single_scene.py / main_multi_scene.py)")
+            raise UserError(
+                f"batch evaluation tests checkpoints: mode must be 'test', got {args.mode!r} "
+                f"(train with main_single_scene.py / main_multi_scene.py)"
+            )
         override, folder = split_trailing_positionals(args.paths)
-        batch = batch_evaluate(args.model_name, args.backbone_path, args.dataset_path, args.labels_file,
-                               args.config_file, folder, args.output_path, override_config=override,
-                               ckpt_start_index=args.ckpt_start_index, device=args.device, amp=args.amp,
-                               batch_size=args.batch_size, test_dataset_id=getattr(args, "test_dataset_id", None),
-                               scene_map_file=getattr(args, "scene_map", None), progress=not args.quiet,
-                               cache_dir=args.cache, val_labels=args.val_labels, baselines=not args.no_baselines,
-                               train_labels=parse_train_labels(args.train_labels))
+        batch = batch_evaluate(
+            args.model_name,
+            args.backbone_path,
+            args.dataset_path,
+            args.labels_file,
+            args.config_file,
+            folder,
+            args.output_path,
+            override_config=override,
+            ckpt_start_index=args.ckpt_start_index,
+            device=args.device,
+            amp=args.amp,
+            batch_size=args.batch_size,
+            test_dataset_id=getattr(args, "test_dataset_id", None),
+            scene_map_file=getattr(args, "scene_map", None),
+            progress=not args.quiet,
+            cache_dir=args.cache,
+            val_labels=args.val_labels,
+            baselines=not args.no_baselines,
+            train_labels=parse_train_labels(args.train_labels),
+        )
         print(format_batch(batch))
         val_note = f" (and {batch.n_val_evaluated} on the validation set)" if batch.val_labels else ""
-        print(f"evaluated {batch.n_evaluated}{val_note}, from the cache "
-              f"{sum(not r.evaluated for r in batch.results)}, skipped {len(batch.skipped)}")
+        print(
+            f"evaluated {batch.n_evaluated}{val_note}, from the cache "
+            f"{sum(not r.evaluated for r in batch.results)}, skipped {len(batch.skipped)}"
+        )
         print(f"csv: {batch.csv_path}")
         print(f"html: {batch.html_path}")
         if batch.baselines_path:

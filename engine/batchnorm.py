@@ -7,11 +7,12 @@ variance as the plain average over N batches of a fixed random sample of the tra
 sequence of every scene in it), with the test transform, the weights frozen and dropout off, so a
 checkpoint's eval mode sees statistics of its own weights.
 """
+
 from __future__ import annotations
 
 import copy
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -54,8 +55,13 @@ def plain_loader(dataset, config: dict, device: torch.device) -> DataLoader:
     n_batches = max(int(config.get("bn_recalibrate_batches") or 0), SPREAD_BATCHES)
     groups = list(zip(dataset.scene_names, dataset.seqs))
     sample = Subset(view, stratified_sample(groups, n_batches * config["batch_size"], config["seed"]))
-    return DataLoader(sample, batch_size=config["batch_size"], shuffle=False,
-                      num_workers=cap_workers(config["n_workers"], device), pin_memory=device.type == "cuda")
+    return DataLoader(
+        sample,
+        batch_size=config["batch_size"],
+        shuffle=False,
+        num_workers=cap_workers(config["n_workers"], device),
+        pin_memory=device.type == "cuda",
+    )
 
 
 def _images(loader: DataLoader, n_batches: int, device: torch.device) -> Iterable[torch.Tensor]:
@@ -96,8 +102,9 @@ def _spread(t_N3: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def eval_prediction_spread(model: nn.Module, loader: DataLoader, device: torch.device,
-                           n_batches: int = SPREAD_BATCHES) -> tuple[float, float]:
+def eval_prediction_spread(
+    model: nn.Module, loader: DataLoader, device: torch.device, n_batches: int = SPREAD_BATCHES
+) -> tuple[float, float]:
     """(spread of the eval-mode predicted positions, spread of the true positions) over a few training
     batches; a ratio near 0 means eval mode predicts one point whatever the image."""
     was_training = model.training
@@ -121,7 +128,16 @@ def log_spread(epoch: int, spread_m: float, true_m: float, config: dict | None =
             advice.append("set bn_recalibrate_batches (e.g. 20)")
         if config.get("bn_momentum") is None or config["bn_momentum"] < 0.1:
             advice.append("bn_momentum 0.1")
-        hint = (" or ".join(advice) if advice else
-                "early epochs often recover; if the last ones do not, train longer or with a lower lr")
-        log.warning("epoch %d: eval-mode predictions have collapsed (spread %.3f m against %.3f m in the "
-                    "labels): the BatchNorm running statistics lag the weights; %s", epoch, spread_m, true_m, hint)
+        hint = (
+            " or ".join(advice)
+            if advice
+            else "early epochs often recover; if the last ones do not, train longer or with a lower lr"
+        )
+        log.warning(
+            "epoch %d: eval-mode predictions have collapsed (spread %.3f m against %.3f m in the "
+            "labels): the BatchNorm running statistics lag the weights; %s",
+            epoch,
+            spread_m,
+            true_m,
+            hint,
+        )

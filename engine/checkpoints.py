@@ -3,11 +3,12 @@
 Training writes ``run_<stamp>_checkpoint-<N>.pth`` every ``n_freq_checkpoint`` epochs and
 ``run_<stamp>_final.pth`` (README, output files); batch evaluation sorts the numbered ones by N, final last.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -31,21 +32,23 @@ def discover_checkpoints(folder: str | Path, start_index: int = 0) -> list[Path]
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"checkpoints folder not found: {folder} (expected a training run folder such as "
-                        f"./models/run_<stamp>)")
+        raise UserError(
+            f"checkpoints folder not found: {folder} (expected a training run folder such as ./models/run_<stamp>)"
+        )
     if start_index < 0:
         raise UserError(f"--ckpt_start_index must be >= 0, got {start_index}")
     files = [p for p in folder.iterdir() if p.suffix == ".pth" and p.is_file() and not p.name.startswith(".")]
     numbered = sorted((checkpoint_number(p), p.name, p) for p in files if checkpoint_number(p) is not None)
     finals = sorted((p for p in files if checkpoint_number(p) is None and "final" in p.name), key=lambda p: p.name)
-    others = sorted((p for p in files if checkpoint_number(p) is None and "final" not in p.name),
-                    key=lambda p: p.name)
+    others = sorted((p for p in files if checkpoint_number(p) is None and "final" not in p.name), key=lambda p: p.name)
     selected = [p for n, _, p in numbered if n >= start_index] + finals + others
     if not selected:
         if not files:
             raise UserError(f"no .pth checkpoints in {folder}")
-        raise UserError(f"--ckpt_start_index {start_index} skips all {len(files)} checkpoints in {folder} "
-                        f"(highest N: {max(n for n, _, _ in numbered)})")
+        raise UserError(
+            f"--ckpt_start_index {start_index} skips all {len(files)} checkpoints in {folder} "
+            f"(highest N: {max(n for n, _, _ in numbered)})"
+        )
     return selected
 
 

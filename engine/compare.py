@@ -12,6 +12,7 @@ the interval covers zero the report says "no significant difference". A seed tha
 reported and left out. Everything is evaluated through :func:`engine.robustness.robustness_report`, so the
 comparison is a section of that report (``robustness.html``) with its own CSV (``paired.csv``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,10 @@ import csv
 import io
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from util.errors import UserError
 from util.report import Column, Section
@@ -39,6 +41,7 @@ ALL_SCENES = "all"  # the pooled row (multi-scene: the mean of the per-scene med
 @dataclass(frozen=True)
 class PairedRow:
     """``a`` minus ``b`` of one metric on one condition and scene, over the seeds both have."""
+
     a: str
     b: str
     condition: str
@@ -56,8 +59,9 @@ def _value(record, scene: str, metric: str) -> float | None:
     return next((s[metric] for s in record.scenes if s["scene"] == scene), None)
 
 
-def _by_seed(result: RobustnessResult, entries: Sequence[Entry], condition: str, scene: str,
-             metric: str) -> dict[int, float]:
+def _by_seed(
+    result: RobustnessResult, entries: Sequence[Entry], condition: str, scene: str, metric: str
+) -> dict[int, float]:
     out = {}
     for e in entries:
         record = result.records.get((e.label, condition))
@@ -74,8 +78,9 @@ def check_pairable(entries: Sequence[Entry], group: str) -> None:
         if e.seed is None:
             raise UserError(f"{e.path} records no seed (a bare state_dict?): it cannot be paired")
         if e.seed in seen:
-            raise UserError(f"{group} has two runs of seed {e.seed}: {seen[e.seed].path} and {e.path}; "
-                            f"keep one per seed")
+            raise UserError(
+                f"{group} has two runs of seed {e.seed}: {seen[e.seed].path} and {e.path}; keep one per seed"
+            )
         seen[e.seed] = e
 
 
@@ -111,16 +116,35 @@ def unpaired_seeds(rows: Sequence[PairedRow]) -> list[str]:
     lines = {}
     for r in rows:
         if r.diff.only_a or r.diff.only_b:
-            lines[(r.a, r.b)] = (f"{r.a} vs {r.b}: left out unpaired seed(s) "
-                                 + "; ".join(f"{g} only: {', '.join(map(str, s))}"
-                                             for g, s in ((r.a, r.diff.only_a), (r.b, r.diff.only_b)) if s))
+            lines[(r.a, r.b)] = f"{r.a} vs {r.b}: left out unpaired seed(s) " + "; ".join(
+                f"{g} only: {', '.join(map(str, s))}" for g, s in ((r.a, r.diff.only_a), (r.b, r.diff.only_b)) if s
+            )
     return list(lines.values())
 
 
 # Outputs ------------------------------------------------------------------------------------------------
-CSV_COLUMNS = ["a", "b", "condition", "scene", "metric", "n_seeds", "seeds", "mean_diff", "se", "ci95_low",
-               "ci95_high", "wins_a", "wins_b", "mean_a", "sd_a", "mean_b", "sd_b", "verdict", "unpaired_a",
-               "unpaired_b"]
+CSV_COLUMNS = [
+    "a",
+    "b",
+    "condition",
+    "scene",
+    "metric",
+    "n_seeds",
+    "seeds",
+    "mean_diff",
+    "se",
+    "ci95_low",
+    "ci95_high",
+    "wins_a",
+    "wins_b",
+    "mean_a",
+    "sd_a",
+    "mean_b",
+    "sd_b",
+    "verdict",
+    "unpaired_a",
+    "unpaired_b",
+]
 
 
 def paired_csv(rows: Sequence[PairedRow]) -> str:
@@ -129,9 +153,30 @@ def paired_csv(rows: Sequence[PairedRow]) -> str:
     w.writerow(CSV_COLUMNS)
     for r in rows:
         d = r.diff
-        w.writerow([r.a, r.b, r.condition, r.scene, r.metric, d.n, " ".join(map(str, d.seeds)), d.mean, d.se, d.low,
-                    d.high, d.wins_a, d.wins_b, d.mean_a, d.sd_a, d.mean_b, d.sd_b, r.words(),
-                    " ".join(map(str, d.only_a)), " ".join(map(str, d.only_b))])
+        w.writerow(
+            [
+                r.a,
+                r.b,
+                r.condition,
+                r.scene,
+                r.metric,
+                d.n,
+                " ".join(map(str, d.seeds)),
+                d.mean,
+                d.se,
+                d.low,
+                d.high,
+                d.wins_a,
+                d.wins_b,
+                d.mean_a,
+                d.sd_a,
+                d.mean_b,
+                d.sd_b,
+                r.words(),
+                " ".join(map(str, d.only_a)),
+                " ".join(map(str, d.only_b)),
+            ]
+        )
     return buf.getvalue()
 
 
@@ -144,32 +189,70 @@ def _cell(r: PairedRow) -> str:
 def format_paired(rows: Sequence[PairedRow]) -> str:
     """Console lines: per pair, condition and scene, the position and orientation differences in words."""
     lines = []
-    for (a, b) in dict.fromkeys((r.a, r.b) for r in rows):
+    for a, b in dict.fromkeys((r.a, r.b) for r in rows):
         mine = [r for r in rows if (r.a, r.b) == (a, b)]
         n = max(r.diff.n for r in mine)
-        lines.append(f"{a} - {b}, paired over {n} seed(s): mean difference +- SE (seeds won {a}:{b}; verdict "
-                     f"at 95 %)")
+        lines.append(f"{a} - {b}, paired over {n} seed(s): mean difference +- SE (seeds won {a}:{b}; verdict at 95 %)")
         for key in dict.fromkeys((r.condition, r.scene) for r in mine):
             cells = {r.metric: r for r in mine if (r.condition, r.scene) == key}
             where = key[0] if key[1] == ALL_SCENES else f"{key[0]} {key[1]}"
-            lines.append(f"  {where}: position {_cell(cells['median_pos_m'])}; orientation "
-                         f"{_cell(cells['median_ori_deg'])}" if len(cells) == 2 else f"  {where}: -")
+            lines.append(
+                f"  {where}: position {_cell(cells['median_pos_m'])}; orientation {_cell(cells['median_ori_deg'])}"
+                if len(cells) == 2
+                else f"  {where}: -"
+            )
     return "\n".join(lines + unpaired_seeds(rows))
 
 
 def paired_section(rows: Sequence[PairedRow]) -> Section:
     """The HTML report's section: one table row per pair, condition, scene and metric."""
     f3 = "{:.4f}"
-    columns = [Column("A"), Column("B"), Column("condition"), Column("scene"), Column("metric"),
-               Column("seeds", "{:.0f}"), Column("mean A - B", f3), Column("SE", f3), Column("95 % low", f3),
-               Column("95 % high", f3), Column("won A", "{:.0f}"), Column("won B", "{:.0f}"), Column("mean A", f3),
-               Column("sd A", f3), Column("mean B", f3), Column("sd B", f3), Column("verdict")]
-    table = [[r.a, r.b, r.condition, r.scene, r.metric, r.diff.n, r.diff.mean, r.diff.se, r.diff.low, r.diff.high,
-              r.diff.wins_a, r.diff.wins_b, r.diff.mean_a, r.diff.sd_a, r.diff.mean_b, r.diff.sd_b, r.words()]
-             for r in rows]
-    note = ("Runs paired by training seed (same data order). Difference = A - B of the median error, negative: "
-            "A better. 95 % interval from Student's t over the paired seeds; where it covers zero there is no "
-            "significant difference. " + " ".join(unpaired_seeds(rows)))
+    columns = [
+        Column("A"),
+        Column("B"),
+        Column("condition"),
+        Column("scene"),
+        Column("metric"),
+        Column("seeds", "{:.0f}"),
+        Column("mean A - B", f3),
+        Column("SE", f3),
+        Column("95 % low", f3),
+        Column("95 % high", f3),
+        Column("won A", "{:.0f}"),
+        Column("won B", "{:.0f}"),
+        Column("mean A", f3),
+        Column("sd A", f3),
+        Column("mean B", f3),
+        Column("sd B", f3),
+        Column("verdict"),
+    ]
+    table = [
+        [
+            r.a,
+            r.b,
+            r.condition,
+            r.scene,
+            r.metric,
+            r.diff.n,
+            r.diff.mean,
+            r.diff.se,
+            r.diff.low,
+            r.diff.high,
+            r.diff.wins_a,
+            r.diff.wins_b,
+            r.diff.mean_a,
+            r.diff.sd_a,
+            r.diff.mean_b,
+            r.diff.sd_b,
+            r.words(),
+        ]
+        for r in rows
+    ]
+    note = (
+        "Runs paired by training seed (same data order). Difference = A - B of the median error, negative: "
+        "A better. 95 % interval from Student's t over the paired seeds; where it covers zero there is no "
+        "significant difference. " + " ".join(unpaired_seeds(rows))
+    )
     return Section("Paired comparison over seeds", note.strip(), columns, table)
 
 
@@ -191,9 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.robustness import build_parser as robustness_parser
 
     parser = argparse.ArgumentParser(
-        prog="python -m engine.compare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m engine.compare",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Compare two models over paired seeds on one or more test conditions: the robustness "
-                    "report with a paired section (mean difference, SE, 95 %% interval, seeds won).")
+        "report with a paired section (mean difference, SE, 95 %% interval, seeds won).",
+    )
     parser.add_argument("runs_a", help="model A: a checkpoint or a folder of runs (every *_final.pth below it)")
     parser.add_argument("runs_b", help="model B (the baseline of the mean corruption error), the same way")
     parser.add_argument("dataset_path", help="dataset root; img_path in the label CSVs is relative to it")
@@ -207,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def group_names(a: Sequence[Entry], b: Sequence[Entry], runs_a: str, runs_b: str,
-                name_a: str | None, name_b: str | None) -> tuple[str, str]:
+def group_names(
+    a: Sequence[Entry], b: Sequence[Entry], runs_a: str, runs_b: str, name_a: str | None, name_b: str | None
+) -> tuple[str, str]:
     """The two groups' names: given, else the model name, else (same model) the folder names."""
     model_a = {e.model_name for e in a}
     model_b = {e.model_name for e in b}
@@ -234,10 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
         files = [final_checkpoints(args.runs_a), final_checkpoints(args.runs_b)]
         entries = load_entries("hyperpose", args.config_file, files[0] + files[1])
-        a, b = entries[:len(files[0])], entries[len(files[0]):]
+        a, b = entries[: len(files[0])], entries[len(files[0]) :]
         if any(e.seed is None for e in entries):
-            raise UserError("bare state_dicts record no seed and cannot be paired; compare checkpoints of this "
-                            "toolkit")
+            raise UserError("bare state_dicts record no seed and cannot be paired; compare checkpoints of this toolkit")
         name_a, name_b = group_names(a, b, args.runs_a, args.runs_b, args.name_a, args.name_b)
         for e in a:
             e.group = name_a
@@ -247,11 +332,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_pairable(b, name_b)
         label_entries(entries)
         scenes = sorted({s for e in entries for s in e.scene_map})
-        result = robustness_report("hyperpose", "random", args.dataset_path, args.config_file, entries,
-                                   conditions_from_args(args, scenes), args.output_path, device=args.device,
-                                   amp=args.amp, batch_size=args.batch_size, progress=not args.quiet,
-                                   cache_dir=args.cache, baseline=name_b,
-                                   train=parse_train_labels(args.train_labels), baselines=not args.no_baselines)
+        result = robustness_report(
+            "hyperpose",
+            "random",
+            args.dataset_path,
+            args.config_file,
+            entries,
+            conditions_from_args(args, scenes),
+            args.output_path,
+            device=args.device,
+            amp=args.amp,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+            cache_dir=args.cache,
+            baseline=name_b,
+            train=parse_train_labels(args.train_labels),
+            baselines=not args.no_baselines,
+        )
         print(format_paired(result.paired))
         print(f"csv: {result.paired_csv_path}")
         print(f"html: {result.html_path}")

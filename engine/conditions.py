@@ -5,11 +5,12 @@ summer: ``..._test_<style>.csv`` beside the base CSV, docs/datasets.md) or a syn
 (``..._test_shift<level>.csv``, :mod:`datasets.synthetic`). A multi-scene condition has one CSV per scene.
 The first condition is the base the relative degradation is measured from.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from datasets.corruptions import Corruption
 from datasets.labels import read_labels
@@ -24,6 +25,7 @@ from util.errors import UserError
 class Condition:
     """One named test condition: (label CSV, dataset root) per part; parts are pooled like scenes. A
     corrupted condition applies ``corruption`` (:class:`datasets.corruptions.Corruption`) to every image."""
+
     name: str
     parts: list[tuple[Path, Path]] = field(default_factory=list)
     corruption: Corruption | None = None
@@ -61,8 +63,10 @@ def base_test_csvs(root: Path, scenes: Sequence[str]) -> list[Path]:
         candidates = [root / pattern.format(scene=scene) for pattern in TEST_FILE_PATTERNS.values()]
         hit = next((c for c in candidates if c.is_file()), None)
         if hit is None:
-            raise UserError(f"no test CSV of scene {scene!r} in {root} (looked for {candidates[0].name} and "
-                            f"{candidates[1].name}); name the base test CSVs after --ecl / --shifts")
+            raise UserError(
+                f"no test CSV of scene {scene!r} in {root} (looked for {candidates[0].name} and "
+                f"{candidates[1].name}); name the base test CSVs after --ecl / --shifts"
+            )
         found.append(hit)
     return found
 
@@ -83,15 +87,18 @@ def shift_conditions(base_csvs: Sequence[Path], root: Path) -> list[Condition]:
     for csv in base_csvs:
         levels = find_shift_csvs(csv)
         if not levels:
-            raise UserError(f"--shifts: no {csv.stem}_shift<level>.csv beside {csv} (render them with "
-                            f"python -m datasets.synthetic OUT --test-shifts 0,0.5,1)")
+            raise UserError(
+                f"--shifts: no {csv.stem}_shift<level>.csv beside {csv} (render them with "
+                f"python -m datasets.synthetic OUT --test-shifts 0,0.5,1)"
+            )
         items += [(shift_label(level), path, root) for level, path in levels]
-    items.sort(key=lambda item: float(item[0][len("shift"):]))
+    items.sort(key=lambda item: float(item[0][len("shift") :]))
     return group_conditions(items)
 
 
-def corruption_conditions(base: Condition, names: Sequence[str], severities: Sequence[int],
-                          seed: int = 0) -> list[Condition]:
+def corruption_conditions(
+    base: Condition, names: Sequence[str], severities: Sequence[int], seed: int = 0
+) -> list[Condition]:
     """The base condition's test images under every corruption and severity, ``NAME@SEVERITY``, by corruption
     then severity."""
     out = []

@@ -5,6 +5,7 @@ download. The errors are printed beside those of always predicting the mean trai
 any absolute pose regressor has to beat. The single-scene demo ends with the robustness step: both models
 on the same test poses at three appearance-shift levels (:mod:`engine.robustness`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,23 @@ def ensure_data(data: Path, scenes: int, frames_per_seq: int, test_shifts=None) 
     from datasets.synthetic import find_shift_csvs, generate
 
     if (data / "7scenes_all_scenes.csv").is_file() and (
-            not test_shifts or len(find_shift_csvs(data / "abs_7scenes_pose.csv_chess_test.csv")) == len(test_shifts)):
+        not test_shifts or len(find_shift_csvs(data / "abs_7scenes_pose.csv_chess_test.csv")) == len(test_shifts)
+    ):
         return
     t0 = time.perf_counter()
     log.info("generating %d synthetic scene(s) in %s", scenes, data)
     # Small square frames (no crop shift at 64 px) on 16 short training sequences: dense coverage of the
     # room, which a randomly initialised backbone needs to learn positions in a few minutes on a CPU.
-    generate(data, scenes=scenes, layout="7scenes", size=DEMO_SIZE, train_seqs=16,
-             frames_per_seq=frames_per_seq, seed=0, test_shifts=test_shifts)
+    generate(
+        data,
+        scenes=scenes,
+        layout="7scenes",
+        size=DEMO_SIZE,
+        train_seqs=16,
+        frames_per_seq=frames_per_seq,
+        seed=0,
+        test_shifts=test_shifts,
+    )
     log.info("generated in %.1f s", time.perf_counter() - t0)
 
 
@@ -59,8 +69,7 @@ def robustness_step(model_name: str, checkpoints, data: Path, out: Path, scene: 
     from engine.robustness_report import format_table
 
     test_csv = data / f"abs_7scenes_pose.csv_{scene}_test.csv"
-    result = robustness_report(model_name, "random", data, CONFIG, checkpoints, shift_conditions([test_csv], data),
-                               out)
+    result = robustness_report(model_name, "random", data, CONFIG, checkpoints, shift_conditions([test_csv], data), out)
     print(f"\nRobustness to appearance change ({scene}, median errors; same poses at every shift level):")
     print(format_table(result))
     print(f"robustness report: {result.html_path}")
@@ -83,24 +92,43 @@ def run_demo(kind: str, data: Path, out: Path) -> int:
         result = train(model_name, "random", data, train_csv, CONFIG, out / model_name)
         finals.append(result.final_checkpoint)
         test_csv = train_csv if multi else data / f"abs_7scenes_pose.csv_{scene}_test.csv"
-        ev, paths = evaluate(model_name, "random", data, test_csv, CONFIG, result.final_checkpoint,
-                             out / model_name / "evals", test_dataset_id="7scenes" if multi else None)
+        ev, paths = evaluate(
+            model_name,
+            "random",
+            data,
+            test_csv,
+            CONFIG,
+            result.final_checkpoint,
+            out / model_name / "evals",
+            test_dataset_id="7scenes" if multi else None,
+        )
         print(ev.report_text())
-        batch = batch_evaluate(model_name, "random", data, test_csv, CONFIG, result.run_dir,
-                               output_path=out / model_name / "batch_eval",
-                               test_dataset_id="7scenes" if multi else None)
+        batch = batch_evaluate(
+            model_name,
+            "random",
+            data,
+            test_csv,
+            CONFIG,
+            result.run_dir,
+            output_path=out / model_name / "batch_eval",
+            test_dataset_id="7scenes" if multi else None,
+        )
         log.info("batch evaluation of %d checkpoints: %s, %s", len(batch.results), batch.csv_path, batch.html_path)
         for s in ev.summaries:
             rows.append((model_name, s.scene, s.median_pos_m, s.median_ori_deg, ev.scene_acc.get(s.scene)))
     print()
-    print(f"{'model':<18}{'scene':<12}{'median pos [m]':>16}{'median ori [deg]':>18}{'mean-pose pos':>15}"
-          f"{'mean-pose ori':>15}" + ("  scene acc" if multi else ""))
+    print(
+        f"{'model':<18}{'scene':<12}{'median pos [m]':>16}{'median ori [deg]':>18}{'mean-pose pos':>15}"
+        f"{'mean-pose ori':>15}" + ("  scene acc" if multi else "")
+    )
     for model_name, s, pos, ori, acc in rows:
         test_csv = data / f"abs_7scenes_pose.csv_{s}_test.csv"
         s_train = data / f"abs_7scenes_pose.csv_{s}_train.csv"
         base_pos, base_ori = mean_pose_errors(s_train, test_csv, data)
-        print(f"{model_name:<18}{s:<12}{pos:>16.3f}{ori:>18.2f}{base_pos:>15.3f}{base_ori:>15.2f}"
-              + (f"  {acc:9.3f}" if acc is not None else ""))
+        print(
+            f"{model_name:<18}{s:<12}{pos:>16.3f}{ori:>18.2f}{base_pos:>15.3f}{base_ori:>15.2f}"
+            + (f"  {acc:9.3f}" if acc is not None else "")
+        )
     if not multi:
         robustness_step(models[0], finals, data, out / "robustness", scene)
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; outputs in {out}")
@@ -129,8 +157,9 @@ def train_seeds(models, seeds, data: Path, train_csv: Path, out: Path, config: P
                 finals.append(done[-1])
                 continue
             log.info("training %s seed %d on %s", model_name, seed, train_csv.name)
-            finals.append(train(model_name, "random", data, train_csv, config, folder,
-                                override_config=override).final_checkpoint)
+            finals.append(
+                train(model_name, "random", data, train_csv, config, folder, override_config=override).final_checkpoint
+            )
     return finals
 
 
@@ -143,27 +172,45 @@ def format_evidence(result) -> str:
     first = next(iter(pos.values()))
     n, a, b = first.diff.n, first.a, first.b
     bases = list(dict.fromkeys(name for name, _ in result.baseline_records))
-    head = (f"{'condition':<20}{a + ' [m]':>16}{b + ' [m]':>16}{a + ' - ' + b + ' [m]':>30}  "
-            f"{'verdict':<26}{'orientation diff [deg]':>24}" + "".join(f"{name + ' [m]':>28}" for name in bases))
-    lines = [f"Median position error over {n} paired seeds (mean +- sd; difference: mean +- SE, seeds won "
-             f"{a}:{b}); verdict at 95 %.", head]
+    head = (
+        f"{'condition':<20}{a + ' [m]':>16}{b + ' [m]':>16}{a + ' - ' + b + ' [m]':>30}  "
+        f"{'verdict':<26}{'orientation diff [deg]':>24}" + "".join(f"{name + ' [m]':>28}" for name in bases)
+    )
+    lines = [
+        f"Median position error over {n} paired seeds (mean +- sd; difference: mean +- SE, seeds won "
+        f"{a}:{b}); verdict at 95 %.",
+        head,
+    ]
     for c in result.conditions:
         p, o = pos.get(c.name), ori.get(c.name)
         if p is None:
             continue
         d = p.diff
-        cells = [f"{d.mean_a:.3f} +- {d.sd_a:.3f}", f"{d.mean_b:.3f} +- {d.sd_b:.3f}",
-                 f"{d.mean:+.3f} +- {d.se:.3f} ({d.wins_a}:{d.wins_b})"]
+        cells = [
+            f"{d.mean_a:.3f} +- {d.sd_a:.3f}",
+            f"{d.mean_b:.3f} +- {d.sd_b:.3f}",
+            f"{d.mean:+.3f} +- {d.se:.3f} ({d.wins_a}:{d.wins_b})",
+        ]
         line = f"{c.name:<20}{cells[0]:>16}{cells[1]:>16}{cells[2]:>30}  {p.words():<26}"
         line += f"{o.diff.mean:>+15.2f} +- {o.diff.se:.2f}" if o is not None else f"{'-':>24}"
-        line += "".join(f"{r.overall['median_pos_m']:>28.3f}" if (r := result.baseline_records.get((name, c.name)))
-                        else f"{'-':>28}" for name in bases)
+        line += "".join(
+            f"{r.overall['median_pos_m']:>28.3f}"
+            if (r := result.baseline_records.get((name, c.name)))
+            else f"{'-':>28}"
+            for name in bases
+        )
         lines.append(line)
     return "\n".join(lines)
 
 
-def run_evidence(data: Path, out: Path, seeds=EVIDENCE_SEEDS, config: Path = CONFIG,
-                 corruptions=EVIDENCE_CORRUPTIONS, severities=EVIDENCE_SEVERITIES) -> int:
+def run_evidence(
+    data: Path,
+    out: Path,
+    seeds=EVIDENCE_SEEDS,
+    config: Path = CONFIG,
+    corruptions=EVIDENCE_CORRUPTIONS,
+    severities=EVIDENCE_SEVERITIES,
+) -> int:
     """hyperpose against effposenet over paired seeds on the demo scene: clean, the shift levels and a few
     corruptions at severities 1, 3 and 5, beside the mean-pose and retrieval baselines."""
     from engine.conditions import corruption_conditions, shift_conditions
@@ -178,8 +225,9 @@ def run_evidence(data: Path, out: Path, seeds=EVIDENCE_SEEDS, config: Path = CON
     finals = train_seeds(("hyperpose", "effposenet"), seeds, data, train_csv, out, config)
     shifts = shift_conditions([test_csv], data)
     conditions = shifts + corruption_conditions(shifts[0], corruptions, severities)
-    result = robustness_report("hyperpose", "random", data, config, finals, conditions, out / "report",
-                               baseline="effposenet")
+    result = robustness_report(
+        "hyperpose", "random", data, config, finals, conditions, out / "report", baseline="effposenet"
+    )
     print()
     print(format_evidence(result))
     print()
@@ -191,9 +239,12 @@ def run_evidence(data: Path, out: Path, seeds=EVIDENCE_SEEDS, config: Path = CON
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run the synthetic-scene demo.")
-    parser.add_argument("kind", choices=("single", "multi", "evidence"),
-                        help="single-scene or multi-scene models, or the evidence demo (hyperpose against "
-                             "effposenet over three paired seeds, baselines and corruptions)")
+    parser.add_argument(
+        "kind",
+        choices=("single", "multi", "evidence"),
+        help="single-scene or multi-scene models, or the evidence demo (hyperpose against "
+        "effposenet over three paired seeds, baselines and corruptions)",
+    )
     parser.add_argument("--data", type=Path, default=Path("data/synthetic"), help="synthetic dataset folder")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     args = parser.parse_args(argv)

@@ -16,6 +16,7 @@ PyTorch model: every output must agree within ``EXPORT_TOLERANCE`` (1e-4) times 
 magnitude (at least 1), or the export is refused. Pass real images (``--check_images``): on random ones the
 BatchNorm statistics of a trained model do not hold, outputs can reach 1e8 and float32 rounding with them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,9 @@ import json
 import logging
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -92,14 +93,15 @@ class ExportResult:
     path: Path
     metadata: dict
     max_abs_diff: dict  # output name -> max |exported - PyTorch| on the check images
-    tolerance: dict     # output name -> the bound it was checked against
+    tolerance: dict  # output name -> the bound it was checked against
 
 
 def example_input(batch: int, crop: int, input_dtype: str, seed: int = 0) -> torch.Tensor:
     """Random smooth images (bilinearly upsampled 8 x 8 noise): closer to photographs than white noise."""
     gen = torch.Generator().manual_seed(seed)
-    img = F.interpolate(torch.rand((batch, 3, 8, 8), generator=gen), size=(crop, crop), mode="bilinear",
-                        align_corners=False)
+    img = F.interpolate(
+        torch.rand((batch, 3, 8, 8), generator=gen), size=(crop, crop), mode="bilinear", align_corners=False
+    )
     img_u8 = (img * 255).round().to(torch.uint8)
     return img_u8 if input_dtype == "uint8" else img_u8.float() / 255
 
@@ -111,17 +113,26 @@ def load_check_images(source: str, config: dict, limit: int = 8) -> torch.Tensor
     return torch.stack([resize_crop(load_image_uint8(f)) for f in files])
 
 
-def _onnx_bytes(graph: ExportGraph, example: torch.Tensor, names: list[str], opset: int, dynamic: bool,
-                metadata: dict) -> bytes:
+def _onnx_bytes(
+    graph: ExportGraph, example: torch.Tensor, names: list[str], opset: int, dynamic: bool, metadata: dict
+) -> bytes:
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
     quiet = logging.getLogger("onnxscript")  # logs a warning per constant it leaves unfolded
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter warns about internals users cannot act on
-        program = torch.onnx.export(graph, (example,), dynamo=True, input_names=["image"], output_names=names,
-                                    dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=False,
-                                    optimize=True)
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=names,
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            verbose=False,
+            optimize=True,
+        )
     quiet.setLevel(level)
     proto = program.model_proto
     entry = proto.metadata_props.add()
@@ -144,6 +155,7 @@ def run_export_bytes(data: bytes, fmt: str, image: np.ndarray) -> list[np.ndarra
     """Outputs of an exported model held in memory (onnxruntime on the CPU, or the TorchScript runtime)."""
     if fmt == "onnx":
         import onnxruntime as ort
+
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
         return session.run(None, {"image": image})
     with warnings.catch_warnings():
@@ -153,8 +165,9 @@ def run_export_bytes(data: bytes, fmt: str, image: np.ndarray) -> list[np.ndarra
         return [t.numpy() for t in module(torch.from_numpy(image))]
 
 
-def compare_outputs(exported: Sequence[np.ndarray], reference: Sequence[torch.Tensor],
-                    names: Sequence[str]) -> tuple[dict, dict]:
+def compare_outputs(
+    exported: Sequence[np.ndarray], reference: Sequence[torch.Tensor], names: Sequence[str]
+) -> tuple[dict, dict]:
     """(max |diff| per output, the tolerance per output) of an export against the PyTorch outputs."""
     diffs, bounds = {}, {}
     for name, got, ref in zip(names, exported, reference):
@@ -166,9 +179,18 @@ def compare_outputs(exported: Sequence[np.ndarray], reference: Sequence[torch.Te
     return diffs, bounds
 
 
-def export_loaded(loaded: LoadedModel, out: str | Path, fmt: str, *, opset: int = DEFAULT_OPSET,
-                  batch: Union[int, str] = 1, input_dtype: str = "uint8", checkpoint: str = "",
-                  check_images: Optional[torch.Tensor] = None, check: bool = True) -> ExportResult:
+def export_loaded(
+    loaded: LoadedModel,
+    out: str | Path,
+    fmt: str,
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch: int | str = 1,
+    input_dtype: str = "uint8",
+    checkpoint: str = "",
+    check_images: torch.Tensor | None = None,
+    check: bool = True,
+) -> ExportResult:
     """Export ``loaded`` to ``out`` after checking it against PyTorch on ``check_images`` (uint8
     N x 3 x crop x crop; default: random smooth images). ``check=False`` skips the comparison (benchmarks of
     random-weight models, whose tied scene scores rounding may break either way)."""
@@ -181,6 +203,7 @@ def export_loaded(loaded: LoadedModel, out: str | Path, fmt: str, *, opset: int 
         raise UserError(f"--batch must be a positive integer or 'dynamic', got {batch!r}")
     if fmt == "onnx":
         import onnx
+
         newest = onnx.defs.onnx_opset_version()
         if not MIN_OPSET <= opset <= newest:
             raise UserError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to {newest}")
@@ -188,11 +211,18 @@ def export_loaded(loaded: LoadedModel, out: str | Path, fmt: str, *, opset: int 
     crop = int(loaded.config["image_crop"])
     names = output_names(multi)
     id_to_scene = {i: s for s, i in loaded.scene_map.items()}
-    metadata = {"version": METADATA_VERSION, "model_name": loaded.model_name, "checkpoint": Path(checkpoint).name,
-                "input": "image", "input_dtype": input_dtype, "crop_size": crop,
-                "batch": "dynamic" if dynamic else batch, "outputs": names,
-                "scene_names": [id_to_scene.get(i) for i in range(loaded.num_scenes)],
-                "image_resize": int(loaded.config["image_resize"])}
+    metadata = {
+        "version": METADATA_VERSION,
+        "model_name": loaded.model_name,
+        "checkpoint": Path(checkpoint).name,
+        "input": "image",
+        "input_dtype": input_dtype,
+        "crop_size": crop,
+        "batch": "dynamic" if dynamic else batch,
+        "outputs": names,
+        "scene_names": [id_to_scene.get(i) for i in range(loaded.num_scenes)],
+        "image_resize": int(loaded.config["image_resize"]),
+    }
     graph = ExportGraph(prepare_for_export(loaded.model), uint8_input=input_dtype == "uint8").eval()
     trace_batch = 2 if dynamic else batch
     if check_images is None:
@@ -200,17 +230,22 @@ def export_loaded(loaded: LoadedModel, out: str | Path, fmt: str, *, opset: int 
         checks += [example_input(3, crop, input_dtype, seed=2)] if dynamic else []
     else:
         if tuple(check_images.shape[1:]) != (3, crop, crop) or check_images.dtype != torch.uint8:
-            raise UserError(f"check images must be uint8 N x 3 x {crop} x {crop}, got {check_images.dtype} "
-                            f"{tuple(check_images.shape)}")
+            raise UserError(
+                f"check images must be uint8 N x 3 x {crop} x {crop}, got {check_images.dtype} "
+                f"{tuple(check_images.shape)}"
+            )
         images = check_images if input_dtype == "uint8" else check_images.float() / 255
         step = len(images) if dynamic else batch
-        checks = [images[i:i + step] for i in range(0, len(images) - step + 1, step)]
+        checks = [images[i : i + step] for i in range(0, len(images) - step + 1, step)]
         if not checks:
             raise UserError(f"a batch-{batch} export needs at least {batch} check images, got {len(images)}")
     example = example_input(trace_batch, crop, input_dtype)
     with torch.no_grad():
-        data = (_onnx_bytes(graph, example, names, opset, dynamic, metadata) if fmt == "onnx"
-                else _torchscript_bytes(graph, example, metadata))
+        data = (
+            _onnx_bytes(graph, example, names, opset, dynamic, metadata)
+            if fmt == "onnx"
+            else _torchscript_bytes(graph, example, metadata)
+        )
         diffs, bounds = {}, {}
         for image in checks if check else []:
             got = run_export_bytes(data, fmt, image.numpy())
@@ -220,16 +255,24 @@ def export_loaded(loaded: LoadedModel, out: str | Path, fmt: str, *, opset: int 
     bad = [f"{n} {diffs[n]:.3g} > {bounds[n]:.3g}" for n in diffs if not diffs[n] <= bounds[n]]
     if bad:
         hint = " (random check images; pass real ones with --check_images)" if check_images is None else ""
-        raise UserError(f"the {fmt} export of {loaded.model_name} does not reproduce PyTorch{hint}: "
-                        + ", ".join(bad))
+        raise UserError(f"the {fmt} export of {loaded.model_name} does not reproduce PyTorch{hint}: " + ", ".join(bad))
     path = atomic_write_bytes(out, data)
     return ExportResult(path, metadata, diffs, bounds)
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str, *, opset: int = DEFAULT_OPSET,
-                      batch: Union[int, str] = 1, input_dtype: str = "uint8", model_name: Optional[str] = None,
-                      config=None, scenes: Optional[Sequence[str]] = None,
-                      check_images: Optional[str] = None) -> ExportResult:
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    fmt: str,
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch: int | str = 1,
+    input_dtype: str = "uint8",
+    model_name: str | None = None,
+    config=None,
+    scenes: Sequence[str] | None = None,
+    check_images: str | None = None,
+) -> ExportResult:
     """Load a checkpoint (see :func:`engine.localize.load_for_inference`) and export it; ``check_images``
     is an image source (folder, glob, list, label CSV) for the comparison with PyTorch."""
     if fmt not in FORMATS:  # before the (slow) load
@@ -240,11 +283,19 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str, *, opse
     check_output_dir(out.parent, "the folder of --out", create=False)  # before the load and the export
     loaded = load_for_inference(checkpoint, model_name=model_name, config=config, scenes=scenes)
     images = load_check_images(check_images, loaded.config) if check_images else None
-    return export_loaded(loaded, out, fmt, opset=opset, batch=batch, input_dtype=input_dtype,
-                         checkpoint=str(checkpoint), check_images=images)
+    return export_loaded(
+        loaded,
+        out,
+        fmt,
+        opset=opset,
+        batch=batch,
+        input_dtype=input_dtype,
+        checkpoint=str(checkpoint),
+        check_images=images,
+    )
 
 
-def _batch_arg(text: str) -> Union[int, str]:
+def _batch_arg(text: str) -> int | str:
     if text == "dynamic":
         return text
     try:
@@ -254,41 +305,63 @@ def _batch_arg(text: str) -> Union[int, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine.export", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.export",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("checkpoint", help="our checkpoint, or a reference state_dict (with --model_name, --config)")
     parser.add_argument("--format", required=True, metavar="{onnx,torchscript}", help="file format")
     parser.add_argument("--out", required=True, help="file to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     parser.add_argument("--batch", type=_batch_arg, default=1, help="fixed batch size, or 'dynamic'")
-    parser.add_argument("--input_dtype", default="uint8", metavar="{uint8,float32}",
-                        help="uint8 RGB 0-255, or float32 RGB in [0, 1]")
-    parser.add_argument("--model_name", default=None, help="the model the checkpoint must hold "
-                                                           "(needed for a reference state_dict)")
-    parser.add_argument("--config", default=None, help="JSON config (default: the checkpoint's own; needed for "
-                                                       "a reference state_dict)")
-    parser.add_argument("--check_images", default=None,
-                        help="images to compare the export with PyTorch on (folder, glob, list or label CSV; "
-                             "first 8; default: random smooth images)")
-    parser.add_argument("--scenes", default=None, help="comma-separated scene names of a reference multi-scene "
-                                                       "state_dict")
+    parser.add_argument(
+        "--input_dtype", default="uint8", metavar="{uint8,float32}", help="uint8 RGB 0-255, or float32 RGB in [0, 1]"
+    )
+    parser.add_argument(
+        "--model_name", default=None, help="the model the checkpoint must hold (needed for a reference state_dict)"
+    )
+    parser.add_argument(
+        "--config", default=None, help="JSON config (default: the checkpoint's own; needed for a reference state_dict)"
+    )
+    parser.add_argument(
+        "--check_images",
+        default=None,
+        help="images to compare the export with PyTorch on (folder, glob, list or label CSV; "
+        "first 8; default: random smooth images)",
+    )
+    parser.add_argument(
+        "--scenes", default=None, help="comma-separated scene names of a reference multi-scene state_dict"
+    )
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(logging.WARNING)
 
     def run() -> int:
         scenes = [s.strip() for s in args.scenes.split(",") if s.strip()] if args.scenes else None
-        result = export_checkpoint(args.checkpoint, args.out, args.format, opset=args.opset, batch=args.batch,
-                                   input_dtype=args.input_dtype, model_name=args.model_name, config=args.config,
-                                   scenes=scenes, check_images=args.check_images)
-        checks = ", ".join(f"{n} {result.max_abs_diff[n]:.2g} (bound {result.tolerance[n]:.2g})"
-                           for n in result.metadata["outputs"])
+        result = export_checkpoint(
+            args.checkpoint,
+            args.out,
+            args.format,
+            opset=args.opset,
+            batch=args.batch,
+            input_dtype=args.input_dtype,
+            model_name=args.model_name,
+            config=args.config,
+            scenes=scenes,
+            check_images=args.check_images,
+        )
+        checks = ", ".join(
+            f"{n} {result.max_abs_diff[n]:.2g} (bound {result.tolerance[n]:.2g})" for n in result.metadata["outputs"]
+        )
         meta = result.metadata
-        print(f"wrote {result.path}: {meta['model_name']}, input image {meta['batch']} x 3 x {meta['crop_size']} x "
-              f"{meta['crop_size']} {meta['input_dtype']}, outputs {', '.join(meta['outputs'])}")
+        print(
+            f"wrote {result.path}: {meta['model_name']}, input image {meta['batch']} x 3 x {meta['crop_size']} x "
+            f"{meta['crop_size']} {meta['input_dtype']}, outputs {', '.join(meta['outputs'])}"
+        )
         on = "the check images" if args.check_images else "random images"
         print(f"max |{args.format} - PyTorch| on {on}: {checks}")
         return 0

@@ -6,6 +6,7 @@
 at its crop size; ``--resize_crop`` applies the test-time resize and centre crop first, otherwise an image of
 another size is an error, as is a batch other than the export's fixed one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,8 @@ import json
 import sys
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,8 +47,10 @@ class ExportedModel:
             raise UserError(f"exported model not found: {self.path}")
         data = self.path.read_bytes()
         if data[:2] == b"PK" and _is_torch_save(data):
-            raise UserError(f"{self.path} is a checkpoint (torch.save), not an exported model; export it with "
-                            f"`python -m engine.export {self.path} --format onnx --out MODEL.onnx`")
+            raise UserError(
+                f"{self.path} is a checkpoint (torch.save), not an exported model; export it with "
+                f"`python -m engine.export {self.path} --format onnx --out MODEL.onnx`"
+            )
         if data[:2] == b"PK":  # TorchScript archives are zip files
             extra = {TORCHSCRIPT_EXTRA: ""}
             with warnings.catch_warnings():
@@ -59,11 +62,13 @@ class ExportedModel:
             self.format, meta = "torchscript", extra[TORCHSCRIPT_EXTRA]
         else:
             import onnxruntime as ort
+
             try:
                 self._session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises its own exception types for a foreign file
-                raise UserError(f"{self.path} is neither an ONNX model nor a TorchScript archive "
-                                f"({type(e).__name__})") from None
+                raise UserError(
+                    f"{self.path} is neither an ONNX model nor a TorchScript archive ({type(e).__name__})"
+                ) from None
             self.format = "onnx"
             meta = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "")
         if not meta:
@@ -77,13 +82,17 @@ class ExportedModel:
         """One-line UserError for an input the export cannot take."""
         want = f"{self.metadata['input_dtype']} B x 3 x {self.crop_size} x {self.crop_size}"
         if image_B3HW.ndim != 4 or tuple(image_B3HW.shape[1:]) != (3, self.crop_size, self.crop_size):
-            raise UserError(f"{self.path.name} takes images of {want}, got shape {tuple(image_B3HW.shape)}; "
-                            f"resize and centre-crop them first (--resize_crop)")
+            raise UserError(
+                f"{self.path.name} takes images of {want}, got shape {tuple(image_B3HW.shape)}; "
+                f"resize and centre-crop them first (--resize_crop)"
+            )
         if image_B3HW.dtype != self.dtype:
             raise UserError(f"{self.path.name} takes {want}, got {image_B3HW.dtype}")
         if self.batch != "dynamic" and image_B3HW.shape[0] != self.batch:
-            raise UserError(f"{self.path.name} was exported for batches of {self.batch}, got {image_B3HW.shape[0]} "
-                            f"(export with --batch dynamic for any batch size)")
+            raise UserError(
+                f"{self.path.name} was exported for batches of {self.batch}, got {image_B3HW.shape[0]} "
+                f"(export with --batch dynamic for any batch size)"
+            )
 
     def __call__(self, image_B3HW: np.ndarray) -> dict[str, np.ndarray]:
         image_B3HW = np.asarray(image_B3HW)
@@ -106,17 +115,24 @@ class ExportedModel:
         return poses
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.exported", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.exported",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("model", help="a file written by python -m engine.export")
     parser.add_argument("images", help="a folder, a glob pattern, a text list or a label CSV")
-    parser.add_argument("--resize_crop", action="store_true",
-                        help="resize and centre-crop each image as at test time (sizes from the export)")
+    parser.add_argument(
+        "--resize_crop",
+        action="store_true",
+        help="resize and centre-crop each image as at test time (sizes from the export)",
+    )
     args = parser.parse_args(argv)
 
     def run() -> int:
         from engine.predict import poses_csv
+
         model = ExportedModel(args.model)
         source = resolve_image_source(args.images)
         meta = model.metadata
@@ -128,12 +144,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         chunks = []
         for start in range(0, len(source), step):
             imgs = []
-            for name, path in zip(source.names[start:start + step], source.files[start:start + step]):
+            for name, path in zip(source.names[start : start + step], source.files[start : start + step]):
                 img = load_image_uint8(path)
                 img = resize_crop(img) if args.resize_crop else img
                 if tuple(img.shape) != want:
-                    raise UserError(f"{name} is {img.shape[2]}x{img.shape[1]} pixels but {model.path.name} takes "
-                                    f"{model.crop_size}x{model.crop_size} images; pass --resize_crop or crop them")
+                    raise UserError(
+                        f"{name} is {img.shape[2]}x{img.shape[1]} pixels but {model.path.name} takes "
+                        f"{model.crop_size}x{model.crop_size} images; pass --resize_crop or crop them"
+                    )
                 imgs.append(img)
             batch = torch.stack(imgs).numpy()
             chunks.append(model.poses(batch if model.dtype == np.uint8 else batch.astype(np.float32) / 255))

@@ -13,11 +13,12 @@ Preprocessing is the test-time transform of training (``datasets.transforms.buil
 short side, centre crop, ImageNet normalisation. Poses follow the label CSV conventions of the data the model
 was trained on (``datasets.labels``): t the camera centre in metres, q scalar-first, here of unit norm.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,11 +42,12 @@ class Poses:
     Multi-scene models also give the predicted scene per image: its id, its name (the training scene map's,
     or ``None`` when the checkpoint has none) and its probability.
     """
+
     positions: np.ndarray
     quaternions: np.ndarray
-    scene_ids: Optional[np.ndarray] = None
-    scene_names: Optional[list] = None
-    scene_probs: Optional[np.ndarray] = None
+    scene_ids: np.ndarray | None = None
+    scene_names: list | None = None
+    scene_probs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -59,6 +61,7 @@ class Poses:
 @dataclass
 class LoadedModel:
     """A model ready for inference and what it was built from."""
+
     model: torch.nn.Module
     model_name: str
     config: dict
@@ -75,8 +78,10 @@ def unit_quaternions(pose_B7: torch.Tensor) -> torch.Tensor:
 def _effective_config(model_name: str, config, ckpt: dict) -> dict:
     if config is None:
         if ckpt["format"] == "reference":
-            raise UserError("a bare reference state_dict does not say how the model was configured: "
-                            "pass config=<config.json> (and model_name=)")
+            raise UserError(
+                "a bare reference state_dict does not say how the model was configured: "
+                "pass config=<config.json> (and model_name=)"
+            )
         return validate_config(model_name, {k: v for k, v in ckpt["config"].items() if k != "model_name"})
     if isinstance(config, (str, os.PathLike)):
         return load_config(config, model_name)
@@ -85,9 +90,13 @@ def _effective_config(model_name: str, config, ckpt: dict) -> dict:
     raise UserError(f"config: expected a path to a JSON config or a dict, got {type(config).__name__}")
 
 
-def load_for_inference(checkpoint_path: str | os.PathLike, *, model_name: Optional[str] = None,
-                       config: Union[None, str, os.PathLike, Mapping] = None,
-                       scenes: Optional[Sequence[str]] = None) -> LoadedModel:
+def load_for_inference(
+    checkpoint_path: str | os.PathLike,
+    *,
+    model_name: str | None = None,
+    config: None | str | os.PathLike | Mapping = None,
+    scenes: Sequence[str] | None = None,
+) -> LoadedModel:
     """Build the checkpoint's model in eval mode on the CPU and load its weights strictly.
 
     ``config`` (a JSON path or a dict) replaces the checkpoint's own config, except for the architecture
@@ -105,11 +114,10 @@ def load_for_inference(checkpoint_path: str | os.PathLike, *, model_name: Option
     check_compatible(ckpt, model_name, checkpoint_path)  # the model first, before its config is read
     cfg = _effective_config(model_name, config, ckpt)
 
-    def named_scenes(n_scenes: Optional[int]) -> dict:
+    def named_scenes(n_scenes: int | None) -> dict:
         scene_map = {s: i for i, s in enumerate(sorted(scenes))} if scenes else {}
         if scene_map and n_scenes and len(scene_map) != n_scenes:
-            raise UserError(f"{checkpoint_path} has {n_scenes} scene heads but {len(scene_map)} scene names "
-                            f"were given")
+            raise UserError(f"{checkpoint_path} has {n_scenes} scene heads but {len(scene_map)} scene names were given")
         return scene_map
 
     # The weights' model: the checkpoint's architecture keys; for a reference state_dict 8 heads and the scene
@@ -127,8 +135,10 @@ def _as_image_3HW(item, position: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(item.convert("RGB")).copy()).permute(2, 0, 1)
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
-            raise UserError(f"image {position}: expected a uint8 array H x W x 3 (RGB), got {item.dtype} "
-                            f"{'x'.join(map(str, item.shape))}")
+            raise UserError(
+                f"image {position}: expected a uint8 array H x W x 3 (RGB), got {item.dtype} "
+                f"{'x'.join(map(str, item.shape))}"
+            )
         if min(item.shape[:2]) == 0:
             raise UserError(f"image {position}: empty ({item.shape[0]} x {item.shape[1]} pixels)")
         return torch.from_numpy(np.array(item)).permute(2, 0, 1)  # a copy: the array may be read-only
@@ -138,16 +148,20 @@ def _as_image_3HW(item, position: int) -> torch.Tensor:
         if min(item.shape[1:]) == 0:
             raise UserError(f"image {position}: empty ({item.shape[1]} x {item.shape[2]} pixels)")
         return item
-    raise UserError(f"image {position}: expected a path, a PIL image, a uint8 H x W x 3 array or a tensor, "
-                    f"got {type(item).__name__}")
+    raise UserError(
+        f"image {position}: expected a path, a PIL image, a uint8 H x W x 3 array or a tensor, "
+        f"got {type(item).__name__}"
+    )
 
 
 def _check_float_range(img: torch.Tensor, what: str) -> None:
     if img.is_floating_point() and img.numel():
         lo, hi = float(img.min()), float(img.max())
         if lo < -1e-6 or hi > 1 + 1e-6 or not np.isfinite([lo, hi]).all():
-            raise UserError(f"{what}: float images must hold RGB values in [0, 1], found [{lo:.3g}, {hi:.3g}] "
-                            f"(pass uint8 for 0-255 values; normalisation is done here)")
+            raise UserError(
+                f"{what}: float images must hold RGB values in [0, 1], found [{lo:.3g}, {hi:.3g}] "
+                f"(pass uint8 for 0-255 values; normalisation is done here)"
+            )
 
 
 class Localizer:
@@ -159,15 +173,23 @@ class Localizer:
         self.scene_map = loaded.scene_map
         self.num_scenes = loaded.num_scenes
         self.id_to_scene = {i: s for s, i in loaded.scene_map.items()}
-        self.device = device if isinstance(device, torch.device) else select_device(device, self.config.get("device_id"))
+        self.device = (
+            device if isinstance(device, torch.device) else select_device(device, self.config.get("device_id"))
+        )
         self.model = loaded.model.to(self.device, memory_format=torch.channels_last).eval()
         self.transform = build_transform(self.config, train=False)
         self.crop_size = int(self.config["image_crop"])
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", *, model_name: Optional[str] = None,
-                        config: Union[None, str, os.PathLike, Mapping] = None,
-                        scenes: Optional[Sequence[str]] = None) -> "Localizer":
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str = "auto",
+        *,
+        model_name: str | None = None,
+        config: None | str | os.PathLike | Mapping = None,
+        scenes: Sequence[str] | None = None,
+    ) -> Localizer:
         """Load a checkpoint (ours, or a reference state_dict with ``model_name`` and ``config``)."""
         return cls(load_for_inference(path, model_name=model_name, config=config, scenes=scenes), device)
 
@@ -176,7 +198,7 @@ class Localizer:
         return self.num_scenes > 0
 
     @staticmethod
-    def _as_items(images) -> Union[torch.Tensor, list]:
+    def _as_items(images) -> torch.Tensor | list:
         """A B x 3 x H x W tensor as it is; anything else as a list of single images."""
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             if images.shape[1] != 3 or min(images.shape[2:]) == 0:
@@ -187,8 +209,9 @@ class Localizer:
         if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
             return [images]
         if not isinstance(images, Iterable):
-            raise UserError(f"images: expected an image, a list of images or a tensor batch, "
-                            f"got {type(images).__name__}")
+            raise UserError(
+                f"images: expected an image, a list of images or a tensor batch, got {type(images).__name__}"
+            )
         items = list(images)
         if not items:
             raise UserError("images: nothing to localize (empty list)")
@@ -208,14 +231,14 @@ class Localizer:
         return torch.stack(batch)
 
     @torch.no_grad()
-    def predict_batch(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def predict_batch(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Preprocessed batch -> (pose_B7 with unit q, scene_logp_BS or None), on the CPU."""
         img = img_B3HW.to(self.device, memory_format=torch.channels_last)
         pose_B7, logp_BS = self.model(img)  # the most probable scene's pose for multi-scene models
         pose_B7 = unit_quaternions(pose_B7.float()).cpu()
         return pose_B7, (logp_BS.float().cpu() if logp_BS is not None else None)
 
-    def poses_from(self, pose_N7: torch.Tensor, logp_NS: Optional[torch.Tensor]) -> Poses:
+    def poses_from(self, pose_N7: torch.Tensor, logp_NS: torch.Tensor | None) -> Poses:
         """Model outputs -> :class:`Poses` (scene names from the checkpoint's scene map)."""
         pose = pose_N7.numpy().astype(np.float64)
         out = Poses(positions=pose[:, :3].copy(), quaternions=pose[:, 3:].copy())
@@ -233,7 +256,7 @@ class Localizer:
         items = self._as_items(images)
         poses, logps = [], []
         for start in range(0, len(items), batch_size):
-            pose, logp = self.predict_batch(self.preprocess(items[start:start + batch_size], start))
+            pose, logp = self.predict_batch(self.preprocess(items[start : start + batch_size], start))
             poses.append(pose)
             if logp is not None:
                 logps.append(logp)

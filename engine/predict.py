@@ -8,6 +8,7 @@ self-contained page ``..._poses.html`` shows the predicted camera centres in 3D.
 
 Unreadable images are logged, skipped and counted; only a run where no image could be read is an error.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,7 +16,6 @@ import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -37,12 +37,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class PredictResult:
     """Poses of the readable images, which images were skipped and why, and the files written."""
+
     model_name: str
     checkpoint: str
     source: ImageList
-    names: list[str]                 # img_path of each predicted row, in source order
+    names: list[str]  # img_path of each predicted row, in source order
     poses: Poses
-    skipped: list[tuple[str, str]]   # (img_path, reason)
+    skipped: list[tuple[str, str]]  # (img_path, reason)
     paths: dict[str, Path] = field(default_factory=dict)
 
     def summary_line(self) -> str:
@@ -73,13 +74,19 @@ def _source_label(images: str, source: ImageList) -> str:
 
 
 @torch.no_grad()
-def localize_files(localizer: Localizer, source: ImageList, *, batch_size: int, n_workers: int = 0,
-                   progress: bool = True) -> tuple[list[int], Poses, list[tuple[int, str]]]:
+def localize_files(
+    localizer: Localizer, source: ImageList, *, batch_size: int, n_workers: int = 0, progress: bool = True
+) -> tuple[list[int], Poses, list[tuple[int, str]]]:
     """Run ``localizer`` over the files of ``source``: (indices of the readable ones, their poses, failures)."""
     dataset = ImageFileDataset(source.files, localizer.transform)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        num_workers=cap_workers(n_workers, localizer.device),
-                        collate_fn=collate_readable, pin_memory=localizer.device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=cap_workers(n_workers, localizer.device),
+        collate_fn=collate_readable,
+        pin_memory=localizer.device.type == "cuda",
+    )
     indices, poses, logps, failed = [], [], [], []
     for batch in progress_bar(loader, desc="predict", leave=False, enabled=progress):
         for index, reason in batch["failed"]:
@@ -98,10 +105,20 @@ def localize_files(localizer: Localizer, source: ImageList, *, batch_size: int, 
     return indices, localizer.poses_from(torch.cat(poses), torch.cat(logps) if logps else None), failed
 
 
-def predict(model_name: str, images: str, config_path: str | Path, checkpoint_path: str | Path,
-            output_path: str | Path = "./predictions", *, override_config=None,
-            dataset_root: Optional[str | Path] = None, batch_size: Optional[int] = None, device: str = "auto",
-            html: bool = False, progress: bool = True) -> PredictResult:
+def predict(
+    model_name: str,
+    images: str,
+    config_path: str | Path,
+    checkpoint_path: str | Path,
+    output_path: str | Path = "./predictions",
+    *,
+    override_config=None,
+    dataset_root: str | Path | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    html: bool = False,
+    progress: bool = True,
+) -> PredictResult:
     """Localize the images named by ``images`` and write the poses CSV (and the HTML view)."""
     if not checkpoint_path:
         raise UserError("predict mode needs --checkpoint_path <checkpoint.pth>")
@@ -115,11 +132,18 @@ def predict(model_name: str, images: str, config_path: str | Path, checkpoint_pa
     scenes = sorted(set(source.scenes) - {""}) or None
     loaded = load_for_inference(checkpoint_path, model_name=model_name, config=config, scenes=scenes)
     localizer = Localizer(loaded, device)
-    indices, poses, failed = localize_files(localizer, source, batch_size=batch_size,
-                                            n_workers=config["n_workers"], progress=progress)
+    indices, poses, failed = localize_files(
+        localizer, source, batch_size=batch_size, n_workers=config["n_workers"], progress=progress
+    )
     names = [source.names[i] for i in indices]
-    result = PredictResult(loaded.model_name, str(checkpoint_path), source, names, poses,
-                           [(source.names[i], reason) for i, reason in failed])
+    result = PredictResult(
+        loaded.model_name,
+        str(checkpoint_path),
+        source,
+        names,
+        poses,
+        [(source.names[i], reason) for i, reason in failed],
+    )
 
     out = Path(output_path)
     stem = f"{loaded.model_name}_{Path(checkpoint_path).stem}_{_source_label(images, source)}"
@@ -127,16 +151,21 @@ def predict(model_name: str, images: str, config_path: str | Path, checkpoint_pa
     if html:
         groups = {}
         if poses.scene_ids is not None:
-            labels = np.array([str(s) if s is not None else f"scene {i}"
-                               for s, i in zip(poses.scene_names, poses.scene_ids)])
+            labels = np.array(
+                [str(s) if s is not None else f"scene {i}" for s, i in zip(poses.scene_names, poses.scene_ids)]
+            )
             for label in sorted(set(labels)):
                 sel = np.flatnonzero(labels == label)
                 groups[label] = (poses.positions[sel], [names[i] for i in sel])
         else:
             groups["predicted"] = (poses.positions, names)
-        facts = [("model", loaded.model_name), ("checkpoint", str(checkpoint_path)), ("images", str(images)),
-                 ("localized", result.summary_line())]
-        result.paths["html"] = write_positions_page(out / f"{stem}_poses.html",
-                                                    f"Predicted camera centres: {Path(checkpoint_path).name}",
-                                                    facts, groups)
+        facts = [
+            ("model", loaded.model_name),
+            ("checkpoint", str(checkpoint_path)),
+            ("images", str(images)),
+            ("localized", result.summary_line()),
+        ]
+        result.paths["html"] = write_positions_page(
+            out / f"{stem}_poses.html", f"Predicted camera centres: {Path(checkpoint_path).name}", facts, groups
+        )
     return result

@@ -4,6 +4,7 @@ A recipe file (``configs/recipes/``) is ``{"<model>": [stage, ...], "default": [
 ``{"name": ..., "override": {<config keys>}, "doc": ...}``. ``released.json`` holds the released configs'
 stages, ``paper_<dataset>.json`` the paper's. :mod:`engine.reproduce` runs them.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,8 @@ RECIPES = Path(__file__).resolve().parent.parent / "configs" / "recipes"
 @dataclass(frozen=True)
 class Stage:
     """One training stage of a recipe: a config section applied on top of the model's section."""
-    number: int        # its place in the recipe, from 1: the folder stage<number>
+
+    number: int  # its place in the recipe, from 1: the folder stage<number>
     name: str
     override: dict
     doc: str = ""
@@ -31,7 +33,7 @@ STAGE_KEYS = ("name", "override", "doc")
 def _stage(path: Path, key: str, k: int, raw) -> Stage:
     where = f"recipe {path}: {key!r} stage {k}"
     if not isinstance(raw, dict):
-        raise UserError(f"{where} is not an object ({{\"name\": ..., \"override\": {{...}}}})")
+        raise UserError(f'{where} is not an object ({{"name": ..., "override": {{...}}}})')
     unknown = sorted(set(raw) - set(STAGE_KEYS))
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; a stage has {', '.join(STAGE_KEYS)}")
@@ -59,7 +61,7 @@ def load_recipe(path: str | Path) -> dict[str, tuple[Stage, ...]]:
     except (UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"recipe {path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict) or not raw:
-        raise UserError(f"recipe {path}: expected an object {{\"<model>\": [stage, ...], \"default\": [stage, ...]}}")
+        raise UserError(f'recipe {path}: expected an object {{"<model>": [stage, ...], "default": [stage, ...]}}')
     recipe: dict[str, tuple[Stage, ...]] = {}
     keys: dict[str, str] = {}
     for key, stages in raw.items():
@@ -79,5 +81,6 @@ def load_recipe(path: str | Path) -> dict[str, tuple[Stage, ...]]:
 def freezes_nothing(stage: Stage, config: dict) -> bool:
     """A stage that turns ``freeze`` on while the effective config names no parameter to keep training."""
     override = stage.override
-    return bool(override.get("freeze", config["freeze"])) and \
-        not override.get("freeze_exclude_phrase", config["freeze_exclude_phrase"])
+    return bool(override.get("freeze", config["freeze"])) and not override.get(
+        "freeze_exclude_phrase", config["freeze_exclude_phrase"]
+    )

@@ -4,6 +4,7 @@ A :class:`CheckpointResult` holds the per-scene summaries, the pooled ``overall`
 per-frame positions and errors (for CDFs and the 3D view). It is plain data: it goes to and from the JSON
 cache through :mod:`util.jsonio`, so an unlocalised frame's infinite error survives the round trip.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,21 +22,24 @@ from util.metrics import DEFAULT_THRESHOLDS, summarize
 @dataclass
 class CheckpointResult:
     """The scores of one checkpoint file, as evaluated now or read from the cache."""
+
     path: Path
     label: str
     size: int
     mtime_ns: int
     epoch: int | None
-    scenes: list[dict]            # PoseSummary.to_dict() per scene
-    overall: dict                 # every frame pooled; multi-scene medians: mean of the per-scene medians
+    scenes: list[dict]  # PoseSummary.to_dict() per scene
+    overall: dict  # every frame pooled; multi-scene medians: mean of the per-scene medians
     scene_acc: dict[str, float] = field(default_factory=dict)
-    frames: dict | None = None    # per-frame positions and errors (see frames_of)
-    evaluated: bool = False       # False when taken from the cache
+    frames: dict | None = None  # per-frame positions and errors (see frames_of)
+    evaluated: bool = False  # False when taken from the cache
 
     def sort_key(self) -> tuple[float, float]:
         """Best = lowest median position error, then lowest median orientation error (NaN counts as inf)."""
+
         def val(x):
             return math.inf if x is None or math.isnan(x) else x
+
         return val(self.overall["median_pos_m"]), val(self.overall["median_ori_deg"])
 
     def is_current(self, path: Path) -> bool:
@@ -44,14 +48,29 @@ class CheckpointResult:
         return self.size == st.st_size and self.mtime_ns == st.st_mtime_ns
 
     def to_cache(self) -> dict:
-        return {"size": self.size, "mtime_ns": self.mtime_ns, "epoch": self.epoch, "scenes": self.scenes,
-                "overall": self.overall, "scene_acc": self.scene_acc, "frames": self.frames}
+        return {
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "epoch": self.epoch,
+            "scenes": self.scenes,
+            "overall": self.overall,
+            "scene_acc": self.scene_acc,
+            "frames": self.frames,
+        }
 
     @classmethod
-    def from_cache(cls, path: Path, label: str, entry: dict) -> "CheckpointResult":
-        return cls(path=path, label=label, size=entry["size"], mtime_ns=entry["mtime_ns"], epoch=entry["epoch"],
-                   scenes=entry["scenes"], overall=entry["overall"], scene_acc=entry["scene_acc"],
-                   frames=entry.get("frames"))
+    def from_cache(cls, path: Path, label: str, entry: dict) -> CheckpointResult:
+        return cls(
+            path=path,
+            label=label,
+            size=entry["size"],
+            mtime_ns=entry["mtime_ns"],
+            epoch=entry["epoch"],
+            scenes=entry["scenes"],
+            overall=entry["overall"],
+            scene_acc=entry["scene_acc"],
+            frames=entry.get("frames"),
+        )
 
 
 def _round(x: float, digits: int = 6) -> float:
@@ -72,8 +91,14 @@ def frames_of(result: EvalResult) -> dict:
         t_pred += [[_round(v) for v in row] for row in pred.pose_pred_N7[:, :3]]
         pos_err += [_round(v) for v in pos]
         ori_err += [_round(v) for v in ori]
-    return {"scenes": scenes, "scene_index": scene_idx, "t_gt": t_gt, "t_pred": t_pred,
-            "pos_err": pos_err, "ori_err": ori_err}
+    return {
+        "scenes": scenes,
+        "scene_index": scene_idx,
+        "t_gt": t_gt,
+        "t_pred": t_pred,
+        "pos_err": pos_err,
+        "ori_err": ori_err,
+    }
 
 
 def frames_by_scene(frames: dict | None) -> dict[str, dict[str, np.ndarray]]:
@@ -89,12 +114,15 @@ def frames_by_scene(frames: dict | None) -> dict[str, dict[str, np.ndarray]]:
     t_gt = np.asarray(frames["t_gt"], dtype=np.float64).reshape(-1, 3)
     t_pred = np.asarray(frames["t_pred"], dtype=np.float64).reshape(-1, 3)
     pos, ori = err("pos_err"), err("ori_err")
-    return {scene: {"t_gt": t_gt[idx == k], "t_pred": t_pred[idx == k], "pos": pos[idx == k], "ori": ori[idx == k]}
-            for k, scene in enumerate(frames["scenes"])}
+    return {
+        scene: {"t_gt": t_gt[idx == k], "t_pred": t_pred[idx == k], "pos": pos[idx == k], "ori": ori[idx == k]}
+        for k, scene in enumerate(frames["scenes"])
+    }
 
 
-def summarize_result(result: EvalResult, path: Path, label: str, stat: os.stat_result,
-                     multi_scene: bool) -> CheckpointResult:
+def summarize_result(
+    result: EvalResult, path: Path, label: str, stat: os.stat_result, multi_scene: bool
+) -> CheckpointResult:
     """Turn an :class:`EvalResult` into the cached record (per-frame data included)."""
     pos = np.concatenate([p.errors[0] for p in result.predictions.values()])
     ori = np.concatenate([p.errors[1] for p in result.predictions.values()])
@@ -102,17 +130,28 @@ def summarize_result(result: EvalResult, path: Path, label: str, stat: os.stat_r
     overall = summarize(pos, ori, scene="all", thresholds=DEFAULT_THRESHOLDS).to_dict()
     if multi_scene:
         # The medians of a multi-scene row are the reference's avrg_x / avrg_q: every scene counts once.
-        overall.update(scene="average",
-                       median_pos_m=float(np.mean([s.median_pos_m for s in result.summaries])),
-                       median_ori_deg=float(np.mean([s.median_ori_deg for s in result.summaries])))
+        overall.update(
+            scene="average",
+            median_pos_m=float(np.mean([s.median_pos_m for s in result.summaries])),
+            median_ori_deg=float(np.mean([s.median_ori_deg for s in result.summaries])),
+        )
         n = {s.scene: s.n_frames for s in result.summaries}
         total = sum(n[s] for s in result.scene_acc)
-        overall["scene_acc"] = (sum(result.scene_acc[s] * n[s] for s in result.scene_acc) / total
-                                if total else float("nan"))
-    return CheckpointResult(path=path, label=label, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                            epoch=read_epoch(path), scenes=[s.to_dict() for s in result.summaries],
-                            overall=overall, scene_acc=dict(result.scene_acc), frames=frames_of(result),
-                            evaluated=True)
+        overall["scene_acc"] = (
+            sum(result.scene_acc[s] * n[s] for s in result.scene_acc) / total if total else float("nan")
+        )
+    return CheckpointResult(
+        path=path,
+        label=label,
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        epoch=read_epoch(path),
+        scenes=[s.to_dict() for s in result.summaries],
+        overall=overall,
+        scene_acc=dict(result.scene_acc),
+        frames=frames_of(result),
+        evaluated=True,
+    )
 
 
 def first_line(text: str) -> str:

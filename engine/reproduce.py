@@ -32,6 +32,7 @@ whether the 95 % interval covers zero). ``python -m engine.compare`` pairs the s
 commands read (each stage's ``override.json``, the split CSVs), so they run as printed. Everything the
 driver needs is checked before anything trains.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,15 +40,16 @@ import json
 import logging
 import shlex
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from datasets import label_io
 from datasets.labels import read_labels, split_last_sequences
 from engine.checkpoints import checkpoint_number, read_epoch
-from engine.recipes import RECIPES, Stage, freezes_nothing, load_recipe
 from engine.cli import configure_console
+from engine.recipes import RECIPES, Stage, freezes_nothing, load_recipe
 from engine.result_cache import file_stamp
 from engine.table import ReproTable
 from models.config import load_config
@@ -72,6 +74,7 @@ OVERRIDE = "override.json"
 class DatasetRecipe:
     """Where a dataset's label files are, which config the paper used and its training recipe
     (docs/datasets.md, docs/configs.md)."""
+
     scenes: tuple[str, ...]
     csv_name: Callable[[str, str], str]
     multi_train: str
@@ -80,11 +83,20 @@ class DatasetRecipe:
 
 
 DATASETS = {
-    "7scenes": DatasetRecipe(label_io.SEVEN_SCENES, label_io.seven_scenes_csv_name, "7scenes_all_scenes.csv",
-                             REPO / "configs" / "7Scenes_config.json", RECIPES / "paper_7Scenes.json"),
-    "cambridge": DatasetRecipe(label_io.CAMBRIDGE_FOUR, label_io.cambridge_csv_name, "cambridge_four_scenes.csv",
-                               REPO / "configs" / "CambridgeLandmarks_config.json",
-                               RECIPES / "paper_CambridgeLandmarks.json"),
+    "7scenes": DatasetRecipe(
+        label_io.SEVEN_SCENES,
+        label_io.seven_scenes_csv_name,
+        "7scenes_all_scenes.csv",
+        REPO / "configs" / "7Scenes_config.json",
+        RECIPES / "paper_7Scenes.json",
+    ),
+    "cambridge": DatasetRecipe(
+        label_io.CAMBRIDGE_FOUR,
+        label_io.cambridge_csv_name,
+        "cambridge_four_scenes.csv",
+        REPO / "configs" / "CambridgeLandmarks_config.json",
+        RECIPES / "paper_CambridgeLandmarks.json",
+    ),
 }
 
 
@@ -97,17 +109,18 @@ def recipe_path(choice: str, dataset: DatasetRecipe) -> Path:
 @dataclass
 class Job:
     """One model trained on one scene (single-scene) or on all scenes (multi-scene), all its stages."""
+
     model: str
-    scene: str | None          # None: a multi-scene run over the all-scenes file
-    source_csv: Path           # the training labels as prepared
-    train_csv: Path            # what it trains on: source_csv, or its split without the held-out sequences
-    val_csv: Path | None       # the held-out sequences; None without a validation split
-    test_csv: Path             # multi-scene: the all-scenes file, tested with --test_dataset_id
+    scene: str | None  # None: a multi-scene run over the all-scenes file
+    source_csv: Path  # the training labels as prepared
+    train_csv: Path  # what it trains on: source_csv, or its split without the held-out sequences
+    val_csv: Path | None  # the held-out sequences; None without a validation split
+    test_csv: Path  # multi-scene: the all-scenes file, tested with --test_dataset_id
     folder: Path
     stages: tuple[Stage, ...]  # the recipe's stages that apply
     selected: tuple[int, ...]  # the stage numbers to train now (--stages)
     skipped: tuple[Stage, ...] = ()  # the recipe's stages that freeze nothing here (see freezes_nothing)
-    seed: int | None = None    # --seeds: the training seed (None: the config's)
+    seed: int | None = None  # --seeds: the training seed (None: the config's)
 
     @property
     def multi(self) -> bool:
@@ -158,8 +171,9 @@ def stage_state(stage_dir: Path) -> tuple[str, Path | None]:
     finals = sorted(newest.glob("*_final.pth"))
     if finals:
         return "done", finals[-1]
-    numbered = sorted((checkpoint_number(p), p) for p in newest.glob("*_checkpoint-*.pth")
-                      if checkpoint_number(p) is not None)
+    numbered = sorted(
+        (checkpoint_number(p), p) for p in newest.glob("*_checkpoint-*.pth") if checkpoint_number(p) is not None
+    )
     return ("resume", numbered[-1][1]) if numbered else ("new", None)
 
 
@@ -174,10 +188,25 @@ def best_on_validation(batches: Sequence[tuple[Stage, BatchResult]]) -> tuple[St
 class Reproduction:
     """The plan for one dataset and its execution (or, with ``dry_run``, its printout)."""
 
-    def __init__(self, dataset: str, root, labels, backbone: str, models: Sequence[str], out, *,
-                 config=None, scenes: Sequence[str] | None = None, stages: Sequence[int] | None = None,
-                 recipe: str = "released", val_sequences: int = 1, n_epochs: int | None = None,
-                 device: str = "auto", seeds: Sequence[int] | None = None, baseline: str = "effposenet"):
+    def __init__(
+        self,
+        dataset: str,
+        root,
+        labels,
+        backbone: str,
+        models: Sequence[str],
+        out,
+        *,
+        config=None,
+        scenes: Sequence[str] | None = None,
+        stages: Sequence[int] | None = None,
+        recipe: str = "released",
+        val_sequences: int = 1,
+        n_epochs: int | None = None,
+        device: str = "auto",
+        seeds: Sequence[int] | None = None,
+        baseline: str = "effposenet",
+    ):
         if dataset not in DATASETS:
             raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
         self.dataset, self.spec = dataset, DATASETS[dataset]
@@ -191,8 +220,10 @@ class Reproduction:
             raise UserError(f"--n_epochs must be >= 1, got {n_epochs}")
         self.val_sequences = val_sequences
         if seeds is not None and (not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0):
-            raise UserError(f"--seeds expects distinct non-negative seeds such as 0,1,2, got "
-                            f"{','.join(map(str, seeds)) or 'nothing'}")
+            raise UserError(
+                f"--seeds expects distinct non-negative seeds such as 0,1,2, got "
+                f"{','.join(map(str, seeds)) or 'nothing'}"
+            )
         self.seeds = list(seeds) if seeds else None
         self.baseline = baseline
         self.recipe_path = recipe_path(recipe, self.spec)
@@ -205,8 +236,10 @@ class Reproduction:
         if stages is not None:
             beyond = sorted(s for s in set(stages) if not 1 <= s <= longest)
             if beyond or not stages:
-                raise UserError(f"--stages {','.join(map(str, stages)) or 'nothing'}: the recipe "
-                                f"{self.recipe_path.name} has stages 1..{longest} for {', '.join(self.models)}")
+                raise UserError(
+                    f"--stages {','.join(map(str, stages)) or 'nothing'}: the recipe "
+                    f"{self.recipe_path.name} has stages 1..{longest} for {', '.join(self.models)}"
+                )
         self.jobs = [job for m in self.models for job in self._jobs(m, stages_of[m], stages)]
         self._check_chains()
 
@@ -220,8 +253,10 @@ class Reproduction:
         """(the stages of ``model`` that apply, those that freeze nothing with this config)."""
         config = load_config(self.config, model)  # a config error fails here, before anything trains
         stages = self._recipe_of(model)
-        return (tuple(s for s in stages if not freezes_nothing(s, config)),
-                tuple(s for s in stages if freezes_nothing(s, config)))
+        return (
+            tuple(s for s in stages if not freezes_nothing(s, config)),
+            tuple(s for s in stages if freezes_nothing(s, config)),
+        )
 
     def _split_files(self, stem: str) -> tuple[Path, Path]:
         folder = self.out / self.dataset / "splits"
@@ -242,9 +277,19 @@ class Reproduction:
                 source = self.labels / self.spec.multi_train
                 jobs.append(self._job(model, None, source, source, source.stem, stages, selected, seed))
                 continue
-            jobs += [self._job(model, s, self.labels / self.spec.csv_name(s, "train"),
-                               self.labels / self.spec.csv_name(s, "test"), s, stages, selected, seed)
-                     for s in self.scenes]
+            jobs += [
+                self._job(
+                    model,
+                    s,
+                    self.labels / self.spec.csv_name(s, "train"),
+                    self.labels / self.spec.csv_name(s, "test"),
+                    s,
+                    stages,
+                    selected,
+                    seed,
+                )
+                for s in self.scenes
+            ]
         return jobs
 
     def _check_chains(self) -> None:
@@ -252,12 +297,18 @@ class Reproduction:
         for job in self.jobs:
             for stage in job.stages:
                 prev = job.previous(stage)
-                if (stage.number in job.selected and prev is not None and prev.number not in job.selected
-                        and stage_state(job.stage_dir(stage.number))[0] == "new"
-                        and stage_state(job.stage_dir(prev.number))[0] != "done"):
-                    raise UserError(f"{job.title}: stage {stage.number} starts from the final weights of stage "
-                                    f"{prev.number}, which {_rel(job.stage_dir(prev.number))} lacks; add "
-                                    f"{prev.number} to --stages")
+                if (
+                    stage.number in job.selected
+                    and prev is not None
+                    and prev.number not in job.selected
+                    and stage_state(job.stage_dir(stage.number))[0] == "new"
+                    and stage_state(job.stage_dir(prev.number))[0] != "done"
+                ):
+                    raise UserError(
+                        f"{job.title}: stage {stage.number} starts from the final weights of stage "
+                        f"{prev.number}, which {_rel(job.stage_dir(prev.number))} lacks; add "
+                        f"{prev.number} to --stages"
+                    )
 
     # Inputs -----------------------------------------------------------------------------------------------
     def check_inputs(self, check_images: bool = True) -> None:
@@ -265,16 +316,20 @@ class Reproduction:
         if not self.labels.is_dir():
             raise UserError(f"--labels {self.labels}: not a folder (expected the folder of the label CSVs)")
         if not self.root.is_dir():
-            raise UserError(f"--root {self.root}: not a folder (expected the dataset root the img_path values "
-                            f"of the label CSVs are relative to)")
+            raise UserError(
+                f"--root {self.root}: not a folder (expected the dataset root the img_path values "
+                f"of the label CSVs are relative to)"
+            )
         if self.backbone != "random" and not Path(self.backbone).is_file():
             raise UserError(f"--backbone {self.backbone}: file not found")
         needed = {job.source_csv for job in self.jobs}
         needed |= {self.labels / self.spec.csv_name(s, "test") for s in self.scenes}
         missing = [p for p in sorted(needed) if not p.is_file()]
         if missing:
-            raise UserError(f"{self.labels} lacks {len(missing)} label file(s) of {self.dataset}, e.g. "
-                            f"{missing[0].name} (write them with python -m datasets.prepare)")
+            raise UserError(
+                f"{self.labels} lacks {len(missing)} label file(s) of {self.dataset}, e.g. "
+                f"{missing[0].name} (write them with python -m datasets.prepare)"
+            )
         for path in sorted(needed):
             labels = read_labels(path, self.root, check_images=check_images)
             if any(job.multi and job.source_csv == path for job in self.jobs):
@@ -282,8 +337,9 @@ class Reproduction:
                 tests = {self.labels / self.spec.csv_name(s, "test") for s in labels["scene"].astype(str)}
                 gone = sorted(p.name for p in tests if not p.is_file())
                 if gone:
-                    raise UserError(f"{path.name} trains on scenes without a test file in {self.labels}, e.g. "
-                                    f"{gone[0]}")
+                    raise UserError(
+                        f"{path.name} trains on scenes without a test file in {self.labels}, e.g. {gone[0]}"
+                    )
                 for test in sorted(tests - needed):
                     read_labels(test, self.root, check_images=check_images)
 
@@ -293,8 +349,11 @@ class Reproduction:
         self.check_inputs(check_images)
         splits = {job.source_csv: (job.train_csv, job.val_csv) for job in self.jobs if job.val_csv is not None}
         for source, (train, val) in splits.items():
-            kept, held = split_last_sequences(source, self.val_sequences, advice=" (--val_sequences 0 trains "
-                                              "on every sequence, without a validation split)")
+            kept, held = split_last_sequences(
+                source,
+                self.val_sequences,
+                advice=" (--val_sequences 0 trains on every sequence, without a validation split)",
+            )
             label_io.write_label_csv(kept, train)  # rewritten only when its content changes
             label_io.write_label_csv(held, val)
         for job in self.jobs:
@@ -312,12 +371,22 @@ class Reproduction:
         return "main_multi_scene.py" if job.multi else "main_single_scene.py"
 
     def _tail(self, job: Job) -> list[str]:
-        return (["--test_dataset_id", self.dataset] if job.multi else []) + \
-               ([] if self.device == "auto" else ["--device", self.device])
+        return (["--test_dataset_id", self.dataset] if job.multi else []) + (
+            [] if self.device == "auto" else ["--device", self.device]
+        )
 
     def train_command(self, job: Job, stage: Stage, resume: Path | None, init: Path | str | None) -> str:
-        args = ["python", self._script(job), job.model, "train", self.backbone, _rel(self.root), _rel(job.train_csv),
-                _rel(self.config), _rel(job.override_file(stage.number))]
+        args = [
+            "python",
+            self._script(job),
+            job.model,
+            "train",
+            self.backbone,
+            _rel(self.root),
+            _rel(job.train_csv),
+            _rel(self.config),
+            _rel(job.override_file(stage.number)),
+        ]
         if resume is not None:
             args += ["--resume", _rel(resume)]
         elif init is not None:
@@ -327,15 +396,43 @@ class Reproduction:
         return shlex.join(args + ([] if self.device == "auto" else ["--device", self.device]))
 
     def test_command(self, job: Job, final: Path | str) -> str:
-        return shlex.join(["python", self._script(job), job.model, "test", self.backbone, _rel(self.root),
-                           _rel(job.test_csv), _rel(self.config), "--checkpoint_path", _rel(final),
-                           "--output_path", _rel(job.folder / "test")] + self._tail(job))
+        return shlex.join(
+            [
+                "python",
+                self._script(job),
+                job.model,
+                "test",
+                self.backbone,
+                _rel(self.root),
+                _rel(job.test_csv),
+                _rel(self.config),
+                "--checkpoint_path",
+                _rel(final),
+                "--output_path",
+                _rel(job.folder / "test"),
+            ]
+            + self._tail(job)
+        )
 
     def batch_command(self, job: Job, stage: int, run_dir: Path | str) -> str:
         val = ["--val_labels", _rel(job.val_csv)] if job.val_csv is not None else []
-        return shlex.join(["python", self._script(job, batch=True), job.model, "test", self.backbone,
-                           _rel(self.root), _rel(job.test_csv), _rel(self.config), _rel(run_dir),
-                           "--output_path", _rel(job.stage_dir(stage) / "batch_eval")] + val + self._tail(job))
+        return shlex.join(
+            [
+                "python",
+                self._script(job, batch=True),
+                job.model,
+                "test",
+                self.backbone,
+                _rel(self.root),
+                _rel(job.test_csv),
+                _rel(self.config),
+                _rel(run_dir),
+                "--output_path",
+                _rel(job.stage_dir(stage) / "batch_eval"),
+            ]
+            + val
+            + self._tail(job)
+        )
 
     def dry_run(self) -> list[str]:
         """What a run would do now: a comment per job, finished stages as comments, then the commands. It
@@ -343,9 +440,14 @@ class Reproduction:
         self.prepare()
         lines = []
         for job in self.jobs:
-            lines.append(f"# {job.title}: " + ", ".join(f"stage {s.number} {s.name}" for s in job.stages) +
-                         "".join(f"; stage {s.number} {s.name} skipped (it sets freeze, the config lists no "
-                                 f"freeze_exclude_phrase)" for s in job.skipped))
+            lines.append(
+                f"# {job.title}: "
+                + ", ".join(f"stage {s.number} {s.name}" for s in job.stages)
+                + "".join(
+                    f"; stage {s.number} {s.name} skipped (it sets freeze, the config lists no freeze_exclude_phrase)"
+                    for s in job.skipped
+                )
+            )
             final: Path | str | None = None
             planned = []
             for stage in job.stages:
@@ -380,10 +482,15 @@ class Reproduction:
             if marker.is_file() and "trainable" in json.loads(marker.read_text()):
                 return
             trainable = load_checkpoint(final).get("extra", {}).get("trainable")
-        record = {"final": str(final.relative_to(job.stage_dir(stage.number))), "stage": stage.number,
-                  "name": stage.name, "override": stage.override, "seed": job.seed,
-                  "n_trainable": None if trainable is None else len(trainable),
-                  "trainable": None if trainable is None else list(trainable)}
+        record = {
+            "final": str(final.relative_to(job.stage_dir(stage.number))),
+            "stage": stage.number,
+            "name": stage.name,
+            "override": stage.override,
+            "seed": job.seed,
+            "n_trainable": None if trainable is None else len(trainable),
+            "trainable": None if trainable is None else list(trainable),
+        }
         atomic_write_text(marker, json.dumps(record, indent=1) + "\n")
 
     def run_stages(self, job: Job) -> list[tuple[Stage, Path]]:
@@ -392,8 +499,13 @@ class Reproduction:
         from engine.train import train
 
         for stage in job.skipped:
-            log.info("%s: stage %d (%s) skipped: it sets freeze, and %s lists no freeze_exclude_phrase for it",
-                     job.title, stage.number, stage.name, self.config.name)
+            log.info(
+                "%s: stage %d (%s) skipped: it sets freeze, and %s lists no freeze_exclude_phrase for it",
+                job.title,
+                stage.number,
+                stage.name,
+                self.config.name,
+            )
         done: list[tuple[Stage, Path]] = []
         for stage in job.stages:
             stage_dir = job.stage_dir(stage.number)
@@ -406,9 +518,19 @@ class Reproduction:
                 prev = job.previous(stage)
                 init = stage_state(job.stage_dir(prev.number))[1] if prev is not None and resume is None else None
                 log.info("running: %s", self.train_command(job, stage, resume, init))
-                result = train(job.model, self.backbone, self.root, job.train_csv, self.config, stage_dir,
-                               override_config=job.override_file(stage.number), resume=resume,
-                               init_checkpoint=init, device=self.device, n_epochs=self.n_epochs)
+                result = train(
+                    job.model,
+                    self.backbone,
+                    self.root,
+                    job.train_csv,
+                    self.config,
+                    stage_dir,
+                    override_config=job.override_file(stage.number),
+                    resume=resume,
+                    init_checkpoint=init,
+                    device=self.device,
+                    n_epochs=self.n_epochs,
+                )
                 path = result.final_checkpoint
                 self._mark(job, stage, path, result.trainable)
             else:
@@ -426,9 +548,17 @@ class Reproduction:
             if saved["checkpoint"] == file_stamp(final):
                 return {s: tuple(v) for s, v in saved["scenes"].items()}
         log.info("running: %s", self.test_command(job, final))
-        result, _ = evaluate(job.model, self.backbone, self.root, job.test_csv, self.config, final,
-                             job.folder / "test", device=self.device,
-                             test_dataset_id=self.dataset if job.multi else None)
+        result, _ = evaluate(
+            job.model,
+            self.backbone,
+            self.root,
+            job.test_csv,
+            self.config,
+            final,
+            job.folder / "test",
+            device=self.device,
+            test_dataset_id=self.dataset if job.multi else None,
+        )
         scenes = {s.scene: (s.median_pos_m, s.median_ori_deg) for s in result.summaries}
         atomic_write_text(record, jsonio.dumps({"checkpoint": file_stamp(final), "scenes": scenes}) + "\n")
         return scenes
@@ -438,10 +568,19 @@ class Reproduction:
         from engine.batch_eval import batch_evaluate
 
         log.info("running: %s", self.batch_command(job, stage.number, run_dir))
-        return batch_evaluate(job.model, self.backbone, self.root, job.test_csv, self.config, run_dir,
-                              job.stage_dir(stage.number) / "batch_eval", device=self.device,
-                              test_dataset_id=self.dataset if job.multi else None, progress=False,
-                              val_labels=job.val_csv)
+        return batch_evaluate(
+            job.model,
+            self.backbone,
+            self.root,
+            job.test_csv,
+            self.config,
+            run_dir,
+            job.stage_dir(stage.number) / "batch_eval",
+            device=self.device,
+            test_dataset_id=self.dataset if job.multi else None,
+            progress=False,
+            val_labels=job.val_csv,
+        )
 
     def _in_out(self, path: Path) -> str:
         try:
@@ -451,8 +590,14 @@ class Reproduction:
 
     def run(self) -> ReproTable:
         self.prepare()
-        table = ReproTable(self.dataset, self.models, self.scenes,
-                           ("final", "best_on_val") if self.val_sequences else ("final",), self.seeds, self.baseline)
+        table = ReproTable(
+            self.dataset,
+            self.models,
+            self.scenes,
+            ("final", "best_on_val") if self.val_sequences else ("final",),
+            self.seeds,
+            self.baseline,
+        )
         for job in self.jobs:
             done = self.run_stages(job)
             if not done:
@@ -469,8 +614,7 @@ class Reproduction:
                 where = dict(stage=stage.number, epoch=best.epoch, checkpoint=self._in_out(best.path), seed=job.seed)
                 for s in best.scenes:
                     if s["scene"] in self.scenes:
-                        table.add(job.model, s["scene"], s["median_pos_m"], s["median_ori_deg"], "best_on_val",
-                                  **where)
+                        table.add(job.model, s["scene"], s["median_pos_m"], s["median_ori_deg"], "best_on_val", **where)
         table.write(self.out)
         return table
 
@@ -494,48 +638,90 @@ def _seeds(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.reproduce",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     description="Reproduce the paper's tables: every training stage of every "
-                                                 "model and scene, tests, batch evaluations, one table.")
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.reproduce",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Reproduce the paper's tables: every training stage of every "
+        "model and scene, tests, batch evaluations, one table.",
+    )
     parser.add_argument("dataset", choices=tuple(DATASETS), help="which paper table")
     parser.add_argument("--root", required=True, help="dataset root (img_path in the label CSVs is relative to it)")
     parser.add_argument("--labels", required=True, help="folder of the label CSVs (datasets.prepare writes them)")
-    parser.add_argument("--backbone", required=True,
-                        help="backbone weights file (of each model's backbone_type), or 'random'")
+    parser.add_argument(
+        "--backbone", required=True, help="backbone weights file (of each model's backbone_type), or 'random'"
+    )
     parser.add_argument("--models", type=_list, required=True, help="comma-separated model names")
     parser.add_argument("--out", required=True, help="output folder (runs, tests, batch evaluations, tables)")
-    parser.add_argument("--recipe", default="released",
-                        help="training stages: released (the released configs' stages), paper (the paper's "
-                             "three-stage recipe and schedule) or the path of a recipe JSON file")
-    parser.add_argument("--stages", type=_stages, default=None,
-                        help="stage numbers of the recipe to train, e.g. 1 or 1,3 (default: all of them)")
-    parser.add_argument("--val_sequences", type=int, default=1,
-                        help="hold out the last N training sequences of every scene as the validation split "
-                             "that chooses a checkpoint; 0: train on everything, no validation")
-    parser.add_argument("--n_epochs", type=int, default=None,
-                        help="train every stage this many epochs instead of the recipe's (a quick trial)")
-    parser.add_argument("--config", default=None,
-                        help="config file (default: the shipped 7Scenes / CambridgeLandmarks config)")
+    parser.add_argument(
+        "--recipe",
+        default="released",
+        help="training stages: released (the released configs' stages), paper (the paper's "
+        "three-stage recipe and schedule) or the path of a recipe JSON file",
+    )
+    parser.add_argument(
+        "--stages",
+        type=_stages,
+        default=None,
+        help="stage numbers of the recipe to train, e.g. 1 or 1,3 (default: all of them)",
+    )
+    parser.add_argument(
+        "--val_sequences",
+        type=int,
+        default=1,
+        help="hold out the last N training sequences of every scene as the validation split "
+        "that chooses a checkpoint; 0: train on everything, no validation",
+    )
+    parser.add_argument(
+        "--n_epochs",
+        type=int,
+        default=None,
+        help="train every stage this many epochs instead of the recipe's (a quick trial)",
+    )
+    parser.add_argument(
+        "--config", default=None, help="config file (default: the shipped 7Scenes / CambridgeLandmarks config)"
+    )
     parser.add_argument("--scenes", type=_list, default=None, help="comma-separated scenes (default: the paper's)")
-    parser.add_argument("--seeds", type=_seeds, default=None,
-                        help="train every model once per seed, e.g. 0,1,2 (folders seed<N>); the table gives the "
-                             "mean and spread over seeds and pairs each model with --baseline_model seed by seed")
-    parser.add_argument("--baseline_model", default="effposenet",
-                        help="the model the others are paired with under --seeds (the first model when absent)")
+    parser.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=None,
+        help="train every model once per seed, e.g. 0,1,2 (folders seed<N>); the table gives the "
+        "mean and spread over seeds and pairs each model with --baseline_model seed by seed",
+    )
+    parser.add_argument(
+        "--baseline_model",
+        default="effposenet",
+        help="the model the others are paired with under --seeds (the first model when absent)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the commands it would run and train nothing (it writes the files they read: "
-                             "override.json of each stage, the split CSVs)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the commands it would run and train nothing (it writes the files they read: "
+        "override.json of each stage, the split CSVs)",
+    )
     parser.add_argument("--quiet", action="store_true", help="only warnings on the console")
     args = parser.parse_args(argv)
     configure_console(args.quiet)
 
     def run() -> int:
-        plan = Reproduction(args.dataset, args.root, args.labels, args.backbone, args.models, args.out,
-                            config=args.config, scenes=args.scenes, stages=args.stages, recipe=args.recipe,
-                            val_sequences=args.val_sequences, n_epochs=args.n_epochs, device=args.device,
-                            seeds=args.seeds, baseline=args.baseline_model)
+        plan = Reproduction(
+            args.dataset,
+            args.root,
+            args.labels,
+            args.backbone,
+            args.models,
+            args.out,
+            config=args.config,
+            scenes=args.scenes,
+            stages=args.stages,
+            recipe=args.recipe,
+            val_sequences=args.val_sequences,
+            n_epochs=args.n_epochs,
+            device=args.device,
+            seeds=args.seeds,
+            baseline=args.baseline_model,
+        )
         if args.dry_run:
             print("\n".join(plan.dry_run()))
             return 0

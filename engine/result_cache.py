@@ -5,6 +5,7 @@ entry per key. An entry is used again only while the context is unchanged, its c
 same size and mtime, and its own ``inputs`` (for instance the test files of one condition) are unchanged.
 Writes are atomic; an unreadable or outdated file is ignored, never an error.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,11 +39,15 @@ def evaluator_context(evaluator: Evaluator) -> dict:
         files += sorted(labels.parent.glob(TEST_FILE_PATTERNS[evaluator.test_dataset_id].format(scene="*")))
     if getattr(evaluator, "scene_map_file", None):  # the scene ids of reference state_dicts
         files.append(Path(evaluator.scene_map_file))
-    return {"model": evaluator.model_name, "amp": evaluator.amp,
-            "dataset_root": str(evaluator.dataset_root.resolve()), "test_dataset_id": evaluator.test_dataset_id,
-            "test_files": [file_stamp(f) for f in files if f.is_file()],
-            "config": {k: v for k, v in sorted(evaluator.config.items()) if k not in RUNTIME_KEYS},
-            **({"corruption": repr(evaluator.corruption)} if getattr(evaluator, "corruption", None) else {})}
+    return {
+        "model": evaluator.model_name,
+        "amp": evaluator.amp,
+        "dataset_root": str(evaluator.dataset_root.resolve()),
+        "test_dataset_id": evaluator.test_dataset_id,
+        "test_files": [file_stamp(f) for f in files if f.is_file()],
+        "config": {k: v for k, v in sorted(evaluator.config.items()) if k not in RUNTIME_KEYS},
+        **({"corruption": repr(evaluator.corruption)} if getattr(evaluator, "corruption", None) else {}),
+    }
 
 
 class ResultCache:
@@ -62,8 +67,10 @@ class ResultCache:
             log.warning("ignoring unreadable cache %s (%s); evaluating everything again", self.path, exc)
             return {}
         if not isinstance(raw, dict) or raw.get("context") != self.context:
-            log.info("cache %s was made with another model, config, test set or AMP setting; evaluating again",
-                     self.path.name)
+            log.info(
+                "cache %s was made with another model, config, test set or AMP setting; evaluating again",
+                self.path.name,
+            )
             return {}
         return jsonio.decode(dict(raw.get("checkpoints", {})))
 

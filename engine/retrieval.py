@@ -16,6 +16,7 @@ Descriptors are cached per labels file like decoded images (:mod:`datasets.image
 ``<labels stem>-<key>.desc.npz`` per labels file in the cache folder, written atomically; a file that does not
 load or does not match its key is rebuilt with a warning.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,8 +88,13 @@ def _similarity_weights(sim_QK: np.ndarray) -> np.ndarray:
     return np.where(w_QK.sum(axis=1, keepdims=True) > 0, w_QK, valid_QK.astype(np.float64))
 
 
-def retrieve_poses(desc_QD: np.ndarray, desc_TD: np.ndarray, train_poses_T7: np.ndarray, k: int = 1,
-                   train_scenes_T: Sequence | None = None) -> np.ndarray:
+def retrieve_poses(
+    desc_QD: np.ndarray,
+    desc_TD: np.ndarray,
+    train_poses_T7: np.ndarray,
+    k: int = 1,
+    train_scenes_T: Sequence | None = None,
+) -> np.ndarray:
     """Poses ``Q x 7`` (float64) of queries from the training images of most similar descriptors.
 
     Similarity is the cosine of the descriptors (normalised here). ``k = 1``: the nearest training image's pose,
@@ -102,13 +108,14 @@ def retrieve_poses(desc_QD: np.ndarray, desc_TD: np.ndarray, train_poses_T7: np.
     scenes_T = None if train_scenes_T is None else np.unique(np.asarray(train_scenes_T), return_inverse=True)[1]
     poses_Q7 = np.empty((len(desc_QD), 7))
     for start in range(0, len(desc_QD), QUERY_CHUNK):
-        sim_QT = _unit_rows(desc_QD[start:start + QUERY_CHUNK]) @ desc_T.T
+        sim_QT = _unit_rows(desc_QD[start : start + QUERY_CHUNK]) @ desc_T.T
         if scenes_T is not None and k > 1:
             nearest_scene_Q = scenes_T[sim_QT.argmax(axis=1)]
             sim_QT[scenes_T[None, :] != nearest_scene_Q[:, None]] = -np.inf
         idx_QK, sim_QK = _top_k(sim_QT, k)
-        poses_Q7[start:start + len(sim_QT)] = (train_T7[idx_QK[:, 0]] if k == 1
-                                               else mean_pose(train_T7[idx_QK], _similarity_weights(sim_QK)))
+        poses_Q7[start : start + len(sim_QT)] = (
+            train_T7[idx_QK[:, 0]] if k == 1 else mean_pose(train_T7[idx_QK], _similarity_weights(sim_QK))
+        )
     return poses_Q7
 
 
@@ -134,14 +141,28 @@ class Descriptor:
     """A global image descriptor: a backbone's pooled features of the test-style transform (short side resized,
     centre crop, ImageNet normalisation), L2-normalised. ``identity`` names the weights in the cache key."""
 
-    def __init__(self, name: str, backbone: nn.Module, identity: dict, image_resize: int, image_crop: int, *,
-                 resize_backend: str = "tensor", device: str = "cpu", batch_size: int = 32,
-                 cache_dir: str | Path | None = AUTO, n_workers: int = 0):
+    def __init__(
+        self,
+        name: str,
+        backbone: nn.Module,
+        identity: dict,
+        image_resize: int,
+        image_crop: int,
+        *,
+        resize_backend: str = "tensor",
+        device: str = "cpu",
+        batch_size: int = 32,
+        cache_dir: str | Path | None = AUTO,
+        n_workers: int = 0,
+    ):
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         self.name, self.identity = name, dict(identity)
-        self.settings = {"image_resize": int(image_resize), "image_crop": int(image_crop),
-                         "resize_backend": resize_backend}
+        self.settings = {
+            "image_resize": int(image_resize),
+            "image_crop": int(image_crop),
+            "resize_backend": resize_backend,
+        }
         self.transform = build_transform(self.settings, train=False)  # checks the sizes
         self.device = select_device(device)
         self.backbone = backbone.to(self.device).eval()
@@ -149,17 +170,38 @@ class Descriptor:
         self._memo: dict[str, np.ndarray] = {}
 
     @classmethod
-    def imagenet(cls, image_size: int = IMAGENET_SIZE, device: str = "cpu", batch_size: int = 32,
-                 cache_dir: str | Path | None = AUTO, n_workers: int = 0) -> Descriptor:
+    def imagenet(
+        cls,
+        image_size: int = IMAGENET_SIZE,
+        device: str = "cpu",
+        batch_size: int = 32,
+        cache_dir: str | Path | None = AUTO,
+        n_workers: int = 0,
+    ) -> Descriptor:
         """The bundled offline ImageNet weights: timm's tf_efficientnet_lite0 (pooled width 320)."""
         backbone = load_backbone("imagenet", f"timm:{LITE0_TIMM_NAME}")
-        return cls("imagenet", backbone, {"weights": f"timm:{LITE0_TIMM_NAME} imagenet"}, image_size, image_size,
-                   device=device, batch_size=batch_size, cache_dir=cache_dir, n_workers=n_workers)
+        return cls(
+            "imagenet",
+            backbone,
+            {"weights": f"timm:{LITE0_TIMM_NAME} imagenet"},
+            image_size,
+            image_size,
+            device=device,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            n_workers=n_workers,
+        )
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, image_size: int | None = None, device: str = "cpu",
-                        batch_size: int = 32, cache_dir: str | Path | None = AUTO,
-                        n_workers: int = 0) -> Descriptor:
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        image_size: int | None = None,
+        device: str = "cpu",
+        batch_size: int = 32,
+        cache_dir: str | Path | None = AUTO,
+        n_workers: int = 0,
+    ) -> Descriptor:
         """The backbone of one of our checkpoints (or a reference state_dict), built as test mode builds it.
         Images are sized as the model was trained (its ``image_resize`` / ``image_crop``) unless ``image_size``
         is given (short side and crop)."""
@@ -172,9 +214,18 @@ class Descriptor:
         load_model_weights(model, ckpt["model"], path)
         resize, crop = (image_size, image_size) if image_size is not None else image_sizes(config)
         identity = {"checkpoint_sha256": file_sha256(path), "model": model_name}
-        return cls(Path(path).stem, backbone_of(model), identity, resize, crop,
-                   resize_backend=config.get("resize_backend", "tensor"), device=device, batch_size=batch_size,
-                   cache_dir=cache_dir, n_workers=n_workers)
+        return cls(
+            Path(path).stem,
+            backbone_of(model),
+            identity,
+            resize,
+            crop,
+            resize_backend=config.get("resize_backend", "tensor"),
+            device=device,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            n_workers=n_workers,
+        )
 
     def cache_key(self, dataset: CameraPoseDataset) -> dict | None:
         """What the descriptors of ``dataset`` depend on; None for a corruption whose repr is not stable
@@ -182,10 +233,17 @@ class Descriptor:
         corruption = None if dataset.corruption is None else repr(dataset.corruption)
         if corruption is not None and " at 0x" in corruption:
             return None
-        key = cache_key(dataset.labels_file, dataset.dataset_root, self.settings["image_resize"],
-                        self.settings["resize_backend"])
-        return {**key, "format": FORMAT, "version": VERSION, "image_crop": self.settings["image_crop"],
-                "descriptor": self.identity, "corruption": corruption}
+        key = cache_key(
+            dataset.labels_file, dataset.dataset_root, self.settings["image_resize"], self.settings["resize_backend"]
+        )
+        return {
+            **key,
+            "format": FORMAT,
+            "version": VERSION,
+            "image_crop": self.settings["image_crop"],
+            "descriptor": self.identity,
+            "corruption": corruption,
+        }
 
     def describe(self, dataset: CameraPoseDataset) -> np.ndarray:
         """Descriptors ``N x D`` (float32, unit rows) of the images of ``dataset``, in its order, with its
@@ -207,11 +265,18 @@ class Descriptor:
 
     @torch.no_grad()
     def _compute(self, dataset: CameraPoseDataset) -> np.ndarray:
-        images = CameraPoseDataset(dataset.dataset_root, dataset.labels_file, transform=self.transform,
-                                   scene_map=dataset.scene_map, check_images=False, corruption=dataset.corruption)
+        images = CameraPoseDataset(
+            dataset.dataset_root,
+            dataset.labels_file,
+            transform=self.transform,
+            scene_map=dataset.scene_map,
+            check_images=False,
+            corruption=dataset.corruption,
+        )
         assert images.img_paths == dataset.img_paths
-        loader = DataLoader(images, batch_size=self.batch_size, shuffle=False,
-                            num_workers=cap_workers(self.n_workers, self.device))
+        loader = DataLoader(
+            images, batch_size=self.batch_size, shuffle=False, num_workers=cap_workers(self.n_workers, self.device)
+        )
         parts = []
         for batch in progress_bar(loader, desc=f"describing {dataset.labels_file.name}", leave=False):
             pooled_BD = self.backbone.extract(batch["img"].to(self.device))["pooled"]
@@ -248,6 +313,7 @@ def read_descriptors(path: Path, key: dict, n_images: int) -> np.ndarray | None:
 def write_descriptors(path: Path, key: dict, desc_ND: np.ndarray, required: bool) -> None:
     """Write the cache file atomically; a failure is an error if the folder was named (``required``), else a
     warning."""
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, key=np.array(json.dumps(key, sort_keys=True)), desc_ND=desc_ND)
@@ -264,6 +330,7 @@ def write_descriptors(path: Path, key: dict, desc_ND: np.ndarray, required: bool
 @dataclass
 class BaselinePredictions:
     """One baseline's per-frame predictions on one test set (float64 poses)."""
+
     name: str
     paths: list[str]
     scene_names: list[str]
@@ -280,13 +347,20 @@ class BaselinePredictions:
         """One summary per scene, scenes sorted by name (as engine.evaluate reports them)."""
         pos, ori = self.errors
         names = np.asarray(self.scene_names)
-        return [summarize(pos[names == s], ori[names == s], scene=s, thresholds=thresholds)
-                for s in sorted(set(self.scene_names))]
+        return [
+            summarize(pos[names == s], ori[names == s], scene=s, thresholds=thresholds)
+            for s in sorted(set(self.scene_names))
+        ]
 
 
 def _predictions(name: str, test: CameraPoseDataset, pose_pred_N7: np.ndarray) -> BaselinePredictions:
-    return BaselinePredictions(name, list(test.img_paths), list(test.scene_names),
-                               np.asarray(pose_pred_N7, dtype=np.float64), test.poses_N7.astype(np.float64))
+    return BaselinePredictions(
+        name,
+        list(test.img_paths),
+        list(test.scene_names),
+        np.asarray(pose_pred_N7, dtype=np.float64),
+        test.poses_N7.astype(np.float64),
+    )
 
 
 class MeanPoseBaseline:
@@ -296,14 +370,17 @@ class MeanPoseBaseline:
 
     def __init__(self, train: CameraPoseDataset):
         names = np.asarray(train.scene_names)
-        self.scene_means = {s: mean_pose(train.poses_N7[names == s].astype(np.float64))
-                            for s in sorted(set(train.scene_names))}
+        self.scene_means = {
+            s: mean_pose(train.poses_N7[names == s].astype(np.float64)) for s in sorted(set(train.scene_names))
+        }
 
     def predict(self, test: CameraPoseDataset) -> BaselinePredictions:
         missing = sorted(set(test.scene_names) - set(self.scene_means))
         if missing:
-            raise UserError(f"{test.labels_file}: scene(s) {', '.join(missing)} have no training frames "
-                            f"(training scenes: {', '.join(self.scene_means)})")
+            raise UserError(
+                f"{test.labels_file}: scene(s) {', '.join(missing)} have no training frames "
+                f"(training scenes: {', '.join(self.scene_means)})"
+            )
         return _predictions(self.name, test, np.stack([self.scene_means[s] for s in test.scene_names]))
 
 
@@ -349,13 +426,26 @@ def predictions_csv(results: Sequence[BaselinePredictions]) -> str:
     """Per-image rows: baseline, path, scene, predicted and ground-truth t and q, errors."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["baseline", "img_path", "scene"] + [f"{c}_pred" for c in POSE_HEADER] + POSE_HEADER
-                    + ["pos_err_m", "ori_err_deg"])
+    writer.writerow(
+        ["baseline", "img_path", "scene"]
+        + [f"{c}_pred" for c in POSE_HEADER]
+        + POSE_HEADER
+        + ["pos_err_m", "ori_err_deg"]
+    )
     for r in results:
         pos, ori = r.errors
         for i, path in enumerate(r.paths):
-            writer.writerow([r.name, path, r.scene_names[i], *(f"{v:.9g}" for v in r.pose_pred_N7[i]),
-                             *(f"{v:.9g}" for v in r.pose_gt_N7[i]), f"{pos[i]:.9g}", f"{ori[i]:.9g}"])
+            writer.writerow(
+                [
+                    r.name,
+                    path,
+                    r.scene_names[i],
+                    *(f"{v:.9g}" for v in r.pose_pred_N7[i]),
+                    *(f"{v:.9g}" for v in r.pose_gt_N7[i]),
+                    f"{pos[i]:.9g}",
+                    f"{ori[i]:.9g}",
+                ]
+            )
     return buf.getvalue()
 
 
@@ -370,29 +460,48 @@ def write_outputs(results: Sequence[BaselinePredictions], output_path: str | Pat
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m engine.retrieval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m engine.retrieval",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Baselines for a test set: the mean training pose, and the pose of the most similar training "
-                    "image(s) by a global image descriptor (Sattler et al., CVPR 2019).")
+        "image(s) by a global image descriptor (Sattler et al., CVPR 2019).",
+    )
     parser.add_argument("train_csv", help="training label CSV: the poses to retrieve from")
     parser.add_argument("test_csv", help="test label CSV")
     parser.add_argument("dataset_root", help="dataset root; img_path in the CSVs is relative to it")
     parser.add_argument("--test_root", default=None, help="root of the test CSV's images; None: dataset_root")
-    parser.add_argument("--descriptor", default="imagenet",
-                        help="'imagenet' (offline ImageNet tf_efficientnet_lite0) or a checkpoint whose backbone "
-                             "describes the images")
-    parser.add_argument("--k", type=int, nargs="+", default=[1],
-                        help="neighbours averaged per test image; several values give one baseline each")
-    parser.add_argument("--image_size", type=int, default=None,
-                        help=f"short side and centre crop of the described images; None: {IMAGENET_SIZE} for "
-                             f"imagenet, the checkpoint's image_resize / image_crop for a checkpoint")
+    parser.add_argument(
+        "--descriptor",
+        default="imagenet",
+        help="'imagenet' (offline ImageNet tf_efficientnet_lite0) or a checkpoint whose backbone describes the images",
+    )
+    parser.add_argument(
+        "--k",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="neighbours averaged per test image; several values give one baseline each",
+    )
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=None,
+        help=f"short side and centre crop of the described images; None: {IMAGENET_SIZE} for "
+        f"imagenet, the checkpoint's image_resize / image_crop for a checkpoint",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch_size", type=int, default=32, help="images per descriptor batch")
     parser.add_argument("--n_workers", type=int, default=0, help="data-loading worker processes")
-    parser.add_argument("--cache", default=AUTO, metavar="DIR",
-                        help="descriptor cache folder; auto: the per-user cache ($HYPERPOSE_CACHE_DIR), off: none")
-    parser.add_argument("--output_path", default=None,
-                        help="folder for the per-scene report CSV and the per-image predictions CSV; None: "
-                             "print the table only")
+    parser.add_argument(
+        "--cache",
+        default=AUTO,
+        metavar="DIR",
+        help="descriptor cache folder; auto: the per-user cache ($HYPERPOSE_CACHE_DIR), off: none",
+    )
+    parser.add_argument(
+        "--output_path",
+        default=None,
+        help="folder for the per-scene report CSV and the per-image predictions CSV; None: print the table only",
+    )
     parser.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
     return parser
 
@@ -403,14 +512,19 @@ def run_baselines(args: argparse.Namespace) -> list[BaselinePredictions]:
     test = CameraPoseDataset(args.test_root or args.dataset_root, args.test_csv)
     for k in args.k:
         check_k(k, len(train))
-    options = {"device": args.device, "batch_size": args.batch_size, "cache_dir": args.cache,
-               "n_workers": args.n_workers}
+    options = {
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "cache_dir": args.cache,
+        "n_workers": args.n_workers,
+    }
     if args.descriptor == "imagenet":
         descriptor = Descriptor.imagenet(image_size=args.image_size or IMAGENET_SIZE, **options)
     else:
         descriptor = Descriptor.from_checkpoint(args.descriptor, image_size=args.image_size, **options)
-    return [MeanPoseBaseline(train).predict(test)] + [RetrievalBaseline(train, descriptor, k).predict(test)
-                                                       for k in args.k]
+    return [MeanPoseBaseline(train).predict(test)] + [
+        RetrievalBaseline(train, descriptor, k).predict(test) for k in args.k
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,31 +15,46 @@ relative to a baseline model. Checkpoints of several models and seeds are paired
 (:mod:`engine.compare`). Scores go through :class:`engine.evaluate.Evaluator` (exactly as ``test``
 mode) and are cached per checkpoint and condition (:mod:`engine.result_cache`).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-from engine.cli import add_baseline_arguments, add_runtime_arguments, configure_console, parse_train_labels
 from datasets.corruptions import parse_corruptions, parse_severities
-from engine.conditions import (Condition, base_test_csvs, check_condition, corruption_conditions, ecl_conditions,
-                               group_conditions, parse_condition, shift_conditions)
+from engine.baselines import Baselines, recorded_train_files, score_baselines
+from engine.cli import add_baseline_arguments, add_runtime_arguments, configure_console, parse_train_labels
+from engine.compare import paired_csv, paired_rows, pairs_of
+from engine.conditions import (
+    Condition,
+    base_test_csvs,
+    check_condition,
+    corruption_conditions,
+    ecl_conditions,
+    group_conditions,
+    parse_condition,
+    shift_conditions,
+)
 from engine.evaluate import EvalResult, Evaluator
 from engine.records import CheckpointResult, first_line, summarize_result
 from engine.result_cache import ResultCache, evaluator_context
-from engine.baselines import Baselines, recorded_train_files, score_baselines
-from engine.compare import paired_csv, paired_rows, pairs_of
-from engine.robustness_report import (build_report, corruption_csv, corruption_summary, format_summaries, format_table,
-                                      results_csv)
+from engine.robustness_report import (
+    build_report,
+    corruption_csv,
+    corruption_summary,
+    format_summaries,
+    format_table,
+    results_csv,
+)
+from models.config import defaults, load_config
 from models.registry import canonical_model_name, cli_choices, get_spec
 from util.checkpoint import load_checkpoint
 from util.config import GENERAL_KEYS, read_config_file
-from models.config import defaults, load_config
 from util.errors import UserError, run_cli
 from util.io import atomic_write_text, check_output_dir
 from util.logs import add_log_file
@@ -53,29 +68,31 @@ PREFIX = "robustness"
 @dataclass
 class Entry:
     """One checkpoint of the report, with the model and config it is evaluated with."""
+
     path: Path
     model_name: str
     config: dict
     scene_map: dict
     label: str = ""
     seed: int | None = None  # the training seed its config records
-    group: str = ""          # what it is paired as (engine.compare): its model name unless given
+    group: str = ""  # what it is paired as (engine.compare): its model name unless given
     train: tuple[Path, Path] | None = None  # (training labels, dataset root) it records, where they still exist
 
 
 @dataclass
 class RobustnessResult:
     """What :func:`robustness_report` scored and wrote."""
+
     entries: list[Entry]
-    conditions: list[Condition]                    # the usable ones, base first
+    conditions: list[Condition]  # the usable ones, base first
     records: dict[tuple[str, str], CheckpointResult]  # (entry label, condition name) -> record
-    skipped: list[tuple[str, str]]                 # (what, one-line reason)
+    skipped: list[tuple[str, str]]  # (what, one-line reason)
     n_evaluated: int
     csv_path: Path
     html_path: Path
     cache_path: Path
-    baseline: str = ""                             # the group others are paired with and the mCE is relative to
-    paired: list = field(default_factory=list)     # engine.compare.PairedRow, every group against the baseline
+    baseline: str = ""  # the group others are paired with and the mCE is relative to
+    paired: list = field(default_factory=list)  # engine.compare.PairedRow, every group against the baseline
     corruption_rows: list = field(default_factory=list)  # robustness_report.corruption_summary
     paired_csv_path: Path | None = None
     corruption_csv_path: Path | None = None
@@ -94,8 +111,9 @@ class RobustnessResult:
 
     def rank(self, label: str, condition: str) -> int | None:
         """1 = the lowest median position error at this condition (ties: orientation), among the checkpoints."""
-        scored = sorted((r.sort_key(), e.label) for e in self.entries
-                        if (r := self.records.get((e.label, condition))) is not None)
+        scored = sorted(
+            (r.sort_key(), e.label) for e in self.entries if (r := self.records.get((e.label, condition))) is not None
+        )
         order = [lab for _, lab in scored]
         return order.index(label) + 1 if label in order else None
 
@@ -114,13 +132,23 @@ def load_entries(model_name: str, config_path: str | Path, checkpoints: Sequence
             entries.append(Entry(path, model_name, load_config(config_path, model_name), {}))
         else:
             name = canonical_model_name(ckpt["model_name"])  # defaults fill keys older checkpoints lack
-            entries.append(Entry(path, name, {**defaults(name), **ckpt["config"], **runtime}, dict(ckpt["scene_map"]),
-                                 seed=ckpt["config"].get("seed"), train=recorded_train_files(ckpt)))
+            entries.append(
+                Entry(
+                    path,
+                    name,
+                    {**defaults(name), **ckpt["config"], **runtime},
+                    dict(ckpt["scene_map"]),
+                    seed=ckpt["config"].get("seed"),
+                    train=recorded_train_files(ckpt),
+                )
+            )
     maps = {json.dumps(sorted(e.scene_map.items())): e for e in entries if e.scene_map}
     if len(maps) > 1:
         a, b = list(maps.values())[:2]
-        raise UserError(f"checkpoints of different scene maps cannot share a report: {a.path.name} has "
-                        f"{a.scene_map}, {b.path.name} has {b.scene_map}")
+        raise UserError(
+            f"checkpoints of different scene maps cannot share a report: {a.path.name} has "
+            f"{a.scene_map}, {b.path.name} has {b.scene_map}"
+        )
     for e in entries:
         e.group = e.model_name
     return label_entries(entries)
@@ -147,18 +175,34 @@ def label_entries(entries: list[Entry]) -> list[Entry]:
 def _merge(results: Sequence[EvalResult]) -> EvalResult:
     """The parts of one condition as one result (their scenes side by side, as a multi-scene test has)."""
     first = results[0]
-    return EvalResult(first.model_name, first.checkpoint, [s for r in results for s in r.summaries],
-                      {k: v for r in results for k, v in r.scene_acc.items()},
-                      {f"{i}:{name}": p for i, r in enumerate(results) for name, p in r.predictions.items()},
-                      multi_scene=first.multi_scene)
+    return EvalResult(
+        first.model_name,
+        first.checkpoint,
+        [s for r in results for s in r.summaries],
+        {k: v for r in results for k, v in r.scene_acc.items()},
+        {f"{i}:{name}": p for i, r in enumerate(results) for name, p in r.predictions.items()},
+        multi_scene=first.multi_scene,
+    )
 
 
-def robustness_report(model_name: str, backbone_path: str, dataset_root: str | Path, config_path: str | Path,
-                      checkpoints: Sequence[str | Path | Entry], conditions: Sequence[Condition],
-                      output_path: str | Path, *, device: str = "auto", amp: bool = False,
-                      batch_size: int | None = None, progress: bool = True,
-                      cache_dir: str | None = None, baseline: str = "effposenet",
-                      train: tuple[Path, Path] | None = None, baselines: bool = True) -> RobustnessResult:
+def robustness_report(
+    model_name: str,
+    backbone_path: str,
+    dataset_root: str | Path,
+    config_path: str | Path,
+    checkpoints: Sequence[str | Path | Entry],
+    conditions: Sequence[Condition],
+    output_path: str | Path,
+    *,
+    device: str = "auto",
+    amp: bool = False,
+    batch_size: int | None = None,
+    progress: bool = True,
+    cache_dir: str | None = None,
+    baseline: str = "effposenet",
+    train: tuple[Path, Path] | None = None,
+    baselines: bool = True,
+) -> RobustnessResult:
     """Evaluate every checkpoint on every usable condition and write the CSV, the HTML report and the cache.
 
     ``checkpoints`` are paths, or the entries :func:`load_entries` made of them. Groups (model names, unless
@@ -166,11 +210,13 @@ def robustness_report(model_name: str, backbone_path: str, dataset_root: str | P
     which is also the reference of the mean corruption error. With ``baselines``, the mean training pose and
     image retrieval (:mod:`engine.baselines`) are scored on every condition too, from ``train`` (labels, root)
     or the training set the checkpoints record."""
-    entries = (list(checkpoints) if checkpoints and all(isinstance(c, Entry) for c in checkpoints)
-               else load_entries(model_name, config_path, checkpoints))
+    entries = (
+        list(checkpoints)
+        if checkpoints and all(isinstance(c, Entry) for c in checkpoints)
+        else load_entries(model_name, config_path, checkpoints)
+    )
     out = check_output_dir(output_path)  # a read-only or mistyped folder: one line, before any evaluation
-    csv_path, html_path, cache_path = (out / f"{PREFIX}.csv", out / f"{PREFIX}.html",
-                                       out / f"{PREFIX}_cache.json")
+    csv_path, html_path, cache_path = (out / f"{PREFIX}.csv", out / f"{PREFIX}.html", out / f"{PREFIX}_cache.json")
     file_handler = add_log_file(out / f"{PREFIX}.log")
     try:
         skipped, usable = [], []
@@ -182,8 +228,10 @@ def robustness_report(model_name: str, backbone_path: str, dataset_root: str | P
                 log.warning("skipping condition %s: %s", condition.name, reason)
                 skipped.append((f"condition {condition.name}", reason))
         if not usable:
-            raise UserError(f"none of the {len(conditions)} conditions is usable: "
-                            + "; ".join(f"{what}: {why}" for what, why in skipped))
+            raise UserError(
+                f"none of the {len(conditions)} conditions is usable: "
+                + "; ".join(f"{what}: {why}" for what, why in skipped)
+            )
 
         cache = ResultCache(cache_path, {"amp": bool(amp)})
         evaluators: dict[tuple, Evaluator] = {}
@@ -196,13 +244,28 @@ def robustness_report(model_name: str, backbone_path: str, dataset_root: str | P
                 try:
                     evs = []
                     for csv_file, root in condition.parts:
-                        ev_key = (e.model_name, json.dumps(e.config, sort_keys=True, default=str), csv_file, root,
-                                  repr(condition.corruption))
+                        ev_key = (
+                            e.model_name,
+                            json.dumps(e.config, sort_keys=True, default=str),
+                            csv_file,
+                            root,
+                            repr(condition.corruption),
+                        )
                         if ev_key not in evaluators:
-                            evaluators[ev_key] = Evaluator(e.model_name, backbone_path, root, csv_file, config_path,
-                                                           config=e.config, device=device, amp=amp,
-                                                           batch_size=batch_size, progress=progress,
-                                                           cache_dir=cache_dir, corruption=condition.corruption)
+                            evaluators[ev_key] = Evaluator(
+                                e.model_name,
+                                backbone_path,
+                                root,
+                                csv_file,
+                                config_path,
+                                config=e.config,
+                                device=device,
+                                amp=amp,
+                                batch_size=batch_size,
+                                progress=progress,
+                                cache_dir=cache_dir,
+                                corruption=condition.corruption,
+                            )
                         evs.append(evaluators[ev_key])
                     inputs = {"parts": [evaluator_context(ev) for ev in evs]}
                     record = cache.lookup(key, e.path, e.label, inputs)
@@ -219,8 +282,13 @@ def robustness_report(model_name: str, backbone_path: str, dataset_root: str | P
                     skipped.append((f"{e.label} on {condition.name}", reason))
                     continue
                 records[(e.label, condition.name)] = record
-                log.info("%s on %s: median %.4f m, %.3f deg", e.label, condition.name,
-                         record.overall["median_pos_m"], record.overall["median_ori_deg"])
+                log.info(
+                    "%s on %s: median %.4f m, %.3f deg",
+                    e.label,
+                    condition.name,
+                    record.overall["median_pos_m"],
+                    record.overall["median_ori_deg"],
+                )
         usable = [c for c in usable if any((e.label, c.name) in records for e in entries)]
         if not usable:
             raise UserError("no checkpoint could be evaluated on any condition (see the messages above)")
@@ -231,13 +299,18 @@ def robustness_report(model_name: str, backbone_path: str, dataset_root: str | P
             add_baselines(result, train, device, cache_dir)
         summarize_groups(result, baseline, out)
         atomic_write_text(csv_path, results_csv(result))
-        facts = [("checkpoints", ", ".join(f"{e.label}: {e.path}" for e in entries)),
-                 ("conditions", "; ".join(f"{c.name}: {c.describe()}" for c in usable)),
-                 ("base condition", result.base), ("config", f"{config_path} (runtime settings; each "
-                                                             f"checkpoint's own config wins)"),
-                 ("results", f"{len(records)} ({n_evaluated} evaluated in this run, "
-                             f"{len(records) - n_evaluated} from the cache), {len(skipped)} skipped"),
-                 ("device", str(next(iter(evaluators.values())).device) + (" (AMP)" if amp else ""))]
+        facts = [
+            ("checkpoints", ", ".join(f"{e.label}: {e.path}" for e in entries)),
+            ("conditions", "; ".join(f"{c.name}: {c.describe()}" for c in usable)),
+            ("base condition", result.base),
+            ("config", f"{config_path} (runtime settings; each checkpoint's own config wins)"),
+            (
+                "results",
+                f"{len(records)} ({n_evaluated} evaluated in this run, "
+                f"{len(records) - n_evaluated} from the cache), {len(skipped)} skipped",
+            ),
+            ("device", str(next(iter(evaluators.values())).device) + (" (AMP)" if amp else "")),
+        ]
         write_batch_report(html_path, build_report(result, facts))
         log.info("wrote %s and %s", csv_path, html_path)
         return result
@@ -246,17 +319,23 @@ def robustness_report(model_name: str, backbone_path: str, dataset_root: str | P
         file_handler.close()
 
 
-def add_baselines(result: RobustnessResult, train: tuple[Path, Path] | None, device: str,
-                    cache_dir: str | None) -> None:
+def add_baselines(
+    result: RobustnessResult, train: tuple[Path, Path] | None, device: str, cache_dir: str | None
+) -> None:
     """The mean pose and retrieval baselines on every condition (one skipped line when they cannot run)."""
     train = train or next((e.train for e in result.entries if e.train is not None), None)
     if train is None:
-        result.skipped.append(("baselines", "no training set: the checkpoints record none that exists here; give "
-                                            "--train_labels CSV[:ROOT]"))
+        result.skipped.append(
+            (
+                "baselines",
+                "no training set: the checkpoints record none that exists here; give --train_labels CSV[:ROOT]",
+            )
+        )
         return
     first = result.entries[0]
-    models = Baselines(*train, image_size=int(first.config.get("image_crop", 224)), device=device,
-                       cache_dir=cache_dir or "auto")
+    models = Baselines(
+        *train, image_size=int(first.config.get("image_crop", 224)), device=device, cache_dir=cache_dir or "auto"
+    )
     multi = get_spec(first.model_name).multi_scene
     try:
         for condition in result.conditions:
@@ -286,35 +365,69 @@ def summarize_groups(result: RobustnessResult, baseline: str, out: Path) -> None
 # Command line ------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m engine.robustness", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m engine.robustness",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Evaluate checkpoints on several test conditions (appearance changes of the same poses): "
-                    "one CSV and one self-contained HTML report with the degradation from the base condition.")
-    parser.add_argument("model_name", choices=cli_choices(False) + cli_choices(True),
-                        help="model of checkpoints that do not record one (bare reference state_dicts)")
-    parser.add_argument("backbone_path", help="backbone weights of the config's backbone_type (a file, "
-                                              "'imagenet' or 'random'); checkpoints hold theirs")
+        "one CSV and one self-contained HTML report with the degradation from the base condition.",
+    )
+    parser.add_argument(
+        "model_name",
+        choices=cli_choices(False) + cli_choices(True),
+        help="model of checkpoints that do not record one (bare reference state_dicts)",
+    )
+    parser.add_argument(
+        "backbone_path",
+        help="backbone weights of the config's backbone_type (a file, 'imagenet' or 'random'); checkpoints hold theirs",
+    )
     parser.add_argument("dataset_path", help="dataset root; img_path in the label CSVs is relative to it")
     parser.add_argument("config_file", help="JSON config: runtime settings, and the config of bare state_dicts")
-    parser.add_argument("--checkpoint_path", nargs="+", required=True, metavar="CKPT",
-                        help="one or more checkpoints, e.g. a hyperpose and an effposenet final checkpoint")
+    parser.add_argument(
+        "--checkpoint_path",
+        nargs="+",
+        required=True,
+        metavar="CKPT",
+        help="one or more checkpoints, e.g. a hyperpose and an effposenet final checkpoint",
+    )
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--conditions", nargs="+", metavar="NAME=CSV[:ROOT]",
-                       help="named test CSVs, the first is the base; repeat a name to add a scene's CSV")
-    which.add_argument("--ecl", nargs="*", metavar="BASE_CSV",
-                       help="the base test CSV(s) and the ECL styles (evening, winter, summer) beside them; "
-                            "without CSVs, each scene's base test CSV in dataset_path")
-    which.add_argument("--shifts", nargs="*", metavar="BASE_CSV",
-                       help="the synthetic shift levels (..._test_shift<level>.csv) beside the base test "
-                            "CSV(s); without CSVs, each scene's test CSV in dataset_path")
-    parser.add_argument("--corruptions", metavar="all|NAME,...",
-                        help="also test the base condition's images under these corruptions (python -m "
-                             "datasets.corruptions list); alone, the base is each scene's test CSV in dataset_path")
+    which.add_argument(
+        "--conditions",
+        nargs="+",
+        metavar="NAME=CSV[:ROOT]",
+        help="named test CSVs, the first is the base; repeat a name to add a scene's CSV",
+    )
+    which.add_argument(
+        "--ecl",
+        nargs="*",
+        metavar="BASE_CSV",
+        help="the base test CSV(s) and the ECL styles (evening, winter, summer) beside them; "
+        "without CSVs, each scene's base test CSV in dataset_path",
+    )
+    which.add_argument(
+        "--shifts",
+        nargs="*",
+        metavar="BASE_CSV",
+        help="the synthetic shift levels (..._test_shift<level>.csv) beside the base test "
+        "CSV(s); without CSVs, each scene's test CSV in dataset_path",
+    )
+    parser.add_argument(
+        "--corruptions",
+        metavar="all|NAME,...",
+        help="also test the base condition's images under these corruptions (python -m "
+        "datasets.corruptions list); alone, the base is each scene's test CSV in dataset_path",
+    )
     parser.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, 1 (mild) to 5")
-    parser.add_argument("--corruption_seed", type=int, default=0,
-                        help="seed of the corruptions' random draws (each image's draw is fixed by it)")
-    parser.add_argument("--baseline_model", default="effposenet",
-                        help="the model others are paired against and the mean corruption error is relative to "
-                             "(the first model of the report when absent)")
+    parser.add_argument(
+        "--corruption_seed",
+        type=int,
+        default=0,
+        help="seed of the corruptions' random draws (each image's draw is fixed by it)",
+    )
+    parser.add_argument(
+        "--baseline_model",
+        default="effposenet",
+        help="the model others are paired against and the mean corruption error is relative to "
+        "(the first model of the report when absent)",
+    )
     add_baseline_arguments(parser)
     parser.add_argument("--output_path", required=True, help="folder for the CSV, the HTML report, cache and log")
     add_runtime_arguments(parser)
@@ -331,8 +444,10 @@ def conditions_from_args(args, scenes: Sequence[str]) -> list[Condition]:
         if not names:
             raise UserError("name the test conditions: --conditions, --ecl, --shifts and/or --corruptions")
         if not scenes:
-            raise UserError("the checkpoints record no scene names: give the base test CSV as "
-                            "--conditions clean=CSV beside --corruptions")
+            raise UserError(
+                "the checkpoints record no scene names: give the base test CSV as "
+                "--conditions clean=CSV beside --corruptions"
+            )
         conditions = [Condition("clean", [(csv, root) for csv in base_test_csvs(root, scenes)])]
     else:
         listed = args.ecl if args.ecl is not None else args.shifts
@@ -350,11 +465,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
         entries = load_entries(args.model_name, args.config_file, args.checkpoint_path)
         scenes = sorted({s for e in entries for s in e.scene_map})
-        result = robustness_report(args.model_name, args.backbone_path, args.dataset_path, args.config_file,
-                                   entries, conditions_from_args(args, scenes), args.output_path,
-                                   device=args.device, amp=args.amp, batch_size=args.batch_size,
-                                   progress=not args.quiet, cache_dir=args.cache, baseline=args.baseline_model,
-                                   train=parse_train_labels(args.train_labels), baselines=not args.no_baselines)
+        result = robustness_report(
+            args.model_name,
+            args.backbone_path,
+            args.dataset_path,
+            args.config_file,
+            entries,
+            conditions_from_args(args, scenes),
+            args.output_path,
+            device=args.device,
+            amp=args.amp,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+            cache_dir=args.cache,
+            baseline=args.baseline_model,
+            train=parse_train_labels(args.train_labels),
+            baselines=not args.no_baselines,
+        )
         print(format_table(result))
         if summaries := format_summaries(result):
             print(summaries)

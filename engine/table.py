@@ -6,15 +6,16 @@ chosen on it (``SELECTIONS``). No row is chosen on the test set, which would fla
 several seeds a cell is the mean over seeds with its standard deviation, the CSV has a row per seed and a
 ``mean`` row, and every model is paired with the baseline model seed by seed (:mod:`util.stats`).
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from util.io import atomic_write_text
 from util.stats import paired_difference
@@ -25,8 +26,8 @@ PUBLISHED = Path(__file__).resolve().parent.parent / "configs" / "published_resu
 SELECTIONS = {
     "final": "the final checkpoint of the last stage",
     "best_on_val": "the checkpoint of any stage with the lowest median position error on the validation split "
-                   "(ties: the lower median orientation error; multi-scene: the mean over scenes of the "
-                   "per-scene medians), tested on the test set; [stage, epoch] names it",
+    "(ties: the lower median orientation error; multi-scene: the mean over scenes of the "
+    "per-scene medians), tested on the test set; [stage, epoch] names it",
 }
 
 
@@ -39,6 +40,7 @@ def published(dataset: str) -> dict[str, dict[str, tuple[float, float]]]:
 @dataclass(frozen=True)
 class Measured:
     """The median test errors of one checkpoint on one scene, and which checkpoint it is."""
+
     pos_m: float
     ori_deg: float
     stage: int | None = None
@@ -50,9 +52,15 @@ class ReproTable:
     """Measured medians per selection, model, scene and seed; ``average`` is the mean of the per-scene medians.
     ``seeds`` (None: one run per model, seed as configured) lists the training seeds of a multi-seed run."""
 
-    def __init__(self, dataset: str, models: Sequence[str], scenes: Sequence[str],
-                 selections: Sequence[str] = ("final",), seeds: Sequence[int] | None = None,
-                 baseline: str | None = None):
+    def __init__(
+        self,
+        dataset: str,
+        models: Sequence[str],
+        scenes: Sequence[str],
+        selections: Sequence[str] = ("final",),
+        seeds: Sequence[int] | None = None,
+        baseline: str | None = None,
+    ):
         unknown = [s for s in selections if s not in SELECTIONS]
         assert not unknown, unknown
         self.dataset, self.models, self.scenes = dataset, list(models), list(scenes)
@@ -62,11 +70,21 @@ class ReproTable:
         self.values: dict[tuple[str, str, str, int | None], Measured] = {}
         self.published = published(dataset)
 
-    def add(self, model: str, scene: str, pos_m: float, ori_deg: float, selection: str = "final", *,
-            stage: int | None = None, epoch: int | None = None, checkpoint: str = "", seed: int | None = None) -> None:
+    def add(
+        self,
+        model: str,
+        scene: str,
+        pos_m: float,
+        ori_deg: float,
+        selection: str = "final",
+        *,
+        stage: int | None = None,
+        epoch: int | None = None,
+        checkpoint: str = "",
+        seed: int | None = None,
+    ) -> None:
         assert selection in self.selections and seed in self.seeds, (selection, seed)
-        self.values[(selection, model, scene, seed)] = Measured(float(pos_m), float(ori_deg), stage, epoch,
-                                                                checkpoint)
+        self.values[(selection, model, scene, seed)] = Measured(float(pos_m), float(ori_deg), stage, epoch, checkpoint)
 
     def per_seed(self, model: str, scene: str, selection: str = "final") -> dict[int | None, Measured]:
         """Seed -> the measured medians (``average``: the mean over scenes, only where every scene is known)."""
@@ -88,8 +106,9 @@ class ReproTable:
             return None
         if len(runs) == 1:
             return next(iter(runs.values()))
-        return Measured(sum(r.pos_m for r in runs.values()) / len(runs),
-                        sum(r.ori_deg for r in runs.values()) / len(runs))
+        return Measured(
+            sum(r.pos_m for r in runs.values()) / len(runs), sum(r.ori_deg for r in runs.values()) / len(runs)
+        )
 
     def spread(self, model: str, scene: str, selection: str = "final") -> tuple[float, float] | None:
         """Sample standard deviations over seeds of (position, orientation); None with one seed."""
@@ -101,8 +120,10 @@ class ReproTable:
     def paired(self, model: str, scene: str, selection: str = "final"):
         """``model`` minus the baseline over the seeds both have: (position, orientation) PairedDifference."""
         a, b = self.per_seed(model, scene, selection), self.per_seed(self.baseline, scene, selection)
-        return (paired_difference({s: m.pos_m for s, m in a.items()}, {s: m.pos_m for s, m in b.items()}),
-                paired_difference({s: m.ori_deg for s, m in a.items()}, {s: m.ori_deg for s, m in b.items()}))
+        return (
+            paired_difference({s: m.pos_m for s, m in a.items()}, {s: m.pos_m for s, m in b.items()}),
+            paired_difference({s: m.ori_deg for s, m in a.items()}, {s: m.ori_deg for s, m in b.items()}),
+        )
 
     def measured(self, model: str, scene: str, selection: str = "final") -> tuple[float, float] | None:
         e = self.entry(model, scene, selection)
@@ -118,6 +139,7 @@ class ReproTable:
     def markdown(self) -> str:
         """One table per selection: scenes down, models across, then the published numbers; with several
         seeds, mean +- sd over seeds and the paired differences from the baseline model."""
+
         def cell(v: tuple[float, float] | None, where: str = "", sd: tuple[float, float] | None = None) -> str:
             if v is None:
                 return "-"
@@ -136,14 +158,24 @@ class ReproTable:
         if self.multi_seed:
             lines.append(f"Mean +- sample standard deviation over seeds {', '.join(map(str, self.seeds))}.")
         for selection in self.selections:
-            lines += ["", f"{selection}: {SELECTIONS[selection]}.", "",
-                      "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += [
+                "",
+                f"{selection}: {SELECTIONS[selection]}.",
+                "",
+                "| " + " | ".join(head) + " |",
+                "|" + "---|" * len(head),
+            ]
             for scene in self.scenes + ["average"]:
                 cells = []
                 for m in self.models:
                     e = self.entry(m, scene, selection)
-                    cells.append(cell(None if e is None else (e.pos_m, e.ori_deg),
-                                      "" if self.multi_seed else chosen(e, selection), self.spread(m, scene, selection)))
+                    cells.append(
+                        cell(
+                            None if e is None else (e.pos_m, e.ori_deg),
+                            "" if self.multi_seed else chosen(e, selection),
+                            self.spread(m, scene, selection),
+                        )
+                    )
                 cells += [cell(self.paper(m, scene)) for m in with_paper]
                 lines.append(f"| {scene} | " + " | ".join(cells) + " |")
             if self.multi_seed and len(self.models) > 1:
@@ -152,9 +184,14 @@ class ReproTable:
 
     def _paired_markdown(self, selection: str) -> list[str]:
         others = [m for m in self.models if m != self.baseline]
-        lines = ["", f"{selection}, paired by seed: model - {self.baseline}, mean difference +- SE (seeds won "
-                     f"model:{self.baseline}; verdict at 95 %).", "",
-                 "| scene | " + " | ".join(others) + " |", "|" + "---|" * (len(others) + 1)]
+        lines = [
+            "",
+            f"{selection}, paired by seed: model - {self.baseline}, mean difference +- SE (seeds won "
+            f"model:{self.baseline}; verdict at 95 %).",
+            "",
+            "| scene | " + " | ".join(others) + " |",
+            "|" + "---|" * (len(others) + 1),
+        ]
 
         def words(d, unit, name) -> str:
             if d is None:
@@ -174,12 +211,35 @@ class ReproTable:
         """One row per selection, model and scene (with several seeds: per seed, then the ``mean`` row)."""
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["dataset", "model", "scene", "selection", "median_pos_m", "median_ori_deg", "stage", "epoch",
-                    "checkpoint", "published_pos_m", "published_ori_deg", "seed"])
+        w.writerow(
+            [
+                "dataset",
+                "model",
+                "scene",
+                "selection",
+                "median_pos_m",
+                "median_ori_deg",
+                "stage",
+                "epoch",
+                "checkpoint",
+                "published_pos_m",
+                "published_ori_deg",
+                "seed",
+            ]
+        )
 
         def row(e: Measured | None) -> tuple:
-            return ("", "", "", "", "") if e is None else (e.pos_m, e.ori_deg, "" if e.stage is None else e.stage,
-                                                           "" if e.epoch is None else e.epoch, e.checkpoint)
+            return (
+                ("", "", "", "", "")
+                if e is None
+                else (
+                    e.pos_m,
+                    e.ori_deg,
+                    "" if e.stage is None else e.stage,
+                    "" if e.epoch is None else e.epoch,
+                    e.checkpoint,
+                )
+            )
 
         for selection in self.selections:
             for m in self.models:
@@ -189,8 +249,17 @@ class ReproTable:
                         runs = self.per_seed(m, scene, selection)
                         for seed in self.seeds:
                             w.writerow([self.dataset, m, scene, selection, *row(runs.get(seed)), *paper, seed])
-                    w.writerow([self.dataset, m, scene, selection, *row(self.entry(m, scene, selection)), *paper,
-                                "mean" if self.multi_seed else ""])
+                    w.writerow(
+                        [
+                            self.dataset,
+                            m,
+                            scene,
+                            selection,
+                            *row(self.entry(m, scene, selection)),
+                            *paper,
+                            "mean" if self.multi_seed else "",
+                        ]
+                    )
         return buf.getvalue()
 
     def paths(self, out: Path) -> tuple[Path, Path]:

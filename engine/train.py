@@ -4,9 +4,11 @@ model, loss and optimizer; then :class:`engine.trainer.Trainer` runs it.
 One run lives in ``<output_path>/run_<yy_mm_dd_HH_MM_SS>/``: the resolved config, a log file, ``metrics.csv``,
 TensorBoard events, ``run_<stamp>_checkpoint-<epoch>.pth`` every ``n_freq_checkpoint`` epochs and
 ``run_<stamp>_final.pth``. A run resumed from its newest checkpoint (the one that keeps the optimizer state,
-see ``keep_optimizer_state``) ends with the same weights as an uninterrupted one on the CPU, also when it is resumed with another number of processes and ``micro_batches`` equal to
+see ``keep_optimizer_state``) ends with the same weights as an uninterrupted one on the CPU, also when it is resumed
+with another number of processes and ``micro_batches`` equal to
 the processes it replaces (see engine/trainer.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,15 +24,15 @@ from torch import nn
 from datasets.dataset import CameraPoseDataset
 from datasets.image_cache import resolve_cache_dir
 from datasets.transforms import build_transform
+from engine.batchnorm import plain_loader, resolve_recalibrate_batches
 from engine.checkpoints import checkpoint_number
 from engine.trainer import Trainer, TrainResult, read_metrics_csv, write_metrics_csv
 from models.backbone import load_backbone
+from models.config import load_config
+from models.hypernet import hyperfan_from_images
+from models.loading import load_checkpoint, load_model, reconcile_config
 from models.losses import CameraPoseLoss
 from models.registry import build_model, canonical_model_name, get_spec
-from engine.batchnorm import plain_loader, resolve_recalibrate_batches
-from models.hypernet import hyperfan_from_images
-from models.config import load_config
-from models.loading import load_checkpoint, load_model, reconcile_config
 from util.checkpoint import load_model_weights
 from util.device import autocast_dtype, make_deterministic, seed_everything
 from util.distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
@@ -59,8 +61,12 @@ def apply_freeze(model: nn.Module, config: dict) -> int:
             model.freeze_body()
             body = sorted(listed - {name for name, param in model.named_parameters() if param.requires_grad})
             if body:
-                log.info("freeze_mode 'reference': %d listed parameter tensors of the frozen backbone and "
-                         "transformers do not train (e.g. %s); 'train_listed' trains them", len(body), body[0])
+                log.info(
+                    "freeze_mode 'reference': %d listed parameter tensors of the frozen backbone and "
+                    "transformers do not train (e.g. %s); 'train_listed' trains them",
+                    len(body),
+                    body[0],
+                )
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if n == 0:
             raise UserError(f"freeze is on but no trainable parameter name contains any of {phrases}")
@@ -86,8 +92,7 @@ def build_optimizer(model: nn.Module, loss_fn: nn.Module, config: dict) -> torch
     """Adam over the trainable model parameters (weight-decayed) and the loss weights (not decayed), with the
     fused kernel: one pass over all parameters instead of a loop over tensors (``bench/bench_multi_scene.py``
     prints the optimizer step's share of a training step)."""
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad],
-               "weight_decay": config["weight_decay"]}]
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": config["weight_decay"]}]
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
     if loss_params:
         groups.append({"params": loss_params, "weight_decay": 0.0})
@@ -122,8 +127,10 @@ def _sources(resume, init_checkpoint) -> tuple[dict | None, dict | None]:
         raise UserError("use either --resume (continue a run) or --checkpoint_path (start from its weights)")
     ckpt = load_checkpoint(resume) if resume else None
     if ckpt is not None and ckpt.get("format") == "reference":
-        raise UserError(f"--resume {resume}: a bare reference state_dict holds no training state; "
-                        f"resume needs a checkpoint written by this toolkit")
+        raise UserError(
+            f"--resume {resume}: a bare reference state_dict holds no training state; "
+            f"resume needs a checkpoint written by this toolkit"
+        )
     return ckpt, load_checkpoint(init_checkpoint) if init_checkpoint else None
 
 
@@ -132,14 +139,17 @@ def refuse_overwrite(resume: Path, epoch: int) -> None:
     strip the only one that keeps Adam's state): one line naming them. Newer means a higher epoch in the
     name, or a final checkpoint other than ``resume``; file times say nothing (stripping rewrites old files)."""
     run_dir = resume.resolve().parent
-    newer = sorted((n, p.name) for p in run_dir.glob("*_checkpoint-*.pth")
-                   if (n := checkpoint_number(p)) is not None and n > epoch)
+    newer = sorted(
+        (n, p.name) for p in run_dir.glob("*_checkpoint-*.pth") if (n := checkpoint_number(p)) is not None and n > epoch
+    )
     newer += [(math.inf, p.name) for p in sorted(run_dir.glob("*_final.pth")) if p.resolve() != resume.resolve()]
     if newer:
         names = ", ".join(name for _, name in newer[:3]) + (", ..." if len(newer) > 3 else "")
-        raise UserError(f"--resume {resume.name} (epoch {epoch}): {run_dir} already holds later checkpoints "
-                        f"({names}) that resuming here would overwrite; resume from the newest, or pass "
-                        f"--output_path DIR to continue in a new run folder there")
+        raise UserError(
+            f"--resume {resume.name} (epoch {epoch}): {run_dir} already holds later checkpoints "
+            f"({names}) that resuming here would overwrite; resume from the newest, or pass "
+            f"--output_path DIR to continue in a new run folder there"
+        )
 
 
 def remove_stale_temp_files(run_dir: Path) -> None:
@@ -148,8 +158,9 @@ def remove_stale_temp_files(run_dir: Path) -> None:
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:
-        log.info("removed %d half-written temporary file(s) of an earlier, interrupted write in %s",
-                 len(stale), run_dir)
+        log.info(
+            "removed %d half-written temporary file(s) of an earlier, interrupted write in %s", len(stale), run_dir
+        )
 
 
 def copy_metrics(old_run: Path, new_run: Path, epoch: int) -> None:
@@ -167,33 +178,58 @@ def _attach_cache(dataset: CameraPoseDataset, config: dict, ctx: DistContext) ->
         return
     builder = ctx.local_rank == 0
     if builder:
-        dataset.use_image_cache(cache_dir, config["image_resize"], config["n_workers"], required=required,
-                                resize_backend=config["resize_backend"])
+        dataset.use_image_cache(
+            cache_dir,
+            config["image_resize"],
+            config["n_workers"],
+            required=required,
+            resize_backend=config["resize_backend"],
+        )
     barrier(ctx)
-    if not builder and not dataset.use_image_cache(cache_dir, config["image_resize"], build=False,
-                                                   resize_backend=config["resize_backend"]) and required:
+    if (
+        not builder
+        and not dataset.use_image_cache(
+            cache_dir, config["image_resize"], build=False, resize_backend=config["resize_backend"]
+        )
+        and required
+    ):
         raise UserError(f"process {ctx.rank} cannot read the image cache in {cache_dir} that local rank 0 built")
 
 
-def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_file: str | Path,
-          config_path: str | Path, output_path: str | Path | None = None, *, override_config=None,
-          resume: str | Path | None = None, init_checkpoint: str | Path | None = None, device: str = "auto",
-          amp=False, n_epochs: int | None = None, cache_dir: str | Path | None = None, compile: bool = False,
-          micro_batches: int = 1) -> TrainResult:
+def train(
+    model_name: str,
+    backbone_path: str,
+    dataset_root: str | Path,
+    labels_file: str | Path,
+    config_path: str | Path,
+    output_path: str | Path | None = None,
+    *,
+    override_config=None,
+    resume: str | Path | None = None,
+    init_checkpoint: str | Path | None = None,
+    device: str = "auto",
+    amp=False,
+    n_epochs: int | None = None,
+    cache_dir: str | Path | None = None,
+    compile: bool = False,
+    micro_batches: int = 1,
+) -> TrainResult:
     """Train ``model_name`` on a label CSV and return the run folder and its final checkpoint.
 
     ``resume`` continues a run (weights, optimizer, scheduler, epoch), also with another number of
     processes: in its own run folder (``output_path`` None or that folder's parent), which must hold no
     later checkpoint, or, with another ``output_path``, in a new run folder there that branches off it, so
-    no existing checkpoint is ever overwritten. A new run goes to ``output_path`` (default ``./models``). ``init_checkpoint`` starts a new run from a checkpoint's weights only, ours or the
+    no existing checkpoint is ever overwritten. A new run goes to ``output_path`` (default ``./models``).
+    ``init_checkpoint`` starts a new run from a checkpoint's weights only, ours or the
     reference's, as the reference's ``--checkpoint_path`` did in train mode; the second, ``freeze`` stage
     of the multi-stage recipe uses it. ``amp``: False, ``auto``, ``bf16`` or ``fp16`` (see
     :func:`util.device.autocast_dtype`); ``compile`` wraps the training module in ``torch.compile``.
     """
     model_name = canonical_model_name(model_name)
     # The output folder first: a read-only or mistyped --output_path must not cost a training run.
-    branch = bool(resume) and output_path is not None and \
-        Path(output_path).resolve() != Path(resume).resolve().parent.parent
+    branch = (
+        bool(resume) and output_path is not None and Path(output_path).resolve() != Path(resume).resolve().parent.parent
+    )
     if resume and not Path(resume).is_file():
         load_checkpoint(resume)  # one line saying what is missing, before any folder is made
     if not resume or branch:
@@ -219,29 +255,38 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
             make_deterministic()
         source = ckpt or init
         scene_map = source["scene_map"] if source and source["scene_map"] else None
-        dataset = CameraPoseDataset(dataset_root, labels_file, transform=build_transform(config, train=True),
-                                    scene_map=scene_map)
+        dataset = CameraPoseDataset(
+            dataset_root, labels_file, transform=build_transform(config, train=True), scene_map=scene_map
+        )
         dataset.check_sample()  # a broken image fails here, before any run folder exists
         _attach_cache(dataset, config, ctx)
         multi = get_spec(model_name).multi_scene
         if multi:
             n_scenes = len(dataset.scene_map)
             if config.get("num_scenes") not in (None, n_scenes):
-                raise UserError(f"config num_scenes={config['num_scenes']} but {labels_file} has {n_scenes} "
-                                f"scenes ({', '.join(dataset.scene_map)}); remove num_scenes or set it to {n_scenes}")
+                raise UserError(
+                    f"config num_scenes={config['num_scenes']} but {labels_file} has {n_scenes} "
+                    f"scenes ({', '.join(dataset.scene_map)}); remove num_scenes or set it to {n_scenes}"
+                )
             config["num_scenes"] = n_scenes
         if ckpt is not None:
             config = reconcile_config(ckpt, model_name, config, resume)
         if ckpt is not None and config.get("bn_recalibrate_batches") is None:  # a resumed run goes on as it began
             config["bn_recalibrate_batches"] = ckpt["config"].get("bn_recalibrate_batches")
         config["bn_recalibrate_batches"] = resolve_recalibrate_batches(
-            config, random_backbone=backbone_path == "random" and init is None)
+            config, random_backbone=backbone_path == "random" and init is None
+        )
 
         seed_everything(config["seed"])
         if init is not None:  # the checkpoint's architecture keys and weights; the dataset holds its scene map
-            loaded = load_model(init_checkpoint, model_name, config, ckpt=init,
-                                scene_map_for=lambda n_scenes: dataset.scene_map,
-                                build=lambda cfg: prepare_model(model_name, backbone_path, cfg, dev))
+            loaded = load_model(
+                init_checkpoint,
+                model_name,
+                config,
+                ckpt=init,
+                scene_map_for=lambda n_scenes: dataset.scene_map,
+                build=lambda cfg: prepare_model(model_name, backbone_path, cfg, dev),
+            )
             model, config = loaded.model, loaded.config
             log.info("initialised %s from %s", model_name, init_checkpoint)
         else:
@@ -253,8 +298,9 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
         loss_fn = CameraPoseLoss.from_config(config).to(dev)
         n_trainable = apply_freeze(model, config)
         optimizer = build_optimizer(model, loss_fn, config)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config["lr_scheduler_step_size"],
-                                                    gamma=config["lr_scheduler_gamma"])
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=config["lr_scheduler_step_size"], gamma=config["lr_scheduler_gamma"]
+        )
         start_epoch = 0
         if init is None and ckpt is None and config.get("head_init") == "hyperfan":
             hyperfan_start(model, plain_loader(dataset, config, dev), dev)
@@ -264,9 +310,12 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
             if ckpt["optimizer"]:
                 optimizer.load_state_dict(ckpt["optimizer"])
             else:
-                log.warning("%s holds no optimizer state (with keep_optimizer_state 'last' only the latest "
-                            "checkpoint of a run does): Adam restarts with zero moments, so the run will not end "
-                            "as an uninterrupted one would", Path(resume).name)
+                log.warning(
+                    "%s holds no optimizer state (with keep_optimizer_state 'last' only the latest "
+                    "checkpoint of a run does): Adam restarts with zero moments, so the run will not end "
+                    "as an uninterrupted one would",
+                    Path(resume).name,
+                )
             scheduler.load_state_dict(ckpt["scheduler"])
             start_epoch = int(ckpt["epoch"])
         if ckpt is not None and not branch:
@@ -287,15 +336,39 @@ def train(model_name: str, backbone_path: str, dataset_root: str | Path, labels_
         if ctx.is_main:
             file_handler = add_log_file(run_dir / "train.log")
             atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
-        log.info("run folder %s; model %s (%d parameters, %d trainable) on %s; %d training frames, %d scenes; "
-                 "global batch %d (%d process(es) x %d)%s%s", run_dir, model_name,
-                 sum(p.numel() for p in model.parameters()), n_trainable, dev, len(dataset), len(dataset.scene_map),
-                 config["batch_size"] * ctx.world_size, ctx.world_size, config["batch_size"],
-                 f" in {micro_batches} micro-batches" if micro_batches > 1 else "",
-                 f"; autocast {amp_dtype}" if amp_dtype is not None else "")
-        trainer = Trainer(model_name, model, loss_fn, optimizer, scheduler, dataset, config, dev, run_dir, stamp,
-                          ctx=ctx, amp_dtype=amp_dtype, compile=compile, micro_batches=micro_batches,
-                          resumed_from=Path(resume).resolve() if resume and not branch else None)
+        log.info(
+            "run folder %s; model %s (%d parameters, %d trainable) on %s; %d training frames, %d scenes; "
+            "global batch %d (%d process(es) x %d)%s%s",
+            run_dir,
+            model_name,
+            sum(p.numel() for p in model.parameters()),
+            n_trainable,
+            dev,
+            len(dataset),
+            len(dataset.scene_map),
+            config["batch_size"] * ctx.world_size,
+            ctx.world_size,
+            config["batch_size"],
+            f" in {micro_batches} micro-batches" if micro_batches > 1 else "",
+            f"; autocast {amp_dtype}" if amp_dtype is not None else "",
+        )
+        trainer = Trainer(
+            model_name,
+            model,
+            loss_fn,
+            optimizer,
+            scheduler,
+            dataset,
+            config,
+            dev,
+            run_dir,
+            stamp,
+            ctx=ctx,
+            amp_dtype=amp_dtype,
+            compile=compile,
+            micro_batches=micro_batches,
+            resumed_from=Path(resume).resolve() if resume and not branch else None,
+        )
         result = trainer.fit(start_epoch)
         log.info("run finished: %s", result.final_checkpoint.name)
         return result

@@ -10,6 +10,7 @@ batch with DistributedDataParallel; rank 0 alone logs and writes, and checkpoint
 i draws from the random stream process i would use, so one process with ``micro_batches`` W and
 ``batch_size`` B x W reproduces a W-process run with ``batch_size`` B (up to float rounding).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,10 +42,24 @@ from util.pose import pose_errors
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["epoch", "loss", "pose_loss", "scene_nll", "median_pos_m", "median_ori_deg", "scene_acc",
-                  "lr", "s_x", "s_q", "seconds", "images_per_s"]
+METRIC_COLUMNS = [
+    "epoch",
+    "loss",
+    "pose_loss",
+    "scene_nll",
+    "median_pos_m",
+    "median_ori_deg",
+    "scene_acc",
+    "lr",
+    "s_x",
+    "s_q",
+    "seconds",
+    "images_per_s",
+]
 TB_KEYS = ("loss", "pose_loss", "median_pos_m", "median_ori_deg", "lr", "s_x", "s_q", "images_per_s")
 STREAM_STRIDE = 1_000_003  # seed distance between the random streams of processes / micro-batches
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -90,9 +105,11 @@ def check_finite(model: nn.Module, loss_fn: nn.Module, epoch: int, probe_img: to
         if not bool(torch.isfinite(pose).all()):
             bad = ["its predictions"]
     if bad:
-        raise UserError(f"training diverged at epoch {epoch}: {bad[0]}{' and more' if len(bad) > 1 else ''} "
-                        f"hold NaN or inf after the last step; no checkpoint of this epoch was written; "
-                        f"try a lower lr")
+        raise UserError(
+            f"training diverged at epoch {epoch}: {bad[0]}{' and more' if len(bad) > 1 else ''} "
+            f"hold NaN or inf after the last step; no checkpoint of this epoch was written; "
+            f"try a lower lr"
+        )
 
 
 class OptimizerStateKeeper:
@@ -128,10 +145,25 @@ class TrainingModule(nn.Module):
 class Trainer:
     """One training run, phase by phase; built by :func:`train`, which also handles resuming."""
 
-    def __init__(self, model_name: str, model: nn.Module, loss_fn: CameraPoseLoss, optimizer, scheduler,
-                 dataset: CameraPoseDataset, config: dict, device: torch.device, run_dir: Path, stamp: str, *,
-                 ctx: DistContext = DistContext(), amp_dtype: torch.dtype | None = None, compile: bool = False,
-                 micro_batches: int = 1, resumed_from: Path | None = None):
+    def __init__(
+        self,
+        model_name: str,
+        model: nn.Module,
+        loss_fn: CameraPoseLoss,
+        optimizer,
+        scheduler,
+        dataset: CameraPoseDataset,
+        config: dict,
+        device: torch.device,
+        run_dir: Path,
+        stamp: str,
+        *,
+        ctx: DistContext = DistContext(),
+        amp_dtype: torch.dtype | None = None,
+        compile: bool = False,
+        micro_batches: int = 1,
+        resumed_from: Path | None = None,
+    ):
         self.model_name, self.model, self.loss_fn = model_name, model, loss_fn
         self.optimizer, self.scheduler, self.dataset, self.config = optimizer, scheduler, dataset, config
         self.device, self.run_dir, self.stamp, self.ctx = device, run_dir, stamp, ctx
@@ -142,7 +174,8 @@ class Trainer:
         if ctx.enabled:
             # The backbone's ImageNet classifier (and, with some reductions, late blocks) never gets a gradient.
             module = self.ddp = DistributedDataParallel(
-                module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+                module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+            )
         self.module = torch.compile(module) if compile else module
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
         self.streams: RandomStreams | None = None
@@ -156,14 +189,24 @@ class Trainer:
         ``workers``: that many, as they are (benchmarks); by default ``n_workers`` as
         :func:`util.device.cap_workers` caps it for the device."""
         c = self.config
-        self.sampler = EpochSampler(self.dataset.scene_ids, c["seed"], c["batch_size"],
-                                    equalize_scenes=self.multi and bool(c.get("equalize_scenes")),
-                                    rank=self.ctx.rank, world_size=self.ctx.world_size)
+        self.sampler = EpochSampler(
+            self.dataset.scene_ids,
+            c["seed"],
+            c["batch_size"],
+            equalize_scenes=self.multi and bool(c.get("equalize_scenes")),
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+        )
         workers = cap_workers(c["n_workers"], self.device) if workers is None else workers
-        return DataLoader(SeededSamples(self.dataset), batch_size=c["batch_size"], sampler=self.sampler,
-                          num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=self.device.type == "cuda",
-                          generator=torch.Generator().manual_seed(c["seed"]))
+        return DataLoader(
+            SeededSamples(self.dataset),
+            batch_size=c["batch_size"],
+            sampler=self.sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(c["seed"]),
+        )
 
     # Run one epoch ---------------------------------------------------------------------------------------
     def run_epoch(self, loader: DataLoader, epoch: int) -> dict:
@@ -172,24 +215,34 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         streams = [self.ctx.rank * k + i for i in range(k)]
         seed_everything(stream_seed(c["seed"], epoch, streams[0]))
-        self.streams = RandomStreams([stream_seed(c["seed"], epoch, s) for s in streams],
-                                     self.device) if k > 1 else None
+        self.streams = (
+            RandomStreams([stream_seed(c["seed"], epoch, s) for s in streams], self.device) if k > 1 else None
+        )
         self.model.train()
         sums = np.zeros(5)  # loss, pose_loss, scene_nll (each x images), correct scenes, images
         pos_errs, ori_errs = [], []
         t0 = time.perf_counter()
-        bar = progress_bar(loader, desc=f"epoch {epoch}/{c['n_epochs']}", leave=False, dynamic_ncols=True,
-                           enabled=self.ctx.is_main)
+        bar = progress_bar(
+            loader, desc=f"epoch {epoch}/{c['n_epochs']}", leave=False, dynamic_ncols=True, enabled=self.ctx.is_main
+        )
         for step, batch in enumerate(bar, 1):
             stats, pos_err, ori_err = self.step(batch, epoch, step)
             sums += stats
             pos_errs.append(pos_err.cpu())
             ori_errs.append(ori_err.cpu())
-            bar.set_postfix(loss=f"{sums[0] / sums[4]:.3f}", pos=f"{pos_err.median():.2f}m",
-                            ori=f"{ori_err.median():.1f}deg")
+            bar.set_postfix(
+                loss=f"{sums[0] / sums[4]:.3f}", pos=f"{pos_err.median():.2f}m", ori=f"{ori_err.median():.1f}deg"
+            )
             if step % c["n_freq_print"] == 0:
-                log.debug("epoch %d batch %d/%d loss %.4f pos %.3f m ori %.2f deg", epoch, step, len(loader),
-                          stats[0] / stats[4], pos_err.median(), ori_err.median())
+                log.debug(
+                    "epoch %d batch %d/%d loss %.4f pos %.3f m ori %.2f deg",
+                    epoch,
+                    step,
+                    len(loader),
+                    stats[0] / stats[4],
+                    pos_err.median(),
+                    ori_err.median(),
+                )
         bar.close()
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with, before the schedule moves on
         self.scheduler.step()
@@ -198,12 +251,18 @@ class Trainer:
         pos_all = all_gather_cat(self.ctx, torch.cat(pos_errs), self.device)
         ori_all = all_gather_cat(self.ctx, torch.cat(ori_errs), self.device)
         return {
-            "epoch": epoch, "loss": loss / n, "pose_loss": pose_loss / n,
+            "epoch": epoch,
+            "loss": loss / n,
+            "pose_loss": pose_loss / n,
             "scene_nll": scene_nll / n if self.multi else "",
-            "median_pos_m": float(pos_all.median()), "median_ori_deg": float(ori_all.median()),
+            "median_pos_m": float(pos_all.median()),
+            "median_ori_deg": float(ori_all.median()),
             "scene_acc": correct / n if self.multi else "",
-            "lr": lr, "s_x": self.loss_fn.s_x.item(),
-            "s_q": self.loss_fn.s_q.item(), "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 2),
+            "lr": lr,
+            "s_x": self.loss_fn.s_x.item(),
+            "s_q": self.loss_fn.s_q.item(),
+            "seconds": round(seconds, 3),
+            "images_per_s": round(n / seconds, 2),
         }
 
     # One step --------------------------------------------------------------------------------------------
@@ -232,16 +291,24 @@ class Trainer:
                 except ValueError as e:
                     if "Expected more than 1 value per channel" not in str(e):
                         raise
-                    raise UserError(f"epoch {epoch}, batch {step}: a batch part of {part[0].shape[0]} image "
-                                    f"reaches a BatchNorm layer with 1x1 maps, which needs at least 2; change "
-                                    f"batch_size or --micro_batches so that no part holds a single image") from None
+                    raise UserError(
+                        f"epoch {epoch}, batch {step}: a batch part of {part[0].shape[0]} image "
+                        f"reaches a BatchNorm layer with 1x1 maps, which needs at least 2; change "
+                        f"batch_size or --micro_batches so that no part holds a single image"
+                    ) from None
                 if not torch.isfinite(loss):
-                    raise UserError(f"training diverged at epoch {epoch}, batch {step}: loss is {loss.item()}; "
-                                    f"try a lower lr")
+                    raise UserError(
+                        f"training diverged at epoch {epoch}, batch {step}: loss is {loss.item()}; try a lower lr"
+                    )
                 b = part[0].shape[0]
                 self.scaler.scale(loss * (b / n)).backward()
-            stats += [loss.item() * b, pose_loss.item() * b, scene_nll.item() * b if scene_nll is not None else 0,
-                      int((scene_logp.argmax(1) == part[2]).sum()) if scene_logp is not None else 0, b]
+            stats += [
+                loss.item() * b,
+                pose_loss.item() * b,
+                scene_nll.item() * b if scene_nll is not None else 0,
+                int((scene_logp.argmax(1) == part[2]).sum()) if scene_logp is not None else 0,
+                b,
+            ]
             preds.append(pose_pred.detach().float())
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -257,14 +324,26 @@ class Trainer:
         """Write ``<stamp>_<name>.pth`` with the unwrapped model (rank 0 only); returns its path on every rank."""
         path = self.checkpoint_path(name)
         if self.ctx.is_main:
-            save_checkpoint(path, model_name=self.model_name, config=self.config, scene_map=self.dataset.scene_map,
-                            model=self.model, loss=self.loss_fn, optimizer=self.optimizer,
-                            scheduler=self.scheduler, epoch=epoch,
-                            extra={"run_stamp": self.stamp, "world_size": self.ctx.world_size,
-                                   "micro_batches": self.micro_batches, "trainable": list(self.trainable),
-                                   # Where the training images are: the baselines of a report (engine.retrieval).
-                                   "train_labels": str(self.dataset.labels_file.resolve()),
-                                   "train_root": str(self.dataset.dataset_root.resolve())})
+            save_checkpoint(
+                path,
+                model_name=self.model_name,
+                config=self.config,
+                scene_map=self.dataset.scene_map,
+                model=self.model,
+                loss=self.loss_fn,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                epoch=epoch,
+                extra={
+                    "run_stamp": self.stamp,
+                    "world_size": self.ctx.world_size,
+                    "micro_batches": self.micro_batches,
+                    "trainable": list(self.trainable),
+                    # Where the training images are: the baselines of a report (engine.retrieval).
+                    "train_labels": str(self.dataset.labels_file.resolve()),
+                    "train_root": str(self.dataset.dataset_root.resolve()),
+                },
+            )
             log.info("saved %s", path.name)
             self.keeper.saved(path)
         return path
@@ -290,15 +369,24 @@ class Trainer:
         write_metrics_csv(self.run_dir / "metrics.csv", rows)
         for key in TB_KEYS + (("scene_acc", "scene_nll") if self.multi else ()):
             writer.add_scalar(f"train/{key}", row[key], row["epoch"])
-        log.info("epoch %d/%d loss %.4f median %.3f m %.2f deg%s lr %.2e (%.1f images/s)", row["epoch"],
-                 self.config["n_epochs"], row["loss"], row["median_pos_m"], row["median_ori_deg"],
-                 f" scene acc {row['scene_acc']:.3f}" if self.multi else "", row["lr"], row["images_per_s"])
+        log.info(
+            "epoch %d/%d loss %.4f median %.3f m %.2f deg%s lr %.2e (%.1f images/s)",
+            row["epoch"],
+            self.config["n_epochs"],
+            row["loss"],
+            row["median_pos_m"],
+            row["median_ori_deg"],
+            f" scene acc {row['scene_acc']:.3f}" if self.multi else "",
+            row["lr"],
+            row["images_per_s"],
+        )
 
     def fit(self, start_epoch: int = 0) -> TrainResult:
         """Epochs ``start_epoch + 1 .. n_epochs``, with periodic and final checkpoints."""
         rows, writer = [], None
         if self.ctx.is_main:
             from torch.utils.tensorboard import SummaryWriter  # slow import, only needed here
+
             rows = [r for r in read_metrics_csv(self.run_dir / "metrics.csv") if int(r["epoch"]) <= start_epoch]
             writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=start_epoch + 1)
         loader = self.make_loader()
@@ -309,8 +397,9 @@ class Trainer:
                 row = self.run_epoch(loader, epoch)
                 if self.ctx.is_main:
                     self.record(row, rows, writer)
-                self.check_before_save(probe_loader, epoch,
-                                       checkpoint=epoch % self.config["n_freq_checkpoint"] == 0 or epoch == n_epochs)
+                self.check_before_save(
+                    probe_loader, epoch, checkpoint=epoch % self.config["n_freq_checkpoint"] == 0 or epoch == n_epochs
+                )
                 if epoch % self.config["n_freq_checkpoint"] == 0:
                     self.save(f"checkpoint-{epoch}", epoch)
             final = self.save("final", max(self.config["n_epochs"], start_epoch))
@@ -319,5 +408,6 @@ class Trainer:
             if writer is not None:
                 writer.close()
         barrier(self.ctx)  # nobody leaves before rank 0 has written the final checkpoint
-        return TrainResult(run_dir=self.run_dir, final_checkpoint=final, metrics=rows, model=self.model,
-                           trainable=self.trainable)
+        return TrainResult(
+            run_dir=self.run_dir, final_checkpoint=final, metrics=rows, model=self.model, trainable=self.trainable
+        )

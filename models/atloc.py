@@ -6,6 +6,7 @@ Difference from the reference, deliberate: the reference calls ``F.dropout(z, p=
 off in eval mode, so ``test`` is deterministic. Parameter names and order equal the reference checkpoints
 (``feature_extractor.*``, ``att.*``, ``fc_xyz``, ``fc_wpqr``).
 """
+
 from __future__ import annotations
 
 import torch

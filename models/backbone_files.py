@@ -6,6 +6,7 @@ prefix and all) is read with ``torch.load(weights_only=True)``. The reference's 
 with an allow-list of the few classes such a module is made of, never with arbitrary code execution.
 Which architecture the tensors belong to is checked later, by the backbone that loads them.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -30,15 +31,26 @@ STATE_DICT_PREFIXES = ("backbone.0.body.", "_backbone.", "backbone.", "feature_e
 # The classes a pickled EfficientNet module is made of (found by reading the pickle's globals).
 # Swish appears instead of MemoryEfficientSwish when set_swish(memory_efficient=False) ran first.
 PICKLED_MODULE_CLASSES = (
-    effnet_model.EfficientNet, effnet_model.MBConvBlock, effnet_utils.BlockArgs,
-    effnet_utils.GlobalParams, effnet_utils.Conv2dStaticSamePadding,
-    effnet_utils.MemoryEfficientSwish, effnet_utils.Swish,
-    nn.BatchNorm2d, nn.ModuleList, nn.ZeroPad2d, nn.Identity, nn.AdaptiveAvgPool2d, nn.Dropout,
+    effnet_model.EfficientNet,
+    effnet_model.MBConvBlock,
+    effnet_utils.BlockArgs,
+    effnet_utils.GlobalParams,
+    effnet_utils.Conv2dStaticSamePadding,
+    effnet_utils.MemoryEfficientSwish,
+    effnet_utils.Swish,
+    nn.BatchNorm2d,
+    nn.ModuleList,
+    nn.ZeroPad2d,
+    nn.Identity,
+    nn.AdaptiveAvgPool2d,
+    nn.Dropout,
     nn.Linear,
 )
 
-MISSING_HINT = ("pass 'random' for a randomly initialised backbone, 'imagenet' for local ImageNet weights, "
-                "or create a file with `python -m models.backbone write OUT.pth --type TYPE [--pretrained]`")
+MISSING_HINT = (
+    "pass 'random' for a randomly initialised backbone, 'imagenet' for local ImageNet weights, "
+    "or create a file with `python -m models.backbone write OUT.pth --type TYPE [--pretrained]`"
+)
 _NOT_A_BACKBONE = "is neither a backbone state_dict nor a pickled EfficientNet module"
 
 
@@ -52,10 +64,12 @@ def read_backbone_file(path: str | Path) -> tuple[str, OrderedDict]:
     try:
         with torch.serialization.safe_globals(list(PICKLED_MODULE_CLASSES)):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure here means "not a weights-only file"
+    except Exception as e:  # any failure here means "not a weights-only file"
         if zipfile.is_zipfile(path):
-            raise UserError(f"backbone file {path}: {torch_load_problem(path, e)}; make one with "
-                            f"`python -m models.backbone write OUT.pth`") from None
+            raise UserError(
+                f"backbone file {path}: {torch_load_problem(path, e)}; make one with "
+                f"`python -m models.backbone write OUT.pth`"
+            ) from None
         # torch refuses whole modules in the pre-1.6 format under weights_only: read it ourselves.
         obj = _load_legacy_pickled_module(path)
     if isinstance(obj, effnet_model.EfficientNet):
@@ -71,8 +85,9 @@ def read_backbone_file(path: str | Path) -> tuple[str, OrderedDict]:
 def first_line(e: Exception) -> str:
     """A one-line summary of an exception; for torch's long weights-only refusal, the reason line."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    reason = next((line.split(". ")[0] for line in lines if line.startswith("WeightsUnpickler error")),
-                  lines[0] if lines else "")
+    reason = next(
+        (line.split(". ")[0] for line in lines if line.startswith("WeightsUnpickler error")), lines[0] if lines else ""
+    )
     return f"{type(e).__name__}: {reason}"[:300]
 
 
@@ -80,7 +95,7 @@ def _strip_prefix(state: OrderedDict) -> OrderedDict:
     """Drop a reference model prefix shared by every key."""
     for prefix in STATE_DICT_PREFIXES:
         if all(k.startswith(prefix) for k in state):
-            return OrderedDict((k[len(prefix):], v) for k, v in state.items())
+            return OrderedDict((k[len(prefix) :], v) for k, v in state.items())
     return state
 
 
@@ -106,9 +121,15 @@ def _module_tensors(module: nn.Module, prefix: str = "") -> OrderedDict:
 # persistent id); a pickle of the storage keys; then per storage an int64 element count and raw bytes.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "LongStorage": torch.int64, "IntStorage": torch.int32, "ShortStorage": torch.int16,
-    "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
 }
 
 
@@ -131,12 +152,15 @@ class _AllowListUnpickler(pickle.Unpickler):
         super().__init__(file)
         self.max_bytes = max_bytes  # storages cannot hold more than the file does
         self.allowed = {(c.__module__, c.__qualname__): c for c in PICKLED_MODULE_CLASSES}
-        self.allowed.update({
-            ("collections", "OrderedDict"): OrderedDict,
-            ("__builtin__", "set"): set, ("builtins", "set"): set,
-            ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-            ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        })
+        self.allowed.update(
+            {
+                ("collections", "OrderedDict"): OrderedDict,
+                ("__builtin__", "set"): set,
+                ("builtins", "set"): set,
+                ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+                ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+            }
+        )
         self.allowed.update({("torch", k): v for k, v in _LEGACY_STORAGE_DTYPES.items()})
         self.buffers: dict[str, torch.Tensor] = {}
 
@@ -181,6 +205,6 @@ def _load_legacy_pickled_module(path: Path):
                 if count != buf.numel() or len(raw) != buf.numel() * buf.element_size():
                     raise pickle.UnpicklingError("truncated storage data")
                 buf.view(-1).view(torch.uint8).copy_(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
-    except Exception as e:  # noqa: BLE001 - every failure is reported as "not a backbone file"
+    except Exception as e:  # every failure is reported as "not a backbone file"
         raise UserError(f"{path} {_NOT_A_BACKBONE} ({first_line(e)})") from None
     return obj

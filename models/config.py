@@ -18,6 +18,7 @@ logged as warnings and left out of the result. ``docs/configs.md`` describes eve
 Run ``python -m models.config CONFIG MODEL [--override FILE]`` (or ``python -m util.config ...``) to print
 the effective config.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,10 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from models.backbone import parse_backbone_type
 from models.registry import get_spec, model_names
@@ -40,7 +42,7 @@ from util.schema import Key, closest_key, coerce, json_type
 log = logging.getLogger(__name__)
 
 
-def _check_backbone_type(v: str) -> Optional[str]:
+def _check_backbone_type(v: str) -> str | None:
     try:
         parse_backbone_type(v)
     except UserError as e:
@@ -49,18 +51,27 @@ def _check_backbone_type(v: str) -> Optional[str]:
 
 
 # The key every model has whose default and accepted values come from its registry entry.
-BACKBONE_TYPE_KEY = Key("efficientnet", "str", _check_backbone_type, lowercase=True,
-                        doc="efficientnet, googlenet, resnet34 or timm:<name>")
+BACKBONE_TYPE_KEY = Key(
+    "efficientnet", "str", _check_backbone_type, lowercase=True, doc="efficientnet, googlenet, resnet34 or timm:<name>"
+)
 
 # Names users reach for that are spelled differently here, for the model keys; used only to suggest the right key.
-_MODEL_SYNONYMS = MappingProxyType({
-    **SYNONYMS, "nhead": "nheads", "num_heads": "nheads", "n_heads": "nheads", "n_scenes": "num_scenes",
-    "d_model": "hidden_dim", "backbone": "backbone_type",
-})
+_MODEL_SYNONYMS = MappingProxyType(
+    {
+        **SYNONYMS,
+        "nhead": "nheads",
+        "num_heads": "nheads",
+        "n_heads": "nheads",
+        "n_scenes": "num_scenes",
+        "d_model": "hidden_dim",
+        "backbone": "backbone_type",
+    }
+)
 
 
 # ---------------------------------------------------------------------------------------------------
 # The keys of a model, from its registry entry
+
 
 def model_keys(model_name: str) -> dict[str, Key]:
     """Every key the effective config of ``model_name`` holds, with the model's own defaults."""
@@ -96,6 +107,7 @@ def all_keys() -> dict[str, Key]:
 # ---------------------------------------------------------------------------------------------------
 # Validation
 
+
 def _check_key_names(section: Mapping[str, Any], model: str, where: str) -> None:
     """UserError for the first key of ``section`` that ``model`` does not accept."""
     valid = accepted_keys(model)
@@ -104,8 +116,9 @@ def _check_key_names(section: Mapping[str, Any], model: str, where: str) -> None
             continue
         owners = [m for m in model_names() if m != model and key in accepted_keys(m)]
         if owners:
-            raise UserError(f"{where}: key '{key}' does not apply to model '{model}' "
-                            f"(it is a key of {', '.join(owners)})")
+            raise UserError(
+                f"{where}: key '{key}' does not apply to model '{model}' (it is a key of {', '.join(owners)})"
+            )
         closest = closest_key(str(key), valid, _MODEL_SYNONYMS)
         hint = f"did you mean '{closest}'?" if closest else f"valid keys: {', '.join(valid)}"
         raise UserError(f"{where}: unknown key '{printable(key)}' for model '{model}'; {hint}")
@@ -116,16 +129,17 @@ def _check_relations(config: dict, model: str, where: Callable[[str], str]) -> N
     check_training_relations(config, where)
     spec = get_spec(model)
     if not spec.accepts_backbone(config["backbone_type"]):
-        raise UserError(f"{where('backbone_type')}: model '{model}' does not accept backbone_type "
-                        f"'{config['backbone_type']}'; it accepts: {', '.join(spec.backbones)}")
+        raise UserError(
+            f"{where('backbone_type')}: model '{model}' does not accept backbone_type "
+            f"'{config['backbone_type']}'; it accepts: {', '.join(spec.backbones)}"
+        )
     problem = spec.check(config) if spec.check else None
     if problem:
         key, message = problem
         raise UserError(f"{where(key)}: {message}")
 
 
-def validate_config(model_name: str, section: Mapping[str, Any], *,
-                    origins: Optional[Mapping[str, str]] = None) -> dict:
+def validate_config(model_name: str, section: Mapping[str, Any], *, origins: Mapping[str, str] | None = None) -> dict:
     """The effective config of ``model_name``: ``section`` checked, ignored keys dropped, defaults filled.
 
     ``section`` is one flat dict of settings (a model section already merged with ``general``, or a
@@ -145,8 +159,10 @@ def validate_config(model_name: str, section: Mapping[str, Any], *,
     for key in section:
         _check_key_names({key: None}, model, where(key))
     if "model_name" in section and get_spec(section["model_name"]).name != model:
-        raise UserError(f"{where('model_name')}: 'model_name' is '{section['model_name']}' but the config "
-                        f"is being read for '{model}'")
+        raise UserError(
+            f"{where('model_name')}: 'model_name' is '{section['model_name']}' but the config "
+            f"is being read for '{model}'"
+        )
 
     config: dict[str, Any] = {"model_name": model}
     for key, spec in model_keys(model).items():
@@ -163,7 +179,8 @@ def validate_config(model_name: str, section: Mapping[str, Any], *,
 # ---------------------------------------------------------------------------------------------------
 # Files
 
-def _model_section(sections: Mapping[str, dict], model: str, path: Path) -> Optional[tuple[str, dict]]:
+
+def _model_section(sections: Mapping[str, dict], model: str, path: Path) -> tuple[str, dict] | None:
     """(name, section) of the model's section in one file, under its canonical name or an alias."""
     names = [model] + list(get_spec(model).aliases)
     present = [n for n in names if n in sections]
@@ -206,22 +223,31 @@ def load_config(config_path: str | Path, model_name: str, override_path: str | P
         else:
             where = " or ".join(str(p) for p in files)
             listing = "; ".join(f"{p}: {', '.join(read_config_file(p)) or 'none'}" for p in files)
-        raise UserError(f"no '{model}' section in {where} (sections present: {listing}); "
-                        f"the files in configs/ have one for every model")
+        raise UserError(
+            f"no '{model}' section in {where} (sections present: {listing}); "
+            f"the files in configs/ have one for every model"
+        )
 
     for key in general.keys() & model_section.keys():
         if general[key] != model_section[key]:
-            log.warning("'%s' is set in %s (%r) and in %s (%r); 'general' wins", key, model_origin[key],
-                        model_section[key], general_origin[key], general[key])
+            log.warning(
+                "'%s' is set in %s (%r) and in %s (%r); 'general' wins",
+                key,
+                model_origin[key],
+                model_section[key],
+                general_origin[key],
+                general[key],
+            )
     effective = {**model_section, **general}
     origins = {**model_origin, **general_origin}
     return validate_config(model, effective, origins=origins)
 
 
-def main(argv: Optional[list[str]] = None, prog: str = "python -m models.config") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m models.config") -> int:
     """Print the effective config of one model as JSON."""
-    parser = argparse.ArgumentParser(prog=prog, description=main.__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=main.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("config", help="config JSON file (general + one section per model)")
     parser.add_argument("model_name", help="model whose section to read (see models/registry.py)")
     parser.add_argument("--override", default=None, help="second config file whose sections update the first")

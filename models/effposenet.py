@@ -1,4 +1,5 @@
 """EffPoseNet: the PoseNet head on EfficientNet-B0 features (the reference's baseline, no hypernetwork)."""
+
 from __future__ import annotations
 
 from models.posenet import PoseNet

@@ -6,6 +6,7 @@ single-scene hyper branch of HyperPose (``hyper_in_<b>_proj`` -> ``hyper_in_<b>_
 outputs are added to ``fc_xyz`` / ``fc_wpqr`` of the dropped-out z. As for AtLoc, the dropout is off in
 eval mode here (the reference leaves it on). State_dict: AtLoc's keys, then the t and rot hyper layers.
 """
+
 from __future__ import annotations
 
 import torch

@@ -10,9 +10,10 @@ to a regressor input ``x``, with swish between them. Reference checkpoints store
 level of the model (``hyper_in_t_fc_2``, ``hypernet_t_fc_h2``, ...); :meth:`GeneratedMLP.attach` registers
 them on the owning model under those names, so its state_dict equals the reference's.
 """
+
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -48,8 +49,8 @@ def apply_generated_linear(x_BI: torch.Tensor, w_flat_BK: torch.Tensor, out_feat
     """
     batch, in_features = x_BI.shape
     assert w_flat_BK.shape == (batch, (in_features + 1) * out_features), (
-        f"generated weights {tuple(w_flat_BK.shape)} do not fit input {tuple(x_BI.shape)} "
-        f"and {out_features} outputs")
+        f"generated weights {tuple(w_flat_BK.shape)} do not fit input {tuple(x_BI.shape)} and {out_features} outputs"
+    )
     w_BIO = w_flat_BK.reshape(batch, in_features + 1, out_features)
     y_B1O = torch.bmm(x_BI.unsqueeze(1), w_BIO[:, :in_features])
     return y_B1O.squeeze(1) + w_BIO[:, in_features]
@@ -108,7 +109,7 @@ class GeneratedMLP(nn.Module):
             w_IOG[:n_in].normal_(0.0, std)
             w_IOG[n_in:].zero_()
 
-    def attach(self, owner: nn.Module, branch: str) -> "GeneratedMLP":
+    def attach(self, owner: nn.Module, branch: str) -> GeneratedMLP:
         """Register this head's layers on ``owner`` under the reference names, generator layers first
         (``hyper_in_<branch>_fc_<k>``, then ``hypernet_<branch>_fc_h<k>``; the last layer is k = 2, as in
         every reference model), and keep the head itself unregistered so no key appears twice."""
@@ -140,6 +141,7 @@ def hyperfan_from_images(model: nn.Module, img_B3HW: torch.Tensor, train_mode: b
     def keep(k: int):
         def hook(module, args) -> None:
             inputs.setdefault(k, args[0].float())
+
         return hook
 
     hooks = [head.register_forward_pre_hook(keep(k)) for k, head in enumerate(heads)]

@@ -6,6 +6,7 @@ For t (and likewise rot, with hyper_dim_rot and 4 outputs), from the pooled feat
 So ``hyper_in_t_proj`` feeds the weight generator and ``hyper_in_t`` is the input the generated
 layer is applied to (the reference names, kept so its checkpoints load strictly).
 """
+
 from __future__ import annotations
 
 import torch

@@ -10,12 +10,13 @@ map wins. A bare reference state_dict records none; the caller chooses one for i
 (``scene_map_for``), as ``datasets.dataset.reference_scene_map`` does from ``--scene_map``, the known
 training orders and the test CSV's scenes.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from torch import nn
 
@@ -28,7 +29,7 @@ from util.errors import UserError
 log = logging.getLogger(__name__)
 
 # The scene map of a checkpoint that records none, for its number of scene heads (None: a single-scene model).
-SceneMapFor = Callable[[Optional[int]], dict]
+SceneMapFor = Callable[[int | None], dict]
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -84,13 +85,20 @@ def reconcile_config(ckpt: dict, model_name: str, config: dict, path: str | Path
             wanted["num_scenes"] = n_scenes
     differ = [k for k, v in wanted.items() if config.get(k) is not None and config.get(k) != v]
     if ckpt.get("format") == "reference" and "nheads" in differ:
-        log.warning("reference checkpoint %s: using 8 attention heads, as the reference code did (it ignored "
-                    "nheads=%s)", Path(path).name, config["nheads"])
+        log.warning(
+            "reference checkpoint %s: using 8 attention heads, as the reference code did (it ignored nheads=%s)",
+            Path(path).name,
+            config["nheads"],
+        )
         differ.remove("nheads")
     if differ:
         whose = "the scene count of its weights" if ckpt.get("format") == "reference" else "its architecture"
-        log.warning("checkpoint %s: using %s: %s", Path(path).name, whose,
-                    ", ".join(f"{k}={wanted[k]!r} (config: {config[k]!r})" for k in differ))
+        log.warning(
+            "checkpoint %s: using %s: %s",
+            Path(path).name,
+            whose,
+            ", ".join(f"{k}={wanted[k]!r} (config: {config[k]!r})" for k in differ),
+        )
     config.update(wanted)
     return config
 
@@ -98,6 +106,7 @@ def reconcile_config(ckpt: dict, model_name: str, config: dict, path: str | Path
 @dataclass
 class LoadedCheckpoint:
     """A model with a checkpoint's weights, and what it was built from."""
+
     model: nn.Module
     model_name: str
     config: dict  # the effective config the model was built with (architecture keys: the checkpoint's)
@@ -110,9 +119,15 @@ def empty_model(model_name: str, config: dict) -> nn.Module:
     return build_model(model_name, config, new_backbone(config["backbone_type"]))
 
 
-def load_model(checkpoint_path: str | Path, model_name: Optional[str], config: dict, *,
-               scene_map_for: Optional[SceneMapFor] = None, ckpt: Optional[dict] = None,
-               build: Callable[[dict], nn.Module] | None = None) -> LoadedCheckpoint:
+def load_model(
+    checkpoint_path: str | Path,
+    model_name: str | None,
+    config: dict,
+    *,
+    scene_map_for: SceneMapFor | None = None,
+    ckpt: dict | None = None,
+    build: Callable[[dict], nn.Module] | None = None,
+) -> LoadedCheckpoint:
     """Build the model a checkpoint (ours or a bare reference state_dict) holds and load its weights strictly.
 
     ``model_name`` None takes the checkpoint's (guessed from the keys of a reference state_dict). ``config``
@@ -140,8 +155,10 @@ def load_model(checkpoint_path: str | Path, model_name: Optional[str], config: d
     if multi:
         config["num_scenes"] = config.get("num_scenes") or len(scene_map)
         if not config["num_scenes"]:
-            raise UserError(f"{checkpoint_path}: a multi-scene reference state_dict needs the scene names "
-                            f"(scenes=[...]) or num_scenes in the config")
+            raise UserError(
+                f"{checkpoint_path}: a multi-scene reference state_dict needs the scene names "
+                f"(scenes=[...]) or num_scenes in the config"
+            )
     model = build(config) if build is not None else empty_model(model_name, config)
     load_model_weights(model, ckpt["model"], checkpoint_path)
     return LoadedCheckpoint(model, model_name, config, scene_map, ckpt)

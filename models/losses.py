@@ -1,5 +1,6 @@
 """Training losses: the camera pose loss with fixed or learned (Kendall 2017) weighting, plus the scene
 classification term of the multi-scene models."""
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,7 @@ class CameraPoseLoss(nn.Module):
         self.s_q = nn.Parameter(torch.tensor([float(s_q)]), requires_grad=learnable)
 
     @classmethod
-    def from_config(cls, config: dict) -> "CameraPoseLoss":
+    def from_config(cls, config: dict) -> CameraPoseLoss:
         return cls(config["learnable"], config["s_x"], config["s_q"], config["norm"])
 
     def forward(self, pose_pred_B7: torch.Tensor, pose_gt_B7: torch.Tensor) -> torch.Tensor:
@@ -36,8 +37,13 @@ class CameraPoseLoss(nn.Module):
             return l_x * torch.exp(-self.s_x[0]) + self.s_x[0] + l_q * torch.exp(-self.s_q[0]) + self.s_q[0]
         return self.s_x[0] * l_x + self.s_q[0] * l_q
 
-    def total(self, pose_pred_B7: torch.Tensor, pose_gt_B7: torch.Tensor, scene_logp_BS: torch.Tensor | None = None,
-              scene_gt_B: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def total(
+        self,
+        pose_pred_B7: torch.Tensor,
+        pose_gt_B7: torch.Tensor,
+        scene_logp_BS: torch.Tensor | None = None,
+        scene_gt_B: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The training loss of a batch: the pose term plus, when the model classifies scenes, the NLL of the
         true scene (unweighted, as in the reference). Returns (loss, pose term, scene term or None)."""
         pose_loss = self(pose_pred_B7, pose_gt_B7)

@@ -2,7 +2,8 @@
 
 One backbone pass gives two intermediate maps: the position (t) branch reads ``reduction[0]``
 (default reduction_4, stride 16: 112 ch, 14x14 at 224 px on B0) and the orientation (rot) branch
-``reduction[1]`` (default reduction_3, stride 8: 40 ch, 28x28 on B0), on any backbone. Each map is projected to d channels, given a learned 2D position
+``reduction[1]`` (default reduction_3, stride 8: 40 ch, 28x28 on B0), on any backbone. Each map is projected to d
+channels, given a learned 2D position
 embedding and fed to its own transformer, whose decoder has one learned query per scene. A linear
 layer over the concatenated t and rot query outputs scores the scenes; the selected scene's
 descriptors go through that scene's own MLP heads.
@@ -29,7 +30,6 @@ from torch.nn import functional as F
 
 from models.transformer import Transformer
 from util.errors import UserError
-
 
 # Size of the learned position tables: the largest feature-map height/width the model accepts.
 MAX_POSITIONS = 50
@@ -138,8 +138,10 @@ class MSTransPoseNet(nn.Module):
         reduction = list(require(config, "reduction"))
         channels = {name: endpoint.channels for name, endpoint in backbone.endpoints.items()}
         if len(reduction) != 2 or any(name not in channels for name in reduction):
-            raise UserError(f"reduction must name two endpoints of backbone {backbone.type_name} among "
-                            f"{sorted(channels)}, got {reduction}")
+            raise UserError(
+                f"reduction must name two endpoints of backbone {backbone.type_name} among "
+                f"{sorted(channels)}, got {reduction}"
+            )
         self.reduction = tuple(reduction)
         self.hidden_dim = d
         self.num_scenes = num_scenes = int(num_scenes)
@@ -176,8 +178,15 @@ class MSTransPoseNet(nn.Module):
     def body_modules(self) -> tuple[nn.Module, ...]:
         """What the reference's ``forward_transformers`` runs: backbone, position tables, input projections,
         transformers and scene queries. The heads (scene classifier, regressors, generators) read its output."""
-        return (self.backbone, self.input_proj_t, self.input_proj_rot, self.transformer_t, self.transformer_rot,
-                self.query_embed_t, self.query_embed_rot)
+        return (
+            self.backbone,
+            self.input_proj_t,
+            self.input_proj_rot,
+            self.transformer_t,
+            self.transformer_rot,
+            self.query_embed_t,
+            self.query_embed_rot,
+        )
 
     def freeze_body(self) -> None:
         """The reference's frozen stage (``freeze_mode`` "reference"): the body runs in eval mode (BatchNorm on
@@ -204,12 +213,8 @@ class MSTransPoseNet(nn.Module):
 
     def _build_regressor_heads(self, d: int, reg_hidden_dim: int, num_scenes: int) -> None:
         """One t head and one rot head per scene (``regressor_head_t.{k}``, ``regressor_head_rot.{k}``)."""
-        self.regressor_head_t = nn.ModuleList(
-            PoseRegressor(d, 3, reg_hidden_dim) for _ in range(num_scenes)
-        )
-        self.regressor_head_rot = nn.ModuleList(
-            PoseRegressor(d, 4, reg_hidden_dim) for _ in range(num_scenes)
-        )
+        self.regressor_head_t = nn.ModuleList(PoseRegressor(d, 3, reg_hidden_dim) for _ in range(num_scenes))
+        self.regressor_head_rot = nn.ModuleList(PoseRegressor(d, 4, reg_hidden_dim) for _ in range(num_scenes))
 
     @property
     def body(self) -> nn.Module:
@@ -256,9 +261,7 @@ class MSTransPoseNet(nn.Module):
         q_B4 = apply_scene_heads(self.regressor_head_rot, desc_rot_Bd, scene_B)
         return t_B3, q_B4
 
-    def forward(
-        self, img_B3HW: torch.Tensor, scene_B: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, img_B3HW: torch.Tensor, scene_B: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         desc_t_BSd, desc_rot_BSd, pooled_BC = self.encode(img_B3HW)
         # Under autocast the scene classifier and the heads (with MS-HyperPose's generators) still run in
         # the parameters' precision: they are a small part of the compute, and the poses keep full precision.

@@ -37,9 +37,7 @@ class MSHyperPose(MSTransPoseNet):
         hyper_dim_rot = int(require(config, "hyper_dim_rot"))
         hidden_t2 = int(hyper_dim_t * float(require(config, "hyper_t_hidden_scale")))
         if min(hyper_dim_t, hyper_dim_rot, hidden_t2) < 1:
-            raise UserError(
-                "hyper_dim_t, hyper_dim_rot and int(hyper_dim_t * hyper_t_hidden_scale) must be >= 1"
-            )
+            raise UserError("hyper_dim_t, hyper_dim_rot and int(hyper_dim_t * hyper_t_hidden_scale) must be >= 1")
         # Registration order fixes the state_dict order, which must match the reference layout.
         self.hyper_in_t_proj = nn.Linear(backbone.feature_dim, d)
         GeneratedMLP(d, (d, hyper_dim_t, hidden_t2, 3)).attach(self, "t")

@@ -4,6 +4,7 @@ This is the reference's ``posenet`` (on GoogLeNet, whose pooled feature is its 1
 on EfficientNet-B0, its ``effposenet`` baseline (see ``models/effposenet.py``). Parameter names and order
 equal the reference checkpoints (``backbone.*``, then fc1, fc2, fc3).
 """
+
 from __future__ import annotations
 
 import torch

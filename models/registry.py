@@ -9,17 +9,19 @@ it. Adding a model is one module plus one :func:`register` call (see "Adding a m
 
 Model classes are imported on demand, so one model's module never has to import another's.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from torch import nn
 
 from models.hypernet import HEAD_INITS, STATIC_HEAD_INITS
-from util.schema import INT_GE1, Key, at_least, check_dropout, greater, one_of
 from util.errors import UserError
+from util.schema import INT_GE1, Key, at_least, check_dropout, greater, one_of
 
 # Backbone families a spec can accept; "timm" stands for every ``timm:<name>``.
 ALL_BACKBONES = ("efficientnet", "googlenet", "resnet34", "timm")
@@ -41,7 +43,7 @@ class ModelSpec:
     reference_keys: tuple[str, ...] = ()  # key prefixes that all appear in a reference state_dict of it
     reference_tables: tuple[str, ...] = ()  # "<model>_<dataset>" layout tables (tests/data/reference_checkpoints)
     aliases: tuple[str, ...] = ()
-    check: Optional[Callable[[dict], Optional[tuple[str, str]]]] = None  # (key, problem) between keys
+    check: Callable[[dict], tuple[str, str] | None] | None = None  # (key, problem) between keys
 
     @property
     def cls(self) -> type[nn.Module]:
@@ -84,7 +86,7 @@ def unregister(name: str) -> None:
         _ALIASES.pop(alias, None)
 
 
-def model_names(multi_scene: Optional[bool] = None) -> tuple[str, ...]:
+def model_names(multi_scene: bool | None = None) -> tuple[str, ...]:
     """Registered model names in registration order, optionally only single- or multi-scene ones."""
     return tuple(n for n, s in _REGISTRY.items() if multi_scene is None or s.multi_scene == multi_scene)
 
@@ -101,8 +103,10 @@ def canonical_model_name(name: str) -> str:
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:
         alias_text = ", ".join(f"{a} = {t}" for a, t in _ALIASES.items())
-        raise UnknownModelError(f"unknown model '{name}'; valid models: {', '.join(_REGISTRY)}"
-                        + (f" (aliases: {alias_text})" if alias_text else ""))
+        raise UnknownModelError(
+            f"unknown model '{name}'; valid models: {', '.join(_REGISTRY)}"
+            + (f" (aliases: {alias_text})" if alias_text else "")
+        )
     return key
 
 
@@ -116,8 +120,9 @@ def build_model(name: str, config: dict, backbone: nn.Module) -> nn.Module:
     spec = get_spec(name)
     backbone_type = getattr(backbone, "type_name", spec.default_backbone)
     if not spec.accepts_backbone(backbone_type):
-        raise UserError(f"model '{spec.name}' does not accept backbone '{backbone_type}'; "
-                        f"it accepts: {', '.join(spec.backbones)}")
+        raise UserError(
+            f"model '{spec.name}' does not accept backbone '{backbone_type}'; it accepts: {', '.join(spec.backbones)}"
+        )
     return spec.cls(config, backbone)
 
 
@@ -127,80 +132,103 @@ def guess_reference_model(state_dict: Mapping[str, Any]) -> str:
     A spec fits when every one of its ``reference_keys`` prefixes starts some key; the most specific
     fitting spec wins (hyperatloc over atloc)."""
     keys = list(state_dict)
-    fitting = [s for s in _REGISTRY.values() if s.reference_keys
-               and all(any(k.startswith(p) for k in keys) for p in s.reference_keys)]
+    fitting = [
+        s
+        for s in _REGISTRY.values()
+        if s.reference_keys and all(any(k.startswith(p) for k in keys) for p in s.reference_keys)
+    ]
     return max(fitting, key=lambda s: len(s.reference_keys)).name if fitting else "unknown"
 
 
 # ---------------------------------------------------------------------------------------------------
 # Key tables shared by several entries
 
-_INIT_DOC = ("how the regression head starts: 'reference' as the reference code drew it, 'torch' PyTorch's "
-             "default")
+_INIT_DOC = "how the regression head starts: 'reference' as the reference code drew it, 'torch' PyTorch's default"
 # Models without a hypernetwork: the reference's init or PyTorch's.
 _STATIC_INIT = {"head_init": Key("reference", "str", one_of(*STATIC_HEAD_INITS), doc=_INIT_DOC)}
 # Hyper models: also hyperfan-in generators, or generated layers that start at zero (models/hypernet.py).
-_HYPER_INIT = {"head_init": Key("reference", "str", one_of(*HEAD_INITS),
-                                doc=_INIT_DOC + ", 'hyperfan' generators scaled so the generated weights have "
-                                                "kaiming's variance, 'zero' generated layers that start at zero")}
+_HYPER_INIT = {
+    "head_init": Key(
+        "reference",
+        "str",
+        one_of(*HEAD_INITS),
+        doc=_INIT_DOC + ", 'hyperfan' generators scaled so the generated weights have "
+        "kaiming's variance, 'zero' generated layers that start at zero",
+    )
+}
 _HYPER_KEYS = {
     "hyper_dim_t": Key(256, **INT_GE1, doc="width of the position hypernetwork (generated layer input)"),
     "hyper_dim_rot": Key(512, **INT_GE1, doc="width of the orientation hypernetwork"),
 }
 _NO_HYPERNETWORK = "it has no hypernetwork"
-_HYPER_IGNORED = {"hyper_dim_t": _NO_HYPERNETWORK, "hyper_dim_rot": _NO_HYPERNETWORK,
-                  "hyper_t_hidden_scale": _NO_HYPERNETWORK}
+_HYPER_IGNORED = {
+    "hyper_dim_t": _NO_HYPERNETWORK,
+    "hyper_dim_rot": _NO_HYPERNETWORK,
+    "hyper_t_hidden_scale": _NO_HYPERNETWORK,
+}
 _UNUSED_SCALE = "it scales a hidden layer that only mshyperpose's generated position regressor has"
 # What the single-scene hyper models (hyperpose, hyperatloc) share: their keys, all architectural.
-_SINGLE_HYPER = dict(keys={**_HYPER_KEYS, **_HYPER_INIT}, arch_keys=tuple(_HYPER_KEYS),
-                     ignored_keys={"hyper_t_hidden_scale": _UNUSED_SCALE})
+_SINGLE_HYPER = dict(
+    keys={**_HYPER_KEYS, **_HYPER_INIT},
+    arch_keys=tuple(_HYPER_KEYS),
+    ignored_keys={"hyper_t_hidden_scale": _UNUSED_SCALE},
+)
 
 # Endpoint names are uniform across backbones: reduction_k has stride 2**k.
 _REDUCTIONS = ("reduction_1", "reduction_2", "reduction_3", "reduction_4", "reduction_5")
 
 
-def _check_reduction(v: list) -> Optional[str]:
+def _check_reduction(v: list) -> str | None:
     if len(v) != 2:
         return "must list two endpoints: [position branch, orientation branch]"
     bad = [r for r in v if r not in _REDUCTIONS]
     return f"has unknown endpoint(s) {bad}; valid: {', '.join(_REDUCTIONS)} (stride 2**k)" if bad else None
 
 
-def _check_transformer(config: dict) -> Optional[tuple[str, str]]:
+def _check_transformer(config: dict) -> tuple[str, str] | None:
     from models.ms_transposenet import MAX_POSITIONS
 
     d, heads = config["hidden_dim"], config["nheads"]
     if d % 2:
-        return "hidden_dim", (f"'hidden_dim' ({d}) must be even: the 2D position embedding gives half of it "
-                              f"to rows and half to columns")
+        return "hidden_dim", (
+            f"'hidden_dim' ({d}) must be even: the 2D position embedding gives half of it to rows and half to columns"
+        )
     if d % heads:
         return "hidden_dim", f"'hidden_dim' ({d}) must be divisible by 'nheads' ({heads})"
     for endpoint in config["reduction"]:
         stride = 2 ** int(endpoint.rsplit("_", 1)[1])
         cells = config["image_crop"] // stride
         if cells > MAX_POSITIONS:
-            return "image_crop", (f"'image_crop' {config['image_crop']} gives {cells}x{cells} cells at {endpoint}, "
-                                  f"more than the {MAX_POSITIONS} rows of the learned position tables; use "
-                                  f"image_crop <= {(MAX_POSITIONS + 1) * stride - 1}")
+            return "image_crop", (
+                f"'image_crop' {config['image_crop']} gives {cells}x{cells} cells at {endpoint}, "
+                f"more than the {MAX_POSITIONS} rows of the learned position tables; use "
+                f"image_crop <= {(MAX_POSITIONS + 1) * stride - 1}"
+            )
     return None
 
 
-def _check_mshyperpose(config: dict) -> Optional[tuple[str, str]]:
+def _check_mshyperpose(config: dict) -> tuple[str, str] | None:
     problem = _check_transformer(config)
     if problem is None and int(config["hyper_dim_t"] * config["hyper_t_hidden_scale"]) < 1:
-        return "hyper_t_hidden_scale", ("'hyper_t_hidden_scale' * 'hyper_dim_t' must be >= 1 (the width of a "
-                                        "generated layer)")
+        return "hyper_t_hidden_scale", (
+            "'hyper_t_hidden_scale' * 'hyper_dim_t' must be >= 1 (the width of a generated layer)"
+        )
     return problem
 
 
 _TRANSFORMER_KEYS = {
     "equalize_scenes": Key(False, "bool", doc="sample every scene as often as the largest has frames, per epoch"),
-    "freeze_mode": Key("reference", "str", one_of("reference", "train_listed"),
-                       doc="with freeze: 'reference' runs backbone and transformers frozen in eval mode and "
-                           "trains the listed head parameters; 'train_listed' trains every listed parameter, "
-                           "all in train mode"),
-    "num_scenes": Key(None, "int", at_least(1), nullable=True,
-                      doc="number of scenes; null: taken from the training CSV"),
+    "freeze_mode": Key(
+        "reference",
+        "str",
+        one_of("reference", "train_listed"),
+        doc="with freeze: 'reference' runs backbone and transformers frozen in eval mode and "
+        "trains the listed head parameters; 'train_listed' trains every listed parameter, "
+        "all in train mode",
+    ),
+    "num_scenes": Key(
+        None, "int", at_least(1), nullable=True, doc="number of scenes; null: taken from the training CSV"
+    ),
     "num_t_encoder_layers": Key(4, **INT_GE1, doc="encoder layers of the position transformer"),
     "num_t_decoder_layers": Key(4, **INT_GE1, doc="decoder layers of the position transformer"),
     "num_rot_encoder_layers": Key(4, **INT_GE1, doc="encoder layers of the orientation transformer"),
@@ -210,12 +238,25 @@ _TRANSFORMER_KEYS = {
     "reg_hidden_dim": Key(1024, **INT_GE1, doc="hidden width of the MLP regressor heads"),
     "dropout": Key(0.1, "float", check_dropout, doc="transformer dropout"),
     "nheads": Key(8, **INT_GE1, doc="attention heads (the reference ran 8 whatever its config said)"),
-    "reduction": Key(["reduction_4", "reduction_3"], "str_list", _check_reduction,
-                     doc="backbone endpoints of the position and orientation branches"),
+    "reduction": Key(
+        ["reduction_4", "reduction_3"],
+        "str_list",
+        _check_reduction,
+        doc="backbone endpoints of the position and orientation branches",
+    ),
 }
-_TRANSFORMER_ARCH = ("hidden_dim", "dim_feedforward", "reg_hidden_dim", "num_t_encoder_layers",
-                     "num_t_decoder_layers", "num_rot_encoder_layers", "num_rot_decoder_layers", "nheads",
-                     "reduction", "num_scenes")
+_TRANSFORMER_ARCH = (
+    "hidden_dim",
+    "dim_feedforward",
+    "reg_hidden_dim",
+    "num_t_encoder_layers",
+    "num_t_decoder_layers",
+    "num_rot_encoder_layers",
+    "num_rot_decoder_layers",
+    "nheads",
+    "reduction",
+    "num_scenes",
+)
 _MULTI_SCENE_SCHEDULE = {"lr_scheduler_step_size": 10, "n_epochs": 50}
 _DATASETS = ("7Scenes", "CambridgeLandmarks")
 
@@ -223,54 +264,107 @@ _DATASETS = ("7Scenes", "CambridgeLandmarks")
 # ---------------------------------------------------------------------------------------------------
 # The models
 
-register(ModelSpec(
-    name="posenet", target="models.posenet:PoseNet", multi_scene=False,
-    summary="PoseNet (Kendall et al. 2015) as in the reference: GoogLeNet -> fc 1024 -> t, q",
-    keys=_STATIC_INIT, ignored_keys=_HYPER_IGNORED, backbones=("googlenet",),
-    reference_keys=("backbone.inception3a.", "fc1."), reference_tables=("posenet_CambridgeLandmarks",)))
+register(
+    ModelSpec(
+        name="posenet",
+        target="models.posenet:PoseNet",
+        multi_scene=False,
+        summary="PoseNet (Kendall et al. 2015) as in the reference: GoogLeNet -> fc 1024 -> t, q",
+        keys=_STATIC_INIT,
+        ignored_keys=_HYPER_IGNORED,
+        backbones=("googlenet",),
+        reference_keys=("backbone.inception3a.", "fc1."),
+        reference_tables=("posenet_CambridgeLandmarks",),
+    )
+)
 
-register(ModelSpec(
-    name="effposenet", target="models.effposenet:EffPoseNet", multi_scene=False,
-    summary="the PoseNet head on EfficientNet-B0 (the static baseline of hyperpose)",
-    keys=_STATIC_INIT, ignored_keys=_HYPER_IGNORED,
-    reference_keys=("backbone._conv_stem.", "fc1."), reference_tables=tuple(f"effposenet_{d}" for d in _DATASETS)))
+register(
+    ModelSpec(
+        name="effposenet",
+        target="models.effposenet:EffPoseNet",
+        multi_scene=False,
+        summary="the PoseNet head on EfficientNet-B0 (the static baseline of hyperpose)",
+        keys=_STATIC_INIT,
+        ignored_keys=_HYPER_IGNORED,
+        reference_keys=("backbone._conv_stem.", "fc1."),
+        reference_tables=tuple(f"effposenet_{d}" for d in _DATASETS),
+    )
+)
 
-register(ModelSpec(
-    name="hyperpose", target="models.hyperpose:HyperPose", multi_scene=False,
-    summary="HyperPose: the effposenet head plus per-image generated output layers",
-    **_SINGLE_HYPER,
-    reference_keys=("_backbone.", "hypernet_t_fc_h2."), reference_tables=tuple(f"hyperpose_{d}" for d in _DATASETS)))
+register(
+    ModelSpec(
+        name="hyperpose",
+        target="models.hyperpose:HyperPose",
+        multi_scene=False,
+        summary="HyperPose: the effposenet head plus per-image generated output layers",
+        **_SINGLE_HYPER,
+        reference_keys=("_backbone.", "hypernet_t_fc_h2."),
+        reference_tables=tuple(f"hyperpose_{d}" for d in _DATASETS),
+    )
+)
 
-register(ModelSpec(
-    name="atloc", target="models.atloc:AtLoc", multi_scene=False,
-    summary="AtLoc (Wang et al. 2020) as in the reference: ResNet34 -> fc 2048 -> self-attention -> t, q",
-    keys=_STATIC_INIT, ignored_keys=_HYPER_IGNORED, backbones=("resnet34",),
-    reference_keys=("feature_extractor.", "att.g."), reference_tables=("atloc_CambridgeLandmarks",)))
+register(
+    ModelSpec(
+        name="atloc",
+        target="models.atloc:AtLoc",
+        multi_scene=False,
+        summary="AtLoc (Wang et al. 2020) as in the reference: ResNet34 -> fc 2048 -> self-attention -> t, q",
+        keys=_STATIC_INIT,
+        ignored_keys=_HYPER_IGNORED,
+        backbones=("resnet34",),
+        reference_keys=("feature_extractor.", "att.g."),
+        reference_tables=("atloc_CambridgeLandmarks",),
+    )
+)
 
-register(ModelSpec(
-    name="hyperatloc", target="models.hyperatloc:HyperAtLoc", multi_scene=False,
-    summary="HyperAtLoc: AtLoc plus per-image generated output layers",
-    **_SINGLE_HYPER,
-    backbones=("resnet34",),
-    reference_keys=("feature_extractor.", "att.g.", "hypernet_t_fc_h2."),
-    reference_tables=("hyperatloc_CambridgeLandmarks",)))
+register(
+    ModelSpec(
+        name="hyperatloc",
+        target="models.hyperatloc:HyperAtLoc",
+        multi_scene=False,
+        summary="HyperAtLoc: AtLoc plus per-image generated output layers",
+        **_SINGLE_HYPER,
+        backbones=("resnet34",),
+        reference_keys=("feature_extractor.", "att.g.", "hypernet_t_fc_h2."),
+        reference_tables=("hyperatloc_CambridgeLandmarks",),
+    )
+)
 
-register(ModelSpec(
-    name="ems-transposenet", target="models.ms_transposenet:MSTransPoseNet", multi_scene=True,
-    summary="MS-Transformer (Shavit et al. 2021): two transformers, one query and one MLP head per scene",
-    keys={**_TRANSFORMER_KEYS, **_STATIC_INIT}, training_defaults=_MULTI_SCENE_SCHEDULE,
-    arch_keys=_TRANSFORMER_ARCH,
-    ignored_keys=_HYPER_IGNORED, check=_check_transformer, aliases=("mstransformer",),
-    reference_keys=("backbone.0.body.", "regressor_head_t.0."),
-    reference_tables=tuple(f"ems-transposenet_{d}" for d in _DATASETS)))
+register(
+    ModelSpec(
+        name="ems-transposenet",
+        target="models.ms_transposenet:MSTransPoseNet",
+        multi_scene=True,
+        summary="MS-Transformer (Shavit et al. 2021): two transformers, one query and one MLP head per scene",
+        keys={**_TRANSFORMER_KEYS, **_STATIC_INIT},
+        training_defaults=_MULTI_SCENE_SCHEDULE,
+        arch_keys=_TRANSFORMER_ARCH,
+        ignored_keys=_HYPER_IGNORED,
+        check=_check_transformer,
+        aliases=("mstransformer",),
+        reference_keys=("backbone.0.body.", "regressor_head_t.0."),
+        reference_tables=tuple(f"ems-transposenet_{d}" for d in _DATASETS),
+    )
+)
 
-register(ModelSpec(
-    name="mshyperpose", target="models.mshyperpose:MSHyperPose", multi_scene=True,
-    summary="MS-HyperPose: MS-Transformer with a shared head plus per-image generated MLPs",
-    keys={**_TRANSFORMER_KEYS, **_HYPER_KEYS, **_HYPER_INIT,
-          "hyper_t_hidden_scale": Key(0.5, "float", greater(0),
-                                      doc="width of the second generated position layer, times hyper_dim_t")},
-    training_defaults=_MULTI_SCENE_SCHEDULE,
-    arch_keys=_TRANSFORMER_ARCH + tuple(_HYPER_KEYS) + ("hyper_t_hidden_scale",), check=_check_mshyperpose,
-    reference_keys=("backbone.0.body.", "hypernet_t_fc_h0."),
-    reference_tables=tuple(f"mshyperpose_{d}" for d in _DATASETS)))
+register(
+    ModelSpec(
+        name="mshyperpose",
+        target="models.mshyperpose:MSHyperPose",
+        multi_scene=True,
+        summary="MS-HyperPose: MS-Transformer with a shared head plus per-image generated MLPs",
+        keys={
+            **_TRANSFORMER_KEYS,
+            **_HYPER_KEYS,
+            **_HYPER_INIT,
+            "hyper_t_hidden_scale": Key(
+                0.5, "float", greater(0), doc="width of the second generated position layer, times hyper_dim_t"
+            ),
+        },
+        training_defaults=_MULTI_SCENE_SCHEDULE,
+        arch_keys=_TRANSFORMER_ARCH + tuple(_HYPER_KEYS) + ("hyper_t_hidden_scale",),
+        check=_check_mshyperpose,
+        reference_keys=("backbone.0.body.", "hypernet_t_fc_h0."),
+        reference_tables=tuple(f"mshyperpose_{d}" for d in _DATASETS),
+    )
+)

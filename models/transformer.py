@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
 DROP_LEVELS = 65536  # the dropout mask compares 16-bit random integers with a threshold
 
 
@@ -34,13 +33,12 @@ def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch
     generator gives four 16-bit values, so the mask costs a quarter of the draws ``bernoulli_`` makes."""
     n = math.prod(shape)
     drop_levels = round(p * DROP_LEVELS)
-    words = torch.randint(-2**63, 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=device)
+    words = torch.randint(-(2**63), 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=device)
     keep = words.view(torch.int16)[:n].view(shape) >= drop_levels - DROP_LEVELS // 2
     return keep, DROP_LEVELS / (DROP_LEVELS - drop_levels)
 
 
-def cpu_dropout_attention(q_BhQc: torch.Tensor, k_BhKc: torch.Tensor, v_BhKc: torch.Tensor,
-                          p: float) -> torch.Tensor:
+def cpu_dropout_attention(q_BhQc: torch.Tensor, k_BhKc: torch.Tensor, v_BhKc: torch.Tensor, p: float) -> torch.Tensor:
     """softmax(q k^T / sqrt(c)) with dropout p on the weights, times v: what ``scaled_dot_product_attention``
     computes in training, for the CPU. There, dropout makes it leave its fused kernel for a path that spends
     most of its time drawing the mask with ``bernoulli_``; this one draws it from 16-bit integers
@@ -153,9 +151,7 @@ class Encoder(nn.Module):
 
     def __init__(self, num_layers: int, d_model: int, nheads: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.layers = nn.ModuleList(
-            EncoderLayer(d_model, nheads, dim_feedforward, dropout) for _ in range(num_layers)
-        )
+        self.layers = nn.ModuleList(EncoderLayer(d_model, nheads, dim_feedforward, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, src_BNd: torch.Tensor, pos_BNd: torch.Tensor) -> torch.Tensor:
@@ -169,9 +165,7 @@ class Decoder(nn.Module):
 
     def __init__(self, num_layers: int, d_model: int, nheads: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.layers = nn.ModuleList(
-            DecoderLayer(d_model, nheads, dim_feedforward, dropout) for _ in range(num_layers)
-        )
+        self.layers = nn.ModuleList(DecoderLayer(d_model, nheads, dim_feedforward, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
 
     def forward(
@@ -216,9 +210,7 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(
-        self, src_BdHW: torch.Tensor, pos_BdHW: torch.Tensor, query_embed_Sd: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, src_BdHW: torch.Tensor, pos_BdHW: torch.Tensor, query_embed_Sd: torch.Tensor) -> torch.Tensor:
         batch = src_BdHW.shape[0]
         src_BNd = src_BdHW.flatten(2).transpose(1, 2)
         pos_BNd = pos_BdHW.flatten(2).transpose(1, 2)

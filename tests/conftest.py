@@ -1,4 +1,5 @@
 """Shared fixtures: tiny synthetic scenes and tiny configs, so end-to-end tests run in seconds on a CPU."""
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,18 @@ def tiny_config_dict(n_epochs: int = 2) -> dict:
     """The shipped synthetic config, shrunk so every model trains in seconds at 48x48 crops."""
     cfg = json.loads((REPO / "configs" / "synthetic_config.json").read_text())
     cfg["general"].update(n_freq_print=1, n_freq_checkpoint=1, n_workers=0, device_id="cpu")
-    small_ms = dict(hidden_dim=32, nheads=2, num_t_encoder_layers=1, num_t_decoder_layers=1,
-                    num_rot_encoder_layers=1, num_rot_decoder_layers=1, dim_feedforward=32, reg_hidden_dim=32,
-                    hyper_dim_t=16, hyper_dim_rot=32)
+    small_ms = dict(
+        hidden_dim=32,
+        nheads=2,
+        num_t_encoder_layers=1,
+        num_t_decoder_layers=1,
+        num_rot_encoder_layers=1,
+        num_rot_decoder_layers=1,
+        dim_feedforward=32,
+        reg_hidden_dim=32,
+        hyper_dim_t=16,
+        hyper_dim_rot=32,
+    )
     for name, section in cfg.items():
         if name == "general":
             continue
@@ -44,8 +54,7 @@ def tiny_config_dict(n_epochs: int = 2) -> dict:
         if name in ("hyperpose", "hyperatloc"):
             section.update(hyper_dim_t=16, hyper_dim_rot=32)
         if name in ("ems-transposenet", "mshyperpose"):
-            section.update({k: v for k, v in small_ms.items()
-                            if name == "mshyperpose" or not k.startswith("hyper_")})
+            section.update({k: v for k, v in small_ms.items() if name == "mshyperpose" or not k.startswith("hyper_")})
     return cfg
 
 
@@ -80,8 +89,9 @@ def scenes3(tmp_path_factory) -> Path:
     return root
 
 
-def run_script(args: list[str], cwd: Path | None = None, timeout: float = 600,
-               env: dict | None = None) -> subprocess.CompletedProcess:
+def run_script(
+    args: list[str], cwd: Path | None = None, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python <args>`` as a user would, from ``cwd`` (repo-relative scripts resolved to the repo).
     ``env`` updates the environment; a None value removes a variable."""
     script = args[0]
@@ -90,8 +100,9 @@ def run_script(args: list[str], cwd: Path | None = None, timeout: float = 600,
     base = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONPATH=str(REPO))
     base.update(env or {})
     env = {k: v for k, v in base.items() if v is not None}
-    return subprocess.run([sys.executable, script, *args[1:]], cwd=cwd or REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, script, *args[1:]], cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _mount(args: list[str]) -> bool:

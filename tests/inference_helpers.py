@@ -3,10 +3,11 @@
 BatchNorm statistics are gathered on the given images first, so that predictions differ from image to image
 (a freshly initialised model maps every image to nearly the same pose, which would hide a row mix-up).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -27,8 +28,9 @@ def tiny_model_config(model_name: str, num_scenes: int = 0) -> dict:
     return config
 
 
-def save_tiny_checkpoint(path: Path, model_name: str, images: Sequence[Path] = (),
-                         scenes: Sequence[str] = (), seed: int = 0) -> Path:
+def save_tiny_checkpoint(
+    path: Path, model_name: str, images: Sequence[Path] = (), scenes: Sequence[str] = (), seed: int = 0
+) -> Path:
     """A checkpoint in our format of ``model_name`` with the tiny config; BN statistics from ``images``."""
     config = tiny_model_config(model_name, len(scenes))
     torch.manual_seed(seed)
@@ -44,8 +46,14 @@ def save_tiny_checkpoint(path: Path, model_name: str, images: Sequence[Path] = (
             for _ in range(2):
                 model(batch)
     model.eval()
-    return save_checkpoint(path, model_name=model_name, config=config, model=model, epoch=1,
-                           scene_map={s: i for i, s in enumerate(sorted(scenes))})
+    return save_checkpoint(
+        path,
+        model_name=model_name,
+        config=config,
+        model=model,
+        epoch=1,
+        scene_map={s: i for i, s in enumerate(sorted(scenes))},
+    )
 
 
 def is_multi_scene(model_name: str) -> bool:

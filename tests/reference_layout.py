@@ -4,6 +4,7 @@ A layout is the ordered list of ``(name, shape, dtype)`` entries of a state_dict
 reference implementation. Tests compare our models' state_dicts with it and build random
 state_dicts from it to prove that reference checkpoints load with ``strict=True``.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,12 +22,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LAYOUT_DIR = REPO_ROOT / "tests" / "data" / "reference_checkpoints"
 DATASETS = ("7Scenes", "CambridgeLandmarks")
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-           "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
 
 
 class LayoutEntry(NamedTuple):
     """One state_dict entry of a reference checkpoint."""
+
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
@@ -47,8 +56,9 @@ def read_layout(path: str | os.PathLike) -> list[LayoutEntry]:
             continue
         name, shape, dtype = line.split("\t")
         dims = shape.strip()[1:-1]
-        entries.append(LayoutEntry(name, tuple(int(d) for d in dims.split(",")) if dims else (),
-                                   _DTYPES[dtype.strip()]))
+        entries.append(
+            LayoutEntry(name, tuple(int(d) for d in dims.split(",")) if dims else (), _DTYPES[dtype.strip()])
+        )
     return entries
 
 

@@ -1,5 +1,6 @@
 """The transformers' attention (scaled_dot_product_attention) against nn.MultiheadAttention and the formula,
 and the CPU training path with attention dropout (cpu_dropout_attention) against its definition."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,11 @@ from models.transformer import Attention, _keep_mask, cpu_dropout_attention
 
 def _inputs(batch=3, nq=5, nk=7, d=16, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, nq, d, generator=g), torch.randn(batch, nk, d, generator=g),
-            torch.randn(batch, nk, d, generator=g))
+    return (
+        torch.randn(batch, nq, d, generator=g),
+        torch.randn(batch, nk, d, generator=g),
+        torch.randn(batch, nk, d, generator=g),
+    )
 
 
 def test_same_parameters_and_initial_values_as_multihead_attention():
@@ -89,7 +93,7 @@ def test_the_cpu_dropout_mask_drops_each_element_with_the_asked_probability():
             assert abs((1 - part.mean()) - exact) < 5 * math.sqrt(p * (1 - p) / part.numel())
         # neighbouring elements are independent: P(both dropped) = p^2
         both = ((1 - flat[:-1]) * (1 - flat[1:])).mean()
-        assert abs(both - exact ** 2) < 5 * math.sqrt(exact ** 2 / flat.numel())
+        assert abs(both - exact**2) < 5 * math.sqrt(exact**2 / flat.numel())
 
 
 def test_cpu_dropout_attention_is_softmax_attention_with_that_mask():
@@ -117,8 +121,9 @@ def test_training_on_the_cpu_takes_the_dropout_path_and_its_gradients_flow(monke
     import models.transformer as transformer
 
     calls = []
-    monkeypatch.setattr(transformer, "cpu_dropout_attention",
-                        lambda *a: calls.append(a[3]) or cpu_dropout_attention(*a))
+    monkeypatch.setattr(
+        transformer, "cpu_dropout_attention", lambda *a: calls.append(a[3]) or cpu_dropout_attention(*a)
+    )
     layer = Attention(16, 4, 0.1).train()
     layer(*_inputs()).square().sum().backward()
     assert calls == [0.1]

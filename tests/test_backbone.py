@@ -1,4 +1,5 @@
 """Backbones: the interface of every type, one-pass endpoints, safe loading of every file kind, the CLI."""
+
 import os
 import socket
 import subprocess
@@ -11,15 +12,21 @@ import torch
 from efficientnet_pytorch import EfficientNet
 from torch import nn
 
-from models.backbone import (LITE0_TIMM_NAME, global_pool, lite0_imagenet_state, load_backbone, new_backbone)
+from models.backbone import LITE0_TIMM_NAME, global_pool, lite0_imagenet_state, load_backbone, new_backbone
 from models.backbone_files import read_backbone_file
 from util.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALL_ENDPOINTS = ("reduction_1", "reduction_2", "reduction_3", "reduction_4", "reduction_5")
 # One of each family, and the timm models the README names (small ones, to keep the suite fast).
-TYPES = ("efficientnet", "googlenet", "resnet34", "timm:resnet18", "timm:mobilenetv3_large_100",
-         "timm:tf_efficientnet_lite0")
+TYPES = (
+    "efficientnet",
+    "googlenet",
+    "resnet34",
+    "timm:resnet18",
+    "timm:mobilenetv3_large_100",
+    "timm:tf_efficientnet_lite0",
+)
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -28,8 +35,14 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 
 def _run_cli(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "models.backbone", *map(str, args)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "models.backbone", *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +123,9 @@ def test_torchvision_types_equal_the_library_forward():
 def test_weights_of_another_type_say_what_they_look_like(tmp_path):
     path = tmp_path / "b0.pth"
     torch.save(new_backbone("efficientnet").state_dict(), path)
-    with pytest.raises(UserError, match="does not fit backbone 'resnet34': it looks like a backbone of type "
-                                        "'efficientnet'"):
+    with pytest.raises(
+        UserError, match="does not fit backbone 'resnet34': it looks like a backbone of type 'efficientnet'"
+    ):
         load_backbone(str(path), "resnet34")
     torch.save(new_backbone("googlenet").state_dict(), path)
     with pytest.raises(UserError, match="type 'googlenet'"):
@@ -171,8 +185,8 @@ def test_imagenet_lite0_loads_offline_into_the_feature_extractor():
 
 def test_nothing_downloads_when_building_every_model(monkeypatch):
     """With sockets blocked, every registered model builds, and the offline ImageNet start loads."""
-    from models.registry import build_model, get_spec, model_names
     from models.config import defaults
+    from models.registry import build_model, get_spec, model_names
 
     def refuse(*args, **kwargs):
         raise OSError("network access during model construction")
@@ -319,9 +333,14 @@ def test_cli_write_then_check_round_trip(tmp_path):
 
 def test_cli_pretrained_fails_cleanly_without_network(tmp_path):
     # An unreachable proxy and an empty cache make the download fail whether or not there is internet.
-    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch_home"),
-               HTTPS_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
-               HTTP_PROXY="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+    env = dict(
+        os.environ,
+        TORCH_HOME=str(tmp_path / "torch_home"),
+        HTTPS_PROXY="http://127.0.0.1:9",
+        https_proxy="http://127.0.0.1:9",
+        HTTP_PROXY="http://127.0.0.1:9",
+        http_proxy="http://127.0.0.1:9",
+    )
     env.pop("NO_PROXY", None)
     env.pop("no_proxy", None)
     out = tmp_path / "b0.pth"

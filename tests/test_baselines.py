@@ -1,5 +1,6 @@
 """The mean-pose and retrieval baselines in test mode and batch evaluation: on the training frames retrieval
 finds each frame's own pose; the mean pose against a hand computation; a missing training set is one line."""
+
 from __future__ import annotations
 
 import csv
@@ -37,15 +38,41 @@ def baseline_rows(path):
 
 def test_test_mode_prints_and_writes_both_baselines(run, scene7, tiny_config, tmp_path, capsys):
     # On the training frames themselves, the nearest training image of each frame is that frame.
-    status, out, err = cli(["effposenet", "test", "random", scene7, scene7 / TRAIN, tiny_config, "--checkpoint_path",
-                            run.final_checkpoint, "--output_path", tmp_path], capsys)
+    status, out, err = cli(
+        [
+            "effposenet",
+            "test",
+            "random",
+            scene7,
+            scene7 / TRAIN,
+            tiny_config,
+            "--checkpoint_path",
+            run.final_checkpoint,
+            "--output_path",
+            tmp_path,
+        ],
+        capsys,
+    )
     assert status == 0, err
     assert "baseline retrieval imagenet k=1: median 0.0000 m, 0.000 deg on the same frames" in out
     rows = baseline_rows(next(tmp_path.glob("*_baselines.csv")))
     assert float(rows["retrieval imagenet k=1"]["pos"]) == 0.0
     # On the test frames, the mean pose is the mean of the training poses.
-    status, out, err = cli(["effposenet", "test", "random", scene7, scene7 / TEST, tiny_config, "--checkpoint_path",
-                            run.final_checkpoint, "--output_path", tmp_path / "t"], capsys)
+    status, out, err = cli(
+        [
+            "effposenet",
+            "test",
+            "random",
+            scene7,
+            scene7 / TEST,
+            tiny_config,
+            "--checkpoint_path",
+            run.final_checkpoint,
+            "--output_path",
+            tmp_path / "t",
+        ],
+        capsys,
+    )
     assert status == 0, err
     train_poses = read_labels(scene7 / TRAIN)[POSE_COLUMNS].to_numpy(np.float64)
     test_poses = read_labels(scene7 / TEST)[POSE_COLUMNS].to_numpy(np.float64)
@@ -57,8 +84,11 @@ def test_test_mode_prints_and_writes_both_baselines(run, scene7, tiny_config, tm
 
 
 def test_batch_evaluation_reports_the_baselines(run, scene7, tiny_config, tmp_path, capsys):
-    status, out, err = cli(["effposenet", "test", "random", scene7, scene7 / TEST, tiny_config, run.run_dir,
-                            "--output_path", tmp_path], capsys, batch_main)
+    status, out, err = cli(
+        ["effposenet", "test", "random", scene7, scene7 / TEST, tiny_config, run.run_dir, "--output_path", tmp_path],
+        capsys,
+        batch_main,
+    )
     assert status == 0, err
     assert "baseline mean pose: median" in out and "baseline retrieval imagenet k=1" in out
     assert set(baseline_rows(next(tmp_path.glob("*_baselines.csv")))) == {"mean pose", "retrieval imagenet k=1"}
@@ -70,8 +100,18 @@ def test_a_training_set_that_is_gone_is_one_line(run, scene7, tiny_config, tmp_p
     shutil.copytree(scene7, moved)
     ckpt = tmp_path / "c.pth"
     shutil.copy(run.final_checkpoint, ckpt)
-    args = ["effposenet", "test", "random", moved, moved / TEST, tiny_config, "--checkpoint_path", ckpt,
-            "--output_path", tmp_path / "o"]
+    args = [
+        "effposenet",
+        "test",
+        "random",
+        moved,
+        moved / TEST,
+        tiny_config,
+        "--checkpoint_path",
+        ckpt,
+        "--output_path",
+        tmp_path / "o",
+    ]
     status, out, err = cli(args + ["--train_labels", tmp_path / "nope.csv"], capsys)
     assert status == 2 and "--train_labels" in err and "nope.csv" in err
     status, out, err = cli(args + ["--train_labels", f"{moved / TRAIN}:{moved}"], capsys)
@@ -87,8 +127,12 @@ def test_evidence_demo_pairs_seeds_with_baselines_and_corruptions(tiny_config, t
 
     data = tmp_path / "data"
     generate(data, scenes=1, layout="7scenes", frames_per_seq=4, size=(64, 48), seed=2, test_shifts=DEMO_SHIFTS)
-    assert run_evidence(data, tmp_path / "out", seeds=(0, 1), config=tiny_config, corruptions=("contrast",),
-                        severities=(1, 5)) == 0
+    assert (
+        run_evidence(
+            data, tmp_path / "out", seeds=(0, 1), config=tiny_config, corruptions=("contrast",), severities=(1, 5)
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     table = out.split("verdict at 95 %.\n", 1)[1].splitlines()
     assert table[0].split()[:3] == ["condition", "hyperpose", "[m]"] and "mean pose [m]" in table[0]
@@ -96,6 +140,10 @@ def test_evidence_demo_pairs_seeds_with_baselines_and_corruptions(tiny_config, t
     assert "mean corruption error relative to effposenet" in out
     assert len(list((tmp_path / "out").rglob("*_final.pth"))) == 4
     # A second run reuses the four finished runs.
-    assert run_evidence(data, tmp_path / "out", seeds=(0, 1), config=tiny_config, corruptions=("contrast",),
-                        severities=(1, 5)) == 0
+    assert (
+        run_evidence(
+            data, tmp_path / "out", seeds=(0, 1), config=tiny_config, corruptions=("contrast",), severities=(1, 5)
+        )
+        == 0
+    )
     assert len(list((tmp_path / "out").rglob("*_final.pth"))) == 4

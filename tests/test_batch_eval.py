@@ -1,4 +1,5 @@
 """Batch evaluation: discovery order, the seed commands end to end, CSV and HTML contents, the cache."""
+
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,7 @@ import pytest
 import torch
 
 from conftest import run_script, tiny_config_dict, write_config
-from engine.batch_eval import (batch_evaluate, checkpoint_labels, discover_checkpoints, main,
-                               split_trailing_positionals)
+from engine.batch_eval import batch_evaluate, checkpoint_labels, discover_checkpoints, main, split_trailing_positionals
 from engine.evaluate import Evaluator
 from engine.train import train
 from util.errors import UserError
@@ -39,8 +39,15 @@ def user_folder(tmp_path_factory, data, name):
 def single_run(tmp_path_factory, scene7):
     """A hyperpose run folder with checkpoint-1, checkpoint-2 and final."""
     cwd = user_folder(tmp_path_factory, scene7, "batch_single")
-    result = train("hyperpose", "random", cwd / ROOT, scene7 / "abs_7scenes_pose.csv_chess_train.csv",
-                   cwd / CONFIG, cwd / "models", device="cpu")
+    result = train(
+        "hyperpose",
+        "random",
+        cwd / ROOT,
+        scene7 / "abs_7scenes_pose.csv_chess_train.csv",
+        cwd / CONFIG,
+        cwd / "models",
+        device="cpu",
+    )
     return cwd, result.run_dir
 
 
@@ -48,8 +55,7 @@ def single_run(tmp_path_factory, scene7):
 def multi_run(tmp_path_factory, scenes3):
     """An mshyperpose run folder on 3 scenes with checkpoint-1, checkpoint-2 and final."""
     cwd = user_folder(tmp_path_factory, scenes3, "batch_multi")
-    result = train("mshyperpose", "random", cwd / ROOT, cwd / ALL_SCENES, cwd / CONFIG, cwd / "models",
-                   device="cpu")
+    result = train("mshyperpose", "random", cwd / ROOT, cwd / ALL_SCENES, cwd / CONFIG, cwd / "models", device="cpu")
     return cwd, result.run_dir
 
 
@@ -77,18 +83,44 @@ def no_browser_env(monkeypatch, tmp_path):
 
 # Discovery and arguments ---------------------------------------------------------------------------------
 def test_discovery_order_and_start_index(tmp_path):
-    names = ["run_a_checkpoint-10.pth", "run_a_checkpoint-2.pth", "run_a_final.pth", "zeta.pth", "alpha.pth",
-             "run_a_checkpoint-1.pth", ".hidden.pth", "notes.txt", ".run_a_checkpoint-3.pth.x1.tmp"]
+    names = [
+        "run_a_checkpoint-10.pth",
+        "run_a_checkpoint-2.pth",
+        "run_a_final.pth",
+        "zeta.pth",
+        "alpha.pth",
+        "run_a_checkpoint-1.pth",
+        ".hidden.pth",
+        "notes.txt",
+        ".run_a_checkpoint-3.pth.x1.tmp",
+    ]
     for name in names:
         (tmp_path / name).write_bytes(b"")
     order = [p.name for p in discover_checkpoints(tmp_path)]
-    assert order == ["run_a_checkpoint-1.pth", "run_a_checkpoint-2.pth", "run_a_checkpoint-10.pth",
-                     "run_a_final.pth", "alpha.pth", "zeta.pth"]
+    assert order == [
+        "run_a_checkpoint-1.pth",
+        "run_a_checkpoint-2.pth",
+        "run_a_checkpoint-10.pth",
+        "run_a_final.pth",
+        "alpha.pth",
+        "zeta.pth",
+    ]
     assert checkpoint_labels(discover_checkpoints(tmp_path)) == [
-        "checkpoint-1", "checkpoint-2", "checkpoint-10", "final", "alpha", "zeta"]
+        "checkpoint-1",
+        "checkpoint-2",
+        "checkpoint-10",
+        "final",
+        "alpha",
+        "zeta",
+    ]
     # As in the reference: numbered checkpoints with N below the index are skipped, the rest always kept.
     assert [p.name for p in discover_checkpoints(tmp_path, 2)] == [
-        "run_a_checkpoint-2.pth", "run_a_checkpoint-10.pth", "run_a_final.pth", "alpha.pth", "zeta.pth"]
+        "run_a_checkpoint-2.pth",
+        "run_a_checkpoint-10.pth",
+        "run_a_final.pth",
+        "alpha.pth",
+        "zeta.pth",
+    ]
     assert [p.name for p in discover_checkpoints(tmp_path, 11)][0] == "run_a_final.pth"
     with pytest.raises(UserError, match="ckpt_start_index must be >= 0"):
         discover_checkpoints(tmp_path, -1)
@@ -114,8 +146,21 @@ def test_trailing_positionals():
 def test_single_scene_seed_command(single_run, monkeypatch, tmp_path):
     cwd, run = single_run
     marker = no_browser_env(monkeypatch, tmp_path)
-    proc = run_script(["main_batch_eval_model.py", "hyperpose", "test", "random", ROOT, CHESS_TEST, CONFIG,
-                       f"./models/{run.name}", "--output_path", OUT], cwd=cwd)
+    proc = run_script(
+        [
+            "main_batch_eval_model.py",
+            "hyperpose",
+            "test",
+            "random",
+            ROOT,
+            CHESS_TEST,
+            CONFIG,
+            f"./models/{run.name}",
+            "--output_path",
+            OUT,
+        ],
+        cwd=cwd,
+    )
     assert proc.returncode == 0, proc.stderr
     out = cwd / OUT
     assert not [p for p in run.iterdir() if "batch_eval" in p.name]  # nothing written beside the checkpoints
@@ -159,8 +204,22 @@ def test_multi_scene_seed_command(multi_run, monkeypatch, tmp_path):
     cwd, run = multi_run
     marker = no_browser_env(monkeypatch, tmp_path)
     # The reference's documented command, config passed twice (the second is the evaluation config).
-    proc = run_script(["main_batch_ms_eval.py", "mshyperpose", "test", "random", ROOT, ALL_SCENES, CONFIG, CONFIG,
-                       f"./models/{run.name}", "--output_path", OUT], cwd=cwd)
+    proc = run_script(
+        [
+            "main_batch_ms_eval.py",
+            "mshyperpose",
+            "test",
+            "random",
+            ROOT,
+            ALL_SCENES,
+            CONFIG,
+            CONFIG,
+            f"./models/{run.name}",
+            "--output_path",
+            OUT,
+        ],
+        cwd=cwd,
+    )
     assert proc.returncode == 0, proc.stderr
     assert not marker.exists()
     rows, header = read_csv(one_output(cwd / OUT, ".csv"))
@@ -191,8 +250,19 @@ def test_multi_scene_seed_command(multi_run, monkeypatch, tmp_path):
 def test_multi_scene_test_dataset_id(multi_run, tmp_path):
     """--test_dataset_id 7scenes evaluates the per-scene test CSVs found beside the labels file."""
     cwd, run = multi_run
-    batch = batch_evaluate("mshyperpose", "random", cwd / ROOT, cwd / ALL_SCENES, cwd / CONFIG, run, tmp_path,
-                           test_dataset_id="7scenes", ckpt_start_index=2, device="cpu", progress=False)
+    batch = batch_evaluate(
+        "mshyperpose",
+        "random",
+        cwd / ROOT,
+        cwd / ALL_SCENES,
+        cwd / CONFIG,
+        run,
+        tmp_path,
+        test_dataset_id="7scenes",
+        ckpt_start_index=2,
+        device="cpu",
+        progress=False,
+    )
     assert [r.label for r in batch.results] == ["checkpoint-2", "final"]
     assert batch.csv_path.name == f"{run.name}_7scenes_batch_eval.csv"
     for r in batch.results:
@@ -216,16 +286,27 @@ def labels_from_predictions(evaluator, checkpoint, path):
 def test_validation_set_chooses_the_best(single_run, tmp_path, capsys):
     """With --val_labels the best is the validation-best (here not the test-best), and says so."""
     cwd, run = single_run
-    common = ["hyperpose", "test", "random", str(cwd / ROOT), str(cwd / CHESS_TEST), str(cwd / CONFIG), str(run),
-              "--device", "cpu", "--quiet"]
+    common = [
+        "hyperpose",
+        "test",
+        "random",
+        str(cwd / ROOT),
+        str(cwd / CHESS_TEST),
+        str(cwd / CONFIG),
+        str(run),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main(common + ["--output_path", str(tmp_path / "test_only")]) == 0
     rows, _ = read_csv(one_output(tmp_path / "test_only", ".csv"))
     on_test = best_by_rule(rows, "Median Position Error [m]", "Median Orientation Error[deg]")
     # The validation set: the test frames again, labelled with the predictions of a checkpoint the test set
     # does not choose (checkpoint-1 or the final weights).
     other = 0 if on_test != 0 else 2
-    evaluator = Evaluator("hyperpose", "random", cwd / ROOT, cwd / CHESS_TEST, cwd / CONFIG, device="cpu",
-                          progress=False)
+    evaluator = Evaluator(
+        "hyperpose", "random", cwd / ROOT, cwd / CHESS_TEST, cwd / CONFIG, device="cpu", progress=False
+    )
     val = labels_from_predictions(evaluator, run / rows[other]["Model"].split("/")[-1], tmp_path / "val.csv")
     capsys.readouterr()
 
@@ -248,7 +329,8 @@ def test_validation_set_chooses_the_best(single_run, tmp_path, capsys):
     data = read_embedded_json(page, DATA_ID)
     assert data["best_index"] == chosen and data["best_chosen_on"] == "validation"
     assert data["checkpoints"][chosen]["val_overall"]["median_pos_m"] == pytest.approx(
-        float(rows_v[chosen]["val_median_pos_m"]))
+        float(rows_v[chosen]["val_median_pos_m"])
+    )
     assert "Best = chosen on the validation set" in page and "optimistic" not in page
     curves = {t["name"] for t in read_embedded_json(page, "fig-errors")["data"]}
     assert "validation median" in curves
@@ -285,8 +367,9 @@ def test_rerun_evaluates_only_new_or_changed_checkpoints(single_run, tmp_path, c
 
     def batch():
         count_evaluations.clear()
-        result = batch_evaluate("hyperpose", "random", cwd / ROOT, cwd / CHESS_TEST, cwd / CONFIG, folder,
-                                device="cpu", progress=False)
+        result = batch_evaluate(
+            "hyperpose", "random", cwd / ROOT, cwd / CHESS_TEST, cwd / CONFIG, folder, device="cpu", progress=False
+        )
         assert result.n_evaluated == len(count_evaluations)
         return result
 
@@ -324,8 +407,17 @@ def test_unreadable_and_mismatched_checkpoints_are_skipped(single_run, tmp_path,
     torch.save(other, folder / "other_model.pth")
 
     with caplog.at_level(logging.WARNING, logger="engine.batch_eval"):
-        batch = batch_evaluate("hyperpose", "random", cwd / ROOT, cwd / CHESS_TEST, cwd / CONFIG, folder,
-                               tmp_path / "out", device="cpu", progress=False)
+        batch = batch_evaluate(
+            "hyperpose",
+            "random",
+            cwd / ROOT,
+            cwd / CHESS_TEST,
+            cwd / CONFIG,
+            folder,
+            tmp_path / "out",
+            device="cpu",
+            progress=False,
+        )
     assert [r.label for r in batch.results] == ["checkpoint-1"]
     assert sorted(p.name for p, _ in batch.skipped) == ["other_model.pth", "run_x_checkpoint-7.pth"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -345,11 +437,13 @@ def test_cli_errors_are_one_line(single_run, tmp_path, capsys):
     garbage.mkdir()
     (garbage / "a_checkpoint-1.pth").write_bytes(b"\x00" * 10)
     common = ["random", str(cwd / ROOT), str(cwd / CHESS_TEST), str(cwd / CONFIG)]
-    cases = [(["hyperpose", "train", *common, str(run)], "mode must be 'test'"),
-             (["hyperpose", "test", *common, str(garbage)], "none of the 1 checkpoints"),
-             (["hyperpose", "test", *common, str(tmp_path / "nope")], "checkpoints folder not found"),
-             (["hyperpose", "test", *common, "x.txt", str(run)], "not a .json file"),
-             (["hyperpose", "test", *common, str(run), "--ckpt_start_index", "99"], None)]
+    cases = [
+        (["hyperpose", "train", *common, str(run)], "mode must be 'test'"),
+        (["hyperpose", "test", *common, str(garbage)], "none of the 1 checkpoints"),
+        (["hyperpose", "test", *common, str(tmp_path / "nope")], "checkpoints folder not found"),
+        (["hyperpose", "test", *common, "x.txt", str(run)], "not a .json file"),
+        (["hyperpose", "test", *common, str(run), "--ckpt_start_index", "99"], None),
+    ]
     for argv, message in cases:
         status = main(argv + ["--output_path", str(tmp_path / "out"), "--device", "cpu", "--quiet"])
         err = capsys.readouterr().err

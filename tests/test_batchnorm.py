@@ -1,4 +1,5 @@
 """BatchNorm recalibration before checkpoints, and the eval-mode collapse warning."""
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,15 @@ def test_eval_collapse_is_warned_and_recalibration_prevents_it(batches, scene7, 
     cfg = tiny_config_dict(n_epochs=1)
     cfg["effposenet"].update(bn_momentum=None, bn_recalibrate_batches=batches)
     with caplog.at_level(logging.INFO, logger="engine.batchnorm"):
-        result = train("effposenet", "random", scene7, chess_train(scene7), write_config(tmp_path / "c.json", cfg),
-                       tmp_path, device="cpu")
+        result = train(
+            "effposenet",
+            "random",
+            scene7,
+            chess_train(scene7),
+            write_config(tmp_path / "c.json", cfg),
+            tmp_path,
+            device="cpu",
+        )
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("epoch 1: eval-mode predictions spread") for m in messages), messages
     collapsed = any("have collapsed" in m for m in messages)

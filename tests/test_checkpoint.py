@@ -1,5 +1,6 @@
 """Checkpoint files: what a foreign or unsafe file is called, reconciling a checkpoint with the config,
 and what intermediate checkpoints keep."""
+
 from __future__ import annotations
 
 import logging
@@ -50,6 +51,7 @@ def test_a_directory_given_as_checkpoint(tmp_path):
 
 # ---------------------------------------------------------------- one checkpoint, the config, the scene map
 
+
 def _multi_config(tmp_path, **overrides):
     cfg = tiny_config_dict(n_epochs=1)
     cfg["mshyperpose"].update(overrides)
@@ -74,8 +76,9 @@ def test_a_seven_scene_reference_state_dict_tests_on_one_scene(scene7, tmp_path,
     torch.save(model.state_dict(), bare)
     test_csv = scene7 / "abs_7scenes_pose.csv_chess_test.csv"
     with caplog.at_level(logging.INFO):
-        result, paths = evaluate("mshyperpose", "random", scene7, test_csv, config_path, bare, tmp_path / "ev",
-                                 device="cpu")
+        result, paths = evaluate(
+            "mshyperpose", "random", scene7, test_csv, config_path, bare, tmp_path / "ev", device="cpu"
+        )
     assert "the 7Scenes training order (chess 0, fire 1, heads 2" in caplog.text
     assert "using 8 attention heads, as the reference code did (it ignored nheads=2)" in caplog.text
     rows = _test_rows(paths)
@@ -84,29 +87,62 @@ def test_a_seven_scene_reference_state_dict_tests_on_one_scene(scene7, tmp_path,
     order = tmp_path / "order.csv"
     order.write_text("scene\n" + "\n".join(reversed(SEVEN_SCENES)) + "\n")
     with caplog.at_level(logging.INFO):
-        evaluate("mshyperpose", "random", scene7, test_csv, config_path, bare, tmp_path / "ev2", device="cpu",
-                 scene_map_file=order)
+        evaluate(
+            "mshyperpose",
+            "random",
+            scene7,
+            test_csv,
+            config_path,
+            bare,
+            tmp_path / "ev2",
+            device="cpu",
+            scene_map_file=order,
+        )
     assert f"--scene_map {order} (stairs 0, redkitchen 1" in caplog.text
     order.write_text("scene\nchess\nfire\n")
     with pytest.raises(UserError, match=r"lists 2 scenes but checkpoint .* has 7 scene heads"):
-        evaluate("mshyperpose", "random", scene7, test_csv, config_path, bare, tmp_path / "ev3", device="cpu",
-                 scene_map_file=order)
+        evaluate(
+            "mshyperpose",
+            "random",
+            scene7,
+            test_csv,
+            config_path,
+            bare,
+            tmp_path / "ev3",
+            device="cpu",
+            scene_map_file=order,
+        )
 
 
 def test_the_checkpoint_architecture_wins_over_the_config(scenes3, tmp_path, caplog):
     """A model fine-tuned with 8 heads (e.g. from reference weights) tests with a config that says 2."""
     config_path = _multi_config(tmp_path)
     config, model = _built(config_path, num_scenes=3, nheads=8)
-    ckpt = save_checkpoint(tmp_path / "ft.pth", model_name="mshyperpose", config=config, model=model, epoch=1,
-                           scene_map={"chess": 0, "fire": 1, "heads": 2})
+    ckpt = save_checkpoint(
+        tmp_path / "ft.pth",
+        model_name="mshyperpose",
+        config=config,
+        model=model,
+        epoch=1,
+        scene_map={"chess": 0, "fire": 1, "heads": 2},
+    )
     with caplog.at_level(logging.WARNING):
-        result, _ = evaluate("mshyperpose", "random", scenes3, scenes3 / "7scenes_all_scenes.csv", config_path,
-                             ckpt, tmp_path / "ev", device="cpu")
+        result, _ = evaluate(
+            "mshyperpose",
+            "random",
+            scenes3,
+            scenes3 / "7scenes_all_scenes.csv",
+            config_path,
+            ckpt,
+            tmp_path / "ev",
+            device="cpu",
+        )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "architecture" in r.message]
     assert warnings == ["checkpoint ft.pth: using its architecture: nheads=8 (config: 2)"]
     assert len(result.summaries) == 3
-    reconciled = reconcile_config(torch.load(ckpt, weights_only=True), "mshyperpose",
-                                  load_config(config_path, "mshyperpose"), ckpt)
+    reconciled = reconcile_config(
+        torch.load(ckpt, weights_only=True), "mshyperpose", load_config(config_path, "mshyperpose"), ckpt
+    )
     assert reconciled["nheads"] == 8 and reconciled["num_scenes"] == 3
     assert reconciled["batch_size"] == load_config(config_path, "mshyperpose")["batch_size"]  # not architecture
 
@@ -119,8 +155,13 @@ def test_atomic_writes_flush_the_file_before_the_rename_and_the_folder_after(tmp
 
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}")
-                                                                 or _is_dir_fd(fd))), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        os,
+        "fsync",
+        lambda fd: (events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}") or _is_dir_fd(fd))), real_fsync(fd))[
+            1
+        ],
+    )
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", None)), real_replace(a, b))[1])
     for write in (lambda p: uio.atomic_write_text(p, "x"), lambda p: uio.atomic_torch_save({"a": 1}, p)):
         events.clear()

@@ -1,4 +1,5 @@
 """The entry scripts end to end, as users type them, and their one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -31,24 +32,42 @@ def user_dir(tmp_path_factory):
     from datasets.synthetic import generate
 
     cwd = tmp_path_factory.mktemp("user")
-    generate(cwd / CAMBRIDGE, scenes=1, layout="cambridge", frames_per_seq=4, size=(64, 48), seed=3,
-             names=["ShopFacade"])
+    generate(
+        cwd / CAMBRIDGE, scenes=1, layout="cambridge", frames_per_seq=4, size=(64, 48), seed=3, names=["ShopFacade"]
+    )
     proc = run_script(["-m", "models.backbone", "write", BACKBONE], cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads((REPO / "configs" / "CambridgeLandmarks_config.json").read_text())
     tiny = tiny_config_dict()
     cfg["general"].update(tiny["general"])
     for name in ("hyperpose", "effposenet"):
-        cfg[name].update(n_epochs=2, batch_size=4, image_resize=56, image_crop=48,
-                         **{k: tiny["hyperpose"][k] for k in ("hyper_dim_t", "hyper_dim_rot") if name == "hyperpose"})
+        cfg[name].update(
+            n_epochs=2,
+            batch_size=4,
+            image_resize=56,
+            image_crop=48,
+            **{k: tiny["hyperpose"][k] for k in ("hyper_dim_t", "hyper_dim_rot") if name == "hyperpose"},
+        )
     write_config(cwd / "configs" / "CambridgeLandmarks_config.json", cfg)
     return cwd
 
 
 @pytest.fixture(scope="module")
 def trained(user_dir):
-    proc = run_script(["main_single_scene.py", "hyperpose", "train", BACKBONE, CAMBRIDGE, SHOP_TRAIN,
-                       "./configs/CambridgeLandmarks_config.json", "--output_path", "./models"], cwd=user_dir)
+    proc = run_script(
+        [
+            "main_single_scene.py",
+            "hyperpose",
+            "train",
+            BACKBONE,
+            CAMBRIDGE,
+            SHOP_TRAIN,
+            "./configs/CambridgeLandmarks_config.json",
+            "--output_path",
+            "./models",
+        ],
+        cwd=user_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     runs = sorted((user_dir / "models").glob("run_*"))
     assert len(runs) == 1
@@ -57,9 +76,22 @@ def trained(user_dir):
 
 def test_seed_commands_train_then_test(user_dir, trained):
     ckpt = next(trained.glob("*_final.pth"))
-    proc = run_script(["main_single_scene.py", "hyperpose", "test", BACKBONE, CAMBRIDGE, SHOP_TEST,
-                       "./configs/CambridgeLandmarks_config.json", "--checkpoint_path", str(ckpt),
-                       "--output_path", "./evals"], cwd=user_dir)
+    proc = run_script(
+        [
+            "main_single_scene.py",
+            "hyperpose",
+            "test",
+            BACKBONE,
+            CAMBRIDGE,
+            SHOP_TEST,
+            "./configs/CambridgeLandmarks_config.json",
+            "--checkpoint_path",
+            str(ckpt),
+            "--output_path",
+            "./evals",
+        ],
+        cwd=user_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "ShopFacade" in proc.stdout and "latency" in proc.stdout
     evals = user_dir / "evals"
@@ -77,9 +109,22 @@ def test_reference_state_dict_tests_like_our_checkpoint(user_dir, trained, tmp_p
     torch.save(torch.load(ours, weights_only=True)["model"], bare)
     medians = []
     for ckpt in (ours, bare):
-        proc = run_script(["main_single_scene.py", "hyperpose", "test", BACKBONE, CAMBRIDGE, SHOP_TEST,
-                           "./configs/CambridgeLandmarks_config.json", "--checkpoint_path", str(ckpt),
-                           "--output_path", str(tmp_path / ckpt.stem)], cwd=user_dir)
+        proc = run_script(
+            [
+                "main_single_scene.py",
+                "hyperpose",
+                "test",
+                BACKBONE,
+                CAMBRIDGE,
+                SHOP_TEST,
+                "./configs/CambridgeLandmarks_config.json",
+                "--checkpoint_path",
+                str(ckpt),
+                "--output_path",
+                str(tmp_path / ckpt.stem),
+            ],
+            cwd=user_dir,
+        )
         assert proc.returncode == 0, proc.stderr
         summary = json.loads(next((tmp_path / ckpt.stem).glob("*_summary.json")).read_text())
         medians.append(summary["scenes"][0]["median_pos_m"])
@@ -87,8 +132,18 @@ def test_reference_state_dict_tests_like_our_checkpoint(user_dir, trained, tmp_p
 
 
 def test_missing_backbone_file(user_dir):
-    proc = run_script(["main_single_scene.py", "hyperpose", "train", "./models/backbones/nope.pth", CAMBRIDGE,
-                       SHOP_TRAIN, "./configs/CambridgeLandmarks_config.json"], cwd=user_dir)
+    proc = run_script(
+        [
+            "main_single_scene.py",
+            "hyperpose",
+            "train",
+            "./models/backbones/nope.pth",
+            CAMBRIDGE,
+            SHOP_TRAIN,
+            "./configs/CambridgeLandmarks_config.json",
+        ],
+        cwd=user_dir,
+    )
     assert_one_line_error(proc, r"backbone.*nope\.pth")
 
 
@@ -96,15 +151,28 @@ def test_missing_config_section(user_dir, tmp_path):
     cfg = json.loads((user_dir / "configs" / "CambridgeLandmarks_config.json").read_text())
     del cfg["effposenet"]
     path = write_config(tmp_path / "no_effposenet.json", cfg)
-    proc = run_script(["main_single_scene.py", "effposenet", "train", "random", CAMBRIDGE, SHOP_TRAIN, str(path)],
-                      cwd=user_dir)
+    proc = run_script(
+        ["main_single_scene.py", "effposenet", "train", "random", CAMBRIDGE, SHOP_TRAIN, str(path)], cwd=user_dir
+    )
     assert_one_line_error(proc, r"effposenet")
 
 
 def test_checkpoint_of_another_model(user_dir, trained):
     ckpt = next(trained.glob("*_final.pth"))
-    proc = run_script(["main_single_scene.py", "effposenet", "test", "random", CAMBRIDGE, SHOP_TEST,
-                       "./configs/CambridgeLandmarks_config.json", "--checkpoint_path", str(ckpt)], cwd=user_dir)
+    proc = run_script(
+        [
+            "main_single_scene.py",
+            "effposenet",
+            "test",
+            "random",
+            CAMBRIDGE,
+            SHOP_TEST,
+            "./configs/CambridgeLandmarks_config.json",
+            "--checkpoint_path",
+            str(ckpt),
+        ],
+        cwd=user_dir,
+    )
     assert_one_line_error(proc, r"'hyperpose' model, not 'effposenet'")
 
 
@@ -113,9 +181,18 @@ def test_image_missing_from_the_csv(user_dir, tmp_path):
     shutil.copytree(user_dir / CAMBRIDGE, root)
     victim = sorted((root / "ShopFacade").rglob("*.png"))[0]
     victim.unlink()
-    proc = run_script(["main_single_scene.py", "hyperpose", "train", "random", str(root),
-                       str(root / SHOP_TRAIN.rsplit("/", 1)[1]), "./configs/CambridgeLandmarks_config.json"],
-                      cwd=user_dir)
+    proc = run_script(
+        [
+            "main_single_scene.py",
+            "hyperpose",
+            "train",
+            "random",
+            str(root),
+            str(root / SHOP_TRAIN.rsplit("/", 1)[1]),
+            "./configs/CambridgeLandmarks_config.json",
+        ],
+        cwd=user_dir,
+    )
     if victim.name not in proc.stderr:  # the removed frame may be a test frame; then train must succeed
         assert proc.returncode == 0, proc.stderr
         return
@@ -123,8 +200,18 @@ def test_image_missing_from_the_csv(user_dir, tmp_path):
 
 
 def test_test_mode_needs_a_checkpoint(user_dir):
-    proc = run_script(["main_single_scene.py", "hyperpose", "test", "random", CAMBRIDGE, SHOP_TEST,
-                       "./configs/CambridgeLandmarks_config.json"], cwd=user_dir)
+    proc = run_script(
+        [
+            "main_single_scene.py",
+            "hyperpose",
+            "test",
+            "random",
+            CAMBRIDGE,
+            SHOP_TEST,
+            "./configs/CambridgeLandmarks_config.json",
+        ],
+        cwd=user_dir,
+    )
     assert_one_line_error(proc, r"--checkpoint_path")
 
 
@@ -132,20 +219,47 @@ def test_multi_scene_seed_commands(scenes3, tmp_path):
     config = write_config(tmp_path / "7Scenes_config.json", tiny_config_dict())
     all_scenes = scenes3 / "7scenes_all_scenes.csv"
     for model in ("mshyperpose", "mstransformer"):
-        proc = run_script(["main_multi_scene.py", model, "train", "random", str(scenes3), str(all_scenes),
-                           str(config), "--output_path", str(tmp_path / model)])
+        proc = run_script(
+            [
+                "main_multi_scene.py",
+                model,
+                "train",
+                "random",
+                str(scenes3),
+                str(all_scenes),
+                str(config),
+                "--output_path",
+                str(tmp_path / model),
+            ]
+        )
         assert proc.returncode == 0, proc.stderr
         ckpt = next((tmp_path / model).glob("run_*/*_final.pth"))
         assert torch.load(ckpt, weights_only=True)["scene_map"] == {"chess": 0, "fire": 1, "heads": 2}
-        proc = run_script(["main_multi_scene.py", model, "test", "random", str(scenes3), str(all_scenes),
-                           str(config), "--checkpoint_path", str(ckpt), "--test_dataset_id", "7scenes",
-                           "--output_path", str(tmp_path / "evals")])
+        proc = run_script(
+            [
+                "main_multi_scene.py",
+                model,
+                "test",
+                "random",
+                str(scenes3),
+                str(all_scenes),
+                str(config),
+                "--checkpoint_path",
+                str(ckpt),
+                "--test_dataset_id",
+                "7scenes",
+                "--output_path",
+                str(tmp_path / "evals"),
+            ]
+        )
         assert proc.returncode == 0, proc.stderr
         canonical = "ems-transposenet" if model == "mstransformer" else model
         names = {p.name for p in (tmp_path / "evals").glob(f"*{ckpt.stem}*")}
         # Named after what was evaluated (the per-scene test files), not after the training CSV.
-        assert names == {f"{canonical}_{ckpt.stem}_7scenes_test_{kind}" for kind in
-                         ("predictions.csv", "report.csv", "summary.json", "baselines.csv")}, names
+        assert names == {
+            f"{canonical}_{ckpt.stem}_7scenes_test_{kind}"
+            for kind in ("predictions.csv", "report.csv", "summary.json", "baselines.csv")
+        }, names
         report = next((tmp_path / "evals").glob(f"*{ckpt.stem}*_report.csv")).read_text().splitlines()
         assert report[0].startswith("scene,pos,ori,")
         assert [r.split(",")[0] for r in report[1:4]] == ["chess", "fire", "heads"]
@@ -159,9 +273,24 @@ def test_multi_scene_seed_commands(scenes3, tmp_path):
 @pytest.mark.parametrize("size", ["0", "-1"])
 def test_batch_size_below_one_is_refused(user_dir, trained, size):
     ckpt = next(trained.glob("*_final.pth"))
-    proc = run_script(["main_single_scene.py", "hyperpose", "test", BACKBONE, CAMBRIDGE, SHOP_TEST,
-                       "./configs/CambridgeLandmarks_config.json", "--checkpoint_path", str(ckpt),
-                       "--batch_size", size, "--output_path", "./evals_bs"], cwd=user_dir)
+    proc = run_script(
+        [
+            "main_single_scene.py",
+            "hyperpose",
+            "test",
+            BACKBONE,
+            CAMBRIDGE,
+            SHOP_TEST,
+            "./configs/CambridgeLandmarks_config.json",
+            "--checkpoint_path",
+            str(ckpt),
+            "--batch_size",
+            size,
+            "--output_path",
+            "./evals_bs",
+        ],
+        cwd=user_dir,
+    )
     assert_one_line_error(proc, rf"--batch_size must be >= 1, got {size}")
 
 
@@ -179,8 +308,14 @@ def _run_on_a_terminal(args: list[str], cwd) -> str:
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm draws nothing at 0 columns
     env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, str(REPO / args[0]), *args[1:]], cwd=cwd, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / args[0]), *args[1:]],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -198,12 +333,32 @@ def _run_on_a_terminal(args: list[str], cwd) -> str:
 
 def test_progress_bars_only_on_a_terminal_and_never_with_quiet(user_dir, trained):
     ckpt = next(trained.glob("*_final.pth"))
-    test = ["main_single_scene.py", "hyperpose", "test", BACKBONE, CAMBRIDGE, SHOP_TEST,
-            "./configs/CambridgeLandmarks_config.json", "--checkpoint_path", str(ckpt), "--output_path", "./ev_tty"]
+    test = [
+        "main_single_scene.py",
+        "hyperpose",
+        "test",
+        BACKBONE,
+        CAMBRIDGE,
+        SHOP_TEST,
+        "./configs/CambridgeLandmarks_config.json",
+        "--checkpoint_path",
+        str(ckpt),
+        "--output_path",
+        "./ev_tty",
+    ]
     assert "it/s]" in _run_on_a_terminal(test, user_dir)  # tqdm's rate field
     assert "it/s]" not in _run_on_a_terminal(test + ["--quiet"], user_dir)
-    train = ["main_single_scene.py", "effposenet", "train", "random", CAMBRIDGE, SHOP_TRAIN,
-             "./configs/CambridgeLandmarks_config.json", "--output_path", "./models_pipe"]
+    train = [
+        "main_single_scene.py",
+        "effposenet",
+        "train",
+        "random",
+        CAMBRIDGE,
+        SHOP_TRAIN,
+        "./configs/CambridgeLandmarks_config.json",
+        "--output_path",
+        "./models_pipe",
+    ]
     proc = run_script(train, cwd=user_dir, env={"TQDM_DISABLE": None})  # stderr is a pipe, as under nohup or CI
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr and "epoch 2/2 loss" in proc.stderr
@@ -234,22 +389,35 @@ def test_test_mode_ignores_backbone_path_because_the_checkpoint_holds_the_backbo
     from conftest import tiny_config_dict, write_config
     from engine.evaluate import Evaluator
     from models.backbone import new_backbone
+    from models.config import load_config
     from models.registry import build_model
     from util.checkpoint import save_checkpoint
-    from models.config import load_config
 
     config = write_config(tmp_path / "c.json", tiny_config_dict())
     cfg = load_config(config, "posenet")
-    ckpt = save_checkpoint(tmp_path / "posenet.pth", model_name="posenet", config=cfg, scene_map={"chess": 0},
-                           model=build_model("posenet", cfg, new_backbone("googlenet")), epoch=1)
+    ckpt = save_checkpoint(
+        tmp_path / "posenet.pth",
+        model_name="posenet",
+        config=cfg,
+        scene_map={"chess": 0},
+        model=build_model("posenet", cfg, new_backbone("googlenet")),
+        epoch=1,
+    )
     effnet = tmp_path / "b0.pth"
     torch.save(new_backbone("efficientnet").state_dict(), effnet)
     preds = []
     for backbone_path in (str(effnet), "checkpoint", "random"):
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            ev = Evaluator("posenet", backbone_path, scene7, scene7 / "abs_7scenes_pose.csv_chess_test.csv", config,
-                           device="cpu", progress=False)
+            ev = Evaluator(
+                "posenet",
+                backbone_path,
+                scene7,
+                scene7 / "abs_7scenes_pose.csv_chess_test.csv",
+                config,
+                device="cpu",
+                progress=False,
+            )
             result = ev.evaluate_checkpoint(ckpt)
         assert "random init" not in caplog.text
         preds.append(next(iter(result.predictions.values())).pose_pred_N7)

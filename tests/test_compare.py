@@ -1,5 +1,6 @@
 """Corruption conditions against test mode on corrupted copies on disk; the mean corruption error; paired
 comparison over seeds (engine.compare) against a hand computation from the report's own rows; bad input."""
+
 from __future__ import annotations
 
 import csv
@@ -50,17 +51,35 @@ def run(main, args, capsys):
 def test_compare_pairs_by_seed_per_condition(seeded_runs, tmp_path, capsys):
     root, runs = seeded_runs
     out = tmp_path / "cmp"
-    status, stdout, err = run(compare_main, [runs["hyperpose"], runs["effposenet"], root, "--conditions",
-                                             f"clean={root / TEST_CSV}", "--corruptions", "gaussian_noise",
-                                             "--severities", "3", "--output_path", out], capsys)
+    status, stdout, err = run(
+        compare_main,
+        [
+            runs["hyperpose"],
+            runs["effposenet"],
+            root,
+            "--conditions",
+            f"clean={root / TEST_CSV}",
+            "--corruptions",
+            "gaussian_noise",
+            "--severities",
+            "3",
+            "--output_path",
+            out,
+        ],
+        capsys,
+    )
     assert status == 0, err
     report = [r for r in rows_of(out / "robustness.csv") if r["group"] != "baseline"]
     paired = rows_of(out / "paired.csv")
     assert {(r["condition"], r["metric"]) for r in paired} == {
-        (c, m) for c in ("clean", "gaussian_noise@3") for m in ("median_pos_m", "median_ori_deg")}
+        (c, m) for c in ("clean", "gaussian_noise@3") for m in ("median_pos_m", "median_ori_deg")
+    }
     for r in paired:
-        value = {(row["group"], int(row["seed"])): float(row[r["metric"]]) for row in report
-                 if row["condition"] == r["condition"]}
+        value = {
+            (row["group"], int(row["seed"])): float(row[r["metric"]])
+            for row in report
+            if row["condition"] == r["condition"]
+        }
         diffs = [value[("hyperpose", s)] - value[("effposenet", s)] for s in (0, 1)]
         mean = sum(diffs) / 2
         se = abs(diffs[0] - diffs[1]) / 2  # sample sd of two values / sqrt(2)
@@ -80,22 +99,48 @@ def test_corrupted_conditions_match_test_mode_on_corrupted_copies(seeded_runs, t
     ckpts = {m: sorted((runs[m] / "seed0").rglob("*_final.pth"))[0] for m in MODELS}
     out = tmp_path / "report"
     names, severities = ("gaussian_noise", "defocus_blur"), (1, 5)
-    status, stdout, err = run(robustness_main, ["hyperpose", "random", root, root / "tiny_0.json", "--checkpoint_path",
-                                                *ckpts.values(), "--conditions", f"clean={root / TEST_CSV}",
-                                                "--corruptions", ",".join(names), "--severities", "1,5",
-                                                "--output_path", out], capsys)
+    status, stdout, err = run(
+        robustness_main,
+        [
+            "hyperpose",
+            "random",
+            root,
+            root / "tiny_0.json",
+            "--checkpoint_path",
+            *ckpts.values(),
+            "--conditions",
+            f"clean={root / TEST_CSV}",
+            "--corruptions",
+            ",".join(names),
+            "--severities",
+            "1,5",
+            "--output_path",
+            out,
+        ],
+        capsys,
+    )
     assert status == 0, err
     rows = [r for r in rows_of(out / "robustness.csv") if r["group"] != "baseline"]
-    assert [r["condition"] for r in rows if r["model"] == "hyperpose"] == \
-        ["clean"] + [f"{n}@{s}" for n in names for s in severities]
+    assert [r["condition"] for r in rows if r["model"] == "hyperpose"] == ["clean"] + [
+        f"{n}@{s}" for n in names for s in severities
+    ]
     for name in names:
         for severity in severities:
-            copy = write_corrupted_copies(root / TEST_CSV, root, tmp_path / f"{name}{severity}",
-                                          Corruption(name, severity, 0))
+            copy = write_corrupted_copies(
+                root / TEST_CSV, root, tmp_path / f"{name}{severity}", Corruption(name, severity, 0)
+            )
             medians = {}
             for model, ckpt in ckpts.items():
-                ev, _ = evaluate(model, "random", tmp_path / f"{name}{severity}", copy, root / "tiny_0.json", ckpt,
-                                 tmp_path / "evals", device="cpu")
+                ev, _ = evaluate(
+                    model,
+                    "random",
+                    tmp_path / f"{name}{severity}",
+                    copy,
+                    root / "tiny_0.json",
+                    ckpt,
+                    tmp_path / "evals",
+                    device="cpu",
+                )
                 row = next(r for r in rows if r["model"] == model and r["condition"] == f"{name}@{severity}")
                 assert float(row["median_pos_m"]) == pytest.approx(ev.summaries[0].median_pos_m, rel=1e-6)
                 assert float(row["median_ori_deg"]) == pytest.approx(ev.summaries[0].median_ori_deg, rel=1e-6)
@@ -107,8 +152,10 @@ def test_corrupted_conditions_match_test_mode_on_corrupted_copies(seeded_runs, t
     # The corruption error relative to effposenet: sum over severities of the errors / effposenet's sum.
     ce = {(r["model"], r["corruption"]): r for r in rows_of(out / "corruptions.csv")}
     for name in names:
-        err = {m: [float(r["median_pos_m"]) for r in rows if r["model"] == m and r["condition"].startswith(name)]
-               for m in MODELS}
+        err = {
+            m: [float(r["median_pos_m"]) for r in rows if r["model"] == m and r["condition"].startswith(name)]
+            for m in MODELS
+        }
         assert float(ce[("effposenet", name)]["pos_ce"]) == pytest.approx(1.0)
         assert float(ce[("hyperpose", name)]["pos_ce"]) == pytest.approx(sum(err["hyperpose"]) / sum(err["effposenet"]))
     assert "mean corruption error relative to effposenet" in stdout
@@ -116,16 +163,33 @@ def test_corrupted_conditions_match_test_mode_on_corrupted_copies(seeded_runs, t
     assert "Error against severity: noise" in page and "Error against severity: blur" in page
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--corruptions", "gausian_noise"], "gaussian_noise"),
-    (["--corruptions", "all", "--severities", "0,6"], "1, 2, 3, 4, 5"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--corruptions", "gausian_noise"], "gaussian_noise"),
+        (["--corruptions", "all", "--severities", "0,6"], "1, 2, 3, 4, 5"),
+    ],
+)
 def test_unknown_corruptions_and_severities_are_one_line(seeded_runs, tmp_path, capsys, flags, words):
     root, runs = seeded_runs
     ckpt = sorted(runs["hyperpose"].rglob("*_final.pth"))[0]
-    status, _, err = run(robustness_main, ["hyperpose", "random", root, root / "tiny_0.json", "--checkpoint_path", ckpt,
-                                           "--conditions", f"clean={root / TEST_CSV}", *flags,
-                                           "--output_path", tmp_path / "o"], capsys)
+    status, _, err = run(
+        robustness_main,
+        [
+            "hyperpose",
+            "random",
+            root,
+            root / "tiny_0.json",
+            "--checkpoint_path",
+            ckpt,
+            "--conditions",
+            f"clean={root / TEST_CSV}",
+            *flags,
+            "--output_path",
+            tmp_path / "o",
+        ],
+        capsys,
+    )
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert status == 2 and len(lines) == 1 and words in lines[0] and "Traceback" not in err
 
@@ -146,8 +210,9 @@ def test_runs_that_cannot_be_paired_are_one_line(seeded_runs, tmp_path, capsys):
     other = tmp_path / "other"
     generate(other, scenes=2, layout="7scenes", frames_per_seq=2, size=(64, 48), seed=4)
     cfg = write_config(other / "tiny.json", tiny_config_dict(n_epochs=1))
-    train("effposenet", "random", other, other / "abs_7scenes_pose.csv_fire_train.csv", cfg, other / "runs",
-          device="cpu")
+    train(
+        "effposenet", "random", other, other / "abs_7scenes_pose.csv_fire_train.csv", cfg, other / "runs", device="cpu"
+    )
     status, _, err = run(compare_main, [runs["hyperpose"], other / "runs", root, *args], capsys)
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert status == 2 and len(lines) == 1 and "different scene maps" in lines[0]

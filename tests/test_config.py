@@ -1,4 +1,5 @@
 """Config loading: shipped and reference files, every promised error, override semantics, warnings."""
+
 import copy
 import json
 import logging
@@ -18,45 +19,143 @@ GENERAL_REF = {"n_freq_print": 5, "n_freq_checkpoint": 5, "n_workers": 4, "devic
 # The published reference configs, value for value (shared/docs/reference_configs.md).
 REF_7SCENES = {
     "general": GENERAL_REF,
-    "hyperpose": {"batch_size": 8, "learnable": True, "s_x": 0.0, "s_q": 0.0, "norm": 2, "lr": 0.0001,
-                  "weight_decay": 0.0001, "eps": 1e-10, "lr_scheduler_step_size": 5, "lr_scheduler_gamma": 0.75,
-                  "n_epochs": 10, "hyper_dim_t": 256, "hyper_dim_rot": 512, "backbone_type": "efficientnet",
-                  "freeze": False,
-                  "freeze_exclude_phrase": ["hyper_in_t_proj", "hyper_in_t", "hyper_in_t_fc_2", "hypernet_t_fc_h2"],
-                  "no_augment": False},
-    "mshyperpose": {"batch_size": 8, "equalize_scenes": False, "num_scenes": 7, "learnable": True, "s_x": 0.0,
-                    "s_q": 0.0, "lr": 0.0001, "norm": 2, "weight_decay": 0.0001, "eps": 1e-10,
-                    "lr_scheduler_gamma": 0.75, "lr_scheduler_step_size": 10, "n_epochs": 50,
-                    "num_t_encoder_layers": 4, "num_t_decoder_layers": 4, "num_rot_encoder_layers": 4,
-                    "num_rot_decoder_layers": 4, "dim_feedforward": 256, "hidden_dim": 256, "reg_hidden_dim": 1024,
-                    "hyper_dim_t": 256, "hyper_dim_rot": 512, "hyper_t_hidden_scale": 0.5, "dropout": 0.1,
-                    "nheads": 4, "reduction": ["reduction_4", "reduction_3"], "freeze": False,
-                    "freeze_exclude_phrase": ["hyper_in_rot_proj", "hyper_in_rot_fc_0", "hyper_in_rot_fc_1",
-                                              "hyper_in_rot_fc_2", "regressor_hyper_rot", "regressor_head_rot",
-                                              "transformer_rot", "input_proj_rot"],
-                    "no_augment": False},
+    "hyperpose": {
+        "batch_size": 8,
+        "learnable": True,
+        "s_x": 0.0,
+        "s_q": 0.0,
+        "norm": 2,
+        "lr": 0.0001,
+        "weight_decay": 0.0001,
+        "eps": 1e-10,
+        "lr_scheduler_step_size": 5,
+        "lr_scheduler_gamma": 0.75,
+        "n_epochs": 10,
+        "hyper_dim_t": 256,
+        "hyper_dim_rot": 512,
+        "backbone_type": "efficientnet",
+        "freeze": False,
+        "freeze_exclude_phrase": ["hyper_in_t_proj", "hyper_in_t", "hyper_in_t_fc_2", "hypernet_t_fc_h2"],
+        "no_augment": False,
+    },
+    "mshyperpose": {
+        "batch_size": 8,
+        "equalize_scenes": False,
+        "num_scenes": 7,
+        "learnable": True,
+        "s_x": 0.0,
+        "s_q": 0.0,
+        "lr": 0.0001,
+        "norm": 2,
+        "weight_decay": 0.0001,
+        "eps": 1e-10,
+        "lr_scheduler_gamma": 0.75,
+        "lr_scheduler_step_size": 10,
+        "n_epochs": 50,
+        "num_t_encoder_layers": 4,
+        "num_t_decoder_layers": 4,
+        "num_rot_encoder_layers": 4,
+        "num_rot_decoder_layers": 4,
+        "dim_feedforward": 256,
+        "hidden_dim": 256,
+        "reg_hidden_dim": 1024,
+        "hyper_dim_t": 256,
+        "hyper_dim_rot": 512,
+        "hyper_t_hidden_scale": 0.5,
+        "dropout": 0.1,
+        "nheads": 4,
+        "reduction": ["reduction_4", "reduction_3"],
+        "freeze": False,
+        "freeze_exclude_phrase": [
+            "hyper_in_rot_proj",
+            "hyper_in_rot_fc_0",
+            "hyper_in_rot_fc_1",
+            "hyper_in_rot_fc_2",
+            "regressor_hyper_rot",
+            "regressor_head_rot",
+            "transformer_rot",
+            "input_proj_rot",
+        ],
+        "no_augment": False,
+    },
 }
-_CAMBRIDGE_BASELINE = {"batch_size": 32, "learnable": True, "s_x": -3.0, "s_q": -6.5, "norm": 2, "lr": 0.001,
-                       "weight_decay": 0.0001, "eps": 1e-10, "lr_scheduler_step_size": 200,
-                       "lr_scheduler_gamma": 0.5, "n_epochs": 600}
+_CAMBRIDGE_BASELINE = {
+    "batch_size": 32,
+    "learnable": True,
+    "s_x": -3.0,
+    "s_q": -6.5,
+    "norm": 2,
+    "lr": 0.001,
+    "weight_decay": 0.0001,
+    "eps": 1e-10,
+    "lr_scheduler_step_size": 200,
+    "lr_scheduler_gamma": 0.5,
+    "n_epochs": 600,
+}
 REF_CAMBRIDGE = {
     "general": GENERAL_REF,
     "posenet": _CAMBRIDGE_BASELINE,
     "effposenet": _CAMBRIDGE_BASELINE,
-    "hyperpose": {"batch_size": 8, "learnable": True, "s_x": -3.0, "s_q": -6.5, "norm": 2, "lr": 0.0001,
-                  "weight_decay": 0.0001, "eps": 1e-10, "lr_scheduler_step_size": 10, "lr_scheduler_gamma": 0.75,
-                  "n_epochs": 100, "hyper_dim_t": 256, "hyper_dim_rot": 512, "backbone_type": "efficientnet",
-                  "freeze": False, "freeze_exclude_phrase": ["hyper_in_rot_proj", "hyper_in_rot",
-                                                             "hyper_in_rot_fc_2", "hypernet_rot_fc_h2", "fc3"]},
+    "hyperpose": {
+        "batch_size": 8,
+        "learnable": True,
+        "s_x": -3.0,
+        "s_q": -6.5,
+        "norm": 2,
+        "lr": 0.0001,
+        "weight_decay": 0.0001,
+        "eps": 1e-10,
+        "lr_scheduler_step_size": 10,
+        "lr_scheduler_gamma": 0.75,
+        "n_epochs": 100,
+        "hyper_dim_t": 256,
+        "hyper_dim_rot": 512,
+        "backbone_type": "efficientnet",
+        "freeze": False,
+        "freeze_exclude_phrase": [
+            "hyper_in_rot_proj",
+            "hyper_in_rot",
+            "hyper_in_rot_fc_2",
+            "hypernet_rot_fc_h2",
+            "fc3",
+        ],
+    },
     "atloc": _CAMBRIDGE_BASELINE,
-    "hyperatloc": {"batch_size": 8, "learnable": True, "s_x": -3.0, "s_q": -6.5, "norm": 2, "lr": 0.0001,
-                   "weight_decay": 0.0001, "eps": 1e-10, "lr_scheduler_step_size": 200,
-                   "lr_scheduler_gamma": 0.75, "n_epochs": 600, "hyper_dim_t": 256, "hyper_dim_rot": 512},
-    "mshyperpose": {**REF_7SCENES["mshyperpose"], "equalize_scenes": True, "num_scenes": 4, "s_x": -3.0,
-                    "s_q": -6.5, "lr_scheduler_step_size": 200, "n_epochs": 600, "no_augment": True,
-                    "freeze_exclude_phrase": ["hyper_in_t_proj", "hyper_in_t_fc_0", "hyper_in_t_fc_1",
-                                              "hyper_in_t_fc_2", "regressor_hyper_t", "regressor_head_t",
-                                              "transformer_t", "input_proj_t"]},
+    "hyperatloc": {
+        "batch_size": 8,
+        "learnable": True,
+        "s_x": -3.0,
+        "s_q": -6.5,
+        "norm": 2,
+        "lr": 0.0001,
+        "weight_decay": 0.0001,
+        "eps": 1e-10,
+        "lr_scheduler_step_size": 200,
+        "lr_scheduler_gamma": 0.75,
+        "n_epochs": 600,
+        "hyper_dim_t": 256,
+        "hyper_dim_rot": 512,
+    },
+    "mshyperpose": {
+        **REF_7SCENES["mshyperpose"],
+        "equalize_scenes": True,
+        "num_scenes": 4,
+        "s_x": -3.0,
+        "s_q": -6.5,
+        "lr_scheduler_step_size": 200,
+        "n_epochs": 600,
+        "no_augment": True,
+        "freeze_exclude_phrase": [
+            "hyper_in_t_proj",
+            "hyper_in_t_fc_0",
+            "hyper_in_t_fc_1",
+            "hyper_in_t_fc_2",
+            "regressor_hyper_t",
+            "regressor_head_t",
+            "transformer_t",
+            "input_proj_t",
+        ],
+    },
 }
 # Where the shipped files knowingly differ from the reference (docs/configs.md says why).
 SHIPPED_DEVIATIONS = {"nheads": 8, "num_scenes": None}
@@ -93,6 +192,7 @@ def load_error(*args) -> str:
 
 # ------------------------------------------------------------------ shipped and reference files
 
+
 @pytest.mark.parametrize("file_name", SHIPPED)
 @pytest.mark.parametrize("model", model_names())
 def test_shipped_configs_load_for_every_model(file_name, model):
@@ -107,7 +207,13 @@ def test_shipped_configs_load_for_every_model(file_name, model):
 def test_shipped_configs_set_every_key_explicitly(file_name):
     sections = json.loads((CONFIGS / file_name).read_text())
     assert set(sections) == {"general", *model_names()}
-    assert set(sections["general"]) == {"n_freq_print", "n_freq_checkpoint", "keep_optimizer_state", "n_workers", "device_id"}
+    assert set(sections["general"]) == {
+        "n_freq_print",
+        "n_freq_checkpoint",
+        "keep_optimizer_state",
+        "n_workers",
+        "device_id",
+    }
     for model in model_names():
         # num_scenes comes from the data and cache_dir is a folder of the machine: neither is a recipe setting.
         expected = set(defaults(model)) - set(sections["general"]) - {"num_scenes", "cache_dir"}
@@ -123,8 +229,9 @@ def test_synthetic_config_is_small_and_fast():
         assert 10 <= config["n_epochs"] <= 100
 
 
-@pytest.mark.parametrize("file_name, reference", [("7Scenes_config.json", REF_7SCENES),
-                                                  ("CambridgeLandmarks_config.json", REF_CAMBRIDGE)])
+@pytest.mark.parametrize(
+    "file_name, reference", [("7Scenes_config.json", REF_7SCENES), ("CambridgeLandmarks_config.json", REF_CAMBRIDGE)]
+)
 def test_shipped_configs_keep_the_reference_values(file_name, reference):
     for model in ("effposenet", "hyperpose", "mshyperpose"):
         if model not in reference:
@@ -170,6 +277,7 @@ def test_unread_sections_are_not_validated(tmp_path):
 
 # ------------------------------------------------------------------ names and aliases
 
+
 def test_model_name_alias_and_case():
     assert canonical_model_name("mstransformer") == "ems-transposenet"
     assert canonical_model_name(" HyperPose ") == "hyperpose"
@@ -188,14 +296,18 @@ def test_alias_reads_either_section_name(tmp_path):
 
 # ------------------------------------------------------------------ unknown keys
 
-@pytest.mark.parametrize("typo, model, closest", [
-    ("nhead", "mshyperpose", "nheads"),
-    ("lerning_rate", "hyperpose", "lr"),
-    ("learning_rate", "effposenet", "lr"),
-    ("batchsize", "hyperpose", "batch_size"),
-    ("hyper_dim_tt", "hyperpose", "hyper_dim_t"),
-    ("num_epochs", "ems-transposenet", "n_epochs"),
-])
+
+@pytest.mark.parametrize(
+    "typo, model, closest",
+    [
+        ("nhead", "mshyperpose", "nheads"),
+        ("lerning_rate", "hyperpose", "lr"),
+        ("learning_rate", "effposenet", "lr"),
+        ("batchsize", "hyperpose", "batch_size"),
+        ("hyper_dim_tt", "hyperpose", "hyper_dim_t"),
+        ("num_epochs", "ems-transposenet", "n_epochs"),
+    ],
+)
 def test_typo_names_the_closest_key_and_the_section(tmp_path, typo, model, closest):
     message = load_error(section_config(tmp_path, model, **{typo: 1}), model)
     assert f"unknown key '{typo}'" in message
@@ -221,54 +333,61 @@ def test_gibberish_key_lists_the_valid_keys(tmp_path):
 
 # ------------------------------------------------------------------ types and ranges
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("batch_size", "8", "must be an integer"),
-    ("batch_size", True, "must be an integer"),
-    ("batch_size", 8.0, "must be an integer"),
-    ("learnable", 1, "must be true or false"),
-    ("lr", "1e-4", "must be a number"),
-    ("lr", False, "must be a number"),
-    ("device_id", 0, "must be a string"),
-    ("freeze_exclude_phrase", [1, 2], "must be a list of strings"),
-    ("hyper_dim_t", None, "must be an integer"),
-])
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("batch_size", "8", "must be an integer"),
+        ("batch_size", True, "must be an integer"),
+        ("batch_size", 8.0, "must be an integer"),
+        ("learnable", 1, "must be true or false"),
+        ("lr", "1e-4", "must be a number"),
+        ("lr", False, "must be a number"),
+        ("device_id", 0, "must be a string"),
+        ("freeze_exclude_phrase", [1, 2], "must be a list of strings"),
+        ("hyper_dim_t", None, "must be an integer"),
+    ],
+)
 def test_wrong_type(tmp_path, key, value, expected):
     message = load_error(section_config(tmp_path, "hyperpose", **{key: value}), "hyperpose")
     assert f"'{key}' {expected}" in message
     assert "section 'hyperpose'" in message
 
 
-@pytest.mark.parametrize("model, keys, expected", [
-    ("hyperpose", {"lr": 0}, "'lr' must be > 0"),
-    ("hyperpose", {"lr": -1e-4}, "'lr' must be > 0"),
-    ("hyperpose", {"batch_size": 0}, "'batch_size' must be >= 1"),
-    ("hyperpose", {"n_epochs": 0}, "'n_epochs' must be >= 1"),
-    ("hyperpose", {"weight_decay": -1}, "'weight_decay' must be >= 0"),
-    ("hyperpose", {"eps": 0.0}, "'eps' must be > 0"),
-    ("hyperpose", {"norm": 0.5}, "'norm' must be >= 1"),
-    ("hyperpose", {"lr_scheduler_gamma": 1.5}, "'lr_scheduler_gamma' must be in (0, 1]"),
-    ("hyperpose", {"seed": -1}, "'seed'"),
-    ("hyperpose", {"backbone_type": "googlenett"}, "did you mean 'googlenet'"),
-    ("hyperpose", {"backbone_type": "timm:resnet5O"}, "unknown timm model 'resnet5o'; closest: resnet50"),
-    ("posenet", {"backbone_type": "resnet34"}, "model 'posenet' does not accept backbone_type 'resnet34'"),
-    ("hyperpose", {"device_id": "gpu0"}, "'device_id' must be 'cpu', 'cuda' or 'cuda:N'"),
-    ("hyperpose", {"image_crop": 300}, "'image_crop' (300) must be <= 'image_resize' (256)"),
-    ("hyperpose", {"freeze": True}, "'freeze_exclude_phrase' is empty"),
-    ("hyperpose", {"learnable": False}, "fixed loss weights"),
-    ("hyperpose", {"learnable": False, "s_x": -3.0, "s_q": 1.0}, "fixed loss weights"),
-    ("hyperpose", {"freeze_exclude_phrase": ["fc3", ""]}, "empty string"),
-    ("mshyperpose", {"dropout": 1.0}, "'dropout' must be in [0, 1)"),
-    ("mshyperpose", {"dropout": -0.1}, "'dropout' must be in [0, 1)"),
-    ("mshyperpose", {"hidden_dim": 256, "nheads": 3}, "must be divisible by 'nheads' (3)"),
-    ("mshyperpose", {"hidden_dim": 255, "nheads": 1}, "must be even"),
-    ("mshyperpose", {"num_scenes": 0}, "'num_scenes' must be >= 1"),
-    ("mshyperpose", {"reduction": ["reduction_4"]}, "two endpoints"),
-    ("mshyperpose", {"reduction": ["reduction_4", "reduction_9"]}, "reduction_9"),
-    ("mshyperpose", {"image_resize": 512, "image_crop": 512}, "position tables"),
-    ("mshyperpose", {"hyper_dim_t": 1, "hyper_t_hidden_scale": 0.5}, "'hyper_t_hidden_scale' * 'hyper_dim_t'"),
-    ("ems-transposenet", {"num_t_decoder_layers": 0}, "'num_t_decoder_layers' must be >= 1"),
-    ("effposenet", {"n_workers": -1}, "'n_workers' must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "model, keys, expected",
+    [
+        ("hyperpose", {"lr": 0}, "'lr' must be > 0"),
+        ("hyperpose", {"lr": -1e-4}, "'lr' must be > 0"),
+        ("hyperpose", {"batch_size": 0}, "'batch_size' must be >= 1"),
+        ("hyperpose", {"n_epochs": 0}, "'n_epochs' must be >= 1"),
+        ("hyperpose", {"weight_decay": -1}, "'weight_decay' must be >= 0"),
+        ("hyperpose", {"eps": 0.0}, "'eps' must be > 0"),
+        ("hyperpose", {"norm": 0.5}, "'norm' must be >= 1"),
+        ("hyperpose", {"lr_scheduler_gamma": 1.5}, "'lr_scheduler_gamma' must be in (0, 1]"),
+        ("hyperpose", {"seed": -1}, "'seed'"),
+        ("hyperpose", {"backbone_type": "googlenett"}, "did you mean 'googlenet'"),
+        ("hyperpose", {"backbone_type": "timm:resnet5O"}, "unknown timm model 'resnet5o'; closest: resnet50"),
+        ("posenet", {"backbone_type": "resnet34"}, "model 'posenet' does not accept backbone_type 'resnet34'"),
+        ("hyperpose", {"device_id": "gpu0"}, "'device_id' must be 'cpu', 'cuda' or 'cuda:N'"),
+        ("hyperpose", {"image_crop": 300}, "'image_crop' (300) must be <= 'image_resize' (256)"),
+        ("hyperpose", {"freeze": True}, "'freeze_exclude_phrase' is empty"),
+        ("hyperpose", {"learnable": False}, "fixed loss weights"),
+        ("hyperpose", {"learnable": False, "s_x": -3.0, "s_q": 1.0}, "fixed loss weights"),
+        ("hyperpose", {"freeze_exclude_phrase": ["fc3", ""]}, "empty string"),
+        ("mshyperpose", {"dropout": 1.0}, "'dropout' must be in [0, 1)"),
+        ("mshyperpose", {"dropout": -0.1}, "'dropout' must be in [0, 1)"),
+        ("mshyperpose", {"hidden_dim": 256, "nheads": 3}, "must be divisible by 'nheads' (3)"),
+        ("mshyperpose", {"hidden_dim": 255, "nheads": 1}, "must be even"),
+        ("mshyperpose", {"num_scenes": 0}, "'num_scenes' must be >= 1"),
+        ("mshyperpose", {"reduction": ["reduction_4"]}, "two endpoints"),
+        ("mshyperpose", {"reduction": ["reduction_4", "reduction_9"]}, "reduction_9"),
+        ("mshyperpose", {"image_resize": 512, "image_crop": 512}, "position tables"),
+        ("mshyperpose", {"hyper_dim_t": 1, "hyper_t_hidden_scale": 0.5}, "'hyper_t_hidden_scale' * 'hyper_dim_t'"),
+        ("ems-transposenet", {"num_t_decoder_layers": 0}, "'num_t_decoder_layers' must be >= 1"),
+        ("effposenet", {"n_workers": -1}, "'n_workers' must be >= 0"),
+    ],
+)
 def test_out_of_range(tmp_path, model, keys, expected):
     message = load_error(section_config(tmp_path, model, **keys), model)
     assert expected in message
@@ -281,8 +400,12 @@ def test_non_finite_numbers_are_rejected(tmp_path):
 
 
 def test_ints_are_accepted_for_numbers_and_strings_are_normalised(tmp_path):
-    config = load_config(section_config(tmp_path, "hyperpose", lr=1, s_x=-3, device_id="CUDA:1",
-                                        freeze=True, freeze_exclude_phrase="fc3"), "hyperpose")
+    config = load_config(
+        section_config(
+            tmp_path, "hyperpose", lr=1, s_x=-3, device_id="CUDA:1", freeze=True, freeze_exclude_phrase="fc3"
+        ),
+        "hyperpose",
+    )
     assert config["lr"] == 1.0 and isinstance(config["lr"], float) and isinstance(config["s_x"], float)
     assert config["device_id"] == "cuda:1"
     assert config["freeze_exclude_phrase"] == ["fc3"]
@@ -290,16 +413,23 @@ def test_ints_are_accepted_for_numbers_and_strings_are_normalised(tmp_path):
 
 def test_crop_limit_follows_the_reduction(tmp_path):
     # reduction_4 alone (stride 16) allows far larger crops than reduction_3 (stride 8).
-    ok = section_config(tmp_path, "ems-transposenet", image_resize=512, image_crop=512,
-                        reduction=["reduction_4", "reduction_4"])
+    ok = section_config(
+        tmp_path, "ems-transposenet", image_resize=512, image_crop=512, reduction=["reduction_4", "reduction_4"]
+    )
     assert load_config(ok, "ems-transposenet")["image_crop"] == 512
-    assert load_config(section_config(tmp_path, "ems-transposenet", image_resize=407, image_crop=407),
-                       "ems-transposenet")["image_crop"] == 407
+    assert (
+        load_config(section_config(tmp_path, "ems-transposenet", image_resize=407, image_crop=407), "ems-transposenet")[
+            "image_crop"
+        ]
+        == 407
+    )
     assert "image_crop <= 407" in load_error(
-        section_config(tmp_path, "ems-transposenet", image_resize=408, image_crop=408), "ems-transposenet")
+        section_config(tmp_path, "ems-transposenet", image_resize=408, image_crop=408), "ems-transposenet"
+    )
 
 
 # ------------------------------------------------------------------ files
+
 
 def test_missing_file(tmp_path):
     message = load_error(tmp_path / "nope.json", "hyperpose")
@@ -327,10 +457,13 @@ def test_duplicate_key_is_an_error(tmp_path):
     assert "'lr' appears twice" in load_error(path, "hyperpose")
 
 
-@pytest.mark.parametrize("data, expected", [
-    ([1, 2], "expected a JSON object of sections"),
-    ({"lr": 0.0001}, "top-level entry 'lr' must be a section"),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ([1, 2], "expected a JSON object of sections"),
+        ({"lr": 0.0001}, "top-level entry 'lr' must be a section"),
+    ],
+)
 def test_flat_or_non_object_files_are_rejected(tmp_path, data, expected):
     assert expected in load_error(write_json(tmp_path / "c.json", data), "hyperpose")
 
@@ -342,6 +475,7 @@ def test_missing_model_section_names_the_sections_present(tmp_path):
 
 
 # ------------------------------------------------------------------ ignored keys and clashes
+
 
 def test_ignored_key_warns_and_is_dropped(tmp_path, caplog):
     path = section_config(tmp_path, "hyperpose", hyper_t_hidden_scale=0.5)
@@ -378,9 +512,11 @@ def test_general_wins_over_the_model_section_with_a_warning(tmp_path, caplog):
 
 # ------------------------------------------------------------------ override files
 
+
 def test_override_updates_section_by_section(tmp_path, ref7):
-    override = write_json(tmp_path / "override.json",
-                          {"general": {"n_workers": 0, "device_id": "cpu"}, "hyperpose": {"n_epochs": 2}})
+    override = write_json(
+        tmp_path / "override.json", {"general": {"n_workers": 0, "device_id": "cpu"}, "hyperpose": {"n_epochs": 2}}
+    )
     config = load_config(ref7, "hyperpose", override)
     assert (config["n_workers"], config["device_id"], config["n_epochs"]) == (0, "cpu", 2)
     # Everything else comes from the base file.
@@ -406,6 +542,7 @@ def test_errors_in_the_override_name_the_override(tmp_path, ref7):
 
 
 # ------------------------------------------------------------------ validate_config and DEFAULTS
+
 
 @pytest.mark.parametrize("model", model_names())
 def test_defaults_are_valid_and_complete(model):
@@ -442,6 +579,7 @@ def test_validate_config_checks_model_name_and_unknown_keys():
 
 
 # ------------------------------------------------------------------ docs and CLI
+
 
 def test_docs_describe_every_key_and_model():
     text = (REPO / "docs" / "configs.md").read_text()

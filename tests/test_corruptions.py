@@ -1,5 +1,6 @@
 """Tests of the ImageNet-C-style corruptions: published parameters, determinism, severity ordering, the
 kernels and the fog fractal, the argument parsers, and the corrupted copies of a dataset with their CLI."""
+
 from __future__ import annotations
 
 import csv
@@ -52,7 +53,9 @@ def natural_image(height: int = HEIGHT, width: int = WIDTH, seed: int = 0) -> to
     img_3HW += 20 * (texture_HW / texture_HW.std())[None] * rng.uniform(0.7, 1, (3, 1, 1))
     for _ in range(4):
         top, left = rng.integers(0, height - 16), rng.integers(0, width - 16)
-        img_3HW[:, top:top + rng.integers(8, 32), left:left + rng.integers(8, 32)] += rng.uniform(-40, 40, (3, 1, 1))
+        img_3HW[:, top : top + rng.integers(8, 32), left : left + rng.integers(8, 32)] += rng.uniform(
+            -40, 40, (3, 1, 1)
+        )
     img_3HW += rng.normal(0, 3, img_3HW.shape)
     return torch.from_numpy(np.clip(img_3HW, 0, 255).round().astype(np.uint8))
 
@@ -64,8 +67,9 @@ def img():
 
 def test_parameter_tables_match_imagenet_c():
     assert FAMILIES == ("noise", "blur", "weather", "digital") and SEVERITIES == (1, 2, 3, 4, 5)
-    assert all(len(spec.params) == 5 and spec.family in FAMILIES and spec.name == name
-               for name, spec in CORRUPTIONS.items())
+    assert all(
+        len(spec.params) == 5 and spec.family in FAMILIES and spec.name == name for name, spec in CORRUPTIONS.items()
+    )
     # The published c = [...][severity - 1] tables (hendrycks/robustness, imagenet_c/corruptions.py).
     assert CORRUPTIONS["gaussian_noise"].params == (0.08, 0.12, 0.18, 0.26, 0.38)
     assert CORRUPTIONS["shot_noise"].params == (60, 25, 12, 5, 3)
@@ -94,8 +98,10 @@ def test_deterministic_same_shape_uint8_and_global_rng_untouched(img, name):
     assert not torch.equal(out, img)
     assert torch.equal(torch.get_rng_state(), states[0]) and np.array_equal(np.random.get_state()[1], states[1])
     assert random.getstate() == states[2]
-    changed = (not torch.equal(out, corrupt(img, name, 3, "chess/seq-03/frame-000001.color.png")),
-               not torch.equal(out, corrupt(img, name, 3, KEY, seed=1)))
+    changed = (
+        not torch.equal(out, corrupt(img, name, 3, "chess/seq-03/frame-000001.color.png")),
+        not torch.equal(out, corrupt(img, name, 3, KEY, seed=1)),
+    )
     assert changed == ((True, True) if name in RANDOM else (False, False))
 
 
@@ -183,10 +189,10 @@ def test_blur_lengths_scale_with_the_short_side(side):
     """ImageNet-C's pixel lengths are for 224 px: gaussian_blur sigma 3 px (severity 3) is 3 px on a
     224-px-high image and 1.5 px on a 112-px-high one, whatever the width."""
     edges = torch.zeros(3, side, side + 40, dtype=torch.uint8)
-    edges[:, :, (side + 40) // 2:] = 255
+    edges[:, :, (side + 40) // 2 :] = 255
     across_columns = corrupt(edges, "gaussian_blur", 3, KEY)[0]
     edges = torch.zeros(3, side, side + 40, dtype=torch.uint8)
-    edges[:, side // 2:] = 255
+    edges[:, side // 2 :] = 255
     across_rows = corrupt(edges, "gaussian_blur", 3, KEY)[0]
     expected = 3 * side / 224
     assert _edge_spread_px(across_columns, 1) == pytest.approx(expected, rel=0.05)
@@ -199,10 +205,10 @@ def test_motion_kernel_is_imagemagicks():
     centre = kernel.shape[0] // 2
     row = kernel[centre, centre:].double()
     assert torch.count_nonzero(kernel) == 21 and torch.count_nonzero(row) == 21
-    expected = np.exp(-np.arange(21) ** 2 / 18.0)
+    expected = np.exp(-(np.arange(21) ** 2) / 18.0)
     assert np.allclose(row.numpy(), expected / expected.sum(), atol=1e-7)
     down = motion_kernel(2.5, 1, 90.0)  # 7 taps straight down
-    assert torch.count_nonzero(down[down.shape[0] // 2:, down.shape[1] // 2]) == 7
+    assert torch.count_nonzero(down[down.shape[0] // 2 :, down.shape[1] // 2]) == 7
     assert float(kernel.sum()) == pytest.approx(1.0) and float(down.sum()) == pytest.approx(1.0)
 
 
@@ -216,6 +222,7 @@ def test_disk_kernel_is_imagenet_c_defocus():
 def test_plasma_fractal_known_answer_and_roughness():
     class Top:
         """Every draw at its upper bound, so each new point is the mean of its neighbours + wibble^2."""
+
         def uniform(self, low, high, shape):
             return np.full(shape, high)
 
@@ -225,6 +232,7 @@ def test_plasma_fractal_known_answer_and_roughness():
     rough = plasma_fractal(64, 1.4, np.random.default_rng(0))
     assert smooth.min() == 0 and smooth.max() == 1 and smooth.shape == (64, 64)
     assert np.array_equal(smooth, plasma_fractal(64, 2.0, np.random.default_rng(0)))
+
     def step(map_SS):
         return np.abs(np.diff(map_SS, axis=1)).mean()
 
@@ -267,12 +275,29 @@ def test_write_corrupted_copies_and_cli(scene7, tmp_path, capsys):
     from_copies = CameraPoseDataset(tmp_path / "out", new_csv)
     assert torch.equal(on_the_fly[0]["img"], from_copies[0]["img"])
 
-    assert main(["write", str(labels), str(scene7), str(tmp_path / "cli"), "--corruption", "fog",
-                 "--severity", "2", "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "write",
+                str(labels),
+                str(scene7),
+                str(tmp_path / "cli"),
+                "--corruption",
+                "fog",
+                "--severity",
+                "2",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert len(_rows(tmp_path / "cli" / labels.name)) == len(old_rows)
     capsys.readouterr()
-    assert main(["write", str(labels), str(scene7), str(tmp_path / "bad"), "--corruption", "frost",
-                 "--severity", "2"]) != 0
+    assert (
+        main(["write", str(labels), str(scene7), str(tmp_path / "bad"), "--corruption", "frost", "--severity", "2"])
+        != 0
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and "gaussian_noise" in err
     assert not (tmp_path / "bad").exists()
@@ -282,8 +307,10 @@ def test_write_corrupted_copies_and_cli(scene7, tmp_path, capsys):
 
 def test_copies_stay_under_out_root_and_apart(tmp_path):
     root, out = tmp_path / "data", tmp_path / "out"
-    assert corruptions._output_plan(["a/b.jpg", "a/b.jpg", "c.png"], root, out) == {"a/b.jpg": "a/b.png",
-                                                                                    "c.png": "c.png"}
+    assert corruptions._output_plan(["a/b.jpg", "a/b.jpg", "c.png"], root, out) == {
+        "a/b.jpg": "a/b.png",
+        "c.png": "c.png",
+    }
     for img_paths in (["../x.png"], ["a/../../x.png"], ["a.jpg", "a.png"]):
         with pytest.raises(UserError):
             corruptions._output_plan(img_paths, root, out)

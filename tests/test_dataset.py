@@ -1,4 +1,5 @@
 """Label CSV checks, the pose dataset, transforms and the scene-balanced sampler, on tiny files in tmp_path."""
+
 import logging
 
 import numpy as np
@@ -47,8 +48,13 @@ def test_format_lines_caps_the_list():
 
 
 def test_read_labels_returns_typed_columns_and_unit_quaternions(tmp_path):
-    path = write_csv(tmp_path, [row("s/a.png", q=(0.5, 0.5, 0.5, 0.5)),
-                                row("s/b.png", scene="fire", t=(-1.5, 0.0, 2.25), q=(0.0, 0.0, 0.0, -1.0))])
+    path = write_csv(
+        tmp_path,
+        [
+            row("s/a.png", q=(0.5, 0.5, 0.5, 0.5)),
+            row("s/b.png", scene="fire", t=(-1.5, 0.0, 2.25), q=(0.0, 0.0, 0.0, -1.0)),
+        ],
+    )
     labels = read_labels(path)
     assert list(labels.columns) == LABEL_COLUMNS
     assert labels["img_path"].tolist() == ["s/a.png", "s/b.png"]
@@ -79,8 +85,14 @@ def test_missing_columns_are_named(tmp_path):
 
 
 def test_non_finite_poses_are_reported_by_csv_line(tmp_path):
-    lines = [row("a.png"), row("b.png", t=("nan", 0, 0)), row("c.png"), row("d.png", q=(1, 0, "inf", 0)),
-             row("e.png", t=("abc", 0, 0)), "chess,train,seq-01,f.png,1,2,3,1,0,0,"]
+    lines = [
+        row("a.png"),
+        row("b.png", t=("nan", 0, 0)),
+        row("c.png"),
+        row("d.png", q=(1, 0, "inf", 0)),
+        row("e.png", t=("abc", 0, 0)),
+        "chess,train,seq-01,f.png,1,2,3,1,0,0,",
+    ]
     # header = line 1, so the bad rows are lines 3, 5, 6 and 7
     with pytest.raises(UserError, match=r"non-finite t1\.\.q4 values at CSV lines 3, 5, 6, 7$"):
         read_labels(write_csv(tmp_path, lines))
@@ -110,8 +122,12 @@ def test_zero_quaternion_is_a_user_error(tmp_path):
 
 
 def test_non_unit_quaternions_are_renormalised_with_one_warning(tmp_path, caplog):
-    lines = [row("a.png", q=(1.0005, 0, 0, 0)),  # within tolerance, silently normalised
-             row("b.png", q=(2.01, 0, 0, 0)), row("c.png", q=(0, 0.6, 0, 0)), row("d.png", q=(0, 0, 1, 1))]
+    lines = [
+        row("a.png", q=(1.0005, 0, 0, 0)),  # within tolerance, silently normalised
+        row("b.png", q=(2.01, 0, 0, 0)),
+        row("c.png", q=(0, 0.6, 0, 0)),
+        row("d.png", q=(0, 0, 1, 1)),
+    ]
     with caplog.at_level(logging.WARNING, logger=LABELS_LOGGER):
         labels = read_labels(write_csv(tmp_path, lines))
     assert len(caplog.records) == 1
@@ -120,12 +136,16 @@ def test_non_unit_quaternions_are_renormalised_with_one_warning(tmp_path, caplog
     assert "0.6..2.01" in message and "CSV lines 3, 4, 5" in message and "renormalised" in message
     q_N4 = labels[["q1", "q2", "q3", "q4"]].to_numpy()
     np.testing.assert_allclose(np.linalg.norm(q_N4, axis=1), 1.0, atol=1e-12)
-    np.testing.assert_allclose(q_N4[3], [0, 0, 2 ** -0.5, 2 ** -0.5])
+    np.testing.assert_allclose(q_N4[3], [0, 0, 2**-0.5, 2**-0.5])
 
 
 def test_implausible_translation_gives_one_warning_and_is_kept(tmp_path, caplog):
-    lines = [row("a.png"), row("b.png", t=(3.0e9, 1.0, 2.0)), row("c.png", t=(0, -2e4, 0)),
-             row("d.png", t=(9999, 0, 0))]
+    lines = [
+        row("a.png"),
+        row("b.png", t=(3.0e9, 1.0, 2.0)),
+        row("c.png", t=(0, -2e4, 0)),
+        row("d.png", t=(9999, 0, 0)),
+    ]
     with caplog.at_level(logging.WARNING, logger=LABELS_LOGGER):
         labels = read_labels(write_csv(tmp_path, lines))
     assert len(caplog.records) == 1
@@ -169,9 +189,12 @@ def tiny_dataset(tmp_path):
     write_image(root / "chess" / "rgb.jpg", rgb, quality=95)
     write_image(root / "chess" / "gray.png", rgb[..., 0])
     write_image(root / "fire" / "rgba.png", np.dstack([rgb, np.full((12, 16, 1), 7, np.uint8)]))
-    lines = [row("stairs/rgb.png", scene="stairs", t=(1, 2, 3), q=(0, 2, 0, 0)),
-             row("chess/rgb.jpg", scene="chess"), row("chess/gray.png", scene="chess"),
-             row("fire/rgba.png", scene="fire")]
+    lines = [
+        row("stairs/rgb.png", scene="stairs", t=(1, 2, 3), q=(0, 2, 0, 0)),
+        row("chess/rgb.jpg", scene="chess"),
+        row("chess/gray.png", scene="chess"),
+        row("fire/rgba.png", scene="fire"),
+    ]
     return root, write_csv(tmp_path, lines), rgb
 
 
@@ -211,7 +234,7 @@ def test_other_formats_fall_back_to_pil_and_16_bit_png_becomes_uint8(tmp_path):
     rgb = rgb_noise(6, 5)
     img_3HW = load_image_uint8(write_image(tmp_path / "a.bmp", rgb))
     assert torch.equal(img_3HW, torch.from_numpy(rgb).permute(2, 0, 1))
-    gray16 = (np.arange(30, dtype=np.uint16).reshape(6, 5) * 2000)
+    gray16 = np.arange(30, dtype=np.uint16).reshape(6, 5) * 2000
     img16_3HW = load_image_uint8(write_image(tmp_path / "g16.png", gray16))
     assert img16_3HW.dtype == torch.uint8
     assert torch.equal(img16_3HW[1], torch.from_numpy((gray16 >> 8).astype(np.uint8)))
@@ -388,10 +411,10 @@ def test_epoch_sampler_splits_each_global_batch_between_processes(n, batch, worl
     for start in range(0, padded, batch * world):
         part = min(batch * world, padded - start) // world
         for r in range(world):
-            rebuilt += shares[r][pos[r]:pos[r] + part]
+            rebuilt += shares[r][pos[r] : pos[r] + part]
             pos[r] += part
     assert rebuilt[:n] == single
-    assert rebuilt[n:] == single[:padded - n]  # padding wraps around
+    assert rebuilt[n:] == single[: padded - n]  # padding wraps around
 
 
 def test_epoch_sampler_changes_with_the_epoch_and_keeps_scene_balance():
@@ -404,8 +427,13 @@ def test_epoch_sampler_changes_with_the_epoch_and_keeps_scene_balance():
 
 
 def test_seeded_samples_repeat_the_augmentation_and_leave_the_global_rng_alone(scene7):
-    ds = SeededSamples(CameraPoseDataset(scene7, scene7 / "abs_7scenes_pose.csv_chess_train.csv",
-                                         transform=build_transform({"image_resize": 56, "image_crop": 48}, True)))
+    ds = SeededSamples(
+        CameraPoseDataset(
+            scene7,
+            scene7 / "abs_7scenes_pose.csv_chess_train.csv",
+            transform=build_transform({"image_resize": 56, "image_crop": 48}, True),
+        )
+    )
     torch.manual_seed(0)
     state = torch.get_rng_state()
     first = ds[(1, 123)]["img"]
@@ -426,15 +454,18 @@ def test_a_directory_is_not_reported_as_missing(tmp_path):
         read_labels(root)
 
 
-@pytest.mark.parametrize("height, width, resize, crop", [(480, 640, 256, 224), (1080, 1920, 256, 224),
-                                                         (48, 64, 40, 32), (301, 257, 256, 224)])
+@pytest.mark.parametrize(
+    "height, width, resize, crop",
+    [(480, 640, 256, 224), (1080, 1920, 256, 224), (48, 64, 40, 32), (301, 257, 256, 224)],
+)
 def test_pil_resize_backend_gives_the_reference_input_bit_for_bit(height, width, resize, crop):
     """The reference's test transform on a PIL image (ToPILImage, Resize, CenterCrop, ToTensor, Normalize)."""
     from torchvision import transforms as T
 
     rgb = rgb_noise(height, width, seed=height)
-    reference = T.Compose([T.ToPILImage(), T.Resize(resize), T.CenterCrop(crop), T.ToTensor(),
-                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(rgb)
+    reference = T.Compose(
+        [T.ToPILImage(), T.Resize(resize), T.CenterCrop(crop), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )(rgb)
     img_3HW = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
     config = dict(image_resize=resize, image_crop=crop)
     assert torch.equal(build_transform(dict(config, resize_backend="pil"), train=False)(img_3HW), reference)
@@ -447,13 +478,23 @@ def test_repeated_rows_are_counted_with_their_lines(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger=LABELS_LOGGER):
         labels = read_labels(write_csv(tmp_path, lines))
     assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
-        "2 row(s) repeat an earlier row exactly (at CSV lines 4, 5); each copy counts as a frame"]
+        "2 row(s) repeat an earlier row exactly (at CSV lines 4, 5); each copy counts as a frame"
+    ]
     assert len(labels) == 5
 
 
-@pytest.mark.parametrize("img_path, outside", [
-    ("/data/chess/a.png", True), ("../other/a.png", True), ("chess/../../a.png", True), ("C:\\\\x\\\\a.png", True),
-    ("chess/../fire/a.png", False), ("./chess/a.png", False), ("chess/seq-01/a..png", False)])
+@pytest.mark.parametrize(
+    "img_path, outside",
+    [
+        ("/data/chess/a.png", True),
+        ("../other/a.png", True),
+        ("chess/../../a.png", True),
+        ("C:\\\\x\\\\a.png", True),
+        ("chess/../fire/a.png", False),
+        ("./chess/a.png", False),
+        ("chess/seq-01/a..png", False),
+    ],
+)
 def test_img_paths_outside_the_dataset_root_are_flagged(img_path, outside, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger=LABELS_LOGGER):
         read_labels(write_csv(tmp_path, [row("chess/b.png"), row(img_path)]))

@@ -1,4 +1,5 @@
 """Device choice: auto falls back to the CPU, and impossible requests are one-line user errors."""
+
 import logging
 
 import pytest
@@ -79,8 +80,14 @@ def test_a_cpu_model_gets_only_the_workers_its_torch_threads_leave_cpus_for(capl
         assert util.device.cap_workers(0, cpu) == 0
         assert util.device.cap_workers(threads, cuda) == threads  # the GPU computes; workers take the CPUs
     assert len(caplog.records) == 1
-    assert caplog.records[0].getMessage().startswith(f"n_workers 5 capped at the CPUs left free by the {threads} "
-                                                     f"torch threads on {threads} CPUs (images load in the training")
+    assert (
+        caplog.records[0]
+        .getMessage()
+        .startswith(
+            f"n_workers 5 capped at the CPUs left free by the {threads} "
+            f"torch threads on {threads} CPUs (images load in the training"
+        )
+    )
     monkeypatch.setattr(util.device, "cpu_count", lambda: threads + 1)
     assert util.device.cap_workers(5, cpu) == 1 and util.device.cap_workers(1, cpu) == 1
     # Two processes of a torchrun node share its CPUs: 2 x threads run torch, 4 are left, 2 for each.
@@ -96,6 +103,13 @@ def test_a_reference_config_asks_for_more_workers_than_cpus_without_a_warning(sc
 
     cfg = tiny_config_dict(n_epochs=1)
     cfg["general"]["n_workers"] = cpu_count() + 2
-    train("effposenet", "random", scene7, scene7 / "abs_7scenes_pose.csv_chess_train.csv",
-          write_config(tmp_path / "c.json", cfg), tmp_path, device="cpu")
+    train(
+        "effposenet",
+        "random",
+        scene7,
+        scene7 / "abs_7scenes_pose.csv_chess_train.csv",
+        write_config(tmp_path / "c.json", cfg),
+        tmp_path,
+        device="cpu",
+    )
     assert not [w for w in recwarn if "worker" in str(w.message)], [str(w.message) for w in recwarn]

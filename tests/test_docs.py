@@ -1,5 +1,6 @@
 """The README and docs/ against the code: every command they show runs its --help, every flag it passes is
 one the command has, and every flag named in the prose belongs to some documented command."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,9 +37,12 @@ def _shell_lines(text: str) -> list[str]:
                 lines += [part.strip() for part in re.split(r"&&|;", line) if part.strip()]
     prose = re.sub(FENCED, "", text)
     # Inline commands: ours (`python -m util.config CONFIG MODEL`) and other tools' (`tensorboard --logdir DIR`).
-    lines += [span.strip() for span in re.findall(r"`([^`\n]+)`", prose)
-              if re.match(r"(time\s+)?(python3?|\.venv/bin/python|make)\b", span.strip())
-              or re.match(r"[a-z][\w.-]*\s+(\S+\s+)*--\w", span.strip())]
+    lines += [
+        span.strip()
+        for span in re.findall(r"`([^`\n]+)`", prose)
+        if re.match(r"(time\s+)?(python3?|\.venv/bin/python|make)\b", span.strip())
+        or re.match(r"[a-z][\w.-]*\s+(\S+\s+)*--\w", span.strip())
+    ]
     return lines
 
 
@@ -66,13 +70,16 @@ def _python_target(tokens: list[str]) -> tuple[list[str], list[str]] | None:
     return [tokens[1]], tokens[2:]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _help(target: tuple[str, ...]) -> str:
     """What ``python <target> --help`` prints, run in this process (as __main__, so the real parser) to
     reuse the imports; argparse ends help with SystemExit(0)."""
     out, argv = io.StringIO(), sys.argv
-    sys.argv = [target[1] if target[0] == "-m" else str(REPO / target[0]), *target[2 if target[0] == "-m" else 1:],
-                "--help"]
+    sys.argv = [
+        target[1] if target[0] == "-m" else str(REPO / target[0]),
+        *target[2 if target[0] == "-m" else 1 :],
+        "--help",
+    ]
     try:
         with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as stop, warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module was imported before, by a test
@@ -94,7 +101,7 @@ def _flags_of(target: list[str], args: list[str]) -> set[str]:
     for i, arg in enumerate(args[:2]):
         if arg not in choices:  # a placeholder or an example name (`mynet`): nothing more to ask
             break
-        text += _help(tuple(target + args[:i + 1]))
+        text += _help(tuple(target + args[: i + 1]))
     return set(FLAG.findall(text))
 
 
@@ -150,14 +157,18 @@ def test_the_synthetic_config_is_described_with_its_values():
     cfg = json.loads((REPO / "configs" / "synthetic_config.json").read_text())
     single, multi = cfg["hyperpose"], cfg["mshyperpose"]
     text = " ".join((REPO / "docs" / "configs.md").read_text().split())
-    for claim in (f"{single['image_resize']} px resize, {single['image_crop']} px crop",
-                  f"batch {single['batch_size']} (multi-scene models {multi['batch_size']})",
-                  f"lr {single['lr']:g} (multi-scene models {multi['lr']:g})",
-                  f"{single['n_epochs']} epochs with StepLR {single['lr_scheduler_step_size']} x "
-                  f"{single['lr_scheduler_gamma']:g}",
-                  f"a checkpoint every {cfg['general']['n_freq_checkpoint']} epochs",
-                  f"`bn_momentum` {single['bn_momentum']:g}", f"`hidden_dim` {multi['hidden_dim']}",
-                  f"{multi['nheads']} heads", f"`hyper_dim_t` {multi['hyper_dim_t']}"):
+    for claim in (
+        f"{single['image_resize']} px resize, {single['image_crop']} px crop",
+        f"batch {single['batch_size']} (multi-scene models {multi['batch_size']})",
+        f"lr {single['lr']:g} (multi-scene models {multi['lr']:g})",
+        f"{single['n_epochs']} epochs with StepLR {single['lr_scheduler_step_size']} x "
+        f"{single['lr_scheduler_gamma']:g}",
+        f"a checkpoint every {cfg['general']['n_freq_checkpoint']} epochs",
+        f"`bn_momentum` {single['bn_momentum']:g}",
+        f"`hidden_dim` {multi['hidden_dim']}",
+        f"{multi['nheads']} heads",
+        f"`hyper_dim_t` {multi['hyper_dim_t']}",
+    ):
         assert claim in text, claim
 
 

@@ -3,6 +3,7 @@
 Tolerance: every output within ``engine.export.EXPORT_TOLERANCE`` (1e-4) times max(1, its largest PyTorch
 magnitude), on real (synthetic) images at the crop size; float32 rounding measured here is about 1e-5 of that.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,7 +24,6 @@ from models.registry import model_names
 from util.errors import UserError
 
 
-
 @pytest.fixture(scope="module")
 def images(scenes3):
     return sorted(scenes3.rglob("*.color.png"))
@@ -34,9 +34,10 @@ def checkpoints(images, tmp_path_factory):
     """One checkpoint per registered model, so that a model added to the registry is covered here."""
     tmp = tmp_path_factory.mktemp("export_ckpts")
     scenes = sorted({p.relative_to(images[0].parents[2]).parts[0] for p in images})
-    return {name: save_tiny_checkpoint(tmp / f"{name}_final.pth", name, images,
-                                       scenes if is_multi_scene(name) else ())
-            for name in model_names()}
+    return {
+        name: save_tiny_checkpoint(tmp / f"{name}_final.pth", name, images, scenes if is_multi_scene(name) else ())
+        for name in model_names()
+    }
 
 
 def assert_matches(got: dict, localizer: Localizer, crops_N3HW: torch.Tensor) -> None:
@@ -94,8 +95,23 @@ def test_export_cli_then_run_equals_predict(checkpoints, scenes3, tmp_path):
     """The CLI round trip: export, run the file on a folder, and compare with the predict mode's CSV."""
     ckpt = checkpoints["hyperpose"]
     out = tmp_path / "hyperpose.onnx"
-    proc = run_script(["-m", "engine.export", str(ckpt), "--format", "onnx", "--out", str(out),
-                       "--batch", "dynamic", "--opset", "18", "--check_images", str(scenes3 / "chess")])
+    proc = run_script(
+        [
+            "-m",
+            "engine.export",
+            str(ckpt),
+            "--format",
+            "onnx",
+            "--out",
+            str(out),
+            "--batch",
+            "dynamic",
+            "--opset",
+            "18",
+            "--check_images",
+            str(scenes3 / "chess"),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     assert "max |onnx - PyTorch| on the check images" in proc.stdout
     folder = scenes3 / "fire"
@@ -103,8 +119,21 @@ def test_export_cli_then_run_equals_predict(checkpoints, scenes3, tmp_path):
     assert run.returncode == 0, run.stderr
     exported_rows = {r["img_path"]: r for r in csv.DictReader(io.StringIO(run.stdout))}
     config = write_config(tmp_path / "tiny.json", tiny_config_dict())
-    pred = run_script(["main_single_scene.py", "hyperpose", "predict", "random", str(folder), str(config),
-                       "--checkpoint_path", str(ckpt), "--output_path", str(tmp_path / "pred"), "--quiet"])
+    pred = run_script(
+        [
+            "main_single_scene.py",
+            "hyperpose",
+            "predict",
+            "random",
+            str(folder),
+            str(config),
+            "--checkpoint_path",
+            str(ckpt),
+            "--output_path",
+            str(tmp_path / "pred"),
+            "--quiet",
+        ]
+    )
     assert pred.returncode == 0, pred.stderr
     with open(next((tmp_path / "pred").glob("*_poses.csv")), newline="") as f:
         predicted = {r["img_path"]: r for r in csv.DictReader(f)}
@@ -115,8 +144,10 @@ def test_export_cli_then_run_equals_predict(checkpoints, scenes3, tmp_path):
     assert np.abs(got - want).max() <= EXPORT_TOLERANCE * max(1.0, np.abs(want).max())
 
 
-@pytest.mark.parametrize("case", ["unknown_format", "wrong_model", "opset", "wrong_size", "not_exported",
-                                  "training_checkpoint", "read_only_out"])
+@pytest.mark.parametrize(
+    "case",
+    ["unknown_format", "wrong_model", "opset", "wrong_size", "not_exported", "training_checkpoint", "read_only_out"],
+)
 def test_export_errors_are_one_line(case, checkpoints, scenes3, tmp_path, capsys, monkeypatch, read_only_dir):
     """Each mistake: exit status 2 and one 'error:' line (the CLI functions, in-process to keep this fast)."""
     from engine import export, exported
@@ -160,8 +191,24 @@ def test_export_errors_are_one_line(case, checkpoints, scenes3, tmp_path, capsys
 
 def test_bench_export_runs():
     """The benchmark runs end to end (one call per runtime; its figures are not looked at here)."""
-    proc = run_script(["bench/bench_export.py", "--tiny", "--models", "hyperpose", "--size", "48", "--batch", "2",
-                       "--iters", "1", "--warmup", "0", "--threads", "1"])
+    proc = run_script(
+        [
+            "bench/bench_export.py",
+            "--tiny",
+            "--models",
+            "hyperpose",
+            "--size",
+            "48",
+            "--batch",
+            "2",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("hyperpose ")]
     assert [r[1] for r in rows] == ["eager", "channels_last", "torchscript", "onnxruntime"]
@@ -173,8 +220,17 @@ def test_reference_state_dict_exports_with_model_config_and_scenes(checkpoints, 
     torch.save(torch.load(checkpoints["ems-transposenet"], weights_only=True)["model"], bare)
     config = write_config(tmp_path / "tiny.json", tiny_config_dict())
     out = tmp_path / "ref.pt"
-    result = export_checkpoint(bare, out, "torchscript", batch=2, model_name="ems-transposenet", config=config,
-                               scenes=["heads", "chess", "fire"], check_images=str(scenes3 / "chess"))
+    result = export_checkpoint(
+        bare,
+        out,
+        "torchscript",
+        batch=2,
+        model_name="ems-transposenet",
+        config=config,
+        scenes=["heads", "chess", "fire"],
+        check_images=str(scenes3 / "chess"),
+    )
     assert result.metadata["scene_names"] == ["chess", "fire", "heads"]  # numbered in sorted order
-    assert ExportedModel(out).poses(load_check_images(str(scenes3), tiny_config_dict()["ems-transposenet"],
-                                                      limit=2).numpy()).scene_names[0] in ("chess", "fire", "heads")
+    assert ExportedModel(out).poses(
+        load_check_images(str(scenes3), tiny_config_dict()["ems-transposenet"], limit=2).numpy()
+    ).scene_names[0] in ("chess", "fire", "heads")

@@ -1,4 +1,5 @@
 """Fuzzing the two readers of user files: every input is a valid result or a UserError, nothing else."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,34 @@ def test_label_reader_on_random_bytes(data):
 
 
 _cell = st.one_of(
-    st.sampled_from(["", "0", "1", "-1", "1e309", "nan", "inf", "-0", "0.5", "1,2", '"', '""', "a,b", " ", "\t",
-                     "chess", "seq-01", "x/y.png", "../a.png", "/abs.png", "1e-320", "0x10", "１", "\ufeff"]),
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "1",
+            "-1",
+            "1e309",
+            "nan",
+            "inf",
+            "-0",
+            "0.5",
+            "1,2",
+            '"',
+            '""',
+            "a,b",
+            " ",
+            "\t",
+            "chess",
+            "seq-01",
+            "x/y.png",
+            "../a.png",
+            "/abs.png",
+            "1e-320",
+            "0x10",
+            "１",
+            "\ufeff",
+        ]
+    ),
     st.text(max_size=8),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
 )
@@ -50,9 +77,17 @@ _row = st.lists(_cell, min_size=0, max_size=13).map(",".join)
 
 
 @FUZZ
-@given(header=st.one_of(st.just(HEADER), st.just(HEADER.upper()), st.just(HEADER + ",extra"),
-                        st.just(",".join(reversed(LABEL_COLUMNS))), _row),
-       rows=st.lists(_row, max_size=8), newline=st.sampled_from(["\n", "\r\n", "\r"]))
+@given(
+    header=st.one_of(
+        st.just(HEADER),
+        st.just(HEADER.upper()),
+        st.just(HEADER + ",extra"),
+        st.just(",".join(reversed(LABEL_COLUMNS))),
+        _row,
+    ),
+    rows=st.lists(_row, max_size=8),
+    newline=st.sampled_from(["\n", "\r\n", "\r"]),
+)
 @example(header='",', rows=[',"'], newline="\n")  # found by a longer run: a quoted newline in the header
 def test_label_reader_on_csv_like_text(header, rows, newline):
     text = newline.join([header, *rows]) + newline
@@ -79,18 +114,29 @@ def test_config_loader_on_random_bytes(data):
 
 
 _json_value = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
-              st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=12),
+    ),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
-    max_leaves=6)
+    max_leaves=6,
+)
 _key = st.one_of(st.sampled_from(accepted_keys("hyperpose") + accepted_keys("mshyperpose")), st.text(max_size=12))
 _section = st.dictionaries(_key, _json_value, max_size=6)
 
 
 @FUZZ
-@given(sections=st.dictionaries(st.sampled_from(["general", "hyperpose", "mshyperpose", "posenet", "other", ""]),
-                                st.one_of(_section, _json_value), max_size=4),
-       model=st.sampled_from(["hyperpose", "mshyperpose", "effposenet"]))
+@given(
+    sections=st.dictionaries(
+        st.sampled_from(["general", "hyperpose", "mshyperpose", "posenet", "other", ""]),
+        st.one_of(_section, _json_value),
+        max_size=4,
+    ),
+    model=st.sampled_from(["hyperpose", "mshyperpose", "effposenet"]),
+)
 @example(sections={"general": {"\n": None}}, model="hyperpose")  # found by a longer run: a newline as key
 def test_config_loader_on_random_json(sections, model):
     config = _load_config_bytes(json.dumps(sections).encode(), model)

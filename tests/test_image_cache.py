@@ -1,4 +1,5 @@
 """The decoded-image cache: same samples as decoding, invalidation on any change, damaged files rebuilt."""
+
 from __future__ import annotations
 
 import logging
@@ -41,13 +42,24 @@ def _train_then_test_with_and_without_cache(root, labels, tmp_path, **keys):
     cfg = tiny_config_dict(n_epochs=1)
     cfg["effposenet"].update(keys)
     config = write_config(tmp_path / "cfg.json", cfg)
-    run = train("effposenet", "random", root, labels, config, tmp_path / "out", device="cpu",
-                cache_dir=tmp_path / "train_cache")
+    run = train(
+        "effposenet", "random", root, labels, config, tmp_path / "out", device="cpu", cache_dir=tmp_path / "train_cache"
+    )
     test_csv = root / "abs_7scenes_pose.csv_chess_test.csv"
     scores = []
     for cache in ("off", tmp_path / "test_cache"):
-        ev = Evaluator("effposenet", "random", root, test_csv, config, device="cpu", cache_dir=cache,
-                       latency_images=1, warmup=0, progress=False)
+        ev = Evaluator(
+            "effposenet",
+            "random",
+            root,
+            test_csv,
+            config,
+            device="cpu",
+            cache_dir=cache,
+            latency_images=1,
+            warmup=0,
+            progress=False,
+        )
         result = ev.evaluate_checkpoint(run.final_checkpoint, timing=False)
         scores.append(next(iter(result.predictions.values())).pose_pred_N7)
     return scores
@@ -174,15 +186,23 @@ def test_by_default_runs_cache_in_the_user_folder_and_off_turns_it_off(data, tmp
     config = write_config(tmp_path / "cfg.json", cfg)
     train("effposenet", "random", root, labels, config, tmp_path / "out", device="cpu")
     assert len(_files(tmp_path / "user_cache")) == 1
-    ev = Evaluator("effposenet", "random", root, root / "abs_7scenes_pose.csv_chess_test.csv", config,
-                   device="cpu", progress=False)
+    ev = Evaluator(
+        "effposenet", "random", root, root / "abs_7scenes_pose.csv_chess_test.csv", config, device="cpu", progress=False
+    )
     ev.test_sets({"chess": 0})
     assert len(_files(tmp_path / "user_cache")) == 2  # test mode caches its labels file too
     for off in ("off", None):
         cfg["effposenet"]["cache_dir"] = off
         monkeypatch.setenv("HYPERPOSE_CACHE_DIR", str(tmp_path / f"unused_{off}"))
-        train("effposenet", "random", root, labels, write_config(tmp_path / "off.json", cfg), tmp_path / "out",
-              device="cpu")
+        train(
+            "effposenet",
+            "random",
+            root,
+            labels,
+            write_config(tmp_path / "off.json", cfg),
+            tmp_path / "out",
+            device="cpu",
+        )
         assert not (tmp_path / f"unused_{off}").exists()
 
 
@@ -191,9 +211,23 @@ def test_the_command_line_turns_the_cache_off(data, tmp_path):
 
     root, labels = data
     config = write_config(tmp_path / "cfg.json", tiny_config_dict(n_epochs=1))
-    proc = run_script(["main_single_scene.py", "effposenet", "train", "random", str(root), str(labels), str(config),
-                       "--output_path", str(tmp_path / "out"), "--device", "cpu", "--no_cache"],
-                      env={"HYPERPOSE_CACHE_DIR": str(tmp_path / "user_cache")})
+    proc = run_script(
+        [
+            "main_single_scene.py",
+            "effposenet",
+            "train",
+            "random",
+            str(root),
+            str(labels),
+            str(config),
+            "--output_path",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--no_cache",
+        ],
+        env={"HYPERPOSE_CACHE_DIR": str(tmp_path / "user_cache")},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (tmp_path / "user_cache").exists()
 
@@ -234,6 +268,7 @@ def test_a_cache_larger_than_the_free_space_is_refused_before_decoding(data, tmp
     with pytest.raises(UserError, match=r"needs about .* GiB but .* free"):
         check_free_space(tmp_path / "c", 1 << 60)
     import shutil as _shutil
+
     free = _shutil.disk_usage(tmp_path).free
     with pytest.raises(UserError, match=r"needs about \d+\.\d (KiB|MiB|GiB) but .* free") as info:
         check_free_space(tmp_path / "c", 1 << 20, spare=free)  # small sizes are not shown as "0.0 GiB"
@@ -274,8 +309,14 @@ def _reference_input(path, resize, crop):
 
     with Image.open(path) as image:
         rgb = image.convert("RGB")
-    return T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(crop),
-                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(rgb)
+    return T.Compose(
+        [
+            T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR),
+            T.CenterCrop(crop),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )(rgb)
 
 
 def test_pil_backend_cached_samples_equal_decoded_ones_and_the_reference(data, tmp_path):
@@ -332,14 +373,18 @@ def test_the_resize_backend_is_part_of_the_key_and_switching_it_rebuilds(data, t
     assert not torch.equal(caches["tensor"][0], caches["pil"][0])
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="datasets.image_cache"):
-        assert open_image_cache(tmp_path / "c", root, labels, paths, RESIZE, resize_backend="pil").path == \
-            caches["pil"].path
+        assert (
+            open_image_cache(tmp_path / "c", root, labels, paths, RESIZE, resize_backend="pil").path
+            == caches["pil"].path
+        )
     assert "building" not in caplog.text
 
 
 @pytest.mark.parametrize("backend", ["tensor", "pil"])
-@pytest.mark.parametrize("height, width, size", [(48, 64, 56), (64, 48, 56), (301, 257, 256), (257, 301, 256),
-                                                 (1080, 1920, 256), (49, 50, 40), (50, 49, 40)])
+@pytest.mark.parametrize(
+    "height, width, size",
+    [(48, 64, 56), (64, 48, 56), (301, 257, 256), (257, 301, 256), (1080, 1920, 256), (49, 50, 40), (50, 49, 40)],
+)
 def test_both_resizes_leave_an_image_at_its_target_size_unchanged(backend, height, width, size):
     """What makes cached samples equal decoded ones: the transform's resize of a cached image is a no-op."""
     from datasets.transforms import short_side_resize
@@ -353,9 +398,11 @@ def test_both_resizes_leave_an_image_at_its_target_size_unchanged(backend, heigh
 def _cached_backends(cache_dir, root, labels):
     """The resize backends that ``cache_dir`` holds a cache of ``labels`` for (at the tiny config's size)."""
     paths = _dataset(root, labels).img_paths
-    return [backend for backend in ("tensor", "pil")
-            if open_image_cache(cache_dir, root, labels, paths, RESIZE, build=False,
-                                resize_backend=backend) is not None]
+    return [
+        backend
+        for backend in ("tensor", "pil")
+        if open_image_cache(cache_dir, root, labels, paths, RESIZE, build=False, resize_backend=backend) is not None
+    ]
 
 
 def test_train_and_test_mode_cache_with_the_configs_resize_backend(data, tmp_path):
@@ -371,9 +418,11 @@ def test_the_cache_builder_draws_no_progress_bar_into_a_redirected_log(scene7, t
     """A log file is not a terminal: the builder's bar stays out of it (and --quiet turns every bar off)."""
     from conftest import run_script
 
-    code = ("import sys; from datasets.dataset import CameraPoseDataset; "
-            f"d = CameraPoseDataset({str(scene7)!r}, {str(scene7 / 'abs_7scenes_pose.csv_chess_train.csv')!r}); "
-            f"d.use_image_cache({str(tmp_path / 'c')!r}, 56)")
+    code = (
+        "import sys; from datasets.dataset import CameraPoseDataset; "
+        f"d = CameraPoseDataset({str(scene7)!r}, {str(scene7 / 'abs_7scenes_pose.csv_chess_train.csv')!r}); "
+        f"d.use_image_cache({str(tmp_path / 'c')!r}, 56)"
+    )
     proc = run_script(["-c", code], env={"TQDM_DISABLE": None})
     assert proc.returncode == 0, proc.stderr
     assert "caching" not in proc.stderr and "it/s" not in proc.stderr

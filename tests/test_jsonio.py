@@ -1,4 +1,5 @@
 """The one result JSON codec: strict JSON out, non-finite floats back in."""
+
 from __future__ import annotations
 
 import json
@@ -7,14 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from util import jsonio
 
 
 def test_non_finite_floats_round_trip_as_tagged_values():
-    obj = {"pos": [1.5, math.inf, -math.inf, math.nan], "n": np.int64(3), "x": np.float32(0.5),
-           "arr": np.array([[1.0, np.inf]]), "path": Path("a/b.csv"), "t": (1, 2)}
+    obj = {
+        "pos": [1.5, math.inf, -math.inf, math.nan],
+        "n": np.int64(3),
+        "x": np.float32(0.5),
+        "arr": np.array([[1.0, np.inf]]),
+        "path": Path("a/b.csv"),
+        "t": (1, 2),
+    }
     text = jsonio.dumps(obj)
     raw = json.loads(text)  # strict JSON: no NaN / Infinity tokens
     assert raw["pos"] == [1.5, {"$float": "inf"}, {"$float": "-inf"}, {"$float": "nan"}]
@@ -33,8 +41,12 @@ def test_floats_survive_exactly(values):
 
 def test_strings_that_spell_non_finite_floats_stay_strings():
     """A scene named "nan" (or "inf") is a name, not a number, and tags inside user dicts survive."""
-    obj = {"scenes": {"nan": [0.5, math.inf], "inf": "inf"}, "names": ["nan", "-inf"],
-           "odd": {"$float": "inf"}, "odder": {"$dict": {"a": 1}}}
+    obj = {
+        "scenes": {"nan": [0.5, math.inf], "inf": "inf"},
+        "names": ["nan", "-inf"],
+        "odd": {"$float": "inf"},
+        "odder": {"$dict": {"a": 1}},
+    }
     back = jsonio.loads(jsonio.dumps(obj))
     assert back["names"] == ["nan", "-inf"] and back["scenes"]["inf"] == "inf"
     assert back["scenes"]["nan"] == [0.5, math.inf]

@@ -3,6 +3,7 @@
 A function-local import that reaches up a floor is a circle in disguise, so every import statement counts,
 at module level or inside a function.
 """
+
 from __future__ import annotations
 
 import ast
@@ -38,17 +39,23 @@ def _reaches(module: str, packages: tuple[str, ...]) -> bool:
 @pytest.mark.parametrize("package", sorted(ABOVE))
 def test_no_import_reaches_up_a_floor(package):
     above = ABOVE[package]
-    bad = [f"{path.relative_to(REPO)}:{line} imports {name}"
-           for path in _modules(package) for line, name in _imported_names(path) if _reaches(name, above)]
+    bad = [
+        f"{path.relative_to(REPO)}:{line} imports {name}"
+        for path in _modules(package)
+        for line, name in _imported_names(path)
+        if _reaches(name, above)
+    ]
     assert not bad, f"{package}/ must not import {', '.join(above)}:\n" + "\n".join(bad)
 
 
 def test_importing_util_loads_nothing_above_it():
     modules = [f"util.{p.stem}" for p in _modules("util") if p.stem != "__init__"]
-    code = ("import importlib, sys\n"
-            f"for name in {modules!r}:\n"
-            "    importlib.import_module(name)\n"
-            "print('\\n'.join(sorted(m for m in sys.modules if m.split('.')[0] in ('models', 'datasets', 'engine'))))\n")
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print('\\n'.join(sorted(m for m in sys.modules if m.split('.')[0] in ('models', 'datasets', 'engine'))))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"importing util/ loaded: {out.stdout.split()}"

@@ -1,4 +1,5 @@
 """The Python API: every input form, the README example, reference state_dicts, and bad input."""
+
 from __future__ import annotations
 
 import re
@@ -43,8 +44,13 @@ def test_every_input_form_gives_the_same_poses(loc, images):
     pil = [Image.open(p) for p in paths]
     arrays = [np.asarray(im.convert("RGB")) for im in pil]
     uint8_tensors = [load_image_uint8(p) for p in paths]
-    forms = {"pil": pil, "arrays": arrays, "array batch": np.stack(arrays), "uint8 tensors": uint8_tensors,
-             "single path": None}
+    forms = {
+        "pil": pil,
+        "arrays": arrays,
+        "array batch": np.stack(arrays),
+        "uint8 tensors": uint8_tensors,
+        "single path": None,
+    }
     for name, form in forms.items():
         if name == "single path":
             got = np.concatenate([loc.predict(p).pose_N7 for p in paths])
@@ -55,8 +61,9 @@ def test_every_input_form_gives_the_same_poses(loc, images):
     # A float batch is resized as floats, without the uint8 rounding of the paths above (about one grey
     # level, which this random network amplifies), so it is compared with the same floats one by one.
     float_batch = torch.stack(uint8_tensors).float() / 255
-    np.testing.assert_allclose(loc.predict(float_batch).pose_N7, loc.predict(list(float_batch)).pose_N7,
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        loc.predict(float_batch).pose_N7, loc.predict(list(float_batch)).pose_N7, rtol=0, atol=1e-5
+    )
 
 
 def test_matches_the_checkpoint_config(loc):
@@ -86,18 +93,21 @@ def test_reference_state_dict_with_model_name_and_config(ckpt, loc, images, tmp_
         Localizer.from_checkpoint(bare, model_name="effposenet", config=config)
 
 
-@pytest.mark.parametrize("bad,pattern", [
-    (np.zeros((8, 8), np.uint8), r"image 0: expected a uint8 array H x W x 3"),
-    (np.zeros((8, 8, 3), np.float32), r"image 0: expected a uint8 array"),
-    (torch.full((1, 3, 8, 8), 255.0), r"float images must hold RGB values in \[0, 1\]"),
-    (torch.zeros(1, 4, 8, 8), r"expected B x 3 x H x W"),
-    ([], r"nothing to localize"),
-    (42, r"expected an image, a list of images or a tensor batch"),
-    ("missing.png", r"image not found: missing.png"),
-    (np.zeros((0, 0, 3), np.uint8), r"image 0: empty \(0 x 0 pixels\)"),
-    (torch.zeros(3, 0, 5), r"image 0: empty \(0 x 5 pixels\)"),
-    (torch.zeros(2, 3, 0, 8), r"expected B x 3 x H x W with H, W >= 1"),
-])
+@pytest.mark.parametrize(
+    "bad,pattern",
+    [
+        (np.zeros((8, 8), np.uint8), r"image 0: expected a uint8 array H x W x 3"),
+        (np.zeros((8, 8, 3), np.float32), r"image 0: expected a uint8 array"),
+        (torch.full((1, 3, 8, 8), 255.0), r"float images must hold RGB values in \[0, 1\]"),
+        (torch.zeros(1, 4, 8, 8), r"expected B x 3 x H x W"),
+        ([], r"nothing to localize"),
+        (42, r"expected an image, a list of images or a tensor batch"),
+        ("missing.png", r"image not found: missing.png"),
+        (np.zeros((0, 0, 3), np.uint8), r"image 0: empty \(0 x 0 pixels\)"),
+        (torch.zeros(3, 0, 5), r"image 0: empty \(0 x 5 pixels\)"),
+        (torch.zeros(2, 3, 0, 8), r"expected B x 3 x H x W with H, W >= 1"),
+    ],
+)
 def test_bad_input_is_a_user_error(loc, bad, pattern):
     with pytest.raises(UserError, match=pattern):
         loc.predict(bad)
@@ -123,12 +133,17 @@ def test_readme_example_runs(ckpt, images, tmp_path):
     (tmp_path / "images").mkdir()
     for p in images[:3]:
         shutil.copy(p, tmp_path / "images" / f"{p.parent.name}_{p.name}")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 5 and lines[0].startswith("images/")
     # The PIL image and the array are the first file again: same pose as its path.
-    poses = [line[line.index("["):] for line in lines]
+    poses = [line[line.index("[") :] for line in lines]
     assert poses[3] == poses[0] and poses[4] == poses[0]

@@ -1,4 +1,5 @@
 """Metrics: known answers for medians, means, recalls and failures; aggregation; the text table."""
+
 import json
 import logging
 import math
@@ -27,8 +28,12 @@ def test_known_answers_without_failures():
     assert s.mean_pos_m == pytest.approx(0.602)
     assert s.mean_ori_deg == pytest.approx(9.1)
     # 0.05m/5deg: frame 0; 0.25m/2deg: frames 0, 1; 0.5m/5deg: frames 0-2; 1m/10deg: frames 0-3.
-    assert s.recalls == {"recall_0.05m_5deg": 0.2, "recall_0.25m_2deg": 0.4,
-                         "recall_0.5m_5deg": 0.6, "recall_1m_10deg": 0.8}
+    assert s.recalls == {
+        "recall_0.05m_5deg": 0.2,
+        "recall_0.25m_2deg": 0.4,
+        "recall_0.5m_5deg": 0.6,
+        "recall_1m_10deg": 0.8,
+    }
 
 
 def test_recall_needs_both_position_and_orientation():
@@ -91,14 +96,17 @@ def test_empty_input_is_well_defined():
     assert all(math.isnan(v) for v in s.recalls.values()) and len(s.recalls) == 4
 
 
-@pytest.mark.parametrize("pos, ori, thresholds, match", [
-    ([0.1, 0.2], [1.0], DEFAULT_THRESHOLDS, "position errors"),
-    ([[0.1, 0.2]], [[1.0, 2.0]], DEFAULT_THRESHOLDS, "1-D"),
-    ([-0.1], [1.0], DEFAULT_THRESHOLDS, ">= 0"),
-    ([0.1], [1.0], [(0.1, 1.0), (0.1, 1.0)], "duplicate"),
-    ([0.1], [1.0], [(0.1,)], "pair"),
-    ([0.1], [1.0], [(-1.0, 1.0)], ">= 0"),
-])
+@pytest.mark.parametrize(
+    "pos, ori, thresholds, match",
+    [
+        ([0.1, 0.2], [1.0], DEFAULT_THRESHOLDS, "position errors"),
+        ([[0.1, 0.2]], [[1.0, 2.0]], DEFAULT_THRESHOLDS, "1-D"),
+        ([-0.1], [1.0], DEFAULT_THRESHOLDS, ">= 0"),
+        ([0.1], [1.0], [(0.1, 1.0), (0.1, 1.0)], "duplicate"),
+        ([0.1], [1.0], [(0.1,)], "pair"),
+        ([0.1], [1.0], [(-1.0, 1.0)], ">= 0"),
+    ],
+)
 def test_invalid_inputs_raise(pos, ori, thresholds, match):
     with pytest.raises(ValueError, match=match):
         summarize(pos, ori, thresholds=thresholds)
@@ -106,8 +114,15 @@ def test_invalid_inputs_raise(pos, ori, thresholds, match):
 
 def test_to_dict_is_flat_and_json_ready():
     d = summarize([0.1, 0.3], [1.0, 3.0], scene="fire").to_dict()
-    assert list(d)[:7] == ["scene", "n_frames", "n_failed", "median_pos_m", "median_ori_deg",
-                           "mean_pos_m", "mean_ori_deg"]
+    assert list(d)[:7] == [
+        "scene",
+        "n_frames",
+        "n_failed",
+        "median_pos_m",
+        "median_ori_deg",
+        "mean_pos_m",
+        "mean_ori_deg",
+    ]
     assert d["recall_0.25m_2deg"] == 0.5
     assert json.loads(json.dumps(d)) == d
 

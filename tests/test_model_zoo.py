@@ -5,6 +5,7 @@ non-default backbones (torchvision and timm); a toy model registered here trains
 config and declares its architecture keys like the shipped ones, which is what "Adding a model" in the README
 promises.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,19 @@ def chess(root, split):
 
 @pytest.mark.parametrize("model", ["posenet", "atloc", "hyperatloc"])
 def test_reference_models_train_and_test_through_the_script(model, scene7, tiny_config, tmp_path):
-    proc = run_script(["main_single_scene.py", model, "train", "random", str(scene7), str(chess(scene7, "train")),
-                       str(tiny_config), "--output_path", str(tmp_path / "models")])
+    proc = run_script(
+        [
+            "main_single_scene.py",
+            model,
+            "train",
+            "random",
+            str(scene7),
+            str(chess(scene7, "train")),
+            str(tiny_config),
+            "--output_path",
+            str(tmp_path / "models"),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     ckpt = next((tmp_path / "models").glob("run_*/*_final.pth"))
     saved = torch.load(ckpt, weights_only=True)
@@ -39,15 +51,39 @@ def test_reference_models_train_and_test_through_the_script(model, scene7, tiny_
     outputs = []
     for run in range(2):  # test mode is deterministic (the reference's AtLoc dropout is off in eval)
         out = tmp_path / f"evals{run}"
-        proc = run_script(["main_single_scene.py", model, "test", "random", str(scene7), str(chess(scene7, "test")),
-                           str(tiny_config), "--checkpoint_path", str(ckpt), "--output_path", str(out)])
+        proc = run_script(
+            [
+                "main_single_scene.py",
+                model,
+                "test",
+                "random",
+                str(scene7),
+                str(chess(scene7, "test")),
+                str(tiny_config),
+                "--checkpoint_path",
+                str(ckpt),
+                "--output_path",
+                str(out),
+            ]
+        )
         assert proc.returncode == 0, proc.stderr
         outputs.append(next(out.glob("*_predictions.csv")).read_text())
     assert outputs[0] == outputs[1]
     if model == "hyperatloc":
-        proc = run_script(["main_batch_eval_model.py", model, "test", "random", str(scene7),
-                           str(chess(scene7, "test")), str(tiny_config), str(ckpt.parent),
-                           "--output_path", str(tmp_path / "batch")])
+        proc = run_script(
+            [
+                "main_batch_eval_model.py",
+                model,
+                "test",
+                "random",
+                str(scene7),
+                str(chess(scene7, "test")),
+                str(tiny_config),
+                str(ckpt.parent),
+                "--output_path",
+                str(tmp_path / "batch"),
+            ]
+        )
         assert proc.returncode == 0, proc.stderr
         assert "csv:" in proc.stdout and next((tmp_path / "batch").rglob("*.html"))
 
@@ -60,8 +96,16 @@ def test_hyperpose_on_other_backbones(backbone_type, scene7, tmp_path):
     result = train("hyperpose", "random", scene7, chess(scene7, "train"), config, tmp_path / "models", device="cpu")
     saved = torch.load(result.final_checkpoint, weights_only=True)
     assert saved["config"]["backbone_type"] == backbone_type
-    ev, _ = evaluate("hyperpose", "random", scene7, chess(scene7, "test"), config, result.final_checkpoint,
-                     tmp_path / "evals", device="cpu")
+    ev, _ = evaluate(
+        "hyperpose",
+        "random",
+        scene7,
+        chess(scene7, "test"),
+        config,
+        result.final_checkpoint,
+        tmp_path / "evals",
+        device="cpu",
+    )
     assert ev.summaries[0].n_frames > 0 and ev.summaries[0].n_failed == 0
 
 
@@ -69,8 +113,18 @@ def test_a_model_that_does_not_accept_the_backbone_is_one_line(scene7, tmp_path,
     cfg = tiny_config_dict()
     cfg["atloc"]["backbone_type"] = "efficientnet"
     config = write_config(tmp_path / "cfg.json", cfg)
-    code = cli_main(["atloc", "train", "random", str(scene7), str(chess(scene7, "train")), str(config),
-                     "--output_path", str(tmp_path)])
+    code = cli_main(
+        [
+            "atloc",
+            "train",
+            "random",
+            str(scene7),
+            str(chess(scene7, "train")),
+            str(config),
+            "--output_path",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "model 'atloc' does not accept backbone_type 'efficientnet'; it accepts: resnet34" in err[0]
@@ -82,8 +136,9 @@ class ToyNet(nn.Module):
     def __init__(self, config: dict, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(backbone.feature_dim, config["toy_width"]), nn.ReLU(),
-                                  nn.Linear(config["toy_width"], 7))
+        self.head = nn.Sequential(
+            nn.Linear(backbone.feature_dim, config["toy_width"]), nn.ReLU(), nn.Linear(config["toy_width"], 7)
+        )
 
     def forward(self, img_B3HW, scene_B=None):
         return self.head(self.backbone.extract(img_B3HW)["pooled"]), None
@@ -91,9 +146,16 @@ class ToyNet(nn.Module):
 
 @pytest.fixture
 def toynet():
-    spec = register(ModelSpec(name="toynet", target=ToyNet, multi_scene=False, summary="a test model",
-                              keys={"toy_width": Key(16, "int", at_least(1), doc="head width")},
-                              arch_keys=("toy_width",)))
+    spec = register(
+        ModelSpec(
+            name="toynet",
+            target=ToyNet,
+            multi_scene=False,
+            summary="a test model",
+            keys={"toy_width": Key(16, "int", at_least(1), doc="head width")},
+            arch_keys=("toy_width",),
+        )
+    )
     yield spec
     unregister("toynet")
 
@@ -106,12 +168,36 @@ def test_a_model_registered_from_a_test_works_everywhere(toynet, scene7, tmp_pat
     effective = load_config(config, "toynet")
     assert effective["toy_width"] == 8 and effective["backbone_type"] == "efficientnet"
 
-    code = cli_main(["toynet", "train", "random", str(scene7), str(chess(scene7, "train")), str(config),
-                     "--output_path", str(tmp_path / "models"), "--quiet"])
+    code = cli_main(
+        [
+            "toynet",
+            "train",
+            "random",
+            str(scene7),
+            str(chess(scene7, "train")),
+            str(config),
+            "--output_path",
+            str(tmp_path / "models"),
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     ckpt = next((tmp_path / "models").glob("run_*/*_final.pth"))
-    code = cli_main(["toynet", "test", "random", str(scene7), str(chess(scene7, "test")), str(config),
-                     "--checkpoint_path", str(ckpt), "--output_path", str(tmp_path / "evals"), "--quiet"])
+    code = cli_main(
+        [
+            "toynet",
+            "test",
+            "random",
+            str(scene7),
+            str(chess(scene7, "test")),
+            str(config),
+            "--checkpoint_path",
+            str(ckpt),
+            "--output_path",
+            str(tmp_path / "evals"),
+            "--quiet",
+        ]
+    )
     assert code == 0 and next((tmp_path / "evals").glob("*_predictions.csv"))
 
     # Its config keys are validated, and its architecture key is checked against the checkpoint.

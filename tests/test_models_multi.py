@@ -4,6 +4,7 @@ Layout tests build the full-size models on the meta device (no memory, no init c
 tests re-compute the forward pass functionally from raw state_dict tensors, with per-sample loops
 where the model is batched, and compare.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,11 +39,19 @@ EXPECTED_PARAMS = {
 def reference_config(num_scenes: int, nheads: int = 8) -> dict:
     """The reference configs' mshyperpose section (8 heads: what the reference actually ran)."""
     return {
-        "hidden_dim": 256, "dim_feedforward": 256, "dropout": 0.1, "nheads": nheads,
-        "num_t_encoder_layers": 4, "num_t_decoder_layers": 4,
-        "num_rot_encoder_layers": 4, "num_rot_decoder_layers": 4,
-        "reduction": ["reduction_4", "reduction_3"], "reg_hidden_dim": 1024,
-        "hyper_dim_t": 256, "hyper_dim_rot": 512, "hyper_t_hidden_scale": 0.5,
+        "hidden_dim": 256,
+        "dim_feedforward": 256,
+        "dropout": 0.1,
+        "nheads": nheads,
+        "num_t_encoder_layers": 4,
+        "num_t_decoder_layers": 4,
+        "num_rot_encoder_layers": 4,
+        "num_rot_decoder_layers": 4,
+        "reduction": ["reduction_4", "reduction_3"],
+        "reg_hidden_dim": 1024,
+        "hyper_dim_t": 256,
+        "hyper_dim_rot": 512,
+        "hyper_t_hidden_scale": 0.5,
         "num_scenes": num_scenes,
     }
 
@@ -50,11 +59,19 @@ def reference_config(num_scenes: int, nheads: int = 8) -> dict:
 def small_config(num_scenes: int = 3, nheads: int = 4) -> dict:
     """A tiny configuration for behaviour tests."""
     return {
-        "hidden_dim": 32, "dim_feedforward": 24, "dropout": 0.1, "nheads": nheads,
-        "num_t_encoder_layers": 2, "num_t_decoder_layers": 1,
-        "num_rot_encoder_layers": 1, "num_rot_decoder_layers": 2,
-        "reduction": ["reduction_4", "reduction_3"], "reg_hidden_dim": 16,
-        "hyper_dim_t": 12, "hyper_dim_rot": 10, "hyper_t_hidden_scale": 0.5,
+        "hidden_dim": 32,
+        "dim_feedforward": 24,
+        "dropout": 0.1,
+        "nheads": nheads,
+        "num_t_encoder_layers": 2,
+        "num_t_decoder_layers": 1,
+        "num_rot_encoder_layers": 1,
+        "num_rot_decoder_layers": 2,
+        "reduction": ["reduction_4", "reduction_3"],
+        "reg_hidden_dim": 16,
+        "hyper_dim_t": 12,
+        "hyper_dim_rot": 10,
+        "hyper_t_hidden_scale": 0.5,
         "num_scenes": num_scenes,
     }
 
@@ -95,8 +112,8 @@ def _attention(sd, prefix, query_BQd, key_BKd, value_BKd, nheads):
     w_in, b_in = sd[prefix + "in_proj_weight"], sd[prefix + "in_proj_bias"]
     d = query_BQd.shape[-1]
     q = query_BQd @ w_in[:d].T + b_in[:d]
-    k = key_BKd @ w_in[d:2 * d].T + b_in[d:2 * d]
-    v = value_BKd @ w_in[2 * d:].T + b_in[2 * d:]
+    k = key_BKd @ w_in[d : 2 * d].T + b_in[d : 2 * d]
+    v = value_BKd @ w_in[2 * d :].T + b_in[2 * d :]
     head_dim = d // nheads
     heads = []
     for h in range(nheads):
@@ -155,9 +172,18 @@ def _descriptors(model, sd, config, img_B3HW):
         src = F.conv2d(maps[endpoint], sd[f"input_proj_{branch}.weight"], sd[f"input_proj_{branch}.bias"])
         src_BNd = src.flatten(2).transpose(1, 2)
         pos_Nd = _position_map(sd, *src.shape[2:])
-        descs.append(_transformer(
-            sd, f"transformer_{branch}.", src_BNd, pos_Nd, sd[f"query_embed_{branch}.weight"],
-            config["nheads"], config[f"num_{branch}_encoder_layers"], config[f"num_{branch}_decoder_layers"]))
+        descs.append(
+            _transformer(
+                sd,
+                f"transformer_{branch}.",
+                src_BNd,
+                pos_Nd,
+                sd[f"query_embed_{branch}.weight"],
+                config["nheads"],
+                config[f"num_{branch}_encoder_layers"],
+                config[f"num_{branch}_decoder_layers"],
+            )
+        )
     return descs[0], descs[1], body.extract_features(img_B3HW).mean(dim=(2, 3))
 
 
@@ -170,8 +196,11 @@ def _scene_heads_loop(sd, desc_t_Bd, desc_rot_Bd, scene_B):
     """ems-transposenet heads, one sample at a time with that sample's scene head."""
     rows = []
     for b, k in enumerate(scene_B.tolist()):
-        rows.append(torch.cat([_mlp(sd, f"regressor_head_t.{k}.", desc_t_Bd[b]),
-                               _mlp(sd, f"regressor_head_rot.{k}.", desc_rot_Bd[b])]))
+        rows.append(
+            torch.cat(
+                [_mlp(sd, f"regressor_head_t.{k}.", desc_t_Bd[b]), _mlp(sd, f"regressor_head_rot.{k}.", desc_rot_Bd[b])]
+            )
+        )
     return torch.stack(rows)
 
 
@@ -367,6 +396,7 @@ def test_scene_selection_argmax_or_given(model_name):
 def test_nheads_is_honoured(model_name):
     four = build(model_name, small_config(nheads=4))
     eight = build(model_name, small_config(nheads=8))
+
     def attention_heads(model):
         return {m.nheads for m in model.modules() if isinstance(m, Attention)}
 
@@ -397,8 +427,14 @@ def test_mshyperpose_trains_end_to_end():
     model = build("mshyperpose", small_config())
     pose, log_probs = model(images(), torch.tensor([0, 2]))
     (pose.square().sum() + F.nll_loss(log_probs, torch.tensor([0, 2]))).backward()
-    for name in ("hypernet_t_fc_h0.weight", "hypernet_rot_fc_h2.weight", "regressor_head_t.fc_h.weight",
-                 "query_embed_rot.weight", "backbone.1.col_embed.weight", "backbone.0.body._conv_head.weight"):
+    for name in (
+        "hypernet_t_fc_h0.weight",
+        "hypernet_rot_fc_h2.weight",
+        "regressor_head_t.fc_h.weight",
+        "query_embed_rot.weight",
+        "backbone.1.col_embed.weight",
+        "backbone.0.body._conv_head.weight",
+    ):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 

@@ -1,5 +1,6 @@
 """Every registered model against its reference layout tables, and the reference's PoseNet, AtLoc and
 HyperAtLoc recomputed from the facts document (``reference_posenet_atloc.md``), layer by layer."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,7 @@ from models.backbone import new_backbone
 from models.config import defaults
 from models.loading import reconcile_config
 from models.registry import build_model, get_spec, guess_reference_model, model_names
-from tests.reference_layout import (layout_path, random_state_dict, read_layout, read_layout_header,
-                                    state_dict_layout)
+from tests.reference_layout import layout_path, random_state_dict, read_layout, read_layout_header, state_dict_layout
 from util.errors import UserError
 
 TABLES = [(name, table) for name in model_names() for table in get_spec(name).reference_tables]
@@ -65,6 +65,7 @@ def test_every_reference_table_is_recognised_as_its_model():
 # ---------------------------------------------------------------------------------------------
 # Forward passes recomputed from the facts document, one sample at a time, from raw tensors.
 
+
 def _linear(sd, name, x):
     return x @ sd[f"{name}.weight"].T + sd[f"{name}.bias"]
 
@@ -76,8 +77,11 @@ def _swish(x):
 def _generated_layer(sd, branch, z):
     """Hyper branch: w = h2(swish(fc_2(proj(z)))) read as (H+1) x out row-major, last row the bias,
     applied to [hyper_in(z), 1]."""
-    w_flat = _linear(sd, f"hypernet_{branch}_fc_h2", _swish(_linear(sd, f"hyper_in_{branch}_fc_2",
-                                                                     _linear(sd, f"hyper_in_{branch}_proj", z))))
+    w_flat = _linear(
+        sd,
+        f"hypernet_{branch}_fc_h2",
+        _swish(_linear(sd, f"hyper_in_{branch}_fc_2", _linear(sd, f"hyper_in_{branch}_proj", z))),
+    )
     u = torch.cat([_linear(sd, f"hyper_in_{branch}", z), torch.ones(1, dtype=z.dtype)])
     return u @ w_flat.reshape(u.numel(), -1)
 

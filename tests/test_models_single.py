@@ -1,4 +1,5 @@
 """Single-scene EfficientNet models (effposenet, hyperpose): reference layouts, strict loading, forward math."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,8 +9,14 @@ from models.effposenet import EffPoseNet
 from models.hypernet import GeneratedMLP, apply_generated_linear, swish
 from models.hyperpose import HyperPose
 from models.registry import build_model, canonical_model_name, model_names
-from tests.reference_layout import (DATASETS, layout_path, random_state_dict, read_layout,
-                                    read_layout_header, state_dict_layout)
+from tests.reference_layout import (
+    DATASETS,
+    layout_path,
+    random_state_dict,
+    read_layout,
+    read_layout_header,
+    state_dict_layout,
+)
 
 CONFIG = {"hyper_dim_t": 256, "hyper_dim_rot": 512}
 SINGLE_SCENE = ("effposenet", "hyperpose")
@@ -138,8 +145,11 @@ def test_hyper_branch_changes_the_output():
 def test_every_head_parameter_gets_gradient():
     model = _build("hyperpose").train()
     model(torch.randn(2, 3, 64, 64))[0].square().sum().backward()
-    missing = [n for n, p in model.named_parameters()
-               if not n.startswith("_backbone._fc.") and (p.grad is None or not p.grad.abs().sum() > 0)]
+    missing = [
+        n
+        for n, p in model.named_parameters()
+        if not n.startswith("_backbone._fc.") and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
     assert missing == []
     assert model._backbone._fc.weight.grad is None  # stored for compatibility, never used
 
@@ -169,8 +179,7 @@ def test_apply_generated_linear_equals_per_sample_loop():
     expected = torch.stack([torch.cat([x, torch.ones(1)]) @ w.view(7, 3) for x, w in zip(x_BI, w_flat_BK)])
     torch.testing.assert_close(y_BO, expected)
     # the last row of the generated matrix is the bias
-    torch.testing.assert_close(apply_generated_linear(torch.zeros(5, 6), w_flat_BK, 3),
-                               w_flat_BK.view(5, 7, 3)[:, 6])
+    torch.testing.assert_close(apply_generated_linear(torch.zeros(5, 6), w_flat_BK, 3), w_flat_BK.view(5, 7, 3)[:, 6])
 
 
 def test_generated_mlp_equals_per_sample_loop():
@@ -195,12 +204,21 @@ def test_generated_mlp_equals_per_sample_loop():
 def test_generated_mlp_attaches_under_reference_names():
     owner = torch.nn.Module()
     GeneratedMLP(4, (4, 3)).attach(owner, "t")
-    assert list(owner.state_dict()) == ["hyper_in_t_fc_2.weight", "hyper_in_t_fc_2.bias",
-                                        "hypernet_t_fc_h2.weight", "hypernet_t_fc_h2.bias"]
+    assert list(owner.state_dict()) == [
+        "hyper_in_t_fc_2.weight",
+        "hyper_in_t_fc_2.bias",
+        "hypernet_t_fc_h2.weight",
+        "hypernet_t_fc_h2.bias",
+    ]
     GeneratedMLP(4, (4, 5, 5, 3)).attach(owner, "rot")
     assert [k for k in owner.state_dict() if "rot" in k and k.endswith("weight")] == [
-        "hyper_in_rot_fc_0.weight", "hyper_in_rot_fc_1.weight", "hyper_in_rot_fc_2.weight",
-        "hypernet_rot_fc_h0.weight", "hypernet_rot_fc_h1.weight", "hypernet_rot_fc_h2.weight"]
+        "hyper_in_rot_fc_0.weight",
+        "hyper_in_rot_fc_1.weight",
+        "hyper_in_rot_fc_2.weight",
+        "hypernet_rot_fc_h0.weight",
+        "hypernet_rot_fc_h1.weight",
+        "hypernet_rot_fc_h2.weight",
+    ]
 
 
 def test_apply_generated_linear_rejects_wrong_size():
@@ -209,8 +227,15 @@ def test_apply_generated_linear_rejects_wrong_size():
 
 
 def test_registry_names_and_classes():
-    assert model_names() == ("posenet", "effposenet", "hyperpose", "atloc", "hyperatloc", "ems-transposenet",
-                             "mshyperpose")
+    assert model_names() == (
+        "posenet",
+        "effposenet",
+        "hyperpose",
+        "atloc",
+        "hyperatloc",
+        "ems-transposenet",
+        "mshyperpose",
+    )
     assert canonical_model_name("mstransformer") == "ems-transposenet"
     assert isinstance(_build("effposenet"), EffPoseNet)
     assert isinstance(_build("hyperpose"), HyperPose)

@@ -1,8 +1,7 @@
 """Output-side failures: a full disk, a read-only or invalid output folder. Each is one line, early, and
 loses nothing already written."""
-from __future__ import annotations
 
-import json
+from __future__ import annotations
 
 import pytest
 import torch
@@ -39,16 +38,33 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_file(small_disk):
         atomic_write_text(disk / "notes.txt", "x" * 400_000)
 
 
-def test_a_full_disk_while_training_is_logged_and_keeps_the_last_checkpoint(small_disk, scene7, tmp_path,
-                                                                            capsys):
+def test_a_full_disk_while_training_is_logged_and_keeps_the_last_checkpoint(small_disk, scene7, tmp_path, capsys):
     cfg = tiny_config_dict(n_epochs=1)
     cfg["effposenet"]["batch_size"] = 16  # one step per epoch
     config = write_config(tmp_path / "cfg.json", cfg)
-    size = train("effposenet", "random", scene7, chess_train(scene7), config, tmp_path / "probe",
-                 device="cpu").final_checkpoint.stat().st_size
+    size = (
+        train("effposenet", "random", scene7, chess_train(scene7), config, tmp_path / "probe", device="cpu")
+        .final_checkpoint.stat()
+        .st_size
+    )
     disk = small_disk(int(size * 1.5) + 512 * 1024)  # room for the first checkpoint, not for the second
-    code = cli.main(["effposenet", "train", "random", str(scene7), str(chess_train(scene7)), str(config),
-                     "--n_epochs", "2", "--output_path", str(disk), "--device", "cpu", "--quiet"])
+    code = cli.main(
+        [
+            "effposenet",
+            "train",
+            "random",
+            str(scene7),
+            str(chess_train(scene7)),
+            str(config),
+            "--n_epochs",
+            "2",
+            "--output_path",
+            str(disk),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert code == 2
     line = one_error_line(capsys)
     assert "checkpoint-2.pth" in line and "free in" in line, line
@@ -61,21 +77,29 @@ def test_a_full_disk_while_training_is_logged_and_keeps_the_last_checkpoint(smal
 
 @pytest.mark.parametrize("kind", ["file", "read_only"])
 @pytest.mark.parametrize("mode", ["train", "test", "batch"])
-def test_a_bad_output_path_fails_before_any_work(mode, kind, scene7, tiny_config, read_only_dir, tmp_path,
-                                                  capsys):
+def test_a_bad_output_path_fails_before_any_work(mode, kind, scene7, tiny_config, read_only_dir, tmp_path, capsys):
     if kind == "file":
         output = tmp_path / "results.txt"
         output.write_text("not a folder")
     else:
         output = read_only_dir
     labels = chess_train(scene7)
-    common = ["effposenet", mode if mode != "batch" else "test", "random", str(scene7), str(labels),
-              str(tiny_config)]
+    common = ["effposenet", mode if mode != "batch" else "test", "random", str(scene7), str(labels), str(tiny_config)]
     if mode == "train":
         code = cli.main(common + ["--output_path", str(output), "--device", "cpu", "--quiet"])
     elif mode == "test":  # the checkpoint does not exist: the output folder must be checked first
-        code = cli.main(common + ["--checkpoint_path", str(tmp_path / "missing.pth"), "--output_path",
-                                  str(output), "--device", "cpu", "--quiet"])
+        code = cli.main(
+            common
+            + [
+                "--checkpoint_path",
+                str(tmp_path / "missing.pth"),
+                "--output_path",
+                str(output),
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
     else:
         folder = tmp_path / "run"
         folder.mkdir()
@@ -100,17 +124,39 @@ def test_an_output_path_below_a_file(tmp_path):
 
 def test_a_mistyped_resume_path_creates_no_folder(scene7, tiny_config, tmp_path):
     with pytest.raises(UserError, match="checkpoint not found"):
-        train("effposenet", "random", scene7, chess_train(scene7), tiny_config, tmp_path / "out",
-              resume=tmp_path / "typo" / "run_checkpoint-1.pth", device="cpu")
+        train(
+            "effposenet",
+            "random",
+            scene7,
+            chess_train(scene7),
+            tiny_config,
+            tmp_path / "out",
+            resume=tmp_path / "typo" / "run_checkpoint-1.pth",
+            device="cpu",
+        )
     assert not (tmp_path / "typo").exists() and not (tmp_path / "out").exists()
 
 
-def test_a_named_cache_folder_that_cannot_be_written_is_one_line_before_any_run_folder(scene7, tiny_config,
-                                                                                     read_only_dir, tmp_path,
-                                                                                     capsys):
-    code = cli.main(["effposenet", "train", "random", str(scene7), str(chess_train(scene7)), str(tiny_config),
-                     "--output_path", str(tmp_path / "out"), "--device", "cpu", "--quiet",
-                     "--cache", str(read_only_dir)])
+def test_a_named_cache_folder_that_cannot_be_written_is_one_line_before_any_run_folder(
+    scene7, tiny_config, read_only_dir, tmp_path, capsys
+):
+    code = cli.main(
+        [
+            "effposenet",
+            "train",
+            "random",
+            str(scene7),
+            str(chess_train(scene7)),
+            str(tiny_config),
+            "--output_path",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--cache",
+            str(read_only_dir),
+        ]
+    )
     assert code == 2
     line = one_error_line(capsys)
     assert f"cannot use the image cache folder {read_only_dir}: it is not writable" in line, line

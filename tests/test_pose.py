@@ -1,4 +1,5 @@
 """Pose math: known answers, then hypothesis properties, for numpy and torch inputs alike."""
+
 import math
 
 import numpy as np
@@ -42,6 +43,7 @@ def to_np(x):
 
 
 # ------------------------------------------------------------------ known answers
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_identity_rotation_has_zero_error(backend):
@@ -99,10 +101,9 @@ def test_cam_to_world_inverse_of_known_matrix(backend):
     T_cw = np.eye(4)
     T_cw[:3, :3] = R_Z90
     T_cw[:3, 3] = [1.0, 2.0, 3.0]
-    expected_T_wc = np.array([[0.0, 1.0, 0.0, -2.0],
-                              [-1.0, 0.0, 0.0, 1.0],
-                              [0.0, 0.0, 1.0, -3.0],
-                              [0.0, 0.0, 0.0, 1.0]])
+    expected_T_wc = np.array(
+        [[0.0, 1.0, 0.0, -2.0], [-1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, -3.0], [0.0, 0.0, 0.0, 1.0]]
+    )
     T_wc = invert_rigid(as_backend(T_cw, backend))
     np.testing.assert_allclose(to_np(T_wc), expected_T_wc, atol=1e-12)
     np.testing.assert_allclose(to_np(invert_rigid(T_wc)), T_cw, atol=1e-12)
@@ -170,7 +171,8 @@ PROPERTY_SETTINGS = settings(max_examples=max(10, settings().max_examples * 2 //
 def quaternions(batch_shape=(5,)):
     """Batches of quaternions away from zero norm (unnormalised, either sign of w)."""
     return hnp.arrays(np.float64, batch_shape + (4,), elements=st.floats(-1.0, 1.0)).filter(
-        lambda q: np.all(np.linalg.norm(q, axis=-1) > 0.1))
+        lambda q: np.all(np.linalg.norm(q, axis=-1) > 0.1)
+    )
 
 
 batch_shapes = st.sampled_from([(), (1,), (6,), (2, 3)])
@@ -218,11 +220,14 @@ def test_error_of_q_against_minus_q_is_zero(q, backend):
 
 
 @PROPERTY_SETTINGS
-@given(q=quaternions((4,)),
-       axis=hnp.arrays(np.float64, (4, 3), elements=st.floats(-1.0, 1.0)).filter(
-           lambda a: np.all(np.linalg.norm(a, axis=-1) > 0.1)),
-       angle_deg=hnp.arrays(np.float64, (4,), elements=st.floats(0.0, 180.0)),
-       backend=backends)
+@given(
+    q=quaternions((4,)),
+    axis=hnp.arrays(np.float64, (4, 3), elements=st.floats(-1.0, 1.0)).filter(
+        lambda a: np.all(np.linalg.norm(a, axis=-1) > 0.1)
+    ),
+    angle_deg=hnp.arrays(np.float64, (4,), elements=st.floats(0.0, 180.0)),
+    backend=backends,
+)
 def test_rotation_by_known_angle_about_random_axis(q, axis, angle_deg, backend):
     dq = axis_angle_to_quat(as_backend(axis, backend), as_backend(np.radians(angle_deg), backend))
     qb = normalize_quat(as_backend(q, backend))
@@ -234,9 +239,7 @@ def test_rotation_by_known_angle_about_random_axis(q, axis, angle_deg, backend):
 
 
 @PROPERTY_SETTINGS
-@given(q=quats_of_any_batch(),
-       t=hnp.arrays(np.float64, 3, elements=st.floats(-100.0, 100.0)),
-       backend=backends)
+@given(q=quats_of_any_batch(), t=hnp.arrays(np.float64, 3, elements=st.floats(-100.0, 100.0)), backend=backends)
 def test_invert_rigid_twice_is_identity(q, t, backend):
     t_b3 = np.broadcast_to(t, q.shape[:-1] + (3,)).copy()
     T = pose_to_matrix(as_backend(t_b3, backend), as_backend(q, backend))
@@ -257,5 +260,6 @@ def test_numpy_and_torch_agree(q, backend):
     a = to_np(orientation_error_deg(as_backend(q, backend), as_backend(gt, backend)))
     b = to_np(orientation_error_deg(as_backend(q, other), as_backend(gt, other)))
     np.testing.assert_allclose(a, b, atol=1e-9)
-    np.testing.assert_allclose(to_np(quat_to_rotmat(as_backend(q, backend))),
-                               to_np(quat_to_rotmat(as_backend(q, other))), atol=1e-12)
+    np.testing.assert_allclose(
+        to_np(quat_to_rotmat(as_backend(q, backend))), to_np(quat_to_rotmat(as_backend(q, other))), atol=1e-12
+    )

@@ -1,4 +1,5 @@
 """The predict mode end to end: sources, the poses CSV, equality with test mode, skipped images, errors."""
+
 from __future__ import annotations
 
 import csv
@@ -26,8 +27,20 @@ def pose_of(row) -> np.ndarray:
 
 
 def predict_cmd(script, model, images, config, ckpt, out, *extra):
-    return [script, model, "predict", "random", str(images), str(config), "--checkpoint_path", str(ckpt),
-            "--output_path", str(out), "--quiet", *extra]
+    return [
+        script,
+        model,
+        "predict",
+        "random",
+        str(images),
+        str(config),
+        "--checkpoint_path",
+        str(ckpt),
+        "--output_path",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def only_csv(out):
@@ -73,9 +86,11 @@ def test_sources_glob_list_and_label_csv_agree(scene7, single, tmp_path):
     listing.parent.mkdir()
     test_images = [r.split(",")[3] for r in (scene7 / TEST_CSV).read_text().splitlines()[1:]]
     listing.write_text("# test frames\n\n" + "\n".join(test_images) + "\n")
-    sources = {"glob": (f"{scene7}/chess/seq-04/*.png", ()),
-               "list": (listing, ("--dataset_path", str(scene7))),
-               "labels": (scene7 / TEST_CSV, ())}
+    sources = {
+        "glob": (f"{scene7}/chess/seq-04/*.png", ()),
+        "list": (listing, ("--dataset_path", str(scene7))),
+        "labels": (scene7 / TEST_CSV, ()),
+    }
     for kind, (source, extra) in sources.items():
         out = tmp_path / kind
         proc = run_script(predict_cmd("main_single_scene.py", "hyperpose", source, config, ckpt, out, *extra))
@@ -97,8 +112,9 @@ def test_unreadable_images_are_skipped_and_counted(scene7, single, tmp_path):
         shutil.copy(scene7 / "chess" / "seq-04" / name, folder / name)
     (folder / "broken.png").write_bytes(b"not an image")
     (folder / "notes.txt").write_text("not listed: no image extension")
-    proc = run_script(predict_cmd("main_single_scene.py", "hyperpose", folder, config, ckpt, tmp_path / "out",
-                                  "--html"))
+    proc = run_script(
+        predict_cmd("main_single_scene.py", "hyperpose", folder, config, ckpt, tmp_path / "out", "--html")
+    )
     assert proc.returncode == 0, proc.stderr
     assert "localized 2 of 3 images; skipped 1 unreadable" in proc.stdout
     assert "broken.png" in proc.stderr
@@ -160,8 +176,7 @@ def test_reference_multi_scene_state_dict_takes_scene_names_from_a_label_csv(sce
 
     labels = scenes3 / "7scenes_all_scenes.csv"
     scenes = sorted({line.split(",")[0] for line in labels.read_text().splitlines()[1:]})
-    ckpt = save_tiny_checkpoint(tmp_path / "ours.pth", "ems-transposenet", sorted(scenes3.rglob("*.color.png")),
-                                scenes)
+    ckpt = save_tiny_checkpoint(tmp_path / "ours.pth", "ems-transposenet", sorted(scenes3.rglob("*.color.png")), scenes)
     bare = tmp_path / "reference.pth"
     torch.save(torch.load(ckpt, weights_only=True)["model"], bare)
     config = write_config(tmp_path / "tiny.json", tiny_config_dict())

@@ -1,4 +1,5 @@
 """Tests of the dataset preparation tool: synthetic round trips, conventions, idempotence and bad inputs."""
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,9 @@ def raw_7scenes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def raw_cambridge(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rawcam")
-    generate(root, layout="cambridge", names=list(label_io.CAMBRIDGE_FOUR), frames_per_seq=FRAMES,
-             size=(16, 12), seed=6)
+    generate(
+        root, layout="cambridge", names=list(label_io.CAMBRIDGE_FOUR), frames_per_seq=FRAMES, size=(16, 12), seed=6
+    )
     return root
 
 
@@ -103,10 +105,12 @@ def test_official_counts_match_for_full_size_scenes(tmp_path):
 def test_cambridge_values_are_copied_verbatim_and_defects_listed(tmp_path):
     raw = tmp_path / "raw"
     (raw / "StMarysChurch").mkdir(parents=True)
-    train = [("seq10/frame00002.png", "1.50000", "-2.0E+00", "0.0", "0.70710678", "-0.7071068", "0", "0"),
-             ("seq2/frame00009.png", "3e9", "1", "2", "1", "0", "0", "0"),  # GreatCourt-like outlier
-             ("seq2/frame00003.png", "-0.5", "1", "2", "1.6", "1.2", "0", "0"),  # |q| = 2
-             ("seq2/frame00010.png", "0.25", "1.0", "2.00", "0.5", "0.5", "0.5", "0.5")]
+    train = [
+        ("seq10/frame00002.png", "1.50000", "-2.0E+00", "0.0", "0.70710678", "-0.7071068", "0", "0"),
+        ("seq2/frame00009.png", "3e9", "1", "2", "1", "0", "0", "0"),  # GreatCourt-like outlier
+        ("seq2/frame00003.png", "-0.5", "1", "2", "1.6", "1.2", "0", "0"),  # |q| = 2
+        ("seq2/frame00010.png", "0.25", "1.0", "2.00", "0.5", "0.5", "0.5", "0.5"),
+    ]
     test = [("seq1/frame00001.png", "1", "1", "1", "1", "0", "0", "0")]
     for split, entries in (("train", train), ("test", test)):
         text = CAMBRIDGE_HEADER + "".join(" ".join(e) + "\n" for e in entries)
@@ -202,11 +206,19 @@ def test_bad_cambridge_inputs_name_file_and_line(tmp_path):
     good_row = "seq1/frame00001.png 1 2 3 1 0 0 0\n"
     (scene / "dataset_test.txt").write_text(CAMBRIDGE_HEADER + good_row)
     (scene / "dataset_train.txt").write_text("Visual Landmark Dataset V2\n" + CAMBRIDGE_HEADER[27:] + good_row)
-    _one_line_error(r"dataset_train.txt:1: expected the header line 'Visual Landmark Dataset V1'",
-                    "cambridge", tmp_path / "raw", tmp_path / "out")
+    _one_line_error(
+        r"dataset_train.txt:1: expected the header line 'Visual Landmark Dataset V1'",
+        "cambridge",
+        tmp_path / "raw",
+        tmp_path / "out",
+    )
     (scene / "dataset_train.txt").write_text(CAMBRIDGE_HEADER + good_row + "seq1/frame00002.png 1 2 3 1 0 0\n")
-    _one_line_error(r"dataset_train.txt:5: expected 'IMAGE X Y Z W P Q R' \(8 fields\), got 7",
-                    "cambridge", tmp_path / "raw", tmp_path / "out")
+    _one_line_error(
+        r"dataset_train.txt:5: expected 'IMAGE X Y Z W P Q R' \(8 fields\), got 7",
+        "cambridge",
+        tmp_path / "raw",
+        tmp_path / "out",
+    )
     (scene / "dataset_train.txt").write_text(CAMBRIDGE_HEADER + "seq1/frame00002.png 1 2 x 1 0 0 0\n")
     _one_line_error(r"dataset_train.txt:4: not a finite number 'x'", "cambridge", tmp_path / "raw", tmp_path / "out")
     (scene / "dataset_train.txt").unlink()
@@ -222,8 +234,10 @@ def test_ecl_styles(raw_cambridge, tmp_path):
     shutil.copy(raw / "OldHospital/seq4/frame00001.png", raw / "OldHospital/seq4/frame00001_evening.png")
     report = prepare("ecl", raw, tmp_path / "out")
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["abs_cambridge_pose_sorted.csv_OldHospital_test_evening.csv",
-                       "abs_cambridge_pose_sorted.csv_ShopFacade_test_winter.csv"]
+    assert written == [
+        "abs_cambridge_pose_sorted.csv_OldHospital_test_evening.csv",
+        "abs_cambridge_pose_sorted.csv_ShopFacade_test_winter.csv",
+    ]
     winter = _read_csv(tmp_path / "out" / written[1])[1:]
     assert [r[3] for r in winter] == [r[3].replace(".png", "_winter.png") for r in test_rows]
     assert [r[:3] + r[4:] for r in winter] == [r[:3] + r[4:] for r in test_rows]
@@ -262,8 +276,11 @@ def _colmap_root(tmp_path: Path) -> Path:
 
 def test_colmap_known_answer_and_split(tmp_path):
     root = _colmap_root(tmp_path)
-    assert [im[0] for im in read_colmap_images(root / "sparse/0/images.txt")] == \
-        ["seq/img10.jpg", "seq/img2.jpg", "seq/img1.jpg"]
+    assert [im[0] for im in read_colmap_images(root / "sparse/0/images.txt")] == [
+        "seq/img10.jpg",
+        "seq/img2.jpg",
+        "seq/img1.jpg",
+    ]
     report = prepare("colmap", root, tmp_path / "out", scene="mine", test_every=3)
     train = _read_csv(tmp_path / "out" / "abs_colmap_pose.csv_mine_train.csv")[1:]
     test = _read_csv(tmp_path / "out" / "abs_colmap_pose.csv_mine_test.csv")[1:]
@@ -284,19 +301,31 @@ def test_colmap_known_answer_and_split(tmp_path):
 
     (tmp_path / "test.txt").write_text("# held out\nseq/img10.jpg\n")
     prepare("colmap", root, tmp_path / "out2", scene="mine", test_list=tmp_path / "test.txt")
-    assert [r[3] for r in _read_csv(tmp_path / "out2" / "abs_colmap_pose.csv_mine_test.csv")[1:]] == \
-        ["images/seq/img10.jpg"]
+    assert [r[3] for r in _read_csv(tmp_path / "out2" / "abs_colmap_pose.csv_mine_test.csv")[1:]] == [
+        "images/seq/img10.jpg"
+    ]
     (tmp_path / "test.txt").write_text("seq/img3.jpg\n")
-    _one_line_error(r"test.txt:1: image 'seq/img3.jpg' is not in", "colmap", root, tmp_path / "o", scene="m",
-                    test_list=tmp_path / "test.txt")
+    _one_line_error(
+        r"test.txt:1: image 'seq/img3.jpg' is not in",
+        "colmap",
+        root,
+        tmp_path / "o",
+        scene="m",
+        test_list=tmp_path / "test.txt",
+    )
 
 
 def test_bad_colmap_inputs(tmp_path):
     root = _colmap_root(tmp_path)
     images = root / "sparse/0/images.txt"
     images.write_text(images.read_text().replace("3 0 1 0 0 0 0 2 1 seq/img1.jpg", "3 0 1 0 0 0 2 1 seq/img1.jpg"))
-    _one_line_error(re.escape(f"{images}:9: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME'"), "colmap", root,
-                    tmp_path / "out", scene="mine")
+    _one_line_error(
+        re.escape(f"{images}:9: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME'"),
+        "colmap",
+        root,
+        tmp_path / "out",
+        scene="mine",
+    )
     images.unlink()
     (root / "sparse/0/images.bin").write_bytes(b"\0")
     _one_line_error(r"binary COLMAP model; convert it to text first", "colmap", root, tmp_path / "out", scene="m")
@@ -318,11 +347,21 @@ def test_cli_prints_report_and_errors_exit_2(raw_7scenes, tmp_path, capsys, monk
 def test_cambridge_rows_keep_the_raw_order(tmp_path):
     """As the reference's CSVs: KingsCollege test lists seq7, seq2, seq3; Street lists img_east first."""
     raw = tmp_path / "raw"
-    listing = {"KingsCollege": {"train": ["seq8/frame00002.png", "seq1/frame00010.png", "seq1/frame00002.png"],
-                                "test": ["seq7/frame00001.png", "seq2/frame00001.png", "seq3/frame00001.png"]},
-               "Street": {"train": ["img_east/frame00001.png", "img_north/frame00001.png", "img_west/frame00001.png",
-                                    "img_south/frame00001.png"],
-                          "test": ["img_south/frame00002.png", "img_east/frame00002.png"]}}
+    listing = {
+        "KingsCollege": {
+            "train": ["seq8/frame00002.png", "seq1/frame00010.png", "seq1/frame00002.png"],
+            "test": ["seq7/frame00001.png", "seq2/frame00001.png", "seq3/frame00001.png"],
+        },
+        "Street": {
+            "train": [
+                "img_east/frame00001.png",
+                "img_north/frame00001.png",
+                "img_west/frame00001.png",
+                "img_south/frame00001.png",
+            ],
+            "test": ["img_south/frame00002.png", "img_east/frame00002.png"],
+        },
+    }
     for scene, splits in listing.items():
         (raw / scene).mkdir(parents=True)
         for split, names in splits.items():

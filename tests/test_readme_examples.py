@@ -3,6 +3,7 @@ folders of the `datasets.prepare` examples become tiny synthetic 7Scenes and Cam
 folders, the `--out` folders get the CSVs those examples write, and every example that names them must find
 its images. Also what the README says about the install line, the demo's folder, the benchmarks' --device
 and the `imagenet` GoogLeNet weights."""
+
 from __future__ import annotations
 
 import re
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_docs import COMMANDS, DOCS, FENCED, _python_target
 
 from conftest import REPO
-from test_docs import COMMANDS, DOCS, FENCED, _python_target
 
 DEMO_DATA = re.findall(r"^DATA\s*:=\s*(\S+)", (REPO / "Makefile").read_text(), flags=re.M)
 SYNTHETIC_7SCENES = 2  # chess, fire
@@ -26,8 +27,11 @@ def _norm(token: str) -> str:
 
 def _prepare_examples() -> list[tuple[str, str, str]]:
     """(kind, raw folder, --out folder) of the README's `datasets.prepare` commands for the public datasets."""
-    return [(tokens[3], _norm(tokens[4]), _norm(tokens[tokens.index("--out") + 1]))
-            for doc, tokens in COMMANDS if doc == "README.md" and _prepares_public_data(tokens)]
+    return [
+        (tokens[3], _norm(tokens[4]), _norm(tokens[tokens.index("--out") + 1]))
+        for doc, tokens in COMMANDS
+        if doc == "README.md" and _prepares_public_data(tokens)
+    ]
 
 
 def _prepares_public_data(tokens: list[str]) -> bool:
@@ -45,9 +49,13 @@ def _under(token: str, folders) -> str | None:
 
 
 # Every documented command (ours, or torchrun running ours) that names a prepared label CSV or label folder.
-NAMING_LABELS = [(doc, tokens) for doc, tokens in COMMANDS
-                 if (_python_target(tokens) or tokens[0] == "torchrun") and "datasets.prepare" not in tokens
-                 and any(_under(t, LABELS) for t in tokens)]
+NAMING_LABELS = [
+    (doc, tokens)
+    for doc, tokens in COMMANDS
+    if (_python_target(tokens) or tokens[0] == "torchrun")
+    and "datasets.prepare" not in tokens
+    and any(_under(t, LABELS) for t in tokens)
+]
 
 
 def test_the_readme_prepares_the_public_datasets():
@@ -63,12 +71,14 @@ def test_an_example_never_passes_the_csv_folder_as_the_image_root(doc, tokens):
     for i, token in enumerate(tokens):
         if _norm(token) in LABELS:
             assert i > 0 and tokens[i - 1] == "--labels", f"{doc}: `{' '.join(tokens)}` uses {token} as a root"
-    assert any(_under(t, RAW) for t in tokens) or any(re.fullmatch(r"<\w*root\w*>", t) for t in tokens), \
+    assert any(_under(t, RAW) for t in tokens) or any(re.fullmatch(r"<\w*root\w*>", t) for t in tokens), (
         f"{doc}: `{' '.join(tokens)}` reads prepared CSVs but names no dataset root"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The examples' argument shapes on a synthetic layout
+
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
@@ -79,8 +89,9 @@ def layout(tmp_path_factory):
     from datasets.synthetic import generate
 
     base = tmp_path_factory.mktemp("readme_layout")
-    mapping = {raw: base / "raw" / Path(raw).name for raw in RAW} | \
-              {out: base / "labels" / Path(out).name for out in LABELS}
+    mapping = {raw: base / "raw" / Path(raw).name for raw in RAW} | {
+        out: base / "labels" / Path(out).name for out in LABELS
+    }
     rendered = set()
     for kind, raw, _ in PREPARE:
         root = mapping[raw]
@@ -90,8 +101,7 @@ def layout(tmp_path_factory):
         if kind == "7scenes":
             generate(root, scenes=SYNTHETIC_7SCENES, layout="7scenes", frames_per_seq=2, train_seqs=2, size=(32, 24))
         else:
-            generate(root, layout="cambridge", names=CAMBRIDGE_SCENES, frames_per_seq=2, train_seqs=2,
-                     size=(32, 24))
+            generate(root, layout="cambridge", names=CAMBRIDGE_SCENES, frames_per_seq=2, train_seqs=2, size=(32, 24))
             for scene in CAMBRIDGE_SCENES:
                 lines = (root / scene / "dataset_test.txt").read_text().splitlines()[3:]
                 for image in (root / scene / line.split()[0] for line in lines if line.strip()):
@@ -109,7 +119,7 @@ def _mapped(tokens: list[str], mapping: dict[str, Path]) -> list[str]:
     out = []
     for token in tokens:
         folder = _under(token, mapping)
-        out.append(str(mapping[folder] / _norm(token)[len(folder):].lstrip("/")) if folder else token)
+        out.append(str(mapping[folder] / _norm(token)[len(folder) :].lstrip("/")) if folder else token)
     return out
 
 
@@ -184,6 +194,7 @@ def test_the_readme_shows_both_reproduce_examples():
 # ---------------------------------------------------------------------------------------------------------------
 # What the README says about set-up
 
+
 def test_the_install_line_installs_what_make_installs():
     make = (REPO / "Makefile").read_text()
     installed = set(re.findall(r"pip install[^\n]*?-r (\S+)", make))
@@ -223,6 +234,7 @@ def test_the_benchmarks_that_are_said_to_take_device_do():
 # ---------------------------------------------------------------------------------------------------------------
 # `imagenet` for googlenet: torchvision's file holds the auxiliary classifiers the toolkit's GoogLeNet lacks
 
+
 def test_imagenet_googlenet_loads_torchvisions_file_without_its_auxiliary_heads(tmp_path, monkeypatch):
     from torchvision.models import googlenet
 
@@ -245,11 +257,14 @@ def test_imagenet_googlenet_loads_torchvisions_file_without_its_auxiliary_heads(
 # ---------------------------------------------------------------------------------------------------------------
 # Links between the pages
 
+
 def _anchors(text: str) -> set[str]:
     """GitHub's heading anchors: lower case, punctuation but '-' and '_' dropped, spaces to '-'."""
     text = re.sub(FENCED, "", text)
-    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
-            for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+    return {
+        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)
+    }
 
 
 def test_every_link_to_a_page_or_section_resolves():
@@ -262,5 +277,6 @@ def test_every_link_to_a_page_or_section_resolves():
             path = (doc.parent / page).resolve() if page else doc
             assert path.is_file() or path.is_dir(), f"{doc.name}: link to missing {page}"
             if anchor and path.suffix == ".md":
-                assert anchor in _anchors(path.read_text(encoding="utf-8")), \
+                assert anchor in _anchors(path.read_text(encoding="utf-8")), (
                     f"{doc.name}: no section #{anchor} in {path.name}"
+                )

@@ -1,5 +1,6 @@
 """Training as the reference did: head initialisation, the multi-scene frozen stage, the length of an
 ``equalize_scenes`` epoch, the BatchNorm sample, the logged learning rate; and the other ``head_init``s."""
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,9 @@ def assert_kaiming(name: str, weight: torch.Tensor) -> None:
     assert abs(float(weight.mean())) < 5 * expected / math.sqrt(weight.numel()), name
 
 
-@pytest.mark.parametrize("name, backbone_name", [("hyperpose", "_backbone"), ("effposenet", "backbone"),
-                                                 ("posenet", "backbone")])
+@pytest.mark.parametrize(
+    "name, backbone_name", [("hyperpose", "_backbone"), ("effposenet", "backbone"), ("posenet", "backbone")]
+)
 def test_reference_init_draws_every_head_linear_with_kaiming(name, backbone_name):
     model = model_with(name, "reference")
     layers = head_linears(model, backbone_name)
@@ -61,8 +63,9 @@ def test_torch_init_keeps_pytorch_defaults():
     model = model_with("hyperpose", "torch")
     for layer_name, layer in head_linears(model, "_backbone").items():
         expected = 1 / math.sqrt(3 * layer.weight.shape[1])
-        assert float(layer.weight.detach().std()) == pytest.approx(expected, rel=5 / math.sqrt(2 * layer.weight.numel())), \
-            layer_name
+        assert float(layer.weight.detach().std()) == pytest.approx(
+            expected, rel=5 / math.sqrt(2 * layer.weight.numel())
+        ), layer_name
 
 
 def test_posenet_redraws_googlenets_feature_layer_and_keeps_its_bias():
@@ -88,12 +91,17 @@ def generated_weights(model, img):
         model.eval()(img, None)
         for hook in hooks:
             hook.remove()
-        return [gen(swish(fc(h))).view(len(h), n_in + 1, n_out) for head, h in captured
-                for fc, gen, (n_in, n_out) in zip(head.fc, head.heads, head.generated_shapes())]
+        return [
+            gen(swish(fc(h))).view(len(h), n_in + 1, n_out)
+            for head, h in captured
+            for fc, gen, (n_in, n_out) in zip(head.fc, head.heads, head.generated_shapes())
+        ]
 
 
-@pytest.mark.parametrize("name, keys, n_layers", [("hyperpose", dict(hyper_dim_t=64, hyper_dim_rot=128), 2),
-                                                  ("mshyperpose", dict(num_scenes=2), 6)])
+@pytest.mark.parametrize(
+    "name, keys, n_layers",
+    [("hyperpose", dict(hyper_dim_t=64, hyper_dim_rot=128), 2), ("mshyperpose", dict(num_scenes=2), 6)],
+)
 def test_hyperfan_gives_generated_weights_kaimings_variance(name, keys, n_layers):
     model = model_with(name, "hyperfan", **keys)
     img = torch.randn(16, 3, 48, 48)
@@ -121,8 +129,14 @@ def test_hyperfan_run_scales_on_training_images(scene7, tmp_path, caplog):
     cfg = tiny_config_dict(n_epochs=1)
     cfg["hyperpose"].update(head_init="hyperfan")
     with caplog.at_level(logging.INFO, logger="engine.train"):
-        train("hyperpose", "random", scene7, scene7 / "abs_7scenes_pose.csv_chess_train.csv",
-              write_config(tmp_path / "c.json", cfg), tmp_path / "runs")
+        train(
+            "hyperpose",
+            "random",
+            scene7,
+            scene7 / "abs_7scenes_pose.csv_chess_train.csv",
+            write_config(tmp_path / "c.json", cfg),
+            tmp_path / "runs",
+        )
     assert "head_init 'hyperfan': 2 generated head(s) scaled on 4 training images" in caplog.text
 
 
@@ -137,11 +151,16 @@ def test_static_models_refuse_the_hyper_inits(tmp_path):
 
 # ------------------------------------------------------------------ multi-scene frozen stage
 
+
 def frozen_stage_config(tmp_path, mode: str):
     cfg = tiny_config_dict(n_epochs=1)
     cfg["ems-transposenet"].update(freeze_mode=mode)
-    stage2 = {"ems-transposenet": {"freeze": True, "freeze_exclude_phrase": ["regressor_head_t", "transformer_t",
-                                                                             "input_proj_t"]}}
+    stage2 = {
+        "ems-transposenet": {
+            "freeze": True,
+            "freeze_exclude_phrase": ["regressor_head_t", "transformer_t", "input_proj_t"],
+        }
+    }
     return write_config(tmp_path / "c.json", cfg), write_config(tmp_path / "stage2.json", stage2)
 
 
@@ -166,8 +185,16 @@ def test_frozen_stage_keeps_backbone_and_transformers_bit_identical(mode, scenes
     config, stage2 = frozen_stage_config(tmp_path, mode)
     labels = scenes3 / "7scenes_all_scenes.csv"
     first = train("ems-transposenet", "random", scenes3, labels, config, tmp_path / "stage1")
-    second = train("ems-transposenet", "random", scenes3, labels, config, tmp_path / "stage2",
-                   override_config=stage2, init_checkpoint=first.final_checkpoint)
+    second = train(
+        "ems-transposenet",
+        "random",
+        scenes3,
+        labels,
+        config,
+        tmp_path / "stage2",
+        override_config=stage2,
+        init_checkpoint=first.final_checkpoint,
+    )
     before = load_checkpoint(first.final_checkpoint)["model"]
     after = load_checkpoint(second.final_checkpoint)["model"]
     body = [k for k in before if k.startswith(("transformer_", "input_proj_", "backbone.", "query_embed_"))]
@@ -184,6 +211,7 @@ def test_frozen_stage_keeps_backbone_and_transformers_bit_identical(mode, scenes
 
 
 # ------------------------------------------------------------------ epochs, BatchNorm sample, lr
+
 
 def test_equalize_scenes_epoch_has_the_reference_length():
     scene_ids = np.array([0] * 7 + [1] * 3 + [2] * 12)  # three scenes of unequal size
@@ -208,8 +236,11 @@ def test_stratified_sample_holds_every_group_and_is_deterministic():
 
 def test_recalibration_batches_cover_every_sequence(scene7):
     labels = scene7 / "abs_7scenes_pose.csv_chess_train.csv"
-    config = dict(load_config(write_config(scene7.parent / "cfg_bn.json", tiny_config_dict()), "effposenet"),
-                  batch_size=2, bn_recalibrate_batches=None)
+    config = dict(
+        load_config(write_config(scene7.parent / "cfg_bn.json", tiny_config_dict()), "effposenet"),
+        batch_size=2,
+        bn_recalibrate_batches=None,
+    )
     dataset = CameraPoseDataset(scene7, labels, transform=build_transform(config, train=False))
     assert len(set(dataset.seqs)) > 1
     loader = plain_loader(dataset, config, CPU)
@@ -221,7 +252,13 @@ def test_recalibration_batches_cover_every_sequence(scene7):
 def test_logged_lr_is_the_rate_each_epoch_trained_with(scene7, tmp_path):
     cfg = tiny_config_dict(n_epochs=3)
     cfg["effposenet"].update(lr=0.01, lr_scheduler_step_size=1, lr_scheduler_gamma=0.5)
-    result = train("effposenet", "random", scene7, scene7 / "abs_7scenes_pose.csv_chess_train.csv",
-                   write_config(tmp_path / "c.json", cfg), tmp_path / "runs")
+    result = train(
+        "effposenet",
+        "random",
+        scene7,
+        scene7 / "abs_7scenes_pose.csv_chess_train.csv",
+        write_config(tmp_path / "c.json", cfg),
+        tmp_path / "runs",
+    )
     rows = read_metrics_csv(result.run_dir / "metrics.csv")
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.01, 0.005, 0.0025])

@@ -1,5 +1,6 @@
 """The reproduction driver on two synthetic scenes: table, resume, no training on a re-run, dry run, bad roots,
 the paper's three-stage recipe, the validation split, bad recipes."""
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,16 @@ from engine.reproduce import main
 
 MODELS = "hyperpose,ems-transposenet"
 # The released 7Scenes config's list for mshyperpose (one branch: rotation).
-MS_PHRASES = ["hyper_in_rot_proj", "hyper_in_rot_fc_0", "hyper_in_rot_fc_1", "hyper_in_rot_fc_2", "regressor_hyper_rot",
-              "regressor_head_rot", "transformer_rot", "input_proj_rot"]
+MS_PHRASES = [
+    "hyper_in_rot_proj",
+    "hyper_in_rot_fc_0",
+    "hyper_in_rot_fc_1",
+    "hyper_in_rot_fc_2",
+    "regressor_hyper_rot",
+    "regressor_head_rot",
+    "transformer_rot",
+    "input_proj_rot",
+]
 T_PHRASES = ["hyper_in_t_proj", "hyper_in_t", "hyper_in_t_fc_2", "hypernet_t_fc_h2"]
 ROT_PHRASES = [p.replace("_t", "_rot", 1) for p in T_PHRASES]
 
@@ -41,9 +50,26 @@ def setup(tmp_path_factory, scenes3):
             (labels / name).write_text((scenes3 / name).read_text())
     rows = (scenes3 / "7scenes_all_scenes.csv").read_text().splitlines()
     (labels / "7scenes_all_scenes.csv").write_text(
-        "\n".join([rows[0]] + [r for r in rows[1:] if r.split(",")[0] in ("chess", "fire")]) + "\n")
-    args = ["7scenes", "--root", str(scenes3), "--labels", str(labels), "--backbone", "random", "--models", MODELS,
-            "--scenes", "chess,fire", "--config", str(config), "--device", "cpu", "--quiet"]
+        "\n".join([rows[0]] + [r for r in rows[1:] if r.split(",")[0] in ("chess", "fire")]) + "\n"
+    )
+    args = [
+        "7scenes",
+        "--root",
+        str(scenes3),
+        "--labels",
+        str(labels),
+        "--backbone",
+        "random",
+        "--models",
+        MODELS,
+        "--scenes",
+        "chess,fire",
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     return folder, args
 
 
@@ -73,7 +99,8 @@ def test_driver_writes_the_table_resumes_and_skips_finished_stages(setup, tmp_pa
     assert len(trains) == 5 and all(line.startswith(("python main_", "# ")) for line in dry)
     assert sum("stage2/override.json" in line for line in trains) == 2
     assert json.loads((out / "7scenes/hyperpose/chess/stage2/override.json").read_text()) == {
-        "hyperpose": {"freeze": True}}
+        "hyperpose": {"freeze": True}
+    }
     assert not list(out.rglob("run_*"))  # a dry run trains nothing; it writes only what its commands read
     # The validation split: the last of the three training sequences of every scene.
     assert "chess_train.csv" in trains[0] and "--val_labels" in dry[-1]
@@ -207,8 +234,12 @@ def test_paper_recipe_trains_one_hypernetwork_per_stage(setup, tmp_path, capsys,
 
     rows = list(csv.DictReader(io.StringIO((out / "7scenes_results.csv").read_text())))
     by = {(r["selection"], r["model"], r["scene"]): r for r in rows}
-    assert set(by) == {(sel, m, s) for sel in ("final", "best_on_val") for m in ("hyperpose", "mshyperpose")
-                       for s in ("chess", "fire", "average")}
+    assert set(by) == {
+        (sel, m, s)
+        for sel in ("final", "best_on_val")
+        for m in ("hyperpose", "mshyperpose")
+        for s in ("chess", "fire", "average")
+    }
     assert by[("final", "hyperpose", "chess")]["stage"] == "3" and by[("final", "mshyperpose", "fire")]["stage"] == "2"
     for model, stages in (("hyperpose", {"1", "2", "3"}), ("mshyperpose", {"1", "2"})):
         row = by[("best_on_val", model, "chess")]
@@ -235,22 +266,28 @@ def test_bad_recipes_stages_and_splits_are_one_line_errors(setup, tmp_path, caps
     _, args = setup
     args = args + ["--out", str(tmp_path / "out")]
     stage = {"name": "all", "override": {}}
-    cases = [("{not json", "not valid JSON"),
-             (json.dumps({"hyperpse": [stage]}), "unknown model 'hyperpse'"),
-             (json.dumps({"hyperpose": [{"name": "all"}], "default": [stage]}), "has no override"),
-             (json.dumps({"hyperpose": [], "default": [stage]}), "non-empty list of stages"),
-             (json.dumps({"mstransformer": [stage], "ems-transposenet": [stage], "default": [stage]}),
-              "both name ems-transposenet"),
-             (json.dumps({"hyperpose": [stage]}), "no stages for ems-transposenet"),
-             (json.dumps({"default": [{"name": "x", "override": {"n_epoch": 3}}]}), "n_epochs")]
+    cases = [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"hyperpse": [stage]}), "unknown model 'hyperpse'"),
+        (json.dumps({"hyperpose": [{"name": "all"}], "default": [stage]}), "has no override"),
+        (json.dumps({"hyperpose": [], "default": [stage]}), "non-empty list of stages"),
+        (
+            json.dumps({"mstransformer": [stage], "ems-transposenet": [stage], "default": [stage]}),
+            "both name ems-transposenet",
+        ),
+        (json.dumps({"hyperpose": [stage]}), "no stages for ems-transposenet"),
+        (json.dumps({"default": [{"name": "x", "override": {"n_epoch": 3}}]}), "n_epochs"),
+    ]
     for k, (text, message) in enumerate(cases):
         recipe = tmp_path / f"recipe{k}.json"
         recipe.write_text(text)
         assert main(args + ["--recipe", str(recipe)]) == 2
         assert message in _one_error(capsys), text
-    for extra, message in ((["--recipe", str(tmp_path / "nope.json")], "file not found"),
-                           (["--recipe", "paper", "--stages", "1,4"], "stages 1..3"),
-                           (["--val_sequences", "3"], "--val_sequences 0")):
+    for extra, message in (
+        (["--recipe", str(tmp_path / "nope.json")], "file not found"),
+        (["--recipe", "paper", "--stages", "1,4"], "stages 1..3"),
+        (["--val_sequences", "3"], "--val_sequences 0"),
+    ):
         assert main(args + extra) == 2
         line = _one_error(capsys)
         assert message in line, line
@@ -286,8 +323,9 @@ def test_seeds_train_each_model_once_per_seed_and_pair_them(setup, tmp_path, cap
     assert set(chess) == {(m, s) for m in ("hyperpose", "effposenet") for s in ("0", "1", "mean")}
     assert chess[("hyperpose", "mean")] == pytest.approx((chess[("hyperpose", "0")] + chess[("hyperpose", "1")]) / 2)
     table = (out / "7scenes_results.md").read_text()
-    diff = (chess[("hyperpose", "0")] - chess[("effposenet", "0")] + chess[("hyperpose", "1")]
-            - chess[("effposenet", "1")]) / 2
+    diff = (
+        chess[("hyperpose", "0")] - chess[("effposenet", "0")] + chess[("hyperpose", "1")] - chess[("effposenet", "1")]
+    ) / 2
     assert "paired by seed: model - effposenet" in table and f"{diff:+.3f}" in table
     # Seeds must be distinct and non-negative.
     assert main(args + ["--out", str(out), "--seeds", "1,1"]) == 2

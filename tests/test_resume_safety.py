@@ -1,5 +1,6 @@
 """Resuming never destroys a checkpoint: an older checkpoint is refused in place and branches into a new
 run folder with --output_path; stale temporary files of killed writes are cleared."""
+
 from __future__ import annotations
 
 import hashlib

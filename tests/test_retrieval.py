@@ -1,5 +1,6 @@
 """Mean-pose and image-retrieval baselines: known answers for the pose averages and the k-average, exact
 poses when the query is a training image, the descriptor cache, the command line."""
+
 from __future__ import annotations
 
 import csv
@@ -46,6 +47,7 @@ def rot_z(deg: float) -> np.ndarray:
 @dataclass
 class Darken:
     """A corruption with a stable repr, as the cache key needs."""
+
     factor: float
 
     def __call__(self, img_3HW: torch.Tensor, path: str) -> torch.Tensor:
@@ -68,8 +70,7 @@ def effposenet_ckpt(tmp_path_factory):
     config = {**defaults("effposenet"), "image_resize": 40, "image_crop": SIZE}
     model = build_model("effposenet", config, new_backbone("efficientnet"))
     path = tmp_path_factory.mktemp("ckpt") / "effposenet_final.pth"
-    return save_checkpoint(path, model_name="effposenet", config=config, model=model, epoch=1,
-                           scene_map={"chess": 0})
+    return save_checkpoint(path, model_name="effposenet", config=config, model=model, epoch=1, scene_map={"chess": 0})
 
 
 # Pose averages ------------------------------------------------------------------------------------------------
@@ -113,9 +114,13 @@ def test_mean_pose_of_a_training_set(scene7, tmp_path):
 # Retrieval ----------------------------------------------------------------------------------------------------
 def test_retrieve_poses_k_average_by_hand():
     desc_TD = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
-    poses_T7 = np.stack([np.concatenate([[0.0, 0.0, 0.0], rot_z(0.0)]),
-                         np.concatenate([[1.6, 0.0, 0.0], -rot_z(90.0)]),  # -q: the same rotation
-                         np.concatenate([[9.0, 9.0, 9.0], rot_z(180.0)])])
+    poses_T7 = np.stack(
+        [
+            np.concatenate([[0.0, 0.0, 0.0], rot_z(0.0)]),
+            np.concatenate([[1.6, 0.0, 0.0], -rot_z(90.0)]),  # -q: the same rotation
+            np.concatenate([[9.0, 9.0, 9.0], rot_z(180.0)]),
+        ]
+    )
     query_QD = np.array([[2.0, 0.0]])  # not unit: descriptors are normalised inside
     # Cosine similarities 1, 0.6, 0: k = 2 takes the first two with weights 1 and 0.6.
     pose_7 = retrieve_poses(query_QD, desc_TD, poses_T7, k=2)[0]
@@ -166,7 +171,7 @@ def test_descriptor_cache_is_read_and_a_broken_one_rebuilt(scene7, imagenet, tmp
     assert (fresh().describe(test) == first).all()
 
     data = bytearray(files[0].read_bytes())
-    data[len(data) // 2:len(data) // 2 + 16] = b"\xff" * 16
+    data[len(data) // 2 : len(data) // 2 + 16] = b"\xff" * 16
     files[0].write_bytes(bytes(data))
     monkeypatch.setattr(Descriptor, "_compute", real_compute)
     with caplog.at_level(logging.WARNING, logger="engine.retrieval"):
@@ -184,16 +189,35 @@ def test_descriptor_cache_is_read_and_a_broken_one_rebuilt(scene7, imagenet, tmp
 # Command line -------------------------------------------------------------------------------------------------
 def test_cli_writes_the_report_and_predictions(scene7, effposenet_ckpt, tmp_path, capsys):
     out = tmp_path / "out"
-    status = main([str(scene7 / TRAIN_CSV), str(scene7 / TEST_CSV), str(scene7), "--descriptor",
-                   str(effposenet_ckpt), "--k", "1", "2", "--device", "cpu", "--cache", str(tmp_path / "cache"),
-                   "--output_path", str(out), "--quiet"])
+    status = main(
+        [
+            str(scene7 / TRAIN_CSV),
+            str(scene7 / TEST_CSV),
+            str(scene7),
+            "--descriptor",
+            str(effposenet_ckpt),
+            "--k",
+            "1",
+            "2",
+            "--device",
+            "cpu",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--output_path",
+            str(out),
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert "mean pose | chess" in captured.out and "retrieval effposenet_final k=2 | chess" in captured.out
     stem = "baselines_effposenet_final_abs_7scenes_pose.csv_chess_test"
     report = list(csv.DictReader(io.StringIO((out / f"{stem}_report.csv").read_text())))
-    assert [r["baseline"] for r in report] == ["mean pose", "retrieval effposenet_final k=1",
-                                               "retrieval effposenet_final k=2"]
+    assert [r["baseline"] for r in report] == [
+        "mean pose",
+        "retrieval effposenet_final k=1",
+        "retrieval effposenet_final k=2",
+    ]
     assert all(r["scene"] == "chess" and r["n_frames"] == "4" for r in report)
     rows = list(csv.DictReader(io.StringIO((out / f"{stem}_predictions.csv").read_text())))
     assert len(rows) == 3 * 4
@@ -205,12 +229,16 @@ def test_cli_writes_the_report_and_predictions(scene7, effposenet_ckpt, tmp_path
     assert orientation_error_deg(pred_q, mean_q) == pytest.approx(0.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("test_csv, extra, message", [(TEST_CSV, ["--k", "0"], "--k must be"),
-                                                      (TEST_CSV, ["--k", "13"], "--k must be"),
-                                                      ("missing.csv", [], "not found")])
+@pytest.mark.parametrize(
+    "test_csv, extra, message",
+    [
+        (TEST_CSV, ["--k", "0"], "--k must be"),
+        (TEST_CSV, ["--k", "13"], "--k must be"),
+        ("missing.csv", [], "not found"),
+    ],
+)
 def test_cli_bad_input_is_one_line(scene7, capsys, test_csv, extra, message):
-    status = main([str(scene7 / TRAIN_CSV), str(scene7 / test_csv), str(scene7), "--cache", "off", "--quiet",
-                   *extra])
+    status = main([str(scene7 / TRAIN_CSV), str(scene7 / test_csv), str(scene7), "--cache", "off", "--quiet", *extra])
     err = capsys.readouterr().err
     assert status != 0
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err

@@ -1,4 +1,5 @@
 """Robustness report: two models on five synthetic shift levels, checked against test mode; bad input."""
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,12 @@ def shifted_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("robust")
     generate(root, scenes=1, layout="7scenes", frames_per_seq=4, size=(64, 48), seed=5, test_shifts=LEVELS)
     config = write_config(root / "tiny.json", tiny_config_dict(n_epochs=1))
-    ckpts = {m: train(m, "random", root, root / "abs_7scenes_pose.csv_chess_train.csv", config, root / "models",
-                      device="cpu").final_checkpoint for m in MODELS}
+    ckpts = {
+        m: train(
+            m, "random", root, root / "abs_7scenes_pose.csv_chess_train.csv", config, root / "models", device="cpu"
+        ).final_checkpoint
+        for m in MODELS
+    }
     return root, config, ckpts
 
 
@@ -47,8 +52,10 @@ def run(args, capsys):
 def test_report_matches_test_mode_and_ranks_models_per_level(shifted_runs, tmp_path, capsys):
     root, config, ckpts = shifted_runs
     out = tmp_path / "report"
-    status, stdout, err = run(["hyperpose", "random", root, config, "--checkpoint_path", *ckpts.values(),
-                               "--shifts", "--output_path", out], capsys)
+    status, stdout, err = run(
+        ["hyperpose", "random", root, config, "--checkpoint_path", *ckpts.values(), "--shifts", "--output_path", out],
+        capsys,
+    )
     assert status == 0, err
     every = read_rows(out / "robustness.csv", baselines=True)
     rows = read_rows(out / "robustness.csv")
@@ -58,16 +65,27 @@ def test_report_matches_test_mode_and_ranks_models_per_level(shifted_runs, tmp_p
     baselines = [(r["model"], r["condition"]) for r in every if r["group"] == "baseline"]
     assert baselines == [(b, c) for b in ("mean pose", "retrieval imagenet k=1") for c in names]
     for name, level in zip(names, LEVELS):
-        pos, ori = mean_pose_errors(root / "abs_7scenes_pose.csv_chess_train.csv",
-                                    root / f"abs_7scenes_pose.csv_chess_test_shift{level:g}.csv", root)
+        pos, ori = mean_pose_errors(
+            root / "abs_7scenes_pose.csv_chess_train.csv",
+            root / f"abs_7scenes_pose.csv_chess_test_shift{level:g}.csv",
+            root,
+        )
         row = next(r for r in every if r["model"] == "mean pose" and r["condition"] == name)
         assert float(row["median_pos_m"]) == pytest.approx(pos) and float(row["median_ori_deg"]) == pytest.approx(ori)
     for name, level in zip(names, LEVELS):
         # The same checkpoint in test mode on that level's CSV scores exactly what the report says.
         medians = {}
         for model, ckpt in ckpts.items():
-            ev, _ = evaluate(model, "random", root, root / f"abs_7scenes_pose.csv_chess_test_shift{level:g}.csv",
-                             config, ckpt, tmp_path / "evals", device="cpu")
+            ev, _ = evaluate(
+                model,
+                "random",
+                root,
+                root / f"abs_7scenes_pose.csv_chess_test_shift{level:g}.csv",
+                config,
+                ckpt,
+                tmp_path / "evals",
+                device="cpu",
+            )
             s = ev.summaries[0]
             row = next(r for r in rows if r["model"] == model and r["condition"] == name)
             assert float(row["median_pos_m"]) == pytest.approx(s.median_pos_m, rel=1e-9)
@@ -101,8 +119,10 @@ def test_report_matches_test_mode_and_ranks_models_per_level(shifted_runs, tmp_p
 
     # A second run takes everything from the cache and writes the same CSV.
     csv_before = (out / "robustness.csv").read_text()
-    status, stdout, _ = run(["hyperpose", "random", root, config, "--checkpoint_path", *ckpts.values(),
-                             "--shifts", "--output_path", out], capsys)
+    status, stdout, _ = run(
+        ["hyperpose", "random", root, config, "--checkpoint_path", *ckpts.values(), "--shifts", "--output_path", out],
+        capsys,
+    )
     assert status == 0 and (out / "robustness.csv").read_text() == csv_before
     assert "0 evaluated in this run" in (out / "robustness.html").read_text()
 
@@ -112,9 +132,20 @@ def test_missing_conditions_are_skipped_and_reported(shifted_runs, tmp_path, cap
     no_images = tmp_path / "no_images.csv"
     text = (root / TEST_CSV).read_text().replace("chess/seq-04/", "chess/seq-99/")
     no_images.write_text(text)
-    args = ["hyperpose", "random", root, config, "--checkpoint_path", ckpts["hyperpose"], "--conditions",
-            f"base={root / TEST_CSV}", f"gone={tmp_path / 'nope.csv'}", f"blank={no_images}:{root}",
-            "--output_path", tmp_path / "out"]
+    args = [
+        "hyperpose",
+        "random",
+        root,
+        config,
+        "--checkpoint_path",
+        ckpts["hyperpose"],
+        "--conditions",
+        f"base={root / TEST_CSV}",
+        f"gone={tmp_path / 'nope.csv'}",
+        f"blank={no_images}:{root}",
+        "--output_path",
+        tmp_path / "out",
+    ]
     status, stdout, err = run(args, capsys)
     assert status == 0, err
     assert [r["condition"] for r in read_rows(tmp_path / "out" / "robustness.csv")] == ["base"]
@@ -123,8 +154,9 @@ def test_missing_conditions_are_skipped_and_reported(shifted_runs, tmp_path, cap
     page = (tmp_path / "out" / "robustness.html").read_text()
     assert "condition gone" in page and "condition blank" in page
 
-    status, _, err = run(args[:6] + ["--conditions", f"gone={tmp_path / 'nope.csv'}", "--output_path",
-                                     tmp_path / "out2"], capsys)
+    status, _, err = run(
+        args[:6] + ["--conditions", f"gone={tmp_path / 'nope.csv'}", "--output_path", tmp_path / "out2"], capsys
+    )
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert status == 2 and len(lines) == 1 and "none of the 1 conditions is usable" in lines[0], err
 
@@ -135,8 +167,21 @@ def test_ecl_conditions_beside_the_base_csv(shifted_runs, tmp_path, capsys):
     base = tmp_path / TEST_CSV
     shutil.copy(root / TEST_CSV, base)
     shutil.copy(root / "abs_7scenes_pose.csv_chess_test_shift1.csv", tmp_path / (base.stem + "_winter.csv"))
-    status, stdout, err = run(["effposenet", "random", root, config, "--checkpoint_path", ckpts["effposenet"],
-                               "--ecl", base, "--output_path", tmp_path / "out"], capsys)
+    status, stdout, err = run(
+        [
+            "effposenet",
+            "random",
+            root,
+            config,
+            "--checkpoint_path",
+            ckpts["effposenet"],
+            "--ecl",
+            base,
+            "--output_path",
+            tmp_path / "out",
+        ],
+        capsys,
+    )
     assert status == 0, err
     assert [r["condition"] for r in read_rows(tmp_path / "out" / "robustness.csv")] == ["base", "winter"]
     assert sum(line.startswith("skipped condition") for line in stdout.splitlines()) == 2  # evening, summer
@@ -147,16 +192,41 @@ def test_different_scene_maps_are_refused(shifted_runs, tmp_path, capsys):
     other = torch.load(ckpts["effposenet"], map_location="cpu", weights_only=True)
     other["scene_map"] = {"fire": 0}
     torch.save(other, tmp_path / "fire.pth")
-    status, _, err = run(["hyperpose", "random", root, config, "--checkpoint_path", ckpts["hyperpose"],
-                          tmp_path / "fire.pth", "--shifts", "--output_path", tmp_path / "out"], capsys)
+    status, _, err = run(
+        [
+            "hyperpose",
+            "random",
+            root,
+            config,
+            "--checkpoint_path",
+            ckpts["hyperpose"],
+            tmp_path / "fire.pth",
+            "--shifts",
+            "--output_path",
+            tmp_path / "out",
+        ],
+        capsys,
+    )
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert status == 2 and len(lines) == 1 and "different scene maps" in lines[0] and "Traceback" not in err
 
 
 def test_a_read_only_output_folder_is_one_line(shifted_runs, read_only_dir, capsys):
     root, config, ckpts = shifted_runs
-    status, _, err = run(["hyperpose", "random", root, config, "--checkpoint_path", ckpts["hyperpose"], "--shifts",
-                          "--output_path", read_only_dir / "out"], capsys)
+    status, _, err = run(
+        [
+            "hyperpose",
+            "random",
+            root,
+            config,
+            "--checkpoint_path",
+            ckpts["hyperpose"],
+            "--shifts",
+            "--output_path",
+            read_only_dir / "out",
+        ],
+        capsys,
+    )
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert status == 2 and len(lines) == 1 and "--output_path" in lines[0] and "Traceback" not in err
 
@@ -169,23 +239,54 @@ def test_demo_robustness_step(shifted_runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Robustness to appearance change" in out
     table = out.split("same poses at every shift level):\n", 1)[1].splitlines()
-    assert table[0].split() == ["condition", *MODELS, "mean", "pose", "retrieval", "imagenet", "k=1"] and [line.split()[0] for line in table[1:6]] == \
-        [f"shift{v:g}" for v in LEVELS]
+    assert table[0].split() == ["condition", *MODELS, "mean", "pose", "retrieval", "imagenet", "k=1"] and [
+        line.split()[0] for line in table[1:6]
+    ] == [f"shift{v:g}" for v in LEVELS]
     assert (tmp_path / "demo" / "robustness.html").is_file()
 
 
 def test_multi_scene_condition_pools_one_csv_per_scene(scenes3, tiny_config, tmp_path, capsys):
     """A repeated condition name adds a scene's CSV; the medians are the mean of the per-scene medians."""
-    ckpt = train("ems-transposenet", "random", scenes3, scenes3 / "7scenes_all_scenes.csv", tiny_config,
-                 tmp_path / "models", device="cpu", n_epochs=1).final_checkpoint
+    ckpt = train(
+        "ems-transposenet",
+        "random",
+        scenes3,
+        scenes3 / "7scenes_all_scenes.csv",
+        tiny_config,
+        tmp_path / "models",
+        device="cpu",
+        n_epochs=1,
+    ).final_checkpoint
     scenes = ("chess", "fire", "heads")
     conditions = [f"base={scenes3 / f'abs_7scenes_pose.csv_{s}_test.csv'}" for s in scenes]
-    status, _, err = run(["ems-transposenet", "random", scenes3, tiny_config, "--checkpoint_path", ckpt,
-                          "--conditions", *conditions, "--output_path", tmp_path / "out"], capsys)
+    status, _, err = run(
+        [
+            "ems-transposenet",
+            "random",
+            scenes3,
+            tiny_config,
+            "--checkpoint_path",
+            ckpt,
+            "--conditions",
+            *conditions,
+            "--output_path",
+            tmp_path / "out",
+        ],
+        capsys,
+    )
     assert status == 0, err
     (row,) = read_rows(tmp_path / "out" / "robustness.csv")
-    ev, _ = evaluate("ems-transposenet", "random", scenes3, scenes3 / "7scenes_all_scenes.csv", tiny_config, ckpt,
-                     tmp_path / "evals", device="cpu", test_dataset_id="7scenes")
+    ev, _ = evaluate(
+        "ems-transposenet",
+        "random",
+        scenes3,
+        scenes3 / "7scenes_all_scenes.csv",
+        tiny_config,
+        ckpt,
+        tmp_path / "evals",
+        device="cpu",
+        test_dataset_id="7scenes",
+    )
     assert [s.scene for s in ev.summaries] == list(scenes)
     assert float(row["median_pos_m"]) == pytest.approx(sum(s.median_pos_m for s in ev.summaries) / 3)
     assert int(row["n_frames"]) == sum(s.n_frames for s in ev.summaries)

@@ -1,4 +1,5 @@
 """Paired statistics over seeds against a hand-computed example."""
+
 import math
 
 import pytest

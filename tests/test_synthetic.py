@@ -1,4 +1,5 @@
 """Tests of the synthetic dataset generator: images, poses, domain shift, determinism and both layouts."""
+
 from __future__ import annotations
 
 import csv
@@ -8,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import label_io
-from datasets import synthetic
+from datasets import label_io, synthetic
 from datasets.synthetic import Appearance, Camera, Picture, Surface, World, generate, render
 from util.errors import UserError
 from util.pose import quat_to_rotmat, rotmat_to_quat
@@ -49,8 +49,15 @@ def seven_no_shift(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cambridge(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cambridge")
-    generate(out, layout="cambridge", names=["ShopFacade", "KingsCollege"], frames_per_seq=FRAMES, size=SIZE,
-             test_shift=0.5, seed=1)
+    generate(
+        out,
+        layout="cambridge",
+        names=["ShopFacade", "KingsCollege"],
+        frames_per_seq=FRAMES,
+        size=SIZE,
+        test_shift=0.5,
+        seed=1,
+    )
     return out
 
 
@@ -80,8 +87,11 @@ def test_cambridge_layout_and_csvs(cambridge):
     assert len(lines) == 3 + 3 * FRAMES and lines[3].startswith("seq1/frame00001.png ")
     assert (scene_dir / "seq4" / f"frame{FRAMES:05d}.png").is_file()
     names = {p.name for p in cambridge.glob("*.csv")}
-    assert names == {f"abs_cambridge_pose_sorted.csv_{s}_{split}.csv" for s in ("ShopFacade", "KingsCollege")
-                     for split in ("train", "test")} | {"cambridge_all_scenes.csv"}
+    assert names == {
+        f"abs_cambridge_pose_sorted.csv_{s}_{split}.csv"
+        for s in ("ShopFacade", "KingsCollege")
+        for split in ("train", "test")
+    } | {"cambridge_all_scenes.csv"}
     rows = _read_csv(cambridge / "abs_cambridge_pose_sorted.csv_ShopFacade_test.csv")
     assert ",".join(rows[0]) == label_io.LABEL_HEADER
     assert rows[1][:4] == ["ShopFacade", "test", "seq4", "ShopFacade/seq4/frame00001.png"]
@@ -112,8 +122,10 @@ def test_scenes_look_different(seven_no_shift):
         img = _image(root, img_path)
         return np.concatenate([np.histogram(img[..., c], bins=8, range=(0, 256))[0] for c in range(3)])
 
-    centroids = [np.mean([histogram(r[3]) for r in _read_csv(root / f"abs_7scenes_pose.csv_{s}_train.csv")[1:]],
-                         axis=0) for s in ("chess", "fire")]
+    centroids = [
+        np.mean([histogram(r[3]) for r in _read_csv(root / f"abs_7scenes_pose.csv_{s}_train.csv")[1:]], axis=0)
+        for s in ("chess", "fire")
+    ]
     for label, scene in enumerate(("chess", "fire")):
         for row in _read_csv(root / f"abs_7scenes_pose.csv_{scene}_test.csv")[1:]:
             distances = [np.abs(histogram(row[3]) - c).sum() for c in centroids]
@@ -150,8 +162,9 @@ def test_generation_is_deterministic(tmp_path, seven):
     generate(tmp_path / "again", scenes=2, layout="7scenes", frames_per_seq=FRAMES, size=SIZE, test_shift=0.8, seed=3)
     assert _files(tmp_path / "again") == _files(seven)
     generate(tmp_path / "other", scenes=1, layout="7scenes", frames_per_seq=FRAMES, size=SIZE, test_shift=0.8, seed=4)
-    assert (tmp_path / "other/chess/seq-01/frame-000000.color.png").read_bytes() != \
-        (seven / "chess/seq-01/frame-000000.color.png").read_bytes()
+    assert (tmp_path / "other/chess/seq-01/frame-000000.color.png").read_bytes() != (
+        seven / "chess/seq-01/frame-000000.color.png"
+    ).read_bytes()
 
 
 def test_rerun_replaces_scene_folders(tmp_path):
@@ -195,11 +208,17 @@ def test_camera_convention_known_answer():
     picture = np.zeros((2, 2, 3), dtype=np.float32)
     picture[:, 0] = (1, 0, 0)  # left half red, right half blue (as seen from inside the room)
     picture[:, 1] = (0, 0, 1)
-    world = World(lo_3=np.array([-5.0, -5.0, 0.0]), hi_3=np.array([5.0, 5.0, 3.0]),
-                  faces=[_flat(0.5)] * 6, boxes_lo_M3=np.zeros((0, 3)), boxes_hi_M3=np.zeros((0, 3)),
-                  box_surfaces=[],
-                  pictures=[Picture(3, -1.0, 1.0, 1.0, 2.0, picture, (0.5, 0.5, 0.5))],
-                  light_3=np.array([0.0, 0.0, 2.9]), light_shift_3=np.zeros(3))
+    world = World(
+        lo_3=np.array([-5.0, -5.0, 0.0]),
+        hi_3=np.array([5.0, 5.0, 3.0]),
+        faces=[_flat(0.5)] * 6,
+        boxes_lo_M3=np.zeros((0, 3)),
+        boxes_hi_M3=np.zeros((0, 3)),
+        box_surfaces=[],
+        pictures=[Picture(3, -1.0, 1.0, 1.0, 2.0, picture, (0.5, 0.5, 0.5))],
+        light_3=np.array([0.0, 0.0, 2.9]),
+        light_shift_3=np.zeros(3),
+    )
     camera = Camera.for_size(64, 48)
     flat = Appearance(noise_std=0.0)
     for yaw_deg, pitch_deg, roll_deg in ((0, 0, 0), (12, 5, 0), (-10, -4, 8)):
@@ -214,8 +233,9 @@ def test_camera_convention_known_answer():
             pixel = img[int(v), int(u)]
             assert pixel[colour] > 100 and pixel[2 - colour] < 30, (yaw_deg, point, pixel)
     # Zero yaw, pitch and roll: looking along world +y (camera z), image right = world +x, image down = -z.
-    assert np.allclose(synthetic.look_rotation(np.zeros(1), np.zeros(1), np.zeros(1))[0],
-                       [[1, 0, 0], [0, 0, 1], [0, -1, 0]])
+    assert np.allclose(
+        synthetic.look_rotation(np.zeros(1), np.zeros(1), np.zeros(1))[0], [[1, 0, 0], [0, 0, 1], [0, -1, 0]]
+    )
 
 
 def test_default_orientations_stay_away_from_the_quaternion_sign_flip():
@@ -226,13 +246,33 @@ def test_default_orientations_stay_away_from_the_quaternion_sign_flip():
 
 
 def test_cli_and_bad_arguments(tmp_path, capsys):
-    summary = synthetic.main([str(tmp_path), "--scenes", "1", "--frames-per-seq", "2", "--size", "8x8",
-                              "--names", "kitchen", "--train-seqs", "2"])
+    summary = synthetic.main(
+        [
+            str(tmp_path),
+            "--scenes",
+            "1",
+            "--frames-per-seq",
+            "2",
+            "--size",
+            "8x8",
+            "--names",
+            "kitchen",
+            "--train-seqs",
+            "2",
+        ]
+    )
     assert summary["frames"] == {"kitchen": {"train": 4, "test": 2}}
     assert (tmp_path / "kitchen/TestSplit.txt").read_text() == "sequence3\n"
     assert "kitchen: 4 train / 2 test frames" in capsys.readouterr().out
-    for kwargs in ({"scenes": 8}, {"test_shift": 1.5}, {"layout": "tum"}, {"names": ["a/b"]},
-                   {"names": ["x", "x"]}, {"frames_per_seq": 1}, {"size": (4, 4)}):
+    for kwargs in (
+        {"scenes": 8},
+        {"test_shift": 1.5},
+        {"layout": "tum"},
+        {"names": ["a/b"]},
+        {"names": ["x", "x"]},
+        {"frames_per_seq": 1},
+        {"size": (4, 4)},
+    ):
         with pytest.raises(UserError):
             generate(tmp_path / "bad", **{"frames_per_seq": 2, "size": (8, 8), **kwargs})
 
@@ -245,8 +285,9 @@ LEVELS = (0.0, 0.5, 1.0)
 @pytest.fixture(scope="module")
 def shifted(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shifted")
-    generate(out, scenes=1, layout="7scenes", frames_per_seq=FRAMES, size=SIZE, test_shift=0.5, seed=3,
-             test_shifts=LEVELS)
+    generate(
+        out, scenes=1, layout="7scenes", frames_per_seq=FRAMES, size=SIZE, test_shift=0.5, seed=3, test_shifts=LEVELS
+    )
     return out
 
 
@@ -281,8 +322,23 @@ def test_one_shift_level_is_test_shift(tmp_path):
 
 
 def test_shift_levels_cli_and_bad_levels(tmp_path, capsys):
-    synthetic.main([str(tmp_path / "c"), "--scenes", "1", "--frames-per-seq", "2", "--size", "16x12",
-                    "--layout", "cambridge", "--names", "ShopFacade", "--test-shifts", "0,1"])
+    synthetic.main(
+        [
+            str(tmp_path / "c"),
+            "--scenes",
+            "1",
+            "--frames-per-seq",
+            "2",
+            "--size",
+            "16x12",
+            "--layout",
+            "cambridge",
+            "--names",
+            "ShopFacade",
+            "--test-shifts",
+            "0,1",
+        ]
+    )
     assert (tmp_path / "c" / "abs_cambridge_pose_sorted.csv_ShopFacade_test_shift1.csv").is_file()
     assert (tmp_path / "c" / "ShopFacade" / "test_shift0" / "seq4" / "frame00001.png").is_file()
     for levels, message in (([0.0, 1.5], "in \\[0, 1\\]"), ([0.5, 0.5], "repeats")):

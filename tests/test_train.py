@@ -1,4 +1,5 @@
 """Training: run folder contents, checkpoint contents, resume equivalence, freeze, config/CSV agreement."""
+
 from __future__ import annotations
 
 import json
@@ -69,10 +70,13 @@ def test_resumed_run_ends_with_the_same_weights(scene7, tmp_path):
     assert len((resume_dir / "metrics.csv").read_text().splitlines()) == 3
 
 
-@pytest.mark.parametrize("model_name, phrases", [
-    ("hyperpose", ["hyper_in_t_proj", "hyper_in_t", "hyper_in_t_fc_2", "hypernet_t_fc_h2"]),
-    ("mshyperpose", ["hyper_in_rot", "hypernet_rot", "regressor_head_rot", "transformer_rot", "input_proj_rot"]),
-])
+@pytest.mark.parametrize(
+    "model_name, phrases",
+    [
+        ("hyperpose", ["hyper_in_t_proj", "hyper_in_t", "hyper_in_t_fc_2", "hypernet_t_fc_h2"]),
+        ("mshyperpose", ["hyper_in_rot", "hypernet_rot", "regressor_head_rot", "transformer_rot", "input_proj_rot"]),
+    ],
+)
 def test_freeze_trains_only_the_excluded_phrases(model_name, phrases, scene7, scenes3, tmp_path):
     cfg = tiny_config_dict(n_epochs=1)
     cfg[model_name].update(freeze=True, freeze_exclude_phrase=phrases)
@@ -97,8 +101,15 @@ def test_num_scenes_must_agree_with_the_csv(scenes3, tmp_path):
     cfg = tiny_config_dict()
     cfg["mshyperpose"]["num_scenes"] = 7
     with pytest.raises(UserError, match=r"num_scenes=7 .* 3 scenes"):
-        train("mshyperpose", "random", scenes3, scenes3 / "7scenes_all_scenes.csv",
-              write_config(tmp_path / "c.json", cfg), tmp_path, device="cpu")
+        train(
+            "mshyperpose",
+            "random",
+            scenes3,
+            scenes3 / "7scenes_all_scenes.csv",
+            write_config(tmp_path / "c.json", cfg),
+            tmp_path,
+            device="cpu",
+        )
 
 
 def test_fp16_needs_cuda(scene7, tiny_config, tmp_path):
@@ -118,8 +129,9 @@ def test_persistent_workers_give_the_same_weights_and_resume_bit_identically(sce
         cfg = tiny_config_dict()
         cfg["general"].update(n_workers=workers, keep_optimizer_state="all")  # checkpoint-1 resumes exactly
         config = write_config(tmp_path / f"cfg{workers}.json", cfg)
-        runs[workers] = train("hyperpose", "random", scene7, chess(scene7, "train"), config,
-                              tmp_path / f"w{workers}", device="cpu")
+        runs[workers] = train(
+            "hyperpose", "random", scene7, chess(scene7, "train"), config, tmp_path / f"w{workers}", device="cpu"
+        )
     a = torch.load(runs[0].final_checkpoint, weights_only=True)["model"]
     b = torch.load(runs[2].final_checkpoint, weights_only=True)["model"]
     for k in a:
@@ -127,8 +139,16 @@ def test_persistent_workers_give_the_same_weights_and_resume_bit_identically(sce
     first = tmp_path / "r" / runs[2].run_dir.name / f"{runs[2].run_dir.name}_checkpoint-1.pth"
     first.parent.mkdir(parents=True)
     shutil.copy(runs[2].run_dir / first.name, first)
-    resumed = train("hyperpose", "random", scene7, chess(scene7, "train"), tmp_path / "cfg2.json", tmp_path / "x",
-                    resume=first, device="cpu")
+    resumed = train(
+        "hyperpose",
+        "random",
+        scene7,
+        chess(scene7, "train"),
+        tmp_path / "cfg2.json",
+        tmp_path / "x",
+        resume=first,
+        device="cpu",
+    )
     c = torch.load(resumed.final_checkpoint, weights_only=True)["model"]
     for k in a:
         assert torch.equal(a[k], c[k]), k
@@ -147,19 +167,20 @@ def test_bf16_autocast_trains_on_the_cpu(model_name, scene7, scenes3, tiny_confi
 
 def test_micro_batches_must_fit_the_batch(scene7, tiny_config, tmp_path):
     with pytest.raises(UserError, match="micro_batches"):
-        train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu",
-              micro_batches=5)
+        train(
+            "effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu", micro_batches=5
+        )
 
 
 def test_bf16_test_mode_on_the_cpu_is_close_to_fp32(scene7, tiny_config, tmp_path):
     from engine.evaluate import Evaluator
 
-    run = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu",
-                n_epochs=1)
+    run = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu", n_epochs=1)
     preds = {}
     for amp in (False, "bf16"):
-        ev = Evaluator("effposenet", "random", scene7, chess(scene7, "test"), tiny_config, device="cpu", amp=amp,
-                       progress=False)
+        ev = Evaluator(
+            "effposenet", "random", scene7, chess(scene7, "test"), tiny_config, device="cpu", amp=amp, progress=False
+        )
         result = ev.evaluate_checkpoint(run.final_checkpoint, timing=False)
         preds[amp] = torch.from_numpy(next(iter(result.predictions.values())).pose_pred_N7)
     assert not torch.equal(preds[False], preds["bf16"])  # bf16 really ran
@@ -168,8 +189,17 @@ def test_bf16_test_mode_on_the_cpu_is_close_to_fp32(scene7, tiny_config, tmp_pat
 
 def test_a_single_image_part_at_1x1_maps_is_a_clear_error(scene7, tiny_config, tmp_path):
     with pytest.raises(UserError, match="part of 1 image.*BatchNorm"):
-        train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu",
-              micro_batches=4, n_epochs=1)
+        train(
+            "effposenet",
+            "random",
+            scene7,
+            chess(scene7, "train"),
+            tiny_config,
+            tmp_path,
+            device="cpu",
+            micro_batches=4,
+            n_epochs=1,
+        )
 
 
 def test_divergence_on_the_last_step_saves_nothing(scene7, tmp_path):
@@ -178,8 +208,15 @@ def test_divergence_on_the_last_step_saves_nothing(scene7, tmp_path):
     cfg = tiny_config_dict(n_epochs=1)
     cfg["effposenet"].update(batch_size=16, lr=1e30)
     with pytest.raises(UserError, match=r"training diverged at epoch 1: .*NaN or inf"):
-        train("effposenet", "random", scene7, chess(scene7, "train"), write_config(tmp_path / "c.json", cfg),
-              tmp_path / "out", device="cpu")
+        train(
+            "effposenet",
+            "random",
+            scene7,
+            chess(scene7, "train"),
+            write_config(tmp_path / "c.json", cfg),
+            tmp_path / "out",
+            device="cpu",
+        )
     run = next((tmp_path / "out").glob("run_*"))
     assert not list(run.glob("*.pth"))
     assert "run failed: training diverged at epoch 1" in (run / "train.log").read_text()
@@ -200,7 +237,7 @@ def test_simultaneous_runs_get_distinct_folders(tmp_path):
     for r in range(rounds):
         barrier, results, errors = threading.Barrier(n), [], []
 
-        def start():
+        def start(barrier=barrier, results=results, errors=errors, r=r):
             barrier.wait()
             try:
                 results.append(new_run_dir(tmp_path / str(r))[0])
@@ -247,8 +284,16 @@ def test_only_the_latest_checkpoint_keeps_the_optimizer_state(scene7, tiny_confi
     assert result.final_checkpoint.stat().st_size > 2.5 * first.stat().st_size  # Adam's two moments
     with caplog.at_level(logging.WARNING):
         # checkpoint-2 and the final are newer, so the resumed run branches into a folder of its own.
-        resumed = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path / "branch",
-                        resume=first, device="cpu")
+        resumed = train(
+            "effposenet",
+            "random",
+            scene7,
+            chess(scene7, "train"),
+            tiny_config,
+            tmp_path / "branch",
+            resume=first,
+            device="cpu",
+        )
     assert "holds no optimizer state" in caplog.text and "Adam restarts" in caplog.text
     assert torch.load(resumed.final_checkpoint, weights_only=True)["optimizer"]["state"]
 
@@ -269,6 +314,13 @@ def test_the_finite_check_sees_the_model_after_recalibration(scene7, tmp_path, m
     cfg = tiny_config_dict(n_epochs=1)
     cfg["effposenet"].update(bn_recalibrate_batches=1)
     with pytest.raises(UserError, match=r"training diverged at epoch 1"):
-        train("effposenet", "random", scene7, chess(scene7, "train"), write_config(tmp_path / "c.json", cfg),
-              tmp_path / "out", device="cpu")
+        train(
+            "effposenet",
+            "random",
+            scene7,
+            chess(scene7, "train"),
+            write_config(tmp_path / "c.json", cfg),
+            tmp_path / "out",
+            device="cpu",
+        )
     assert not list(next((tmp_path / "out").glob("run_*")).glob("*.pth"))

@@ -7,6 +7,7 @@ parameter names are the reference's.
 This module knows no model: which model a bare reference state_dict holds, and what a checkpoint decides
 about the config of the model that loads it, are the registry's to say (``models/loading.py``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,9 +39,19 @@ def non_finite_tensors(*modules: torch.nn.Module | None) -> list[str]:
     return bad
 
 
-def save_checkpoint(path: str | Path, *, model_name: str, config: dict, model: torch.nn.Module,
-                    epoch: int, scene_map: dict | None = None, loss: torch.nn.Module | None = None,
-                    optimizer=None, scheduler=None, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model_name: str,
+    config: dict,
+    model: torch.nn.Module,
+    epoch: int,
+    scene_map: dict | None = None,
+    loss: torch.nn.Module | None = None,
+    optimizer=None,
+    scheduler=None,
+    extra: dict | None = None,
+) -> Path:
     """Write the training state to ``path`` atomically (``optimizer=None`` leaves the optimizer state out).
 
     A model or loss with a non-finite value is never written: that is a UserError naming the tensor.
@@ -76,8 +87,11 @@ def drop_optimizer_state(path: str | Path) -> Path:
 
 def is_reference_state_dict(obj) -> bool:
     """A bare state_dict (name -> tensor), as the reference code writes."""
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def _looks_like_torch_file(path: Path) -> bool:
@@ -101,8 +115,7 @@ def torch_load_problem(path: str | Path, exc: BaseException) -> str:
     if isinstance(exc, pickle.UnpicklingError) and "eights" in text:  # torch's weights-only refusal
         match = re.search(r"GLOBAL ([\w.]+)", text)
         what = f" ({match.group(1)})" if match else ""
-        return (f"it holds Python objects other than tensors{what}, which are never loaded from files "
-                f"for safety")
+        return f"it holds Python objects other than tensors{what}, which are never loaded from files for safety"
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     return f"it is not a readable PyTorch file ({type(exc).__name__}: {first[:80]})"
 
@@ -117,12 +130,12 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"cannot read checkpoint {path}: {torch_load_problem(path, exc)}") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("format_version", 0) > FORMAT_VERSION:
-            raise UserError(f"checkpoint {path} has format version {obj['format_version']}; "
-                            f"this code reads up to {FORMAT_VERSION}")
+            raise UserError(
+                f"checkpoint {path} has format version {obj['format_version']}; this code reads up to {FORMAT_VERSION}"
+            )
         return obj
     if is_reference_state_dict(obj):
-        return {"format": "reference", "model_name": None, "model": obj, "config": {}, "scene_map": {},
-                "epoch": None}
+        return {"format": "reference", "model_name": None, "model": obj, "config": {}, "scene_map": {}, "epoch": None}
     raise UserError(f"{path} is neither a HyperPose checkpoint nor a model state_dict")
 
 
@@ -140,7 +153,8 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict, path: str | Pat
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if shape:
             k = shape[0]
-            parts.append(f"{len(shape)} with other shapes (e.g. {k}: {tuple(state_dict[k].shape)} vs "
-                         f"{tuple(own[k].shape)})")
+            parts.append(
+                f"{len(shape)} with other shapes (e.g. {k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)})"
+            )
         raise UserError(f"checkpoint {path} does not fit the model: " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)

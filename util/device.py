@@ -1,4 +1,5 @@
 """Device selection and seeding, each in one place."""
+
 from __future__ import annotations
 
 import contextlib
@@ -71,9 +72,12 @@ def cap_workers(requested: int, device: torch.device | None = None) -> int:
         if free < cap:
             cap = free
             by = f"the {threads} torch threads" + (f" of each of {procs} processes" if procs > 1 else "")
-            why = (f"the CPUs left free by {by} on {available} CPUs (images load in the training process; "
-                   f"fewer threads, e.g. OMP_NUM_THREADS, leave CPUs to workers)" if cap == 0 else
-                   f"the {cap} CPU(s) left free{' per process' if procs > 1 else ''} by {by} on {available} CPUs")
+            why = (
+                f"the CPUs left free by {by} on {available} CPUs (images load in the training process; "
+                f"fewer threads, e.g. OMP_NUM_THREADS, leave CPUs to workers)"
+                if cap == 0
+                else f"the {cap} CPU(s) left free{' per process' if procs > 1 else ''} by {by} on {available} CPUs"
+            )
     if requested <= cap:
         return requested
     if (requested, cap) not in _capped_workers:
@@ -127,8 +131,9 @@ def autocast_dtype(amp, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported()
         if amp == "bf16" and not bf16_ok:
-            raise UserError(f"--amp bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
-                            f"use --amp fp16")
+            raise UserError(
+                f"--amp bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; use --amp fp16"
+            )
         return torch.float16 if amp == "fp16" or (amp == "auto" and not bf16_ok) else torch.bfloat16
     if amp == "fp16":
         raise UserError("--amp fp16 (float16 mixed precision) needs a CUDA device; on the CPU use --amp bf16")

@@ -5,6 +5,7 @@
 run) everything here is a no-op for one process. The backend is NCCL on CUDA and gloo on the CPU; each
 process uses the GPU of its local rank.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DistContext:
     """This process's place in the job: rank among ``world_size`` processes, ``local_rank`` on its node."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -49,28 +51,33 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
-def init_distributed(requested_device: str = "auto", config_device_id: str | None = None
-                     ) -> tuple[DistContext, torch.device]:
+def init_distributed(
+    requested_device: str = "auto", config_device_id: str | None = None
+) -> tuple[DistContext, torch.device]:
     """Join the process group that ``torchrun`` describes in the environment; returns (context, device).
 
     A single process (no ``WORLD_SIZE`` > 1) gets ``DistContext()`` and ``select_device``'s device.
     """
     if not launched_by_torchrun():
         return DistContext(), select_device(requested_device, config_device_id)
-    ctx = DistContext(_env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK"),
-                      owns_group=not dist.is_initialized())
+    ctx = DistContext(
+        _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK"), owns_group=not dist.is_initialized()
+    )
     device = select_device(requested_device, config_device_id)
     if device.type == "cuda":
         if ctx.local_rank >= torch.cuda.device_count():
-            raise UserError(f"local rank {ctx.local_rank} has no GPU: only {torch.cuda.device_count()} visible; "
-                            f"start at most that many processes per node (--nproc_per_node)")
+            raise UserError(
+                f"local rank {ctx.local_rank} has no GPU: only {torch.cuda.device_count()} visible; "
+                f"start at most that many processes per node (--nproc_per_node)"
+            )
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if ctx.owns_group:
         dist.init_process_group(backend, init_method="env://", rank=ctx.rank, world_size=ctx.world_size)
-    log.info("process %d of %d (local rank %d) on %s, backend %s", ctx.rank, ctx.world_size, ctx.local_rank,
-             device, backend)
+    log.info(
+        "process %d of %d (local rank %d) on %s, backend %s", ctx.rank, ctx.world_size, ctx.local_rank, device, backend
+    )
     return ctx, device
 
 

@@ -4,10 +4,11 @@ Library code raises :class:`UserError` for anything the user can fix (a bad CSV,
 config typo, a mismatched checkpoint). Entry scripts catch it and print a one-line message with a
 non-zero exit status, instead of a traceback. ``assert`` stays reserved for internal invariants.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 class UserError(Exception):

@@ -4,13 +4,14 @@ A failed write is a :class:`UserError` naming the file, the error and the free s
 was there before stays as it was. :func:`check_output_dir` checks a folder before any work is done in it;
 :func:`check_input_file` tells a missing file from a directory given in its place.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -47,8 +48,9 @@ def free_space(path: str | os.PathLike) -> str:
 
 
 def _is_write_error(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) or (isinstance(exc, RuntimeError)
-                                        and any(s in str(exc) for s in _TORCH_WRITE_ERRORS))
+    return isinstance(exc, OSError) or (
+        isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_ERRORS)
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -164,17 +166,21 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
+
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
+
     return _atomic(path, write)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
+
     return _atomic(path, write)
 
 

@@ -3,9 +3,11 @@
 JSON has no inf or NaN, and an unlocalised frame's error is inf (see util.metrics). :func:`encode` writes a
 non-finite float as ``{"$float": "inf"}`` (``"-inf"``, ``"nan"``), an object no string can be confused with
 (a scene named "nan" stays a string); :func:`decode` turns those objects back into floats. A dict that itself
-has the single key ``$float`` or ``$dict`` is wrapped as ``{"$dict": ...}``, so every value round-trips. numpy scalars and arrays become plain numbers and lists, tuples lists, paths strings. Every
+has the single key ``$float`` or ``$dict`` is wrapped as ``{"$dict": ...}``, so every value round-trips. numpy
+scalars and arrays become plain numbers and lists, tuples lists, paths strings. Every
 result file (caches, summaries, the data embedded in HTML reports) goes through :func:`dumps`.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Logging set-up, done once by each entry script (console plus a log file in the run folder), and the
 progress bars, which only a terminal gets."""
+
 from __future__ import annotations
 
 import logging

@@ -10,12 +10,14 @@ An empty input is a valid, well-defined case (no exception): ``n_frames == 0`` a
 recall is NaN, meaning "not measured", so a table with an empty scene still prints. :func:`aggregate`
 skips such scenes.
 """
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -82,8 +84,12 @@ def _check_thresholds(thresholds: Iterable[tuple[float, float]]) -> list[tuple[f
     return checked
 
 
-def summarize(pos_err_N: Array, ori_err_N: Array, scene: str = "all",
-              thresholds: Iterable[tuple[float, float]] = DEFAULT_THRESHOLDS) -> PoseSummary:
+def summarize(
+    pos_err_N: Array,
+    ori_err_N: Array,
+    scene: str = "all",
+    thresholds: Iterable[tuple[float, float]] = DEFAULT_THRESHOLDS,
+) -> PoseSummary:
     """Summarise per-frame position (m) and orientation (deg) errors of one scene.
 
     Accepts numpy arrays, torch tensors (any device) or sequences. Non-finite errors are failures and
@@ -106,8 +112,10 @@ def summarize(pos_err_N: Array, ori_err_N: Array, scene: str = "all",
     failed_N = ~(np.isfinite(pos_N) & np.isfinite(ori_N))
     pos_N = np.where(np.isfinite(pos_N), pos_N, np.inf)
     ori_N = np.where(np.isfinite(ori_N), ori_N, np.inf)
-    recalls = {label: float(np.mean((pos_N <= max_pos_m) & (ori_N <= max_ori_deg)))
-               for max_pos_m, max_ori_deg, label in checked}
+    recalls = {
+        label: float(np.mean((pos_N <= max_pos_m) & (ori_N <= max_ori_deg)))
+        for max_pos_m, max_ori_deg, label in checked
+    }
     return PoseSummary(
         scene=scene,
         n_frames=n_frames,
@@ -151,15 +159,17 @@ def aggregate(summaries: Sequence[PoseSummary]) -> dict:
         # Every weight is > 0, so an infinite value gives inf, never NaN.
         return float(np.sum(weights * np.asarray(values, dtype=np.float64)))
 
-    row = {"n_scenes": len(used),
-           "n_frames": int(sum(s.n_frames for s in used)),
-           "n_failed": int(sum(s.n_failed for s in used)),
-           "mean_of_median_pos_m": float(np.mean([s.median_pos_m for s in used])),
-           "mean_of_median_ori_deg": float(np.mean([s.median_ori_deg for s in used])),
-           "weighted_median_pos_m": weighted([s.median_pos_m for s in used]),
-           "weighted_median_ori_deg": weighted([s.median_ori_deg for s in used]),
-           "weighted_mean_pos_m": weighted([s.mean_pos_m for s in used]),
-           "weighted_mean_ori_deg": weighted([s.mean_ori_deg for s in used])}
+    row = {
+        "n_scenes": len(used),
+        "n_frames": int(sum(s.n_frames for s in used)),
+        "n_failed": int(sum(s.n_failed for s in used)),
+        "mean_of_median_pos_m": float(np.mean([s.median_pos_m for s in used])),
+        "mean_of_median_ori_deg": float(np.mean([s.median_ori_deg for s in used])),
+        "weighted_median_pos_m": weighted([s.median_pos_m for s in used]),
+        "weighted_median_ori_deg": weighted([s.median_ori_deg for s in used]),
+        "weighted_mean_pos_m": weighted([s.mean_pos_m for s in used]),
+        "weighted_mean_ori_deg": weighted([s.mean_ori_deg for s in used]),
+    }
     row.update({label: weighted([s.recalls[label] for s in used]) for label in labels})
     return row
 
@@ -179,19 +189,30 @@ def format_summaries(summaries: Sequence[PoseSummary], average: Mapping | None =
     """
     rows = [s.to_dict() for s in summaries]
     if average is not None:
-        rows.append({"scene": "average", "n_frames": average["n_frames"], "n_failed": average["n_failed"],
-                     "median_pos_m": average["mean_of_median_pos_m"],
-                     "median_ori_deg": average["mean_of_median_ori_deg"],
-                     "mean_pos_m": average["weighted_mean_pos_m"],
-                     "mean_ori_deg": average["weighted_mean_ori_deg"],
-                     **{k: v for k, v in average.items() if k.startswith("recall_")}})
+        rows.append(
+            {
+                "scene": "average",
+                "n_frames": average["n_frames"],
+                "n_failed": average["n_failed"],
+                "median_pos_m": average["mean_of_median_pos_m"],
+                "median_ori_deg": average["mean_of_median_ori_deg"],
+                "mean_pos_m": average["weighted_mean_pos_m"],
+                "mean_ori_deg": average["weighted_mean_ori_deg"],
+                **{k: v for k, v in average.items() if k.startswith("recall_")},
+            }
+        )
     labels: list[str] = []
     for row in rows:
         labels += [k for k in row if k.startswith("recall_") and k not in labels]
-    columns = [("n_frames", "frames", 0), ("n_failed", "failed", 0), ("median_pos_m", "med pos [m]", 3),
-               ("median_ori_deg", "med ori [deg]", 2), ("mean_pos_m", "mean pos [m]", 3),
-               ("mean_ori_deg", "mean ori [deg]", 2)]
-    columns += [(lab, lab[len("recall_"):].replace("_", "/") + " [%]", 1) for lab in labels]
+    columns = [
+        ("n_frames", "frames", 0),
+        ("n_failed", "failed", 0),
+        ("median_pos_m", "med pos [m]", 3),
+        ("median_ori_deg", "med ori [deg]", 2),
+        ("mean_pos_m", "mean pos [m]", 3),
+        ("mean_ori_deg", "mean ori [deg]", 2),
+    ]
+    columns += [(lab, lab[len("recall_") :].replace("_", "/") + " [%]", 1) for lab in labels]
     widths = [len(head) + 2 for _, head, _ in columns]
     scene_width = max([len("scene")] + [len(str(row["scene"])) for row in rows])
 

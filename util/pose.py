@@ -14,6 +14,7 @@ Conventions (the label CSVs, the models and the metrics all follow them):
 - A 4x4 camera-to-world matrix ``T_cw = [[R_cw, c], [0, 1]]`` maps camera coordinates to world
   coordinates; its inverse ``T_wc = [[R_cw^T, -R_cw^T c], [0, 1]]`` is world-to-camera.
 """
+
 from __future__ import annotations
 
 from typing import Union
@@ -86,24 +87,33 @@ def rotmat_to_quat(R_N33: Array) -> Array:
         s = m[sel]
         if k == 0:
             r = np.sqrt(np.maximum(1.0 + s[:, 0, 0] + s[:, 1, 1] + s[:, 2, 2], 0.0)) * 2  # r = 4w
-            q[sel] = np.stack([0.25 * r, (s[:, 2, 1] - s[:, 1, 2]) / r, (s[:, 0, 2] - s[:, 2, 0]) / r,
-                               (s[:, 1, 0] - s[:, 0, 1]) / r], axis=1)
+            q[sel] = np.stack(
+                [0.25 * r, (s[:, 2, 1] - s[:, 1, 2]) / r, (s[:, 0, 2] - s[:, 2, 0]) / r, (s[:, 1, 0] - s[:, 0, 1]) / r],
+                axis=1,
+            )
         elif k == 1:
             r = np.sqrt(np.maximum(1.0 + s[:, 0, 0] - s[:, 1, 1] - s[:, 2, 2], 0.0)) * 2  # r = 4x
-            q[sel] = np.stack([(s[:, 2, 1] - s[:, 1, 2]) / r, 0.25 * r, (s[:, 0, 1] + s[:, 1, 0]) / r,
-                               (s[:, 0, 2] + s[:, 2, 0]) / r], axis=1)
+            q[sel] = np.stack(
+                [(s[:, 2, 1] - s[:, 1, 2]) / r, 0.25 * r, (s[:, 0, 1] + s[:, 1, 0]) / r, (s[:, 0, 2] + s[:, 2, 0]) / r],
+                axis=1,
+            )
         elif k == 2:
             r = np.sqrt(np.maximum(1.0 - s[:, 0, 0] + s[:, 1, 1] - s[:, 2, 2], 0.0)) * 2  # r = 4y
-            q[sel] = np.stack([(s[:, 0, 2] - s[:, 2, 0]) / r, (s[:, 0, 1] + s[:, 1, 0]) / r, 0.25 * r,
-                               (s[:, 1, 2] + s[:, 2, 1]) / r], axis=1)
+            q[sel] = np.stack(
+                [(s[:, 0, 2] - s[:, 2, 0]) / r, (s[:, 0, 1] + s[:, 1, 0]) / r, 0.25 * r, (s[:, 1, 2] + s[:, 2, 1]) / r],
+                axis=1,
+            )
         else:
             r = np.sqrt(np.maximum(1.0 - s[:, 0, 0] - s[:, 1, 1] + s[:, 2, 2], 0.0)) * 2  # r = 4z
-            q[sel] = np.stack([(s[:, 1, 0] - s[:, 0, 1]) / r, (s[:, 0, 2] + s[:, 2, 0]) / r,
-                               (s[:, 1, 2] + s[:, 2, 1]) / r, 0.25 * r], axis=1)
+            q[sel] = np.stack(
+                [(s[:, 1, 0] - s[:, 0, 1]) / r, (s[:, 0, 2] + s[:, 2, 0]) / r, (s[:, 1, 2] + s[:, 2, 1]) / r, 0.25 * r],
+                axis=1,
+            )
     q = canonical_quat(q).reshape(R.shape[:-2] + (4,))
     if torch_in:
-        return torch.as_tensor(q, dtype=R_N33.dtype if R_N33.is_floating_point() else torch.float64,
-                               device=R_N33.device)
+        return torch.as_tensor(
+            q, dtype=R_N33.dtype if R_N33.is_floating_point() else torch.float64, device=R_N33.device
+        )
     return q
 
 
@@ -111,10 +121,16 @@ def quat_multiply(a_N4: Array, b_N4: Array) -> Array:
     """Hamilton product a * b (the rotation b followed by a)."""
     aw, ax, ay, az = a_N4[..., 0], a_N4[..., 1], a_N4[..., 2], a_N4[..., 3]
     bw, bx, by, bz = b_N4[..., 0], b_N4[..., 1], b_N4[..., 2], b_N4[..., 3]
-    return _stack([aw * bw - ax * bx - ay * by - az * bz,
-                   aw * bx + ax * bw + ay * bz - az * by,
-                   aw * by - ax * bz + ay * bw + az * bx,
-                   aw * bz + ax * by - ay * bx + az * bw], -1, a_N4)
+    return _stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        -1,
+        a_N4,
+    )
 
 
 def axis_angle_to_quat(axis_N3: Array, angle_rad: Array | float) -> Array:
@@ -186,8 +202,10 @@ def orientation_error_deg(q_pred_N4: Array, q_gt_N4: Array) -> Array:
 
 def pose_errors(pose_pred_N7: Array, pose_gt_N7: Array) -> tuple[Array, Array]:
     """(position error in m, orientation error in deg) of 7-vector poses ``[t, q]``."""
-    return (position_error(pose_pred_N7[..., :3], pose_gt_N7[..., :3]),
-            orientation_error_deg(pose_pred_N7[..., 3:], pose_gt_N7[..., 3:]))
+    return (
+        position_error(pose_pred_N7[..., :3], pose_gt_N7[..., :3]),
+        orientation_error_deg(pose_pred_N7[..., 3:], pose_gt_N7[..., 3:]),
+    )
 
 
 def _as_float64(x: Array) -> np.ndarray:

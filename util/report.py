@@ -5,15 +5,16 @@ small next to the checkpoints it describes). Each figure is stored as plotly JSO
 ``<script type="application/json">`` block that a few lines of JS render; :func:`read_embedded_json` reads
 the same blocks back, for tests and tools. Nothing here opens a browser.
 """
+
 from __future__ import annotations
 
 import html
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -27,14 +28,15 @@ from util.io import atomic_write_text
 # The element id of the embedded data, stable so that tools can find it: <script type="application/json" id="...">.
 DATA_ID = "batch-eval-data"
 
-MAX_CDF_POINTS = 1000       # per curve; more frames are drawn at evenly spaced quantiles
+MAX_CDF_POINTS = 1000  # per curve; more frames are drawn at evenly spaced quantiles
 MAX_POSITION_POINTS = 5000  # per scene; more frames are drawn with a uniform stride
-MAX_ERROR_SEGMENTS = 2000   # per scene; pred-to-gt segments beyond this would clutter the 3D view
+MAX_ERROR_SEGMENTS = 2000  # per scene; pred-to-gt segments beyond this would clutter the 3D view
 
 
 @dataclass
 class Column:
     """One table column: header, cell format for numbers, and whether to show values in percent."""
+
     header: str
     fmt: str = "{:.3f}"
     percent: bool = False
@@ -43,6 +45,7 @@ class Column:
 @dataclass
 class Section:
     """An extra part of a report page after its main table: a heading, a note, a table and/or a figure."""
+
     heading: str
     note: str = ""
     columns: list[Column] | None = None
@@ -58,23 +61,24 @@ class BatchReport:
     robustness report (``best_index=None``) has one x-axis entry per test condition, one series per
     checkpoint and no 3D view (``positions`` empty).
     """
+
     title: str
-    facts: list[tuple[str, str]]                           # (key, value) lines under the title
-    labels: list[str]                                      # x axis of the error curves
-    curves: dict[str, tuple[list[float], list[float]]]     # series -> (position m, orientation deg)
+    facts: list[tuple[str, str]]  # (key, value) lines under the title
+    labels: list[str]  # x axis of the error curves
+    curves: dict[str, tuple[list[float], list[float]]]  # series -> (position m, orientation deg)
     columns: list[Column]
-    rows: list[list]                                       # one cell per column: str, int, float or None
+    rows: list[list]  # one cell per column: str, int, float or None
     best_index: int | None
     best_rule: str
-    cdf_errors: dict[str, tuple[np.ndarray, np.ndarray]]   # group -> (pos_err_N, ori_err_N), best checkpoint
-    positions: dict[str, tuple[np.ndarray, np.ndarray]]    # scene -> (t_gt_N3, t_pred_N3), best checkpoint
+    cdf_errors: dict[str, tuple[np.ndarray, np.ndarray]]  # group -> (pos_err_N, ori_err_N), best checkpoint
+    positions: dict[str, tuple[np.ndarray, np.ndarray]]  # scene -> (t_gt_N3, t_pred_N3), best checkpoint
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-    data: dict = field(default_factory=dict)               # embedded as JSON (id ``batch-eval-data``)
-    hidden_curves: tuple[str, ...] = ()                    # series shown only after a click on the legend
-    x_title: str = "checkpoint"                            # what the x axis and the table rows are
+    data: dict = field(default_factory=dict)  # embedded as JSON (id ``batch-eval-data``)
+    hidden_curves: tuple[str, ...] = ()  # series shown only after a click on the legend
+    x_title: str = "checkpoint"  # what the x axis and the table rows are
     table_title: str = "Checkpoints"
     skipped_title: str = "Skipped checkpoints"
-    cdf_note: str = ""                                     # what the CDF groups are, when not the best's scenes
+    cdf_note: str = ""  # what the CDF groups are, when not the best's scenes
     # Extra curve figures, fig id -> (heading, y titles (position, orientation), series -> (pos, ori)).
     more_curves: dict[str, tuple[str, tuple[str, str], dict]] = field(default_factory=dict)
     sections: list[Section] = field(default_factory=list)  # after the main table, in order
@@ -94,8 +98,9 @@ def script_json(obj) -> str:
 
 def read_embedded_json(page: str, element_id: str):
     """Parse the ``<script type="application/json" id=element_id>`` block of a report page."""
-    match = re.search(r'<script type="application/json" id="%s"[^>]*>(.*?)</script>' % re.escape(element_id),
-                      page, re.S)
+    match = re.search(
+        r'<script type="application/json" id="%s"[^>]*>(.*?)</script>' % re.escape(element_id), page, re.S
+    )
     if match is None:
         raise KeyError(f"no JSON block with id {element_id!r}")
     return json.loads(match.group(1))
@@ -107,31 +112,56 @@ def _figure_dict(fig: go.Figure) -> dict:
 
 
 # Figures -----------------------------------------------------------------------------------------------------
-def error_curves_figure(labels: Sequence[str], curves: dict[str, tuple[list[float], list[float]]],
-                        best_index: int | None, hidden: Sequence[str] = (), x_title: str = "checkpoint",
-                        titles: tuple[str, str] = ("Position error [m]", "Orientation error [deg]")) -> go.Figure:
+def error_curves_figure(
+    labels: Sequence[str],
+    curves: dict[str, tuple[list[float], list[float]]],
+    best_index: int | None,
+    hidden: Sequence[str] = (),
+    x_title: str = "checkpoint",
+    titles: tuple[str, str] = ("Position error [m]", "Orientation error [deg]"),
+) -> go.Figure:
     """Position (top) and orientation (bottom) error against checkpoint (or condition), one trace per series."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=titles)
     x = list(labels)
     colors = pio.templates["plotly"].layout.colorway
     for k, (name, (pos, ori)) in enumerate(curves.items()):
         bold = name in ("average", "median")
-        style = dict(mode="lines+markers", legendgroup=name, visible="legendonly" if name in hidden else True,
-                     line=dict(width=3 if bold else 1.5, color="black" if name == "average" else colors[k % len(colors)],
-                               dash="dot" if name == "mean" else None))
+        style = dict(
+            mode="lines+markers",
+            legendgroup=name,
+            visible="legendonly" if name in hidden else True,
+            line=dict(
+                width=3 if bold else 1.5,
+                color="black" if name == "average" else colors[k % len(colors)],
+                dash="dot" if name == "mean" else None,
+            ),
+        )
         fig.add_trace(go.Scatter(x=x, y=[_finite_or_none(v) for v in pos], name=name, **style), row=1, col=1)
-        fig.add_trace(go.Scatter(x=x, y=[_finite_or_none(v) for v in ori], name=name, showlegend=False, **style),
-                      row=2, col=1)
+        fig.add_trace(
+            go.Scatter(x=x, y=[_finite_or_none(v) for v in ori], name=name, showlegend=False, **style), row=2, col=1
+        )
     # Category axes place shapes at the category's index.
     if best_index is not None:
         for row in (1, 2):
             fig.add_vline(x=best_index, line=dict(color="#d62728", width=1, dash="dash"), row=row, col=1)
-        fig.add_annotation(x=best_index, y=1.0, xref="x", yref="paper", text="best", showarrow=False,
-                           yanchor="bottom", font=dict(color="#d62728"))
+        fig.add_annotation(
+            x=best_index,
+            y=1.0,
+            xref="x",
+            yref="paper",
+            text="best",
+            showarrow=False,
+            yanchor="bottom",
+            font=dict(color="#d62728"),
+        )
     fig.update_xaxes(type="category", title_text=x_title, row=2, col=1)
     fig.update_xaxes(type="category", row=1, col=1)
-    fig.update_layout(height=620, margin=dict(l=60, r=20, t=50, b=60), hovermode="x unified",
-                      legend=dict(title="series (click to toggle)"))
+    fig.update_layout(
+        height=620,
+        margin=dict(l=60, r=20, t=50, b=60),
+        hovermode="x unified",
+        legend=dict(title="series (click to toggle)"),
+    )
     return fig
 
 
@@ -152,16 +182,27 @@ def _cdf_points(errors_N: np.ndarray) -> tuple[list[float], list[float]]:
 
 def cdf_figure(cdf_errors: dict[str, tuple[np.ndarray, np.ndarray]]) -> go.Figure:
     """Cumulative distribution of position and orientation errors, one curve per group."""
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08,
-                        subplot_titles=("Position error CDF", "Orientation error CDF"))
+    fig = make_subplots(
+        rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=("Position error CDF", "Orientation error CDF")
+    )
     colors = pio.templates["plotly"].layout.colorway
     for k, (name, (pos, ori)) in enumerate(cdf_errors.items()):
         color = "black" if name == "all" else colors[k % len(colors)]
         for col, errors in ((1, pos), (2, ori)):
             x, y = _cdf_points(errors)
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, legendgroup=name, showlegend=col == 1,
-                                     line=dict(color=color, width=2.5 if name == "all" else 1.5, shape="hv")),
-                          row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    mode="lines",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line=dict(color=color, width=2.5 if name == "all" else 1.5, shape="hv"),
+                ),
+                row=1,
+                col=col,
+            )
     fig.update_xaxes(title_text="position error [m]", row=1, col=1)
     fig.update_xaxes(title_text="orientation error [deg]", row=1, col=2)
     fig.update_yaxes(title_text="fraction of frames", range=[0, 1.02], row=1, col=1)
@@ -184,19 +225,47 @@ def positions_figure(positions: dict[str, tuple[np.ndarray, np.ndarray]]) -> go.
         gt, pred = t_gt_N3[::stride], t_pred_N3[::stride]
         visible = True if k == 0 else "legendonly"
         suffix = f" (every {stride}th frame)" if stride > 1 else ""
-        fig.add_trace(go.Scatter3d(**_xyz(gt), mode="markers", name=f"{scene} ground truth{suffix}",
-                                   legendgroup=scene, visible=visible, marker=dict(size=3, color="#1f77b4")))
-        fig.add_trace(go.Scatter3d(**_xyz(pred), mode="markers", name=f"{scene} predicted", legendgroup=scene,
-                                   visible=visible, marker=dict(size=3, color="#ff7f0e")))
+        fig.add_trace(
+            go.Scatter3d(
+                **_xyz(gt),
+                mode="markers",
+                name=f"{scene} ground truth{suffix}",
+                legendgroup=scene,
+                visible=visible,
+                marker=dict(size=3, color="#1f77b4"),
+            )
+        )
+        fig.add_trace(
+            go.Scatter3d(
+                **_xyz(pred),
+                mode="markers",
+                name=f"{scene} predicted",
+                legendgroup=scene,
+                visible=visible,
+                marker=dict(size=3, color="#ff7f0e"),
+            )
+        )
         seg_stride = max(1, math.ceil(len(gt) / MAX_ERROR_SEGMENTS))
         seg = np.full((len(gt[::seg_stride]) * 3, 3), np.nan)
         seg[0::3], seg[1::3] = gt[::seg_stride], pred[::seg_stride]
-        fig.add_trace(go.Scatter3d(**_xyz(seg), mode="lines", name=f"{scene} error", legendgroup=scene,
-                                   visible=visible, line=dict(color="rgba(90,90,90,0.7)", width=2),
-                                   hoverinfo="skip", connectgaps=False))
-    fig.update_layout(height=640, margin=dict(l=0, r=0, t=30, b=0),
-                      scene=dict(aspectmode="data", xaxis_title="x [m]", yaxis_title="y [m]", zaxis_title="z [m]"),
-                      legend=dict(title="click a scene to show or hide it"))
+        fig.add_trace(
+            go.Scatter3d(
+                **_xyz(seg),
+                mode="lines",
+                name=f"{scene} error",
+                legendgroup=scene,
+                visible=visible,
+                line=dict(color="rgba(90,90,90,0.7)", width=2),
+                hoverinfo="skip",
+                connectgaps=False,
+            )
+        )
+    fig.update_layout(
+        height=640,
+        margin=dict(l=0, r=0, t=30, b=0),
+        scene=dict(aspectmode="data", xaxis_title="x [m]", yaxis_title="y [m]", zaxis_title="z [m]"),
+        legend=dict(title="click a scene to show or hide it"),
+    )
     return fig
 
 
@@ -230,9 +299,8 @@ def sortable_table(columns: Sequence[Column], rows: Sequence[Sequence], best_ind
                 shown += ' <span class="badge">best</span>'
             cells.append(f'<td data-sort="{key}">{shown}</td>')
         row_class = ' class="best"' if i == best_index else ""
-        body.append(f'<tr{row_class}>{"".join(cells)}</tr>')
-    return (f'<table id="results" class="sortable"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+        body.append(f"<tr{row_class}>{''.join(cells)}</tr>")
+    return f'<table id="results" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 _CSS = """
@@ -293,11 +361,15 @@ def _section_html(k: int, section: Section) -> str:
 
 def render_batch_report(report: BatchReport) -> str:
     """The complete HTML page (plotly.js inline)."""
-    figures = {"fig-errors": error_curves_figure(report.labels, report.curves, report.best_index,
-                                                 report.hidden_curves, report.x_title)}
+    figures = {
+        "fig-errors": error_curves_figure(
+            report.labels, report.curves, report.best_index, report.hidden_curves, report.x_title
+        )
+    }
     for fid, (_, titles, curves) in report.more_curves.items():
-        figures[fid] = error_curves_figure(report.labels, curves, report.best_index, x_title=report.x_title,
-                                           titles=titles)
+        figures[fid] = error_curves_figure(
+            report.labels, curves, report.best_index, x_title=report.x_title, titles=titles
+        )
     figures["fig-cdf"] = cdf_figure(report.cdf_errors)
     for k, section in enumerate(report.sections):
         if section.figure is not None:
@@ -307,14 +379,19 @@ def render_batch_report(report: BatchReport) -> str:
     facts = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in report.facts)
     skipped = ""
     if report.skipped:
-        items = "".join(f"<li><code>{html.escape(name)}</code>: {html.escape(reason)}</li>"
-                        for name, reason in report.skipped)
+        items = "".join(
+            f"<li><code>{html.escape(name)}</code>: {html.escape(reason)}</li>" for name, reason in report.skipped
+        )
         skipped = f"<h2>{html.escape(report.skipped_title)}</h2><ul>{items}</ul>"
-    blocks = "\n".join(f'<script type="application/json" id="{fid}" class="plotly-figure" '
-                       f'data-target="{fid}-plot">{script_json(_figure_dict(fig))}</script>'
-                       for fid, fig in figures.items())
-    more = "".join(f'<h2>{html.escape(heading)}</h2>\n<div id="{fid}-plot" class="plot"></div>\n'
-                   for fid, (heading, _, _) in report.more_curves.items())
+    blocks = "\n".join(
+        f'<script type="application/json" id="{fid}" class="plotly-figure" '
+        f'data-target="{fid}-plot">{script_json(_figure_dict(fig))}</script>'
+        for fid, fig in figures.items()
+    )
+    more = "".join(
+        f'<h2>{html.escape(heading)}</h2>\n<div id="{fid}-plot" class="plot"></div>\n'
+        for fid, (heading, _, _) in report.more_curves.items()
+    )
     if report.best_index is not None:
         best = html.escape(report.labels[report.best_index])
         rule = f'<p class="rule">Best checkpoint: <b>{best}</b>. {html.escape(report.best_rule)}</p>'
@@ -373,22 +450,35 @@ def predicted_positions_figure(groups: dict[str, tuple[np.ndarray, Sequence[str]
         t_N3 = np.asarray(t_N3).reshape(-1, 3)
         stride = max(1, math.ceil(len(t_N3) / MAX_POSITION_POINTS))
         suffix = f" (every {stride}th image)" if stride > 1 else ""
-        fig.add_trace(go.Scatter3d(**_xyz(t_N3[::stride]), mode="markers", name=f"{name}{suffix}",
-                                   text=[str(s) for s in list(labels)[::stride]], hoverinfo="text+x+y+z",
-                                   marker=dict(size=3)))
-    fig.update_layout(height=680, margin=dict(l=0, r=0, t=30, b=0),
-                      scene=dict(aspectmode="data", xaxis_title="x [m]", yaxis_title="y [m]", zaxis_title="z [m]"),
-                      legend=dict(title="click to show or hide"))
+        fig.add_trace(
+            go.Scatter3d(
+                **_xyz(t_N3[::stride]),
+                mode="markers",
+                name=f"{name}{suffix}",
+                text=[str(s) for s in list(labels)[::stride]],
+                hoverinfo="text+x+y+z",
+                marker=dict(size=3),
+            )
+        )
+    fig.update_layout(
+        height=680,
+        margin=dict(l=0, r=0, t=30, b=0),
+        scene=dict(aspectmode="data", xaxis_title="x [m]", yaxis_title="y [m]", zaxis_title="z [m]"),
+        legend=dict(title="click to show or hide"),
+    )
     return fig
 
 
-def write_positions_page(path: str | Path, title: str, facts: Sequence[tuple[str, str]],
-                         groups: dict[str, tuple[np.ndarray, Sequence[str]]]) -> Path:
+def write_positions_page(
+    path: str | Path, title: str, facts: Sequence[tuple[str, str]], groups: dict[str, tuple[np.ndarray, Sequence[str]]]
+) -> Path:
     """A self-contained page with the 3D view of :func:`predicted_positions_figure`, written atomically."""
     fid = "fig-positions"
     facts_html = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in facts)
-    block = (f'<script type="application/json" id="{fid}" class="plotly-figure" data-target="{fid}-plot">'
-             f'{script_json(_figure_dict(predicted_positions_figure(groups)))}</script>')
+    block = (
+        f'<script type="application/json" id="{fid}" class="plotly-figure" data-target="{fid}-plot">'
+        f"{script_json(_figure_dict(predicted_positions_figure(groups)))}</script>"
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>

@@ -4,13 +4,15 @@ It knows nothing of models or of any particular key: the keys every model has ar
 each model's own in its registry entry (``models/registry.py``), and ``models/config.py`` puts them together
 into the effective config of a model.
 """
+
 from __future__ import annotations
 
 import difflib
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from util.errors import UserError
 
@@ -21,37 +23,42 @@ class Key:
 
     default: Any
     kind: str  # "int", "float", "bool", "str" or "str_list"
-    check: Optional[Callable[[Any], Optional[str]]] = None  # returns what is wrong, or None
+    check: Callable[[Any], str | None] | None = None  # returns what is wrong, or None
     nullable: bool = False
     scalar_as_list: bool = False  # a "str_list" key also takes one bare string
     doc: str = ""
     lowercase: bool = False  # a "str" key is stripped and lower-cased before its check (device_id, backbone_type)
 
 
-def greater(lo: float) -> Callable[[Any], Optional[str]]:
+def greater(lo: float) -> Callable[[Any], str | None]:
     return lambda v: None if v > lo else f"must be > {lo:g}"
 
 
-def at_least(lo: float) -> Callable[[Any], Optional[str]]:
+def at_least(lo: float) -> Callable[[Any], str | None]:
     return lambda v: None if v >= lo else f"must be >= {lo:g}"
 
 
-def check_fraction(v: float) -> Optional[str]:
+def check_fraction(v: float) -> str | None:
     return None if 0 < v <= 1 else "must be in (0, 1]"
 
 
-def check_dropout(v: float) -> Optional[str]:
+def check_dropout(v: float) -> str | None:
     return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
-def one_of(*options: str) -> Callable[[Any], Optional[str]]:
+def one_of(*options: str) -> Callable[[Any], str | None]:
     return lambda v: None if v in options else "must be " + " or ".join(f"'{o}'" for o in options)
 
 
 INT_GE1 = dict(kind="int", check=at_least(1))
 
-_KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-               "str_list": "a list of strings"}
+_KIND_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "str_list": "a list of strings",
+}
 
 
 def json_type(value: Any) -> str:
@@ -73,7 +80,7 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def closest_key(key: str, valid: tuple[str, ...], synonyms: Optional[Mapping[str, str]] = None) -> Optional[str]:
+def closest_key(key: str, valid: tuple[str, ...], synonyms: Mapping[str, str] | None = None) -> str | None:
     """The valid key ``key`` most likely meant (by spelling or one of ``synonyms``), if any is close."""
     candidates = {k.lower(): k for k in valid}
     for synonym, target in (synonyms or {}).items():
@@ -107,8 +114,9 @@ def coerce(key: str, spec: Key, value: Any, where: str) -> Any:
         value = list(value) if ok else value
     if not ok:
         expected = _KIND_NAMES[kind] + (" or null" if spec.nullable else "")
-        raise UserError(f"{where}: '{key}' must be {expected}, got {json.dumps(value, default=str)} "
-                        f"({json_type(value)})")
+        raise UserError(
+            f"{where}: '{key}' must be {expected}, got {json.dumps(value, default=str)} ({json_type(value)})"
+        )
     if kind == "str" and spec.lowercase:
         value = value.strip().lower()
     problem = spec.check(value) if spec.check else None

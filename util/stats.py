@@ -10,12 +10,13 @@ side has is named in the result and left out of the pairing, never filled in.
 Lower is better for every quantity compared here (errors in metres and degrees): a negative mean difference
 means ``a`` had the lower error.
 """
+
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from scipy.stats import t as student_t
 
@@ -25,18 +26,19 @@ CONFIDENCE = 0.95
 @dataclass(frozen=True)
 class PairedDifference:
     """``a - b`` over the seeds both sides have (lower is better on both)."""
-    seeds: tuple[int, ...]          # paired seeds, sorted
-    mean: float                     # mean of a - b
-    se: float                       # its standard error (nan with one pair)
-    low: float                      # 95 % confidence interval of the mean difference (nan with one pair)
+
+    seeds: tuple[int, ...]  # paired seeds, sorted
+    mean: float  # mean of a - b
+    se: float  # its standard error (nan with one pair)
+    low: float  # 95 % confidence interval of the mean difference (nan with one pair)
     high: float
-    wins_a: int                     # seeds where a < b
-    wins_b: int                     # seeds where b < a
+    wins_a: int  # seeds where a < b
+    wins_b: int  # seeds where b < a
     mean_a: float
-    sd_a: float                     # sample standard deviation over the paired seeds (nan with one)
+    sd_a: float  # sample standard deviation over the paired seeds (nan with one)
     mean_b: float
     sd_b: float
-    only_a: tuple[int, ...] = ()    # seeds without a partner, left out
+    only_a: tuple[int, ...] = ()  # seeds without a partner, left out
     only_b: tuple[int, ...] = ()
 
     @property
@@ -61,8 +63,9 @@ def _sd(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
-def paired_difference(a: Mapping[int, float], b: Mapping[int, float],
-                      confidence: float = CONFIDENCE) -> PairedDifference | None:
+def paired_difference(
+    a: Mapping[int, float], b: Mapping[int, float], confidence: float = CONFIDENCE
+) -> PairedDifference | None:
     """Pair ``a`` and ``b`` (seed -> value) by seed; None when no seed is in both."""
     seeds = tuple(sorted(set(a) & set(b)))
     if not seeds:
@@ -76,6 +79,18 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float],
     else:
         se = low = high = float("nan")
     va, vb = [a[s] for s in seeds], [b[s] for s in seeds]
-    return PairedDifference(seeds, mean, se, low, high, sum(d < 0 for d in diffs), sum(d > 0 for d in diffs),
-                            statistics.fmean(va), _sd(va), statistics.fmean(vb), _sd(vb),
-                            tuple(sorted(set(a) - set(b))), tuple(sorted(set(b) - set(a))))
+    return PairedDifference(
+        seeds,
+        mean,
+        se,
+        low,
+        high,
+        sum(d < 0 for d in diffs),
+        sum(d > 0 for d in diffs),
+        statistics.fmean(va),
+        _sd(va),
+        statistics.fmean(vb),
+        _sd(vb),
+        tuple(sorted(set(a) - set(b))),
+        tuple(sorted(set(b) - set(a))),
+    )
