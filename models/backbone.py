@@ -1,6 +1,9 @@
 """Backbones behind one interface: pooled feature width, named endpoints, one-pass extraction.
 
-``backbone_type`` picks one:
+Each backbone type has one :class:`BackboneSpec` in a registry (:func:`register_backbone`): its name as
+configs write it, its constructor, where its ImageNet weights come from and how its weight files are
+recognised. Construction, loading, config validation, the models' accepted backbones and every help text
+ask the registry. ``backbone_type`` picks one of the registered types:
 
 - ``efficientnet``: efficientnet-pytorch EfficientNet-B0 (the reference's), with its standard parameter
   names, including the 1000-way ``_fc`` that no head uses but every reference checkpoint stores.
@@ -30,7 +33,7 @@ import math
 import socket
 import sys
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,19 +47,89 @@ from util.io import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
-BACKBONE_TYPES = ("efficientnet", "googlenet", "resnet34", "timm")
+DEFAULT_BACKBONE = "efficientnet"  # the reference's, and that of every model that accepts any backbone
 TIMM_PREFIX = "timm:"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EFFICIENTNET_NAME = "efficientnet-b0"
-# File names of the ImageNet weights torchvision and efficientnet-pytorch download into
-# ``<torch hub dir>/checkpoints``; 'imagenet' uses them where they exist.
-IMAGENET_FILES = {
-    "efficientnet": "efficientnet-b0-355c32eb.pth",
-    "googlenet": "googlenet-1378be20.pth",
-    "resnet34": "resnet34-b627a593.pth",
-}
 LITE0_TIMM_NAME = "tf_efficientnet_lite0"
+StateDict = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the toolkit knows about one backbone type, outside its module.
+
+    A *family* (``member_check`` set) is written ``<name>:<member>`` (``timm:resnet50``); ``build`` then
+    takes the member name. Feature width and endpoints are the built module's (:class:`Backbone`).
+    """
+
+    name: str  # as configs write it ("efficientnet"), or the family prefix ("timm")
+    build: Callable[..., nn.Module]  # a randomly initialised backbone: build(), or build(member) for a family
+    summary: str
+    # The file torchvision/efficientnet-pytorch download into <torch hub dir>/checkpoints; 'imagenet' loads it.
+    imagenet_file: str | None = None
+    # How `python -m models.backbone write --pretrained` gets ImageNet weights for a built backbone.
+    imagenet_download: Callable[[nn.Module], StateDict] | None = None
+    recognise: Callable[[StateDict], bool] | None = None  # does a state_dict look like this type's?
+    member_check: Callable[[str], None] | None = None  # a family: UserError for an unknown member name
+    example: str = ""  # a family: one written type, for messages ("timm:resnet50")
+
+    @property
+    def is_family(self) -> bool:
+        return self.member_check is not None
+
+    @property
+    def written(self) -> str:
+        """How a config writes this type: ``efficientnet``, or ``timm:<name>`` for a family."""
+        return f"{self.name}:<name>" if self.is_family else self.name
+
+
+_BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Add a backbone type; its name must be new (lower case, no ':')."""
+    if spec.name in _BACKBONES:
+        raise ValueError(f"backbone type {spec.name!r} is already registered")
+    if spec.name != spec.name.lower() or ":" in spec.name:
+        raise ValueError(f"backbone type names are lower case without ':', not {spec.name!r}")
+    _BACKBONES[spec.name] = spec
+    return spec
+
+
+def unregister_backbone(name: str) -> None:
+    """Remove a backbone type (for tests that register a toy backbone)."""
+    del _BACKBONES[name]
+
+
+def backbone_names() -> tuple[str, ...]:
+    """Registered backbone type names in registration order (a family by its prefix: ``timm``)."""
+    return tuple(_BACKBONES)
+
+
+def backbone_type_help() -> str:
+    """The registered types as configs write them: ``efficientnet, googlenet, resnet34 or timm:<name>``."""
+    written = [s.written for s in _BACKBONES.values()]
+    return " or ".join([", ".join(written[:-1]), written[-1]]) if len(written) > 1 else "".join(written)
+
+
+def _unknown_type(backbone_type: str) -> UserError:
+    plain = [s.name for s in _BACKBONES.values() if not s.is_family]
+    close = difflib.get_close_matches(str(backbone_type).strip().lower(), plain, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    examples = "".join(f" (e.g. {s.example})" for s in _BACKBONES.values() if s.is_family and s.example)
+    valid = ", ".join(s.written for s in _BACKBONES.values())
+    return UserError(f"unknown backbone type '{backbone_type}'; {hint}valid: {valid}{examples}")
+
+
+def get_backbone_spec(backbone_type: str) -> BackboneSpec:
+    """The spec of a registered name (``timm``) or a written type (``timm:resnet50``; member unchecked)."""
+    family, sep, _ = str(backbone_type).strip().partition(":")
+    spec = _BACKBONES.get(family.lower())
+    if spec is None or (sep and not spec.is_family):
+        raise _unknown_type(backbone_type)
+    return spec
 
 
 @dataclass(frozen=True)
@@ -80,7 +153,7 @@ def global_pool(features_BCHW: torch.Tensor) -> torch.Tensor:
 class Backbone:
     """The interface every backbone offers (a mixin beside the network's own ``nn.Module`` class)."""
 
-    type_name: str
+    type_name: str  # as configs write it; set by new_backbone from the spec
     feature_dim: int
     endpoints: Mapping[str, Endpoint]
 
@@ -121,7 +194,10 @@ class Backbone:
 
     def load_imagenet(self) -> None:
         """Load local ImageNet weights; UserError naming where to get them when there are none."""
-        path = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[self.type_name]
+        spec = get_backbone_spec(self.type_name)
+        if spec.imagenet_file is None:
+            raise UserError(f"backbone '{self.type_name}' has no ImageNet weights file to load")
+        path = Path(torch.hub.get_dir()) / "checkpoints" / spec.imagenet_file
         if not path.is_file():
             raise UserError(
                 f"no local ImageNet weights for '{self.type_name}' (looked for {path}); "
@@ -145,8 +221,6 @@ def _efficientnet_class():
 
     class EfficientNetBackbone(EfficientNet, Backbone):
         """EfficientNet-B0 built for 224x224 input (its "SAME" padding is precomputed for that size)."""
-
-        type_name = "efficientnet"
 
         def __init__(self):
             blocks_args, global_params = get_model_params(EFFICIENTNET_NAME, {"image_size": 224})
@@ -192,7 +266,6 @@ def _googlenet_class():
         """GoogLeNet without auxiliary heads; its own input re-normalisation (x -> 2v - 1 for pixel
         value v) runs inside, as in the reference PoseNet; pooled feature = the 1000 ``fc`` outputs."""
 
-        type_name = "googlenet"
         endpoints = {
             "reduction_1": Endpoint(64, 2),
             "reduction_2": Endpoint(192, 4),
@@ -240,7 +313,6 @@ def _resnet34_class():
     class ResNet34Backbone(ResNet, Backbone):
         """ResNet34 whose ``fc`` is Linear(512, 2048) (AtLoc's replacement); pooled feature = its output."""
 
-        type_name = "resnet34"
         endpoints = {
             "reduction_1": Endpoint(64, 2),
             "reduction_2": Endpoint(64, 4),
@@ -311,7 +383,6 @@ class TimmBackbone(nn.Module, Backbone):
             self.body = timm.create_model(name, features_only=True, pretrained=False)
         except Exception as e:  # timm raises many types for models without feature support
             raise UserError(f"timm model '{name}' cannot be used as a backbone ({first_line(e)})") from None
-        self.type_name = TIMM_PREFIX + name
         self.timm_name = name
         info = self.body.feature_info
         self.endpoints = {}
@@ -380,38 +451,117 @@ def lite0_imagenet_state(features_only: bool = False) -> OrderedDict:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The built-in types
+
+
+def _efficientnet_download(backbone: nn.Module) -> StateDict:
+    from efficientnet_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained(EFFICIENTNET_NAME).state_dict()
+
+
+def _torchvision_download(weights_name: str) -> Callable[[nn.Module], StateDict]:
+    def download(backbone: nn.Module) -> StateDict:
+        from torchvision import models
+
+        weights_enum, member = weights_name.split(".")
+        return getattr(models, weights_enum)[member].get_state_dict(progress=False)
+
+    return download
+
+
+def _timm_download(backbone: nn.Module) -> StateDict:
+    import timm
+
+    return timm.create_model(backbone.timm_name, pretrained=True).state_dict()
+
+
+register_backbone(
+    BackboneSpec(
+        name="efficientnet",
+        build=lambda: _efficientnet_class()(),
+        summary="efficientnet-pytorch EfficientNet-B0, the reference's; pooled feature 1280",
+        imagenet_file="efficientnet-b0-355c32eb.pth",
+        imagenet_download=_efficientnet_download,
+        recognise=lambda state: "_conv_stem.weight" in state,
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="googlenet",
+        build=lambda: _googlenet_class()(),
+        summary="torchvision GoogLeNet as the reference's PoseNet uses it; pooled feature = its 1000 fc outputs",
+        imagenet_file="googlenet-1378be20.pth",
+        imagenet_download=_torchvision_download("GoogLeNet_Weights.IMAGENET1K_V1"),
+        recognise=lambda state: "inception3a.branch1.conv.weight" in state,
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="resnet34",
+        build=lambda: _resnet34_class()(),
+        summary="torchvision ResNet34 with fc = Linear(512, 2048), as in AtLoc; pooled feature 2048",
+        imagenet_file="resnet34-b627a593.pth",
+        imagenet_download=_torchvision_download("ResNet34_Weights.IMAGENET1K_V1"),
+        recognise=lambda state: (
+            "layer4.2.conv2.weight" in state
+            and "layer1.0.conv3.weight" not in state
+            and "layer3.5.conv1.weight" in state
+        ),
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="timm",
+        build=TimmBackbone,
+        summary="any timm model through features_only; pooled feature = its last map, averaged",
+        imagenet_download=_timm_download,
+        recognise=lambda state: (
+            any(k.startswith("body.") for k in state)
+            or "conv_stem.weight" in state
+            or "blocks.0.0.conv_dw.weight" in state
+        ),
+        member_check=check_timm_name,
+        example="timm:resnet50",
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Construction and loading
+
+
+def resolve_backbone_type(backbone_type: str) -> tuple[BackboneSpec, str | None]:
+    """The spec of a written type and its member name (``"timm:resnet50"`` -> timm's spec, ``"resnet50"``).
+
+    UserError for an unknown type (naming the closest and the valid ones) or an unknown family member."""
+    spec = get_backbone_spec(backbone_type)
+    if not spec.is_family:
+        return spec, None
+    if ":" not in str(backbone_type):
+        raise _unknown_type(backbone_type)  # a family alone is no type
+    member = str(backbone_type).strip().partition(":")[2].strip()
+    if not member:
+        raise UserError(f"'{spec.name}:' needs a model name, e.g. '{spec.example or spec.written}'")
+    spec.member_check(member)
+    return spec, member
 
 
 def parse_backbone_type(backbone_type: str) -> tuple[str, str | None]:
     """``"timm:resnet50"`` -> ``("timm", "resnet50")``; ``"efficientnet"`` -> ``("efficientnet", None)``."""
-    text = str(backbone_type).strip()
-    if text.lower().startswith(TIMM_PREFIX):
-        name = text[len(TIMM_PREFIX) :].strip()
-        if not name:
-            raise UserError("'timm:' needs a model name, e.g. 'timm:resnet50'")
-        check_timm_name(name)
-        return "timm", name
-    family = text.lower()
-    if family not in BACKBONE_TYPES or family == "timm":
-        close = difflib.get_close_matches(family, [t for t in BACKBONE_TYPES if t != "timm"], n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise UserError(
-            f"unknown backbone type '{backbone_type}'; {hint}valid: efficientnet, googlenet, "
-            f"resnet34, timm:<name> (e.g. timm:resnet50)"
-        )
-    return family, None
+    spec, member = resolve_backbone_type(backbone_type)
+    return spec.name, member
 
 
-def new_backbone(backbone_type: str = "efficientnet") -> nn.Module:
+def new_backbone(backbone_type: str = DEFAULT_BACKBONE) -> nn.Module:
     """A randomly initialised backbone of ``backbone_type``."""
-    family, timm_name = parse_backbone_type(backbone_type)
-    if family == "timm":
-        return TimmBackbone(timm_name)
-    return {"efficientnet": _efficientnet_class, "googlenet": _googlenet_class, "resnet34": _resnet34_class}[family]()()
+    spec, member = resolve_backbone_type(backbone_type)
+    backbone = spec.build(member) if spec.is_family else spec.build()
+    backbone.type_name = f"{spec.name}:{member}" if spec.is_family else spec.name
+    return backbone
 
 
-def load_backbone(spec: str, backbone_type: str = "efficientnet") -> nn.Module:
+def load_backbone(spec: str, backbone_type: str = DEFAULT_BACKBONE) -> nn.Module:
     """A backbone of ``backbone_type`` from ``"random"``, ``"imagenet"`` or a weights file."""
     backbone = new_backbone(backbone_type)
     if spec == "random":
@@ -431,18 +581,10 @@ def load_backbone(spec: str, backbone_type: str = "efficientnet") -> nn.Module:
     return backbone
 
 
-def guess_backbone_type(state: Mapping[str, torch.Tensor]) -> str | None:
-    """Which backbone type a state_dict looks like, from its key names (None if none)."""
-    keys = set(state)
-    if "_conv_stem.weight" in keys:
-        return "efficientnet"
-    if "inception3a.branch1.conv.weight" in keys:
-        return "googlenet"
-    if "layer4.2.conv2.weight" in keys and "layer1.0.conv3.weight" not in keys and "layer3.5.conv1.weight" in keys:
-        return "resnet34"
-    if any(k.startswith("body.") for k in keys) or "conv_stem.weight" in keys or "blocks.0.0.conv_dw.weight" in keys:
-        return "timm:<name>"
-    return None
+def guess_backbone_type(state: StateDict) -> str | None:
+    """Which backbone type a state_dict looks like, from its key names: the first registered type that
+    recognises it, as configs write it (``timm:<name>`` for a family); None if none does."""
+    return next((s.written for s in _BACKBONES.values() if s.recognise and s.recognise(state)), None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -467,25 +609,10 @@ def _write(out: Path, backbone_type: str, pretrained: bool) -> str:
 
 def _download_imagenet(backbone: nn.Module) -> None:
     """The one place that downloads: ``python -m models.backbone write --pretrained``."""
-    if isinstance(backbone, TimmBackbone):
-        import timm
-
-        full = timm.create_model(backbone.timm_name, pretrained=True)
-        backbone.load_weights(full.state_dict(), f"timm:{backbone.timm_name}")
-        return
-    if backbone.type_name == "efficientnet":
-        from efficientnet_pytorch import EfficientNet
-
-        state = EfficientNet.from_pretrained(EFFICIENTNET_NAME).state_dict()
-    else:
-        from torchvision import models
-
-        weights = {
-            "googlenet": models.GoogLeNet_Weights.IMAGENET1K_V1,
-            "resnet34": models.ResNet34_Weights.IMAGENET1K_V1,
-        }[backbone.type_name]
-        state = weights.get_state_dict(progress=False)
-    backbone._load_imagenet_state(state, "ImageNet download")
+    spec = get_backbone_spec(backbone.type_name)
+    if spec.imagenet_download is None:
+        raise UserError(f"backbone '{backbone.type_name}' has no ImageNet weights to download")
+    backbone._load_imagenet_state(spec.imagenet_download(backbone), "ImageNet download")
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -494,9 +621,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     sub = parser.add_subparsers(dest="command", required=True)
     write = sub.add_parser("write", help="write a backbone state_dict")
     write.add_argument("out", type=Path, help="output .pth file")
-    write.add_argument(
-        "--type", default="efficientnet", dest="backbone_type", help="efficientnet, googlenet, resnet34 or timm:<name>"
-    )
+    write.add_argument("--type", default=DEFAULT_BACKBONE, dest="backbone_type", help=backbone_type_help())
     write.add_argument(
         "--pretrained", action="store_true", help="download ImageNet weights (needs internet) instead of a random init"
     )
@@ -512,9 +637,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.command == "write":
         return _write(args.out, args.backbone_type, args.pretrained)
     kind, state = read_backbone_file(args.file)
-    backbone_type = args.backbone_type or guess_backbone_type(state) or "efficientnet"
-    if backbone_type == "timm:<name>":
-        raise UserError(f"{args.file} looks like a timm backbone; pass --type timm:<name> to check it")
+    backbone_type = args.backbone_type or guess_backbone_type(state) or DEFAULT_BACKBONE
+    if backbone_type.endswith(":<name>"):
+        family = backbone_type.partition(":")[0]
+        raise UserError(f"{args.file} looks like a {family} backbone; pass --type {backbone_type} to check it")
     new = new_backbone(backbone_type)
     new.load_weights(state, str(args.file))
     return f"{args.file}: {new.type_name} {kind}, loads strictly"

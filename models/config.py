@@ -32,7 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from models.backbone import parse_backbone_type
+from models.backbone import DEFAULT_BACKBONE, backbone_type_help, parse_backbone_type
 from models.registry import get_spec, model_names
 from util.config import GENERAL_KEYS, SYNONYMS, TRAINING_KEYS, check_training_relations, read_config_file
 from util.errors import UserError, printable
@@ -51,9 +51,7 @@ def _check_backbone_type(v: str) -> str | None:
 
 
 # The key every model has whose default and accepted values come from its registry entry.
-BACKBONE_TYPE_KEY = Key(
-    "efficientnet", "str", _check_backbone_type, lowercase=True, doc="efficientnet, googlenet, resnet34 or timm:<name>"
-)
+BACKBONE_TYPE_KEY = Key(DEFAULT_BACKBONE, "str", _check_backbone_type, lowercase=True, doc=backbone_type_help())
 
 # Names users reach for that are spelled differently here, for the model keys; used only to suggest the right key.
 _MODEL_SYNONYMS = MappingProxyType(

@@ -2,7 +2,8 @@
 
 A spec holds the model's name (and aliases), its class, whether it is multi-scene, its config keys with
 defaults and types, which of them are architectural (a checkpoint must agree on them), which keys it
-accepts but ignores, which backbone types it accepts (the first is the default ``backbone_type``), the key
+accepts but ignores, which backbone types it accepts (the first is the default ``backbone_type``; none named:
+any registered one, :data:`models.backbone.DEFAULT_BACKBONE` the default), the key
 prefixes that identify a bare reference state_dict of it, and the names of its reference layout tables.
 Config validation, the scripts' ``choices``, checkpoint checks and :func:`canonical_model_name` all read
 it. Adding a model is one module plus one :func:`register` call (see "Adding a model" in the README).
@@ -19,12 +20,10 @@ from typing import Any
 
 from torch import nn
 
+from models.backbone import DEFAULT_BACKBONE
 from models.hypernet import HEAD_INITS, STATIC_HEAD_INITS
 from util.errors import UserError
 from util.schema import INT_GE1, Key, at_least, check_dropout, greater, one_of
-
-# Backbone families a spec can accept; "timm" stands for every ``timm:<name>``.
-ALL_BACKBONES = ("efficientnet", "googlenet", "resnet34", "timm")
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class ModelSpec:
     training_defaults: Mapping[str, Any] = field(default_factory=dict)  # other defaults than the shared ones
     arch_keys: tuple[str, ...] = ()  # besides backbone_type, which is always architectural
     ignored_keys: Mapping[str, str] = field(default_factory=dict)  # key -> why it changes nothing
-    backbones: tuple[str, ...] = ALL_BACKBONES
+    backbones: tuple[str, ...] | None = None  # registered backbone names ("timm": every timm:<name>); None: any
     reference_keys: tuple[str, ...] = ()  # key prefixes that all appear in a reference state_dict of it
     reference_tables: tuple[str, ...] = ()  # "<model>_<dataset>" layout tables (tests/data/reference_checkpoints)
     aliases: tuple[str, ...] = ()
@@ -54,11 +53,11 @@ class ModelSpec:
 
     @property
     def default_backbone(self) -> str:
-        return self.backbones[0]
+        return self.backbones[0] if self.backbones else DEFAULT_BACKBONE
 
     def accepts_backbone(self, backbone_type: str) -> bool:
-        family = "timm" if backbone_type.startswith("timm:") else backbone_type
-        return family in self.backbones
+        """Whether the model takes a backbone of this (valid) type; a family member by its family."""
+        return self.backbones is None or backbone_type.partition(":")[0] in self.backbones
 
 
 class UnknownModelError(UserError, ValueError):

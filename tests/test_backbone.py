@@ -12,17 +12,25 @@ import torch
 from efficientnet_pytorch import EfficientNet
 from torch import nn
 
-from models.backbone import LITE0_TIMM_NAME, global_pool, lite0_imagenet_state, load_backbone, new_backbone
+from models.backbone import (
+    LITE0_TIMM_NAME,
+    backbone_names,
+    get_backbone_spec,
+    global_pool,
+    guess_backbone_type,
+    lite0_imagenet_state,
+    load_backbone,
+    new_backbone,
+)
 from models.backbone_files import read_backbone_file
 from util.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALL_ENDPOINTS = ("reduction_1", "reduction_2", "reduction_3", "reduction_4", "reduction_5")
-# One of each family, and the timm models the README names (small ones, to keep the suite fast).
-TYPES = (
-    "efficientnet",
-    "googlenet",
-    "resnet34",
+SPECS = [get_backbone_spec(name) for name in backbone_names()]
+# Every registered type (a family by its example), and the timm models the README names (small ones, to keep
+# the suite fast).
+TYPES = tuple(s.example or s.name for s in SPECS) + (
     "timm:resnet18",
     "timm:mobilenetv3_large_100",
     "timm:tf_efficientnet_lite0",
@@ -102,6 +110,8 @@ def test_every_type_declares_what_it_extracts(backbone_type):
         assert out[name].shape[2] == -(-64 // endpoint.stride), name  # ceil: every type pads its stages
     # The multi-scene models need the stride-16 and stride-8 maps on every backbone.
     assert model.endpoint_at_stride(16) == "reduction_4" and model.endpoint_at_stride(8) == "reduction_3"
+    # Its weight files are recognised as its own type.
+    assert guess_backbone_type(model.state_dict()) == get_backbone_spec(backbone_type).written
 
 
 def test_torchvision_types_equal_the_library_forward():
@@ -134,7 +144,7 @@ def test_weights_of_another_type_say_what_they_look_like(tmp_path):
 
 def test_imagenet_without_local_weights_says_where_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    for backbone_type in ("efficientnet", "googlenet", "resnet34", "timm:resnet18"):
+    for backbone_type in [s.name for s in SPECS if s.imagenet_file] + ["timm:resnet18"]:
         with pytest.raises(UserError) as info:
             load_backbone("imagenet", backbone_type)
         message = str(info.value)
@@ -148,7 +158,7 @@ def test_imagenet_uses_the_local_torchvision_file(tmp_path, monkeypatch):
     state = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
     state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)  # an ImageNet classifier
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save(state, tmp_path / "hub" / "checkpoints" / "resnet34-b627a593.pth")
+    torch.save(state, tmp_path / "hub" / "checkpoints" / get_backbone_spec("resnet34").imagenet_file)
     loaded = load_backbone("imagenet", "resnet34")
     assert torch.equal(loaded.layer4[2].conv2.weight, source.layer4[2].conv2.weight)
     assert loaded.fc.weight.shape == (2048, 512)  # AtLoc's own layer, not the classifier

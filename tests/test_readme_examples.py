@@ -238,13 +238,13 @@ def test_the_benchmarks_that_are_said_to_take_device_do():
 def test_imagenet_googlenet_loads_torchvisions_file_without_its_auxiliary_heads(tmp_path, monkeypatch):
     from torchvision.models import googlenet
 
-    from models.backbone import load_backbone
+    from models.backbone import get_backbone_spec, load_backbone
 
     torch.manual_seed(0)
     state = googlenet(weights=None, aux_logits=True, init_weights=False).state_dict()
     assert any(k.startswith("aux1.") for k in state) and any(k.startswith("aux2.") for k in state)
     (tmp_path / "checkpoints").mkdir()
-    torch.save(state, tmp_path / "checkpoints" / "googlenet-1378be20.pth")
+    torch.save(state, tmp_path / "checkpoints" / get_backbone_spec("googlenet").imagenet_file)
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))  # torch.hub.get_dir() answers this folder
 
     loaded = load_backbone("imagenet", "googlenet").state_dict()
