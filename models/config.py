@@ -4,7 +4,9 @@ A config file holds a ``general`` section (printing, checkpointing, workers, dev
 model name, as the reference ``configs/*.json`` do. The effective config of a model is its section
 updated by ``general`` (``general`` wins on a clash). An optional override file with the same layout
 updates the first file section by section before that merge, so passing the same file twice is harmless.
-Only the section of the model being run is read.
+Only the section of the model being run is read. A file needs a section only for the models it configures:
+without one, the model's defaults apply (with a warning), unless a section name is neither ``general`` nor
+a registered model, which is more likely a misspelt section than a file for other models.
 
 The keys every model has (``general`` and the training recipe) and the file reader are in
 ``util/config.py``, the schema engine (:class:`util.schema.Key`) in ``util/schema.py``; each model's own
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import difflib
 import json
 import logging
 import sys
@@ -33,7 +36,7 @@ from types import MappingProxyType
 from typing import Any
 
 from models.backbone import DEFAULT_BACKBONE, backbone_type_help, parse_backbone_type
-from models.registry import get_spec, model_names
+from models.registry import cli_choices, get_spec, model_names
 from util.config import GENERAL_KEYS, SYNONYMS, TRAINING_KEYS, check_training_relations, read_config_file
 from util.errors import UserError, printable
 from util.logs import setup_logging
@@ -187,11 +190,36 @@ def _model_section(sections: Mapping[str, dict], model: str, path: Path) -> tupl
     return (present[0], sections[present[0]]) if present else None
 
 
+def _missing_section(model: str, files: list[tuple[Path, Mapping[str, dict]]]) -> None:
+    """No file has the model's section: a warning and its defaults, or a UserError when a section name is
+    neither ``general`` nor a registered model (a misspelt section, say)."""
+    where = " or ".join(str(path) for path, _ in files)
+    listing = "; ".join(f"{path}: {', '.join(sections) or 'none'}" for path, sections in files)
+    if len(files) == 1:
+        listing = ", ".join(files[0][1]) or "none"
+    strangers = [name for _, sections in files for name in sections if name != "general" and not _is_model(name)]
+    if strangers:
+        close = difflib.get_close_matches(strangers[0], [model, *get_spec(model).aliases], n=1)
+        hint = f"; is '{strangers[0]}' meant to be '{close[0]}'?" if close else ""
+        raise UserError(
+            f"no '{model}' section in {where} (sections present: {listing}), and "
+            f"{', '.join(repr(n) for n in strangers)} {'is not a model' if len(strangers) == 1 else 'are not models'}"
+            f"{hint}; valid sections: general, {', '.join(model_names())}"
+        )
+    log.warning("no '%s' section in %s (sections present: %s); its defaults apply", model, where, listing)
+
+
+def _is_model(name: str) -> bool:
+    """Whether a section name is a registered model's name or alias, as written."""
+    return name in cli_choices(multi_scene=False) + cli_choices(multi_scene=True)
+
+
 def load_config(config_path: str | Path, model_name: str, override_path: str | Path | None = None) -> dict:
     """The validated effective config of ``model_name`` from a config file and an optional override.
 
     Each file's ``general`` and model sections are merged section by section (the override wins), then
-    the model section is updated by ``general``. See the module docstring for the checks.
+    the model section is updated by ``general``; a model no file has a section for takes its defaults. See
+    the module docstring for the checks.
     """
     model = get_spec(model_name).name
     general: dict[str, Any] = {}
@@ -216,15 +244,7 @@ def load_config(config_path: str | Path, model_name: str, override_path: str | P
             model_section.update(section)
             model_origin.update({k: where for k in section})
     if not found:
-        if len(files) == 1:
-            where, listing = str(files[0]), ", ".join(read_config_file(files[0])) or "none"
-        else:
-            where = " or ".join(str(p) for p in files)
-            listing = "; ".join(f"{p}: {', '.join(read_config_file(p)) or 'none'}" for p in files)
-        raise UserError(
-            f"no '{model}' section in {where} (sections present: {listing}); "
-            f"the files in configs/ have one for every model"
-        )
+        _missing_section(model, [(path, read_config_file(path)) for path in files])
 
     for key in general.keys() & model_section.keys():
         if general[key] != model_section[key]:
@@ -246,7 +266,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m models.config") -
     parser = argparse.ArgumentParser(
         prog=prog, description=main.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("config", help="config JSON file (general + one section per model)")
+    parser.add_argument("config", help="config JSON file (general + a section per model it configures)")
     parser.add_argument("model_name", help="model whose section to read (see models/registry.py)")
     parser.add_argument("--override", default=None, help="second config file whose sections update the first")
     args = parser.parse_args(argv)

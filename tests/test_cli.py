@@ -147,14 +147,15 @@ def test_missing_backbone_file(user_dir):
     assert_one_line_error(proc, r"backbone.*nope\.pth")
 
 
-def test_missing_config_section(user_dir, tmp_path):
+def test_misspelt_config_section(user_dir, tmp_path):
+    """A missing section means the model's defaults, but not beside a section that is no model."""
     cfg = json.loads((user_dir / "configs" / "CambridgeLandmarks_config.json").read_text())
-    del cfg["effposenet"]
+    cfg["effposenett"] = cfg.pop("effposenet")
     path = write_config(tmp_path / "no_effposenet.json", cfg)
     proc = run_script(
         ["main_single_scene.py", "effposenet", "train", "random", CAMBRIDGE, SHOP_TRAIN, str(path)], cwd=user_dir
     )
-    assert_one_line_error(proc, r"effposenet")
+    assert_one_line_error(proc, r"is 'effposenett' meant to be 'effposenet'\?")
 
 
 def test_checkpoint_of_another_model(user_dir, trained):
