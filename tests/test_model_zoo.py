@@ -1,28 +1,18 @@
-"""Every single-scene model and several backbones through the real scripts, and a model added from a test.
+"""Every single-scene model and several backbones through the real scripts.
 
 posenet, atloc and hyperatloc train and test with the seed command shapes; hyperpose trains and tests on
-non-default backbones (torchvision and timm); a toy model registered here trains, tests, validates its
-config and declares its architecture keys like the shipped ones, which is what "Adding a model" in the README
-promises.
+non-default backbones (torchvision and timm). A model and a backbone added from a test: tests/test_toys.py.
 """
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from torch import nn
 
 from conftest import run_script, tiny_config_dict, write_config
 from engine.cli import main as cli_main
 from engine.evaluate import evaluate
 from engine.train import train
-from models.config import load_config
-from models.loading import architecture_keys
-from models.registry import ModelSpec, cli_choices, register, unregister
-from util.errors import UserError
-from util.schema import Key, at_least
 
 
 def chess(root, split):
@@ -128,81 +118,3 @@ def test_a_model_that_does_not_accept_the_backbone_is_one_line(scene7, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "model 'atloc' does not accept backbone_type 'efficientnet'; it accepts: resnet34" in err[0]
-
-
-class ToyNet(nn.Module):
-    """A model as a user would add one: any backbone, a configurable head width."""
-
-    def __init__(self, config: dict, backbone: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Sequential(
-            nn.Linear(backbone.feature_dim, config["toy_width"]), nn.ReLU(), nn.Linear(config["toy_width"], 7)
-        )
-
-    def forward(self, img_B3HW, scene_B=None):
-        return self.head(self.backbone.extract(img_B3HW)["pooled"]), None
-
-
-@pytest.fixture
-def toynet():
-    spec = register(
-        ModelSpec(
-            name="toynet",
-            target=ToyNet,
-            multi_scene=False,
-            summary="a test model",
-            keys={"toy_width": Key(16, "int", at_least(1), doc="head width")},
-            arch_keys=("toy_width",),
-        )
-    )
-    yield spec
-    unregister("toynet")
-
-
-def test_a_model_registered_from_a_test_works_everywhere(toynet, scene7, tmp_path, capsys):
-    assert "toynet" in cli_choices(multi_scene=False) and "toynet" not in cli_choices(multi_scene=True)
-    cfg = tiny_config_dict(n_epochs=1)
-    cfg["toynet"] = {"toy_width": 8, "n_epochs": 1, "batch_size": 4, "image_resize": 56, "image_crop": 48}
-    config = write_config(tmp_path / "cfg.json", cfg)
-    effective = load_config(config, "toynet")
-    assert effective["toy_width"] == 8 and effective["backbone_type"] == "efficientnet"
-
-    code = cli_main(
-        [
-            "toynet",
-            "train",
-            "random",
-            str(scene7),
-            str(chess(scene7, "train")),
-            str(config),
-            "--output_path",
-            str(tmp_path / "models"),
-            "--quiet",
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
-    ckpt = next((tmp_path / "models").glob("run_*/*_final.pth"))
-    code = cli_main(
-        [
-            "toynet",
-            "test",
-            "random",
-            str(scene7),
-            str(chess(scene7, "test")),
-            str(config),
-            "--checkpoint_path",
-            str(ckpt),
-            "--output_path",
-            str(tmp_path / "evals"),
-            "--quiet",
-        ]
-    )
-    assert code == 0 and next((tmp_path / "evals").glob("*_predictions.csv"))
-
-    # Its config keys are validated, and its architecture key is checked against the checkpoint.
-    cfg["toynet"]["toy_widht"] = 8
-    with pytest.raises(UserError, match="did you mean 'toy_width'"):
-        load_config(write_config(tmp_path / "typo.json", cfg), "toynet")
-    assert "toy_width" in architecture_keys("toynet") and "backbone_type" in architecture_keys("toynet")
-    assert json.loads((ckpt.parent / "config.json").read_text())["model_name"] == "toynet"

@@ -5,6 +5,7 @@ backbone tool. This is what "Adding a model" and "Adding a backbone" in docs/mod
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ from engine.exported import ExportedModel
 from engine.localize import Localizer
 from models import backbone as backbones
 from models.config import load_config
-from models.registry import register, unregister
+from models.loading import architecture_keys
+from models.registry import cli_choices, register, unregister
 from util.errors import UserError
 
 
@@ -46,7 +48,12 @@ def test_toy_backbone_and_model_through_every_command(toys, scene7, tmp_path, ca
     toy = {"backbone_type": "toyconv", "n_epochs": 2, "batch_size": 4, "image_resize": 40, "image_crop": 32}
     config = write_config(tmp_path / "cfg.json", {"general": general, "toyapr": toy})
 
-    # The backbone's facts come from its spec: config validation, messages, help.
+    # The model's facts come from its spec: the scripts' choices, its keys (a typo names the closest),
+    # its architecture keys; the backbone's too: config validation, messages, help.
+    assert "toyapr" in cli_choices(multi_scene=False) and "toyapr" not in cli_choices(multi_scene=True)
+    assert "toy_width" in architecture_keys("toyapr") and "backbone_type" in architecture_keys("toyapr")
+    with pytest.raises(UserError, match="did you mean 'toy_width'"):
+        load_config(write_config(tmp_path / "typo.json", {"toyapr": {**toy, "toy_widht": 8}}), "toyapr")
     assert load_config(config, "toyapr")["backbone_type"] == "toyconv"
     assert "toyconv" in backbones.backbone_type_help()
     with pytest.raises(UserError, match="did you mean 'toyconv'"):
@@ -69,6 +76,7 @@ def test_toy_backbone_and_model_through_every_command(toys, scene7, tmp_path, ca
     ckpt = next((tmp_path / "models").glob("run_*/*_final.pth"))
     saved = torch.load(ckpt, weights_only=True)
     assert saved["model_name"] == "toyapr" and saved["config"]["backbone_type"] == "toyconv"
+    assert json.loads((ckpt.parent / "config.json").read_text())["model_name"] == "toyapr"
 
     run(
         cli_main, "toyapr", "test", "random", scene7, test_csv, config, "--checkpoint_path", ckpt,
