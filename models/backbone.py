@@ -48,7 +48,6 @@ from util.io import atomic_torch_save
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "efficientnet"  # the reference's, and that of every model that accepts any backbone
-TIMM_PREFIX = "timm:"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EFFICIENTNET_NAME = "efficientnet-b0"
