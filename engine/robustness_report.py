@@ -343,7 +343,8 @@ def corruption_summary(result: RobustnessResult, baseline: str) -> list[dict]:
                 row[f"{short}_ce"] = sum(errs) / sum(base_errs) if comparable and sum(base_errs) > 0 else float("nan")
                 extra_base = sum(e - base_clean for e in base_errs) if comparable else 0.0
                 row[f"{short}_relative_ce"] = (
-                    sum(e - clean for e in errs) / extra_base if comparable and extra_base else float("nan")
+                    # Undefined where the baseline model loses nothing under this corruption (sum <= 0).
+                    sum(e - clean for e in errs) / extra_base if comparable and extra_base > 0 else float("nan")
                 )
             rows.append(row)
     return rows
@@ -355,10 +356,16 @@ def mean_corruption_errors(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
     for group in dict.fromkeys(r["group"] for r in rows):
         mine = [r for r in rows if r["group"] == group]
         out[group] = {
-            k: float(np.mean([r[k] for r in mine]))
+            k: _finite_mean([r[k] for r in mine])
             for k in ("pos_ce", "ori_ce", "pos_relative_ce", "ori_relative_ce", "pos_degradation", "ori_degradation")
         }
     return out
+
+
+def _finite_mean(values: Sequence[float]) -> float:
+    """The mean of the finite values (NaN when there is none): an undefined relative CE is left out."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def corruption_csv(rows: Sequence[dict]) -> str:
@@ -470,8 +477,8 @@ def corruption_sections(rows: Sequence[dict], baseline: str) -> list[Section]:
             "Corruptions",
             f"Median errors averaged over each model's seeds. CE = sum over severities "
             f"of the error / the same sum of {baseline}; relative CE counts only the error added to "
-            f"the clean one; mCE = the mean CE over corruptions (ImageNet-C). Below 1: more robust "
-            f"than {baseline}.",
+            f"the clean one (undefined, and left out of the mean, where {baseline} adds none); mCE = the "
+            f"mean CE over corruptions (ImageNet-C). Below 1: more robust than {baseline}.",
             columns,
             table,
         )

@@ -169,6 +169,7 @@ def test_the_reproduce_example_plans_on_the_prepared_layout(layout, doc, tokens,
     """The example as written, with `--dry-run` (it checks every label file and image) on the scenes the
     synthetic layout has."""
     from engine.reproduce import main
+    from models.registry import get_spec
     from util.logs import set_progress_bars
 
     assert _norm(tokens[tokens.index("--root") + 1]) in RAW, f"{doc}: --root is not a raw download folder"
@@ -184,7 +185,8 @@ def test_the_reproduce_example_plans_on_the_prepared_layout(layout, doc, tokens,
         set_progress_bars(True)
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "main_single_scene.py" in out and "main_multi_scene.py" in out
+    multi = any(get_spec(m).multi_scene for m in tokens[tokens.index("--models") + 1].split(","))
+    assert "main_single_scene.py" in out and ("main_multi_scene.py" in out) == multi
 
 
 def test_the_readme_shows_both_reproduce_examples():
