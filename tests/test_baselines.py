@@ -16,6 +16,8 @@ from engine.cli import main as cli_main
 from engine.train import train
 from util.pose import mean_pose, pose_errors
 
+pytestmark = pytest.mark.slow  # end to end: they train tiny models
+
 TRAIN = "abs_7scenes_pose.csv_chess_train.csv"
 TEST = "abs_7scenes_pose.csv_chess_test.csv"
 

@@ -16,6 +16,8 @@ from engine.evaluate import evaluate
 from engine.robustness import main as robustness_main
 from engine.train import train
 
+pytestmark = pytest.mark.slow  # end to end: they train five tiny models
+
 TEST_CSV = "abs_7scenes_pose.csv_chess_test.csv"
 TRAIN_CSV = "abs_7scenes_pose.csv_chess_train.csv"
 MODELS = ("hyperpose", "effposenet")

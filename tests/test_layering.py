@@ -48,6 +48,7 @@ def test_no_import_reaches_up_a_floor(package):
     assert not bad, f"{package}/ must not import {', '.join(above)}:\n" + "\n".join(bad)
 
 
+@pytest.mark.slow
 def test_importing_util_loads_nothing_above_it():
     modules = [f"util.{p.stem}" for p in _modules("util") if p.stem != "__init__"]
     code = (

@@ -125,6 +125,7 @@ def readme_example() -> str:
     return match.group(1)
 
 
+@pytest.mark.slow
 def test_readme_example_runs(ckpt, images, tmp_path):
     code = readme_example()
     assert len(code.strip().splitlines()) <= 10

@@ -17,6 +17,8 @@ from engine.robustness import main
 from engine.train import train
 from util.report import DATA_ID, read_embedded_json
 
+pytestmark = pytest.mark.slow  # end to end: they train and evaluate tiny models
+
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TEST_CSV = "abs_7scenes_pose.csv_chess_test.csv"
 MODELS = ("hyperpose", "effposenet")
