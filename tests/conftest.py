@@ -144,3 +144,39 @@ def read_only_dir(tmp_path):
     point.chmod(0o555)
     yield point
     point.chmod(0o755)
+
+
+def run_main(main, argv: list, capsys=None, cwd: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Call an entry point's ``main(argv, **kwargs)`` in this process, as ``run_script`` runs its script, from
+    ``cwd``: a CompletedProcess of its exit status and, through ``capsys``, what it printed. The state a script
+    leaves behind in a process is undone (console handler and level, progress bars, the working folder), and
+    each call sees warnings afresh, as a new process would."""
+    import logging
+
+    import util.logs
+
+    root = logging.getLogger()
+    console = next((h for h in root.handlers if getattr(h, "_hyperpose_console", False)), None)
+    saved = (root.level, console.level if console else None, util.logs._progress_bars, os.getcwd())
+    for handler in root.handlers:
+        for f in handler.filters:
+            if isinstance(f, util.logs._OncePerProcess):
+                f.seen.clear()
+    if capsys is not None:
+        capsys.readouterr()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        status = main([str(a) for a in argv], **kwargs)
+    finally:
+        os.chdir(saved[3])
+        util.logs.set_progress_bars(saved[2])
+        root.setLevel(saved[0])
+        for handler in list(root.handlers):
+            if getattr(handler, "_hyperpose_console", False):
+                if console is None:
+                    root.removeHandler(handler)
+                else:
+                    handler.setLevel(saved[1])
+    out, err = capsys.readouterr() if capsys is not None else ("", "")
+    return subprocess.CompletedProcess(argv, status, out, err)

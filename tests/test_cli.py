@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from conftest import REPO, run_script, tiny_config_dict, write_config
+from conftest import REPO, run_main, run_script, tiny_config_dict, write_config
+from engine.cli import main as cli_main
 
 CAMBRIDGE = "./datasets/CambridgeLandmarks"
 SHOP_TRAIN = f"{CAMBRIDGE}/abs_cambridge_pose_sorted.csv_ShopFacade_train.csv"
@@ -24,19 +25,25 @@ def assert_one_line_error(proc, pattern: str) -> None:
     assert re.search(pattern, lines[0]), lines[0]
 
 
+def cli(args, capsys, cwd=None, multi_scene=False):
+    """``main_single_scene.py`` (``main_multi_scene.py`` with ``multi_scene``) in this process, as from ``cwd``:
+    the scripts themselves run as subprocesses in the seed-command tests."""
+    return run_main(cli_main, args, capsys, cwd=cwd, multi_scene=multi_scene)
+
+
 @pytest.fixture(scope="module")
 def user_dir(tmp_path_factory):
     """A working folder laid out as the seed commands expect: Cambridge-style synthetic data under
     ./datasets/CambridgeLandmarks, a backbone state_dict file and ./configs/CambridgeLandmarks_config.json
     (the shipped file, shrunk to 2 epochs of small images so the test is quick)."""
     from datasets.synthetic import generate
+    from models.backbone import main as backbone_main
 
     cwd = tmp_path_factory.mktemp("user")
     generate(
         cwd / CAMBRIDGE, scenes=1, layout="cambridge", frames_per_seq=4, size=(64, 48), seed=3, names=["ShopFacade"]
     )
-    proc = run_script(["-m", "models.backbone", "write", BACKBONE], cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
+    backbone_main(["write", str(cwd / BACKBONE)])  # as ``python -m models.backbone write`` (test_backbone runs it)
     cfg = json.loads((REPO / "configs" / "CambridgeLandmarks_config.json").read_text())
     tiny = tiny_config_dict()
     cfg["general"].update(tiny["general"])
@@ -53,7 +60,9 @@ def user_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(user_dir):
+def trained_proc(user_dir):
+    """The training seed command, run as a user would: a subprocess whose stderr is a pipe (as under nohup or
+    CI), with no TQDM_DISABLE."""
     proc = run_script(
         [
             "main_single_scene.py",
@@ -67,18 +76,32 @@ def trained(user_dir):
             "./models",
         ],
         cwd=user_dir,
+        env={"TQDM_DISABLE": None},
     )
     assert proc.returncode == 0, proc.stderr
     runs = sorted((user_dir / "models").glob("run_*"))
     assert len(runs) == 1
-    return runs[0]
+    return proc, runs[0]
 
 
-def test_seed_commands_train_then_test(user_dir, trained):
+@pytest.fixture(scope="module")
+def trained(trained_proc):
+    return trained_proc[1]
+
+
+@pytest.fixture(scope="module")
+def hyperpose_ckpt(user_dir):
+    """A hyperpose checkpoint in our format without a training run, for the error checks."""
+    from inference_helpers import save_tiny_checkpoint
+
+    return save_tiny_checkpoint(user_dir / "tiny" / "hyperpose_final.pth", "hyperpose", scenes=["ShopFacade"])
+
+
+@pytest.mark.slow
+def test_seed_commands_train_then_test(user_dir, trained, capsys):
     ckpt = next(trained.glob("*_final.pth"))
-    proc = run_script(
+    proc = cli(
         [
-            "main_single_scene.py",
             "hyperpose",
             "test",
             BACKBONE,
@@ -90,6 +113,7 @@ def test_seed_commands_train_then_test(user_dir, trained):
             "--output_path",
             "./evals",
         ],
+        capsys,
         cwd=user_dir,
     )
     assert proc.returncode == 0, proc.stderr
@@ -102,16 +126,16 @@ def test_seed_commands_train_then_test(user_dir, trained):
     assert header.startswith("img_path,scene,t1_pred,") and header.endswith("pos_err_m,ori_err_deg")
 
 
-def test_reference_state_dict_tests_like_our_checkpoint(user_dir, trained, tmp_path):
+@pytest.mark.slow
+def test_reference_state_dict_tests_like_our_checkpoint(user_dir, trained, tmp_path, capsys):
     """A bare state_dict, as the reference writes, loads strictly in test mode and scores the same."""
     ours = next(trained.glob("*_final.pth"))
     bare = tmp_path / "reference_final.pth"
     torch.save(torch.load(ours, weights_only=True)["model"], bare)
     medians = []
     for ckpt in (ours, bare):
-        proc = run_script(
+        proc = cli(
             [
-                "main_single_scene.py",
                 "hyperpose",
                 "test",
                 BACKBONE,
@@ -123,6 +147,7 @@ def test_reference_state_dict_tests_like_our_checkpoint(user_dir, trained, tmp_p
                 "--output_path",
                 str(tmp_path / ckpt.stem),
             ],
+            capsys,
             cwd=user_dir,
         )
         assert proc.returncode == 0, proc.stderr
@@ -131,10 +156,9 @@ def test_reference_state_dict_tests_like_our_checkpoint(user_dir, trained, tmp_p
     assert medians[0] == medians[1]
 
 
-def test_missing_backbone_file(user_dir):
-    proc = run_script(
+def test_missing_backbone_file(user_dir, capsys):
+    proc = cli(
         [
-            "main_single_scene.py",
             "hyperpose",
             "train",
             "./models/backbones/nope.pth",
@@ -142,27 +166,25 @@ def test_missing_backbone_file(user_dir):
             SHOP_TRAIN,
             "./configs/CambridgeLandmarks_config.json",
         ],
+        capsys,
         cwd=user_dir,
     )
     assert_one_line_error(proc, r"backbone.*nope\.pth")
 
 
-def test_misspelt_config_section(user_dir, tmp_path):
+def test_misspelt_config_section(user_dir, tmp_path, capsys):
     """A missing section means the model's defaults, but not beside a section that is no model."""
     cfg = json.loads((user_dir / "configs" / "CambridgeLandmarks_config.json").read_text())
     cfg["effposenett"] = cfg.pop("effposenet")
     path = write_config(tmp_path / "no_effposenet.json", cfg)
-    proc = run_script(
-        ["main_single_scene.py", "effposenet", "train", "random", CAMBRIDGE, SHOP_TRAIN, str(path)], cwd=user_dir
-    )
+    proc = cli(["effposenet", "train", "random", CAMBRIDGE, SHOP_TRAIN, path], capsys, cwd=user_dir)
     assert_one_line_error(proc, r"is 'effposenett' meant to be 'effposenet'\?")
 
 
-def test_checkpoint_of_another_model(user_dir, trained):
-    ckpt = next(trained.glob("*_final.pth"))
-    proc = run_script(
+def test_checkpoint_of_another_model(user_dir, hyperpose_ckpt, capsys):
+    ckpt = hyperpose_ckpt
+    proc = cli(
         [
-            "main_single_scene.py",
             "effposenet",
             "test",
             "random",
@@ -172,19 +194,19 @@ def test_checkpoint_of_another_model(user_dir, trained):
             "--checkpoint_path",
             str(ckpt),
         ],
+        capsys,
         cwd=user_dir,
     )
     assert_one_line_error(proc, r"'hyperpose' model, not 'effposenet'")
 
 
-def test_image_missing_from_the_csv(user_dir, tmp_path):
+def test_image_missing_from_the_csv(user_dir, tmp_path, capsys):
     root = tmp_path / "root"
     shutil.copytree(user_dir / CAMBRIDGE, root)
     victim = sorted((root / "ShopFacade").rglob("*.png"))[0]
     victim.unlink()
-    proc = run_script(
+    proc = cli(
         [
-            "main_single_scene.py",
             "hyperpose",
             "train",
             "random",
@@ -192,6 +214,7 @@ def test_image_missing_from_the_csv(user_dir, tmp_path):
             str(root / SHOP_TRAIN.rsplit("/", 1)[1]),
             "./configs/CambridgeLandmarks_config.json",
         ],
+        capsys,
         cwd=user_dir,
     )
     if victim.name not in proc.stderr:  # the removed frame may be a test frame; then train must succeed
@@ -200,10 +223,9 @@ def test_image_missing_from_the_csv(user_dir, tmp_path):
     assert_one_line_error(proc, r"missing")
 
 
-def test_test_mode_needs_a_checkpoint(user_dir):
-    proc = run_script(
+def test_test_mode_needs_a_checkpoint(user_dir, capsys):
+    proc = cli(
         [
-            "main_single_scene.py",
             "hyperpose",
             "test",
             "random",
@@ -211,34 +233,37 @@ def test_test_mode_needs_a_checkpoint(user_dir):
             SHOP_TEST,
             "./configs/CambridgeLandmarks_config.json",
         ],
+        capsys,
         cwd=user_dir,
     )
     assert_one_line_error(proc, r"--checkpoint_path")
 
 
-def test_multi_scene_seed_commands(scenes3, tmp_path):
-    config = write_config(tmp_path / "7Scenes_config.json", tiny_config_dict())
+@pytest.mark.slow
+def test_multi_scene_seed_commands(scenes3, tmp_path, capsys):
+    config = write_config(tmp_path / "7Scenes_config.json", tiny_config_dict(n_epochs=1))
     all_scenes = scenes3 / "7scenes_all_scenes.csv"
     for model in ("mshyperpose", "mstransformer"):
-        proc = run_script(
-            [
-                "main_multi_scene.py",
-                model,
-                "train",
-                "random",
-                str(scenes3),
-                str(all_scenes),
-                str(config),
-                "--output_path",
-                str(tmp_path / model),
-            ]
-        )
+        # The first training runs the script itself; the rest call its main in this process.
+        args = [
+            model,
+            "train",
+            "random",
+            str(scenes3),
+            str(all_scenes),
+            str(config),
+            "--output_path",
+            str(tmp_path / model),
+        ]
+        if model == "mshyperpose":
+            proc = run_script(["main_multi_scene.py", *args])
+        else:
+            proc = cli(args, capsys, multi_scene=True)
         assert proc.returncode == 0, proc.stderr
         ckpt = next((tmp_path / model).glob("run_*/*_final.pth"))
         assert torch.load(ckpt, weights_only=True)["scene_map"] == {"chess": 0, "fire": 1, "heads": 2}
-        proc = run_script(
+        proc = cli(
             [
-                "main_multi_scene.py",
                 model,
                 "test",
                 "random",
@@ -251,7 +276,9 @@ def test_multi_scene_seed_commands(scenes3, tmp_path):
                 "7scenes",
                 "--output_path",
                 str(tmp_path / "evals"),
-            ]
+            ],
+            capsys,
+            multi_scene=True,
         )
         assert proc.returncode == 0, proc.stderr
         canonical = "ems-transposenet" if model == "mstransformer" else model
@@ -272,11 +299,10 @@ def test_multi_scene_seed_commands(scenes3, tmp_path):
 
 
 @pytest.mark.parametrize("size", ["0", "-1"])
-def test_batch_size_below_one_is_refused(user_dir, trained, size):
-    ckpt = next(trained.glob("*_final.pth"))
-    proc = run_script(
+def test_batch_size_below_one_is_refused(user_dir, hyperpose_ckpt, size, capsys):
+    ckpt = hyperpose_ckpt
+    proc = cli(
         [
-            "main_single_scene.py",
             "hyperpose",
             "test",
             BACKBONE,
@@ -290,52 +316,58 @@ def test_batch_size_below_one_is_refused(user_dir, trained, size):
             "--output_path",
             "./evals_bs",
         ],
+        capsys,
         cwd=user_dir,
     )
     assert_one_line_error(proc, rf"--batch_size must be >= 1, got {size}")
 
 
 def _run_on_a_terminal(args: list[str], cwd) -> str:
-    """Run a script with stderr on a pseudo-terminal, as in an interactive shell; returns what it showed."""
+    """Run main_single_scene.py's main with stderr on a pseudo-terminal, as in an interactive shell; returns
+    what it showed."""
     import fcntl
     import os
     import pty
     import struct
-    import subprocess
     import sys
     import termios
+    import threading
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm draws nothing at 0 columns
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / args[0]), *args[1:]],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=slave,
-    )
-    os.close(slave)
     chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    assert proc.wait(timeout=600) == 0
+
+    def read():
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal was closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    terminal = open(slave, "w", buffering=1, encoding="utf-8")
+    saved = sys.stderr
+    sys.stderr = terminal
+    try:
+        proc = run_main(cli_main, args, cwd=cwd)
+    finally:
+        sys.stderr = saved
+        terminal.close()
+        reader.join(timeout=60)
+        os.close(master)
+    assert proc.returncode == 0
     return b"".join(chunks).decode(errors="replace")
 
 
-def test_progress_bars_only_on_a_terminal_and_never_with_quiet(user_dir, trained):
-    ckpt = next(trained.glob("*_final.pth"))
+@pytest.mark.slow
+def test_progress_bars_only_on_a_terminal_and_never_with_quiet(user_dir, trained_proc):
+    train_proc, run = trained_proc
+    ckpt = next(run.glob("*_final.pth"))
     test = [
-        "main_single_scene.py",
         "hyperpose",
         "test",
         BACKBONE,
@@ -349,20 +381,8 @@ def test_progress_bars_only_on_a_terminal_and_never_with_quiet(user_dir, trained
     ]
     assert "it/s]" in _run_on_a_terminal(test, user_dir)  # tqdm's rate field
     assert "it/s]" not in _run_on_a_terminal(test + ["--quiet"], user_dir)
-    train = [
-        "main_single_scene.py",
-        "effposenet",
-        "train",
-        "random",
-        CAMBRIDGE,
-        SHOP_TRAIN,
-        "./configs/CambridgeLandmarks_config.json",
-        "--output_path",
-        "./models_pipe",
-    ]
-    proc = run_script(train, cwd=user_dir, env={"TQDM_DISABLE": None})  # stderr is a pipe, as under nohup or CI
-    assert proc.returncode == 0, proc.stderr
-    assert "\r" not in proc.stderr and "epoch 2/2 loss" in proc.stderr
+    # The training seed command ran with stderr a pipe, as under nohup or CI, and TQDM_DISABLE unset.
+    assert "\r" not in train_proc.stderr and "epoch 2/2 loss" in train_proc.stderr
 
 
 def test_each_warning_reaches_the_console_once_per_process(capsys):

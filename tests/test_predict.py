@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_script, tiny_config_dict, write_config
+from conftest import run_main, run_script, tiny_config_dict, write_config
+from engine.cli import main as cli_main
 from engine.evaluate import Evaluator
 from inference_helpers import save_tiny_checkpoint
 from util.report import read_embedded_json
@@ -43,6 +44,13 @@ def predict_cmd(script, model, images, config, ckpt, out, *extra):
     ]
 
 
+def run_predict(cmd, capsys):
+    """A predict command through its script's main in this process (test_predict_on_folder_equals_test_mode
+    runs the script itself)."""
+    script, *args = cmd
+    return run_main(cli_main, args, capsys, multi_scene=script == "main_multi_scene.py")
+
+
 def only_csv(out):
     files = list(out.glob("*_poses.csv"))
     assert len(files) == 1, files
@@ -58,6 +66,7 @@ def single(scene7, tmp_path_factory):
     return tmp, ckpt, config
 
 
+@pytest.mark.slow
 def test_predict_on_folder_equals_test_mode(scene7, single, tmp_path):
     """Poses of predict on the image folder equal test mode's predictions for the same images to 1e-6."""
     _, ckpt, config = single
@@ -79,7 +88,7 @@ def test_predict_on_folder_equals_test_mode(scene7, single, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(got[:, 3:], axis=1), 1.0, atol=1e-6)
 
 
-def test_sources_glob_list_and_label_csv_agree(scene7, single, tmp_path):
+def test_sources_glob_list_and_label_csv_agree(scene7, single, tmp_path, capsys):
     _, ckpt, config = single
     by_source = {}
     listing = tmp_path / "lists" / "images.txt"
@@ -93,7 +102,7 @@ def test_sources_glob_list_and_label_csv_agree(scene7, single, tmp_path):
     }
     for kind, (source, extra) in sources.items():
         out = tmp_path / kind
-        proc = run_script(predict_cmd("main_single_scene.py", "hyperpose", source, config, ckpt, out, *extra))
+        proc = run_predict(predict_cmd("main_single_scene.py", "hyperpose", source, config, ckpt, out, *extra), capsys)
         assert proc.returncode == 0, proc.stderr
         rows = read_poses(only_csv(out))
         by_source[kind] = {name.split("chess/")[-1]: pose_of(row) for name, row in rows.items()}
@@ -104,7 +113,7 @@ def test_sources_glob_list_and_label_csv_agree(scene7, single, tmp_path):
             np.testing.assert_array_equal(pose, by_source["labels"][name])
 
 
-def test_unreadable_images_are_skipped_and_counted(scene7, single, tmp_path):
+def test_unreadable_images_are_skipped_and_counted(scene7, single, tmp_path, capsys):
     _, ckpt, config = single
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -112,8 +121,8 @@ def test_unreadable_images_are_skipped_and_counted(scene7, single, tmp_path):
         shutil.copy(scene7 / "chess" / "seq-04" / name, folder / name)
     (folder / "broken.png").write_bytes(b"not an image")
     (folder / "notes.txt").write_text("not listed: no image extension")
-    proc = run_script(
-        predict_cmd("main_single_scene.py", "hyperpose", folder, config, ckpt, tmp_path / "out", "--html")
+    proc = run_predict(
+        predict_cmd("main_single_scene.py", "hyperpose", folder, config, ckpt, tmp_path / "out", "--html"), capsys
     )
     assert proc.returncode == 0, proc.stderr
     assert "localized 2 of 3 images; skipped 1 unreadable" in proc.stdout
@@ -125,13 +134,15 @@ def test_unreadable_images_are_skipped_and_counted(scene7, single, tmp_path):
     np.testing.assert_allclose(trace["x"], [float(rows[n]["t1"]) for n in sorted(rows)], atol=1e-5)
 
 
-def test_multi_scene_predict_equals_test_mode(scenes3, tmp_path):
+def test_multi_scene_predict_equals_test_mode(scenes3, tmp_path, capsys):
     labels = scenes3 / "7scenes_all_scenes.csv"
     scenes = sorted({line.split(",")[0] for line in labels.read_text().splitlines()[1:]})
     images = sorted(scenes3.rglob("*.color.png"))
     ckpt = save_tiny_checkpoint(tmp_path / "mshyperpose_final.pth", "mshyperpose", images, scenes)
     config = write_config(tmp_path / "tiny.json", tiny_config_dict())
-    proc = run_script(predict_cmd("main_multi_scene.py", "mshyperpose", labels, config, ckpt, tmp_path / "out"))
+    proc = run_predict(
+        predict_cmd("main_multi_scene.py", "mshyperpose", labels, config, ckpt, tmp_path / "out"), capsys
+    )
     assert proc.returncode == 0, proc.stderr
     rows = read_poses(only_csv(tmp_path / "out"))
     assert set(next(iter(rows.values()))) >= {"scene_pred", "scene_prob"}
@@ -148,7 +159,7 @@ def test_multi_scene_predict_equals_test_mode(scenes3, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["empty_folder", "none_readable", "wrong_model", "missing_source"])
-def test_predict_errors_are_one_line(case, single, tmp_path):
+def test_predict_errors_are_one_line(case, single, tmp_path, capsys):
     from test_cli import assert_one_line_error
 
     _, ckpt, config = single
@@ -165,12 +176,12 @@ def test_predict_errors_are_one_line(case, single, tmp_path):
         model, pattern = "effposenet", r"holds a 'hyperpose' model, not 'effposenet'"
     else:
         source, pattern = tmp_path / "nowhere", r"images not found: .*nowhere"
-    proc = run_script(predict_cmd("main_single_scene.py", model, source, config, ckpt, tmp_path / "out"))
+    proc = run_predict(predict_cmd("main_single_scene.py", model, source, config, ckpt, tmp_path / "out"), capsys)
     assert_one_line_error(proc, pattern)
     assert not (tmp_path / "out").exists()
 
 
-def test_reference_multi_scene_state_dict_takes_scene_names_from_a_label_csv(scenes3, tmp_path):
+def test_reference_multi_scene_state_dict_takes_scene_names_from_a_label_csv(scenes3, tmp_path, capsys):
     """A bare state_dict has no scene map: with a label CSV as the source its sorted scenes name the ids."""
     import torch
 
@@ -180,7 +191,9 @@ def test_reference_multi_scene_state_dict_takes_scene_names_from_a_label_csv(sce
     bare = tmp_path / "reference.pth"
     torch.save(torch.load(ckpt, weights_only=True)["model"], bare)
     config = write_config(tmp_path / "tiny.json", tiny_config_dict())
-    proc = run_script(predict_cmd("main_multi_scene.py", "ems-transposenet", labels, config, bare, tmp_path / "out"))
+    proc = run_predict(
+        predict_cmd("main_multi_scene.py", "ems-transposenet", labels, config, bare, tmp_path / "out"), capsys
+    )
     assert proc.returncode == 0, proc.stderr
     assert "using 8 attention heads" in proc.stderr  # the reference's quirk, as in test mode
     rows = read_poses(only_csv(tmp_path / "out"))
@@ -199,11 +212,11 @@ def test_predict_refuses_batch_size_zero_and_a_read_only_output_before_any_work(
         predict("hyperpose", str(tmp_path / "no_images"), config, ckpt, read_only_dir / "out")
 
 
-def test_an_override_config_after_the_options_is_accepted(scene7, single, tmp_path):
+def test_an_override_config_after_the_options_is_accepted(scene7, single, tmp_path, capsys):
     """``... config.json --output_path X override.json``: the override may follow the options."""
     _, ckpt, config = single
     override = write_config(tmp_path / "override.json", {"hyperpose": {"batch_size": 3}})
     args = predict_cmd("main_single_scene.py", "hyperpose", scene7, config, ckpt, tmp_path / "out") + [str(override)]
-    proc = run_script(args)
+    proc = run_predict(args, capsys)
     assert proc.returncode == 0, proc.stderr
     assert "localized 16 of 16 images" in proc.stdout
