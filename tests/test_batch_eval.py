@@ -143,6 +143,7 @@ def test_trailing_positionals():
 
 
 # The seed commands ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_single_scene_seed_command(single_run, monkeypatch, tmp_path):
     cwd, run = single_run
     marker = no_browser_env(monkeypatch, tmp_path)
@@ -200,6 +201,7 @@ def test_single_scene_seed_command(single_run, monkeypatch, tmp_path):
     assert "optimistic estimate" in page and data["best_chosen_on"] == "test"
 
 
+@pytest.mark.slow
 def test_multi_scene_seed_command(multi_run, monkeypatch, tmp_path):
     cwd, run = multi_run
     marker = no_browser_env(monkeypatch, tmp_path)
@@ -247,6 +249,7 @@ def test_multi_scene_seed_command(multi_run, monkeypatch, tmp_path):
     assert cdf_names == set(scenes) | {"all"}
 
 
+@pytest.mark.slow
 def test_multi_scene_test_dataset_id(multi_run, tmp_path):
     """--test_dataset_id 7scenes evaluates the per-scene test CSVs found beside the labels file."""
     cwd, run = multi_run
@@ -283,6 +286,7 @@ def labels_from_predictions(evaluator, checkpoint, path):
     return path
 
 
+@pytest.mark.slow
 def test_validation_set_chooses_the_best(single_run, tmp_path, capsys):
     """With --val_labels the best is the validation-best (here not the test-best), and says so."""
     cwd, run = single_run

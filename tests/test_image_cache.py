@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 
 import pytest
 import torch
@@ -176,6 +177,7 @@ def test_test_mode_uses_the_cache_and_scores_the_same(data, tmp_path):
     assert (scores[0] == scores[1]).all()
 
 
+@pytest.mark.slow
 def test_by_default_runs_cache_in_the_user_folder_and_off_turns_it_off(data, tmp_path, monkeypatch):
     from engine.train import train
 
@@ -206,28 +208,15 @@ def test_by_default_runs_cache_in_the_user_folder_and_off_turns_it_off(data, tmp
         assert not (tmp_path / f"unused_{off}").exists()
 
 
-def test_the_command_line_turns_the_cache_off(data, tmp_path):
-    from conftest import run_script
+def test_the_command_line_turns_the_cache_off(data, tmp_path, monkeypatch, capsys):
+    from conftest import run_main
+    from engine.cli import main
 
     root, labels = data
     config = write_config(tmp_path / "cfg.json", tiny_config_dict(n_epochs=1))
-    proc = run_script(
-        [
-            "main_single_scene.py",
-            "effposenet",
-            "train",
-            "random",
-            str(root),
-            str(labels),
-            str(config),
-            "--output_path",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--no_cache",
-        ],
-        env={"HYPERPOSE_CACHE_DIR": str(tmp_path / "user_cache")},
-    )
+    monkeypatch.setenv("HYPERPOSE_CACHE_DIR", str(tmp_path / "user_cache"))
+    args = ["effposenet", "train", "random", root, labels, config, "--output_path", tmp_path / "out"]
+    proc = run_main(main, args + ["--device", "cpu", "--no_cache"], capsys)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (tmp_path / "user_cache").exists()
 
@@ -405,6 +394,7 @@ def _cached_backends(cache_dir, root, labels):
     ]
 
 
+@pytest.mark.slow
 def test_train_and_test_mode_cache_with_the_configs_resize_backend(data, tmp_path):
     root, labels = data
     scores = _train_then_test_with_and_without_cache(root, labels, tmp_path, resize_backend="pil")
@@ -414,18 +404,16 @@ def test_train_and_test_mode_cache_with_the_configs_resize_backend(data, tmp_pat
     assert (scores[0] == scores[1]).all()
 
 
-def test_the_cache_builder_draws_no_progress_bar_into_a_redirected_log(scene7, tmp_path):
+def test_the_cache_builder_draws_no_progress_bar_into_a_redirected_log(scene7, tmp_path, monkeypatch, capsys):
     """A log file is not a terminal: the builder's bar stays out of it (and --quiet turns every bar off)."""
-    from conftest import run_script
+    import util.logs
 
-    code = (
-        "import sys; from datasets.dataset import CameraPoseDataset; "
-        f"d = CameraPoseDataset({str(scene7)!r}, {str(scene7 / 'abs_7scenes_pose.csv_chess_train.csv')!r}); "
-        f"d.use_image_cache({str(tmp_path / 'c')!r}, 56)"
-    )
-    proc = run_script(["-c", code], env={"TQDM_DISABLE": None})
-    assert proc.returncode == 0, proc.stderr
-    assert "caching" not in proc.stderr and "it/s" not in proc.stderr
+    monkeypatch.setattr(util.logs, "_progress_bars", True)  # bars allowed, as without --quiet
+    assert not sys.stderr.isatty()  # captured, as a redirected log
+    d = CameraPoseDataset(scene7, scene7 / "abs_7scenes_pose.csv_chess_train.csv")
+    d.use_image_cache(tmp_path / "c", 56)
+    err = capsys.readouterr().err
+    assert "caching" not in err and "it/s" not in err
 
 
 def test_a_labels_file_naming_one_image_on_many_rows_stores_it_once(scene7, tmp_path):

@@ -73,6 +73,17 @@ def setup(tmp_path_factory, scenes3):
     return folder, args
 
 
+def finals_only(args, folder):
+    """``args`` with a config whose runs save only their final checkpoint (one epoch, checkpoints every 2):
+    half the checkpoints to write and to evaluate, for the tests that need no numbered checkpoint."""
+    args = list(args)
+    i = args.index("--config") + 1
+    cfg = json.loads(open(args[i]).read())
+    cfg["general"]["n_freq_checkpoint"] = 2
+    args[i] = str(write_config(folder / "finals_only.json", cfg))
+    return args
+
+
 @pytest.fixture
 def count_training(monkeypatch):
     calls = []
@@ -86,6 +97,7 @@ def count_training(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_driver_writes_the_table_resumes_and_skips_finished_stages(setup, tmp_path, capsys, count_training):
     _, args = setup
     out = tmp_path / "out"
@@ -194,13 +206,14 @@ def _changed(stage_dir_a, stage_dir_b):
     return {k for k in a if not torch.equal(a[k], b[k])}, set(a)
 
 
+@pytest.mark.slow
 def test_paper_recipe_trains_one_hypernetwork_per_stage(setup, tmp_path, capsys, count_training):
     """--recipe paper: hyperpose in three stages (all, translation, rotation), mshyperpose in two; each later
     stage changes only the parameters it names and starts from the stage before; the table has the final and
     the best-on-validation rows."""
     _, args = setup
     out = tmp_path / "out"
-    args = [a if a != MODELS else "hyperpose,mshyperpose" for a in args]
+    args = [a if a != MODELS else "hyperpose,mshyperpose" for a in finals_only(args, tmp_path)]
     args += ["--out", str(out), "--recipe", "paper", "--n_epochs", "1"]
 
     assert main(args + ["--dry-run"]) == 0
@@ -305,9 +318,10 @@ def test_without_a_validation_split_training_uses_every_sequence(setup, tmp_path
     assert not any("--val_labels" in line for line in dry) and not (out / "7scenes" / "splits").exists()
 
 
+@pytest.mark.slow
 def test_seeds_train_each_model_once_per_seed_and_pair_them(setup, tmp_path, capsys, count_training):
     folder, args = setup
-    args = [a if a != MODELS else "hyperpose,effposenet" for a in args]
+    args = [a if a != MODELS else "hyperpose,effposenet" for a in finals_only(args, tmp_path)]
     args[args.index("--scenes") + 1] = "chess"
     out = tmp_path / "out"
     assert main(args + ["--out", str(out), "--seeds", "0,1", "--stages", "1", "--val_sequences", "0"]) == 0

@@ -25,6 +25,7 @@ def chess(root, split):
     return root / f"abs_7scenes_pose.csv_chess_{split}.csv"
 
 
+@pytest.mark.slow
 def test_run_folder_holds_checkpoints_metrics_and_logs(scene7, tiny_config, tmp_path):
     result = train("hyperpose", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu")
     run = result.run_dir
@@ -46,6 +47,7 @@ def test_run_folder_holds_checkpoints_metrics_and_logs(scene7, tiny_config, tmp_
     assert not list(run.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_same_weights(scene7, tmp_path):
     # A run killed in epoch 2 has checkpoint-1 as its latest, which holds the optimizer state; "all" keeps
     # that state in the copy taken here from a complete run.
@@ -117,6 +119,7 @@ def test_fp16_needs_cuda(scene7, tiny_config, tmp_path):
         train("hyperpose", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu", amp="fp16")
 
 
+@pytest.mark.slow
 def test_persistent_workers_give_the_same_weights_and_resume_bit_identically(scene7, tmp_path, monkeypatch):
     """The augmentation of a sample depends on (seed, epoch, position) only, not on the workers."""
     import util.device
@@ -154,6 +157,7 @@ def test_persistent_workers_give_the_same_weights_and_resume_bit_identically(sce
         assert torch.equal(a[k], c[k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["effposenet", "mshyperpose"])
 def test_bf16_autocast_trains_on_the_cpu(model_name, scene7, scenes3, tiny_config, tmp_path):
     root = scene7 if model_name == "effposenet" else scenes3
@@ -172,6 +176,7 @@ def test_micro_batches_must_fit_the_batch(scene7, tiny_config, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_bf16_test_mode_on_the_cpu_is_close_to_fp32(scene7, tiny_config, tmp_path):
     from engine.evaluate import Evaluator
 
@@ -271,6 +276,7 @@ def test_inputs_are_checked_before_the_run_folder_and_later_failures_are_logged(
     assert "run failed: cannot decode image" in (run / "train.log").read_text().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_only_the_latest_checkpoint_keeps_the_optimizer_state(scene7, tiny_config, tmp_path, caplog):
     result = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu")
     run = result.run_dir
