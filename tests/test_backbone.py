@@ -22,8 +22,9 @@ from models.backbone import (
     load_backbone,
     new_backbone,
 )
+from models.backbone import main as backbone_main
 from models.backbone_files import read_backbone_file
-from util.errors import UserError
+from util.errors import UserError, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALL_ENDPOINTS = ("reduction_1", "reduction_2", "reduction_3", "reduction_4", "reduction_5")
@@ -51,6 +52,14 @@ def _run_cli(*args, env=None, timeout=120):
         timeout=timeout,
         env=env,
     )
+
+
+def _run_cli_in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """The CLI's entry point in this process (what ``python -m models.backbone`` runs, without the start-up)."""
+    capsys.readouterr()
+    code = run_cli(lambda: print(backbone_main([str(a) for a in args])))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +202,7 @@ def test_imagenet_lite0_loads_offline_into_the_feature_extractor():
     assert torch.equal(backbone.body.conv_stem.weight, reference["conv_stem.weight"])
 
 
+@pytest.mark.slow
 def test_nothing_downloads_when_building_every_model(monkeypatch):
     """With sockets blocked, every registered model builds, and the offline ImageNet start loads."""
     from models.config import defaults
@@ -325,7 +335,8 @@ def test_tensor_file_is_user_error(tmp_path):
         load_backbone(str(path))
 
 
-def test_cli_write_then_check_round_trip(tmp_path):
+@pytest.mark.slow
+def test_cli_write_then_check_round_trip(tmp_path, capsys):
     out = tmp_path / "sub" / "b0.pth"
     written = _run_cli("write", out)
     assert written.returncode == 0, written.stderr
@@ -335,12 +346,13 @@ def test_cli_write_then_check_round_trip(tmp_path):
     checked = _run_cli("check", out)
     assert checked.returncode == 0, checked.stderr
     assert "state_dict" in checked.stdout
-    missing = _run_cli("check", tmp_path / "missing.pth")
+    missing = _run_cli_in_process(capsys, "check", tmp_path / "missing.pth")
     assert missing.returncode == 2
     lines = missing.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: backbone file not found:")
 
 
+@pytest.mark.slow
 def test_cli_pretrained_fails_cleanly_without_network(tmp_path):
     # An unreachable proxy and an empty cache make the download fail whether or not there is internet.
     env = dict(
@@ -363,13 +375,15 @@ def test_cli_pretrained_fails_cleanly_without_network(tmp_path):
 
 
 @pytest.mark.parametrize("backbone_type", ["resnet34", "timm:resnet18"])
-def test_cli_writes_and_checks_every_type(tmp_path, backbone_type):
+def test_cli_writes_and_checks_every_type(tmp_path, backbone_type, capsys):
+    """Write, check and the unknown-type error through the CLI's entry point in-process (the subprocess
+    boundary is covered by the round trip above)."""
     out = tmp_path / "weights.pth"
-    written = _run_cli("write", out, "--type", backbone_type)
+    written = _run_cli_in_process(capsys, "write", out, "--type", backbone_type)
     assert written.returncode == 0, written.stderr
     assert list(torch.load(out, weights_only=True)) == list(new_backbone(backbone_type).state_dict())
     args = ("--type", backbone_type) if backbone_type.startswith("timm:") else ()
-    checked = _run_cli("check", out, *args)
+    checked = _run_cli_in_process(capsys, "check", out, *args)
     assert checked.returncode == 0 and f"{backbone_type} state_dict, loads strictly" in checked.stdout
-    unknown = _run_cli("write", out, "--type", "resnet43")
+    unknown = _run_cli_in_process(capsys, "write", out, "--type", "resnet43")
     assert unknown.returncode == 2 and "did you mean 'resnet34'" in unknown.stderr

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 
 from conftest import run_script
 
 
+@pytest.mark.slow
 def test_bench_train_e2e_prints_each_setting_and_the_ratio(tmp_path):
     proc = run_script(
         [
@@ -50,12 +52,13 @@ def test_bench_train_e2e_prints_each_setting_and_the_ratio(tmp_path):
     assert list((tmp_path / "data" / "jpeg").rglob("*.jpg"))
 
 
+@pytest.mark.slow
 def test_bench_multi_scene_prints_the_time_split():
     proc = run_script(
         [
             "bench/bench_multi_scene.py",
             "--size",
-            "64",
+            "32",
             "--batch",
             "2",
             "--iters",
@@ -117,6 +120,7 @@ def test_amp_accuracy_pairs_the_precisions_by_seed():
     assert amp_accuracy.paired_difference(rows, "other", "x") is None
 
 
+@pytest.mark.slow
 def test_gpu_check_lists_its_steps_and_says_one_line_without_cuda(tmp_path):
     from conftest import run_script
 

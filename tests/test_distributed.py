@@ -22,6 +22,8 @@ import torch.multiprocessing as mp
 from conftest import REPO, tiny_config_dict, write_config
 from engine.train import train
 
+pytestmark = pytest.mark.slow  # two-process training runs and a torchrun launch
+
 MODEL = "mshyperpose"
 BATCH = 2  # per process
 ATOL, RTOL = 1e-5, 1e-4

@@ -6,6 +6,8 @@ non-default backbones (torchvision and timm). A model and a backbone added from 
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import torch
 
@@ -19,8 +21,16 @@ def chess(root, split):
     return root / f"abs_7scenes_pose.csv_chess_{split}.csv"
 
 
+@pytest.fixture(scope="module")
+def one_epoch_config(tmp_path_factory):
+    """The tiny config with one epoch: the scripts' train and test modes are the point here, not training."""
+    return write_config(tmp_path_factory.mktemp("zoo_cfg") / "tiny_1epoch.json", tiny_config_dict(n_epochs=1))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["posenet", "atloc", "hyperatloc"])
-def test_reference_models_train_and_test_through_the_script(model, scene7, tiny_config, tmp_path):
+def test_reference_models_train_and_test_through_the_script(model, scene7, one_epoch_config, tmp_path):
+    tiny_config = one_epoch_config
     proc = run_script(
         [
             "main_single_scene.py",
@@ -41,7 +51,9 @@ def test_reference_models_train_and_test_through_the_script(model, scene7, tiny_
     outputs = []
     for run in range(2):  # test mode is deterministic (the reference's AtLoc dropout is off in eval)
         out = tmp_path / f"evals{run}"
-        proc = run_script(
+        # The first run through the script's entry point in this process, the second as a real script run.
+        launch = run_script if run else lambda args: _in_process(args[1:])
+        proc = launch(
             [
                 "main_single_scene.py",
                 model,
@@ -76,6 +88,11 @@ def test_reference_models_train_and_test_through_the_script(model, scene7, tiny_
         )
         assert proc.returncode == 0, proc.stderr
         assert "csv:" in proc.stdout and next((tmp_path / "batch").rglob("*.html"))
+
+
+def _in_process(args: list[str]) -> subprocess.CompletedProcess:
+    """``main_single_scene.py ARGS`` (engine.cli.main) called in this process: no interpreter start-up."""
+    return subprocess.CompletedProcess(args, cli_main(args), "", "")
 
 
 @pytest.mark.parametrize("backbone_type", ["googlenet", "timm:mobilenetv3_large_100"])

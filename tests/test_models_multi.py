@@ -287,6 +287,7 @@ def reference_models():
     return models
 
 
+@pytest.mark.slow  # shares the full-size models of reference_models (5 s to build)
 def test_reference_ems_transposenet_heads_match_per_sample_loop(reference_models):
     model = reference_models["ems-transposenet"]
     img = images()
@@ -302,6 +303,7 @@ def test_reference_ems_transposenet_heads_match_per_sample_loop(reference_models
     torch.testing.assert_close(log_probs.exp().sum(dim=1), torch.ones(2))
 
 
+@pytest.mark.slow  # shares the full-size models of reference_models (5 s to build)
 def test_reference_mshyperpose_hyper_regressor_matches_per_sample_loop(reference_models):
     model = reference_models["mshyperpose"]
     img = images()
@@ -316,6 +318,7 @@ def test_reference_mshyperpose_hyper_regressor_matches_per_sample_loop(reference
     torch.testing.assert_close(log_probs.exp().sum(dim=1), torch.ones(2))
 
 
+@pytest.mark.slow  # shares the full-size models of reference_models (5 s to build)
 def test_reference_size_input_gives_reference_shapes(reference_models):
     """224x224 input: 14x14 and 28x28 token grids fit the 50x50 position tables."""
     model = reference_models["ems-transposenet"]
