@@ -16,6 +16,7 @@ import torch
 
 from conftest import run_script, tiny_config_dict, write_config
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from engine.cli import main as cli_main
 from engine.export import EXPORT_TOLERANCE, export_checkpoint, load_check_images
 from engine.exported import ExportedModel
 from engine.localize import Localizer
@@ -56,6 +57,7 @@ def assert_matches(got: dict, localizer: Localizer, crops_N3HW: torch.Tensor) ->
         assert np.abs(got[name] - ref).max() <= bound, (name, np.abs(got[name] - ref).max(), bound)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt,batch", [("onnx", "dynamic"), ("torchscript", 4)])
 @pytest.mark.parametrize("model_name", model_names())
 def test_export_reproduces_pytorch(model_name, fmt, batch, checkpoints, scenes3, tmp_path):
@@ -79,6 +81,7 @@ def test_export_reproduces_pytorch(model_name, fmt, batch, checkpoints, scenes3,
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_float_input_export(checkpoints, scenes3, tmp_path):
     ckpt = checkpoints["hyperpose"]
     out = tmp_path / "float.onnx"
@@ -91,6 +94,7 @@ def test_float_input_export(checkpoints, scenes3, tmp_path):
         exported(crops.numpy())
 
 
+@pytest.mark.slow
 def test_export_cli_then_run_equals_predict(checkpoints, scenes3, tmp_path):
     """The CLI round trip: export, run the file on a folder, and compare with the predict mode's CSV."""
     ckpt = checkpoints["hyperpose"]
@@ -119,9 +123,9 @@ def test_export_cli_then_run_equals_predict(checkpoints, scenes3, tmp_path):
     assert run.returncode == 0, run.stderr
     exported_rows = {r["img_path"]: r for r in csv.DictReader(io.StringIO(run.stdout))}
     config = write_config(tmp_path / "tiny.json", tiny_config_dict())
-    pred = run_script(
+    # The predict mode through the script's entry point in this process (its script runs in test_predict).
+    pred_rc = cli_main(
         [
-            "main_single_scene.py",
             "hyperpose",
             "predict",
             "random",
@@ -134,7 +138,7 @@ def test_export_cli_then_run_equals_predict(checkpoints, scenes3, tmp_path):
             "--quiet",
         ]
     )
-    assert pred.returncode == 0, pred.stderr
+    assert pred_rc == 0
     with open(next((tmp_path / "pred").glob("*_poses.csv")), newline="") as f:
         predicted = {r["img_path"]: r for r in csv.DictReader(f)}
     assert exported_rows.keys() == predicted.keys() and len(predicted) == 16
@@ -189,6 +193,7 @@ def test_export_errors_are_one_line(case, checkpoints, scenes3, tmp_path, capsys
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bench_export_runs():
     """The benchmark runs end to end (one call per runtime; its figures are not looked at here)."""
     proc = run_script(
@@ -215,6 +220,7 @@ def test_bench_export_runs():
     assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_reference_state_dict_exports_with_model_config_and_scenes(checkpoints, scenes3, tmp_path):
     bare = tmp_path / "reference.pth"
     torch.save(torch.load(checkpoints["ems-transposenet"], weights_only=True)["model"], bare)
