@@ -35,7 +35,7 @@ from datasets.dataset import CameraPoseDataset
 from datasets.synthetic import generate
 from datasets.transforms import build_transform
 from engine.train import build_optimizer, prepare_model
-from engine.trainer import Trainer
+from engine.trainer import RunFolder, Runtime, Trainer
 from models.backbone import load_backbone
 from models.config import validate_config
 from models.losses import CameraPoseLoss
@@ -102,11 +102,12 @@ def make_trainer(
         scheduler,
         dataset,
         config,
-        device,
-        Path(tempfile.gettempdir()),
-        "bench",
-        amp_dtype=autocast_dtype(args.amp, device),
-        compile=args.compile if compile is None else compile,
+        RunFolder(Path(tempfile.gettempdir()), "bench"),
+        Runtime(
+            device,
+            amp_dtype=autocast_dtype(args.amp, device),
+            compile=args.compile if compile is None else compile,
+        ),
     )
 
 

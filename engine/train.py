@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -26,14 +27,13 @@ from datasets.image_cache import resolve_cache_dir
 from datasets.transforms import build_transform
 from engine.batchnorm import plain_loader, resolve_recalibrate_batches
 from engine.checkpoints import checkpoint_number
-from engine.trainer import Trainer, TrainResult, read_metrics_csv, write_metrics_csv
+from engine.trainer import RunFolder, Runtime, Trainer, TrainResult, read_metrics_csv, write_metrics_csv
 from models.backbone import load_backbone
 from models.config import load_config
 from models.hypernet import hyperfan_from_images
 from models.loading import load_checkpoint, load_model, reconcile_config
 from models.losses import CameraPoseLoss
 from models.registry import build_model, canonical_model_name, get_spec
-from util.checkpoint import load_model_weights
 from util.device import autocast_dtype, make_deterministic, seed_everything
 from util.distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
 from util.errors import UserError
@@ -121,17 +121,74 @@ def prepare_model(model_name: str, backbone_path: str, config: dict, device: tor
     return build_model(model_name, config, backbone).to(device, memory_format=torch.channels_last)
 
 
-def _sources(resume, init_checkpoint) -> tuple[dict | None, dict | None]:
-    """(checkpoint to resume, checkpoint to initialise from), each read once."""
-    if resume and init_checkpoint:
-        raise UserError("use either --resume (continue a run) or --checkpoint_path (start from its weights)")
-    ckpt = load_checkpoint(resume) if resume else None
-    if ckpt is not None and ckpt.get("format") == "reference":
-        raise UserError(
-            f"--resume {resume}: a bare reference state_dict holds no training state; "
-            f"resume needs a checkpoint written by this toolkit"
+@dataclass(frozen=True)
+class RunSettings:
+    """The runtime choices of one :func:`train` call, beside its config: where the run goes and what it
+    starts from, and how it runs (device, autocast, compile, micro-batches, epoch count and image cache)."""
+
+    output_path: str | Path | None = None
+    resume: str | Path | None = None
+    init_checkpoint: str | Path | None = None
+    device: str = "auto"
+    amp: bool | str = False
+    n_epochs: int | None = None
+    cache_dir: str | Path | None = None
+    compile: bool = False
+    micro_batches: int = 1
+
+    @property
+    def branch(self) -> bool:
+        """A resumed run continues in a new run folder under another ``output_path``."""
+        return (
+            bool(self.resume)
+            and self.output_path is not None
+            and Path(self.output_path).resolve() != Path(self.resume).resolve().parent.parent
         )
-    return ckpt, load_checkpoint(init_checkpoint) if init_checkpoint else None
+
+    @property
+    def destination(self) -> str | Path:
+        """Where a new run folder goes."""
+        return self.output_path if self.output_path is not None else "./models"
+
+    @property
+    def resumes_in_place(self) -> bool:
+        return bool(self.resume) and not self.branch
+
+    def check_destination(self) -> None:
+        """The output folder first: a read-only or mistyped --output_path must not cost a training run."""
+        if self.resume and not Path(self.resume).is_file():
+            load_checkpoint(self.resume)  # one line saying what is missing, before any folder is made
+        if not self.resume or self.branch:
+            check_output_dir(self.destination)
+        elif Path(self.resume).is_file():  # a missing file is reported by load_checkpoint, below
+            check_output_dir(Path(self.resume).resolve().parent, "the run folder of --resume")
+
+    def apply_to(self, config: dict) -> dict:
+        """The settings that override the config (``n_epochs``, ``cache_dir``), checked against it."""
+        if self.n_epochs is not None:
+            if self.n_epochs < 1:
+                raise UserError(f"--n_epochs must be >= 1, got {self.n_epochs}")
+            config["n_epochs"] = self.n_epochs
+        if self.micro_batches < 1 or self.micro_batches > config["batch_size"]:
+            raise UserError(
+                f"--micro_batches must be in 1..batch_size ({config['batch_size']}), got {self.micro_batches}"
+            )
+        if self.cache_dir:
+            config["cache_dir"] = str(self.cache_dir)
+        return config
+
+    def sources(self) -> tuple[dict | None, dict | None]:
+        """(checkpoint to resume, checkpoint to initialise from), each read once."""
+        resume, init_checkpoint = self.resume, self.init_checkpoint
+        if resume and init_checkpoint:
+            raise UserError("use either --resume (continue a run) or --checkpoint_path (start from its weights)")
+        ckpt = load_checkpoint(resume) if resume else None
+        if ckpt is not None and ckpt.get("format") == "reference":
+            raise UserError(
+                f"--resume {resume}: a bare reference state_dict holds no training state; "
+                f"resume needs a checkpoint written by this toolkit"
+            )
+        return ckpt, load_checkpoint(init_checkpoint) if init_checkpoint else None
 
 
 def refuse_overwrite(resume: Path, epoch: int) -> None:
@@ -196,6 +253,123 @@ def _attach_cache(dataset: CameraPoseDataset, config: dict, ctx: DistContext) ->
         raise UserError(f"process {ctx.rank} cannot read the image cache in {cache_dir} that local rank 0 built")
 
 
+def _training_dataset(
+    dataset_root: str | Path, labels_file: str | Path, model_name: str, config: dict, source: dict | None, ctx
+) -> CameraPoseDataset:
+    """The training images, checked and cached, in the scene order of the checkpoint the run starts from;
+    a multi-scene model's ``num_scenes`` is set from them."""
+    scene_map = source["scene_map"] if source and source["scene_map"] else None
+    dataset = CameraPoseDataset(
+        dataset_root, labels_file, transform=build_transform(config, train=True), scene_map=scene_map
+    )
+    dataset.check_sample()  # a broken image fails here, before any run folder exists
+    _attach_cache(dataset, config, ctx)
+    if get_spec(model_name).multi_scene:
+        n_scenes = len(dataset.scene_map)
+        if config.get("num_scenes") not in (None, n_scenes):
+            raise UserError(
+                f"config num_scenes={config['num_scenes']} but {labels_file} has {n_scenes} "
+                f"scenes ({', '.join(dataset.scene_map)}); remove num_scenes or set it to {n_scenes}"
+            )
+        config["num_scenes"] = n_scenes
+    return dataset
+
+
+def _settle_config(
+    config: dict, model_name: str, backbone_path: str, settings: RunSettings, ckpt: dict | None, init: dict | None
+) -> dict:
+    """A resumed run takes its checkpoint's architecture and goes on as it began; then the BatchNorm
+    recalibration is resolved."""
+    if ckpt is not None:
+        config = reconcile_config(ckpt, model_name, config, settings.resume)
+    if ckpt is not None and config.get("bn_recalibrate_batches") is None:  # a resumed run goes on as it began
+        config["bn_recalibrate_batches"] = ckpt["config"].get("bn_recalibrate_batches")
+    config["bn_recalibrate_batches"] = resolve_recalibrate_batches(
+        config, random_backbone=backbone_path == "random" and init is None
+    )
+    return config
+
+
+def _build_model(
+    model_name: str,
+    backbone_path: str,
+    config: dict,
+    dataset: CameraPoseDataset,
+    init: dict | None,
+    settings: RunSettings,
+    dev: torch.device,
+) -> tuple[nn.Module, dict]:
+    """The seeded model, from ``init_checkpoint``'s architecture keys and weights where given."""
+    seed_everything(config["seed"])
+    if init is not None:  # the checkpoint's architecture keys and weights; the dataset holds its scene map
+        loaded = load_model(
+            settings.init_checkpoint,
+            model_name,
+            config,
+            ckpt=init,
+            scene_map_for=lambda n_scenes: dataset.scene_map,
+            build=lambda cfg: prepare_model(model_name, backbone_path, cfg, dev),
+        )
+        model, config = loaded.model, loaded.config
+        log.info("initialised %s from %s", model_name, settings.init_checkpoint)
+    else:
+        model = prepare_model(model_name, backbone_path, config, dev)
+    if config.get("bn_momentum") is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = config["bn_momentum"]
+    return model, config
+
+
+def _open_run_folder(model_name: str, settings: RunSettings, ckpt: dict | None, ctx: DistContext) -> RunFolder:
+    """The run folder: the resumed run's own (which must hold no later checkpoint), a new one branching off
+    it with the metrics it inherits, or a new one."""
+    if ckpt is None:
+        run_dir, stamp = broadcast_object(ctx, new_run_dir(settings.destination) if ctx.is_main else None)
+        return RunFolder(run_dir, stamp)
+    resume, epoch = Path(settings.resume), int(ckpt["epoch"])
+    if settings.resumes_in_place:
+        run_dir = resume.resolve().parent
+        stamp = ckpt["extra"].get("run_stamp", run_dir.name)
+        refuse_overwrite(resume, epoch)
+        if ctx.is_main:
+            remove_stale_temp_files(run_dir)
+        log.info("resuming %s from epoch %d in %s", model_name, epoch, run_dir)
+        return RunFolder(run_dir, stamp, resumed_from=resume.resolve())
+    run_dir, stamp = broadcast_object(ctx, new_run_dir(settings.destination) if ctx.is_main else None)
+    if ctx.is_main:
+        copy_metrics(resume.resolve().parent, run_dir, epoch)
+    log.info("branching %s off %s at epoch %d into %s", model_name, settings.resume, epoch, run_dir)
+    return RunFolder(run_dir, stamp)
+
+
+def _log_run(
+    folder: RunFolder,
+    model_name: str,
+    model: nn.Module,
+    n_trainable: int,
+    dataset: CameraPoseDataset,
+    config: dict,
+    runtime: Runtime,
+) -> None:
+    log.info(
+        "run folder %s; model %s (%d parameters, %d trainable) on %s; %d training frames, %d scenes; "
+        "global batch %d (%d process(es) x %d)%s%s",
+        folder.path,
+        model_name,
+        sum(p.numel() for p in model.parameters()),
+        n_trainable,
+        runtime.device,
+        len(dataset),
+        len(dataset.scene_map),
+        config["batch_size"] * runtime.ctx.world_size,
+        runtime.ctx.world_size,
+        config["batch_size"],
+        f" in {runtime.micro_batches} micro-batches" if runtime.micro_batches > 1 else "",
+        f"; autocast {runtime.amp_dtype}" if runtime.amp_dtype is not None else "",
+    )
+
+
 def train(
     model_name: str,
     backbone_path: str,
@@ -224,151 +398,65 @@ def train(
     reference's, as the reference's ``--checkpoint_path`` did in train mode; the second, ``freeze`` stage
     of the multi-stage recipe uses it. ``amp``: False, ``auto``, ``bf16`` or ``fp16`` (see
     :func:`util.device.autocast_dtype`); ``compile`` wraps the training module in ``torch.compile``.
+    The keyword arguments make a :class:`RunSettings` for :func:`train_with`.
     """
-    model_name = canonical_model_name(model_name)
-    # The output folder first: a read-only or mistyped --output_path must not cost a training run.
-    branch = (
-        bool(resume) and output_path is not None and Path(output_path).resolve() != Path(resume).resolve().parent.parent
+    settings = RunSettings(
+        output_path=output_path,
+        resume=resume,
+        init_checkpoint=init_checkpoint,
+        device=device,
+        amp=amp,
+        n_epochs=n_epochs,
+        cache_dir=cache_dir,
+        compile=compile,
+        micro_batches=micro_batches,
     )
-    if resume and not Path(resume).is_file():
-        load_checkpoint(resume)  # one line saying what is missing, before any folder is made
-    if not resume or branch:
-        output_path = output_path if output_path is not None else "./models"
-        check_output_dir(output_path)
-    elif Path(resume).is_file():  # a missing file is reported by load_checkpoint, below
-        check_output_dir(Path(resume).resolve().parent, "the run folder of --resume")
-    config = load_config(config_path, model_name, override_config)
-    if n_epochs is not None:
-        if n_epochs < 1:
-            raise UserError(f"--n_epochs must be >= 1, got {n_epochs}")
-        config["n_epochs"] = n_epochs
-    if micro_batches < 1 or micro_batches > config["batch_size"]:
-        raise UserError(f"--micro_batches must be in 1..batch_size ({config['batch_size']}), got {micro_batches}")
-    if cache_dir:
-        config["cache_dir"] = str(cache_dir)
-    ckpt, init = _sources(resume, init_checkpoint)
-    ctx, dev = init_distributed(device, config.get("device_id"))
+    return train_with(
+        model_name, backbone_path, dataset_root, labels_file, config_path, settings, override_config=override_config
+    )
+
+
+def train_with(
+    model_name: str,
+    backbone_path: str,
+    dataset_root: str | Path,
+    labels_file: str | Path,
+    config_path: str | Path,
+    settings: RunSettings,
+    *,
+    override_config=None,
+) -> TrainResult:
+    """:func:`train` with its runtime choices as one :class:`RunSettings`."""
+    model_name = canonical_model_name(model_name)
+    settings.check_destination()
+    config = settings.apply_to(load_config(config_path, model_name, override_config))
+    ckpt, init = settings.sources()
+    ctx, dev = init_distributed(settings.device, config.get("device_id"))
     file_handler = None
     try:
-        amp_dtype = autocast_dtype(amp, dev)
+        runtime = Runtime(
+            dev, ctx, autocast_dtype(settings.amp, dev), compile=settings.compile, micro_batches=settings.micro_batches
+        )
         if dev.type == "cpu":  # the promise is a bit-reproducible CPU run; CUDA keeps its fast kernels
             make_deterministic()
-        source = ckpt or init
-        scene_map = source["scene_map"] if source and source["scene_map"] else None
-        dataset = CameraPoseDataset(
-            dataset_root, labels_file, transform=build_transform(config, train=True), scene_map=scene_map
-        )
-        dataset.check_sample()  # a broken image fails here, before any run folder exists
-        _attach_cache(dataset, config, ctx)
-        multi = get_spec(model_name).multi_scene
-        if multi:
-            n_scenes = len(dataset.scene_map)
-            if config.get("num_scenes") not in (None, n_scenes):
-                raise UserError(
-                    f"config num_scenes={config['num_scenes']} but {labels_file} has {n_scenes} "
-                    f"scenes ({', '.join(dataset.scene_map)}); remove num_scenes or set it to {n_scenes}"
-                )
-            config["num_scenes"] = n_scenes
-        if ckpt is not None:
-            config = reconcile_config(ckpt, model_name, config, resume)
-        if ckpt is not None and config.get("bn_recalibrate_batches") is None:  # a resumed run goes on as it began
-            config["bn_recalibrate_batches"] = ckpt["config"].get("bn_recalibrate_batches")
-        config["bn_recalibrate_batches"] = resolve_recalibrate_batches(
-            config, random_backbone=backbone_path == "random" and init is None
-        )
-
-        seed_everything(config["seed"])
-        if init is not None:  # the checkpoint's architecture keys and weights; the dataset holds its scene map
-            loaded = load_model(
-                init_checkpoint,
-                model_name,
-                config,
-                ckpt=init,
-                scene_map_for=lambda n_scenes: dataset.scene_map,
-                build=lambda cfg: prepare_model(model_name, backbone_path, cfg, dev),
-            )
-            model, config = loaded.model, loaded.config
-            log.info("initialised %s from %s", model_name, init_checkpoint)
-        else:
-            model = prepare_model(model_name, backbone_path, config, dev)
-        if config.get("bn_momentum") is not None:
-            for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.momentum = config["bn_momentum"]
+        dataset = _training_dataset(dataset_root, labels_file, model_name, config, ckpt or init, ctx)
+        config = _settle_config(config, model_name, backbone_path, settings, ckpt, init)
+        model, config = _build_model(model_name, backbone_path, config, dataset, init, settings, dev)
         loss_fn = CameraPoseLoss.from_config(config).to(dev)
         n_trainable = apply_freeze(model, config)
         optimizer = build_optimizer(model, loss_fn, config)
         scheduler = torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=config["lr_scheduler_step_size"], gamma=config["lr_scheduler_gamma"]
         )
-        start_epoch = 0
         if init is None and ckpt is None and config.get("head_init") == "hyperfan":
             hyperfan_start(model, plain_loader(dataset, config, dev), dev)
-        if ckpt is not None:
-            load_model_weights(model, ckpt["model"], resume)
-            loss_fn.load_state_dict(ckpt["loss"])
-            if ckpt["optimizer"]:
-                optimizer.load_state_dict(ckpt["optimizer"])
-            else:
-                log.warning(
-                    "%s holds no optimizer state (with keep_optimizer_state 'last' only the latest "
-                    "checkpoint of a run does): Adam restarts with zero moments, so the run will not end "
-                    "as an uninterrupted one would",
-                    Path(resume).name,
-                )
-            scheduler.load_state_dict(ckpt["scheduler"])
-            start_epoch = int(ckpt["epoch"])
-        if ckpt is not None and not branch:
-            run_dir = Path(resume).resolve().parent
-            stamp = ckpt["extra"].get("run_stamp", run_dir.name)
-            refuse_overwrite(Path(resume), start_epoch)
-            if ctx.is_main:
-                remove_stale_temp_files(run_dir)
-            log.info("resuming %s from epoch %d in %s", model_name, start_epoch, run_dir)
-        elif ckpt is not None:
-            run_dir, stamp = broadcast_object(ctx, new_run_dir(output_path) if ctx.is_main else None)
-            if ctx.is_main:
-                copy_metrics(Path(resume).resolve().parent, run_dir, start_epoch)
-            log.info("branching %s off %s at epoch %d into %s", model_name, resume, start_epoch, run_dir)
-        else:
-            run_dir, stamp = broadcast_object(ctx, new_run_dir(output_path) if ctx.is_main else None)
-
+        folder = _open_run_folder(model_name, settings, ckpt, ctx)
         if ctx.is_main:
-            file_handler = add_log_file(run_dir / "train.log")
-            atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
-        log.info(
-            "run folder %s; model %s (%d parameters, %d trainable) on %s; %d training frames, %d scenes; "
-            "global batch %d (%d process(es) x %d)%s%s",
-            run_dir,
-            model_name,
-            sum(p.numel() for p in model.parameters()),
-            n_trainable,
-            dev,
-            len(dataset),
-            len(dataset.scene_map),
-            config["batch_size"] * ctx.world_size,
-            ctx.world_size,
-            config["batch_size"],
-            f" in {micro_batches} micro-batches" if micro_batches > 1 else "",
-            f"; autocast {amp_dtype}" if amp_dtype is not None else "",
-        )
-        trainer = Trainer(
-            model_name,
-            model,
-            loss_fn,
-            optimizer,
-            scheduler,
-            dataset,
-            config,
-            dev,
-            run_dir,
-            stamp,
-            ctx=ctx,
-            amp_dtype=amp_dtype,
-            compile=compile,
-            micro_batches=micro_batches,
-            resumed_from=Path(resume).resolve() if resume and not branch else None,
-        )
+            file_handler = add_log_file(folder.path / "train.log")
+            atomic_write_text(folder.path / "config.json", json.dumps(config, indent=2) + "\n")
+        _log_run(folder, model_name, model, n_trainable, dataset, config, runtime)
+        trainer = Trainer(model_name, model, loss_fn, optimizer, scheduler, dataset, config, folder, runtime)
+        start_epoch = trainer.resume(ckpt, settings.resume) if ckpt is not None else 0
         result = trainer.fit(start_epoch)
         log.info("run finished: %s", result.final_checkpoint.name)
         return result

@@ -1,6 +1,7 @@
 """The training loop in phases: build the loader (:meth:`Trainer.make_loader`), run one epoch
-(:meth:`Trainer.run_epoch`) of steps (:meth:`Trainer.step`), save (:meth:`Trainer.save`).
-:func:`engine.train.train` sets a run up and calls :meth:`Trainer.fit`.
+(:meth:`Trainer.run_epoch`) of steps (:meth:`Trainer.step`), save (:meth:`Trainer.save`); a resumed run first
+restores its training state (:meth:`Trainer.resume`). :func:`engine.train.train` sets a run up and calls
+:meth:`Trainer.fit`.
 
 The order of every epoch, each sample's augmentation and each process's random stream derive from
 (seed, epoch), so a resumed run ends with the same weights as an uninterrupted one on the CPU, whatever
@@ -18,7 +19,7 @@ import csv
 import io
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from datasets.samplers import EpochSampler, SeededSamples, epoch_seed
 from engine.batchnorm import eval_prediction_spread, log_spread, plain_loader, recalibrate
 from models.losses import CameraPoseLoss
 from models.registry import get_spec
-from util.checkpoint import drop_optimizer_state, non_finite_tensors, save_checkpoint
+from util.checkpoint import drop_optimizer_state, load_model_weights, non_finite_tensors, save_checkpoint
 from util.device import RandomStreams, cap_workers, seed_everything
 from util.distributed import DistContext, all_gather_cat, all_reduce_sum, barrier
 from util.errors import UserError
@@ -67,6 +68,26 @@ class TrainResult:
     metrics: list[dict]
     model: nn.Module | None = None  # the trained model, unwrapped, on its training device
     trainable: tuple[str, ...] = ()  # names of the parameters this run trained (all but the frozen ones)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the steps of a run execute, as :func:`engine.train.train` resolved its settings."""
+
+    device: torch.device
+    ctx: DistContext = field(default_factory=DistContext)
+    amp_dtype: torch.dtype | None = None  # autocast dtype, None without autocast
+    compile: bool = False  # wrap the training module in torch.compile
+    micro_batches: int = 1
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The folder a run writes to and the stamp its checkpoint names start with."""
+
+    path: Path
+    stamp: str
+    resumed_from: Path | None = None  # the checkpoint a run resumed in place from (see OptimizerStateKeeper)
 
 
 def stream_seed(seed: int, epoch: int, stream: int) -> int:
@@ -143,7 +164,8 @@ class TrainingModule(nn.Module):
 
 
 class Trainer:
-    """One training run, phase by phase; built by :func:`train`, which also handles resuming."""
+    """One training run, phase by phase: built by :func:`engine.train.train` from the run's collaborators,
+    its folder and its runtime; :meth:`resume` restores a checkpoint's training state, :meth:`fit` trains."""
 
     def __init__(
         self,
@@ -154,20 +176,16 @@ class Trainer:
         scheduler,
         dataset: CameraPoseDataset,
         config: dict,
-        device: torch.device,
-        run_dir: Path,
-        stamp: str,
-        *,
-        ctx: DistContext = DistContext(),
-        amp_dtype: torch.dtype | None = None,
-        compile: bool = False,
-        micro_batches: int = 1,
-        resumed_from: Path | None = None,
+        folder: RunFolder,
+        runtime: Runtime,
     ):
         self.model_name, self.model, self.loss_fn = model_name, model, loss_fn
         self.optimizer, self.scheduler, self.dataset, self.config = optimizer, scheduler, dataset, config
-        self.device, self.run_dir, self.stamp, self.ctx = device, run_dir, stamp, ctx
-        self.amp_dtype, self.micro_batches = amp_dtype, micro_batches
+        self.folder, self.runtime = folder, runtime
+        self.run_dir, self.stamp = folder.path, folder.stamp
+        self.device, self.ctx = runtime.device, runtime.ctx
+        self.amp_dtype, self.micro_batches = runtime.amp_dtype, runtime.micro_batches
+        device, ctx = self.device, self.ctx
         self.multi = get_spec(model_name).multi_scene
         module = TrainingModule(model, loss_fn)
         self.ddp = None
@@ -176,12 +194,31 @@ class Trainer:
             module = self.ddp = DistributedDataParallel(
                 module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
             )
-        self.module = torch.compile(module) if compile else module
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+        self.module = torch.compile(module) if runtime.compile else module
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self.streams: RandomStreams | None = None
         self.sampler: EpochSampler | None = None
-        self.keeper = OptimizerStateKeeper(config["keep_optimizer_state"], resumed_from)
+        self.keeper = OptimizerStateKeeper(config["keep_optimizer_state"], folder.resumed_from)
         self.trainable = tuple(n for n, p in model.named_parameters() if p.requires_grad)
+
+    # Resume ----------------------------------------------------------------------------------------------
+    def resume(self, ckpt: dict, source: str | Path) -> int:
+        """Restore the training state of checkpoint ``ckpt`` (read from ``source``): weights, loss weights,
+        optimizer and scheduler; returns the epoch it ended, from which :meth:`fit` goes on. Every process
+        loads the same checkpoint, so the replicas stay equal under DistributedDataParallel."""
+        load_model_weights(self.model, ckpt["model"], source)
+        self.loss_fn.load_state_dict(ckpt["loss"])
+        if ckpt["optimizer"]:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        else:
+            log.warning(
+                "%s holds no optimizer state (with keep_optimizer_state 'last' only the latest "
+                "checkpoint of a run does): Adam restarts with zero moments, so the run will not end "
+                "as an uninterrupted one would",
+                Path(source).name,
+            )
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        return int(ckpt["epoch"])
 
     # Build the loader ------------------------------------------------------------------------------------
     def make_loader(self, workers: int | None = None) -> DataLoader:
