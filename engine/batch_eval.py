@@ -37,7 +37,7 @@ from engine.cli import (
     parse_train_labels,
     run_cli,
 )
-from engine.evaluate import Evaluator
+from engine.evaluate import EvalSettings, Evaluator
 from engine.records import CheckpointResult, first_line, summarize_result
 from engine.result_cache import ResultCache, evaluator_context
 from models.registry import cli_choices
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BatchResult",
+    "BatchRun",
+    "BatchSpec",
     "batch_evaluate",
     "build_parser",
     "checkpoint_labels",
@@ -157,6 +159,210 @@ class _Pass:
         )
 
 
+@dataclass(frozen=True)
+class BatchSpec:
+    """What :func:`batch_evaluate` evaluates and where its outputs go (its arguments, grouped)."""
+
+    model_name: str
+    backbone_path: str
+    dataset_root: str | Path
+    labels_file: str | Path
+    config_path: str | Path
+    checkpoints_dir: str | Path
+    output_path: str | Path | None = None
+    override_config: str | Path | None = None
+    ckpt_start_index: int = 0
+    test_dataset_id: str | None = None
+    scene_map_file: str | Path | None = None
+    val_labels: str | Path | None = None
+    baselines: bool = False
+    train_labels: tuple[Path, Path] | None = None
+    settings: EvalSettings = EvalSettings()  # device, AMP, batch size, progress bars, image cache
+
+
+class BatchRun:
+    """One batch evaluation: the test pass, the optional validation pass and the output paths.
+
+    Building it finds the checkpoints, checks the output folder and the validation CSV and loads the test
+    evaluator; :meth:`run` evaluates (:meth:`evaluate`) and writes the CSV and the report (:meth:`write_outputs`).
+    """
+
+    def __init__(self, spec: BatchSpec):
+        self.spec = spec
+        self.checkpoints_dir = Path(spec.checkpoints_dir)
+        self.paths = discover_checkpoints(self.checkpoints_dir, spec.ckpt_start_index)
+        self.out = check_output_dir(
+            spec.output_path if spec.output_path else self.checkpoints_dir,
+            "--output_path" if spec.output_path else "the checkpoints folder (the default --output_path)",
+        )
+        self.val_labels = check_input_file(spec.val_labels, "--val_labels") if spec.val_labels is not None else None
+        self.evaluator = self._evaluator(spec.labels_file, test_dataset_id=spec.test_dataset_id)
+        self.test_set = spec.test_dataset_id or Path(spec.labels_file).stem
+        self.prefix = f"{self.checkpoints_dir.resolve().name}_{self.test_set}_batch_eval"
+        self.csv_path = self.out / f"{self.prefix}.csv"
+        self.html_path = self.out / f"{self.prefix}.html"
+        self.cache_path = self.out / f"{self.prefix}_cache.json"
+        self.test: _Pass | None = None  # set by run()
+        self.val: _Pass | None = None  # set by run() when there is a validation CSV
+
+    def _evaluator(self, labels_file: str | Path, test_dataset_id: str | None = None) -> Evaluator:
+        spec = self.spec
+        return Evaluator(
+            spec.model_name,
+            spec.backbone_path,
+            spec.dataset_root,
+            labels_file,
+            spec.config_path,
+            settings=spec.settings,
+            override_config=spec.override_config,
+            test_dataset_id=test_dataset_id,
+            scene_map_file=spec.scene_map_file,
+        )
+
+    def run(self) -> BatchResult:
+        """Evaluate and write the outputs, with the log also going to ``<prefix>.log``."""
+        file_handler = add_log_file(self.out / f"{self.prefix}.log")
+        try:
+            self.test = _Pass(self.evaluator, self.cache_path, self.checkpoints_dir, "test")
+            if self.val_labels is not None:
+                self.val = _Pass(
+                    self._evaluator(self.val_labels),
+                    self.out / f"{self.prefix}_val_cache.json",
+                    self.checkpoints_dir,
+                    "validation",
+                )
+            log.info("%s: %d checkpoints; outputs go to %s", self.checkpoints_dir, len(self.paths), self.out)
+            return self.write_outputs(self.evaluate())
+        finally:
+            logging.getLogger().removeHandler(file_handler)
+            file_handler.close()
+
+    def best(self) -> CheckpointResult | None:
+        """The test record of the best checkpoint so far (on the validation set when there is one)."""
+        test, val = self.test, self.val
+        scored = [p for p in self.paths if p in test.results and (val is None or p in val.results)]
+        if not scored:
+            return None
+        by = val.results if val is not None else test.results
+        return test.results[min(scored, key=lambda p: by[p].sort_key())]
+
+    def evaluate(self) -> CheckpointResult:
+        """Run both passes (cached checkpoints are not run again); the test record of the best checkpoint,
+        with its per-frame data."""
+        test, val, progress = self.test, self.val, self.spec.settings.progress
+        # tqdm's redirect swaps the console handler for one without its level: only while bars are shown.
+        with logging_redirect_tqdm() if progress else contextlib.nullcontext():
+            if val is not None:  # first, so that the test pass knows which checkpoint keeps its frames
+                val.evaluate(self.paths, lambda: None, progress)
+            test.evaluate([p for p in self.paths if val is None or p in val.results], self.best, progress)
+            best, retried = self.best(), set()
+            while best is not None and best.frames is None and best.path not in retried:
+                # The best is cached without per-frame data (e.g. the former best lies before
+                # --ckpt_start_index or was deleted): evaluate it again for the CDFs and the 3D view.
+                log.info(
+                    "evaluating %s again for its per-frame errors (the cache keeps them for the best only)", best.label
+                )
+                retried.add(best.path)
+                test.run(best.path, best.label, self.best)
+                best = self.best()
+        if best is None:
+            raise UserError(
+                f"none of the {len(self.paths)} checkpoints in {self.checkpoints_dir} could be evaluated "
+                f"(see the messages above)"
+            )
+        return best
+
+    def write_outputs(self, best: CheckpointResult) -> BatchResult:
+        """Write the CSV, the baselines and the HTML report; what was done and written."""
+        spec, evaluator, test, val, out = self.spec, self.evaluator, self.test, self.val, self.out
+        skipped = (val.skipped if val is not None else []) + test.skipped
+        ordered = [test.results[p] for p in self.paths if p in test.results]
+        val_of = {p: val.results[p] for p in self.paths if val is not None and p in val.results}
+        test.cache.save()
+        atomic_write_text(
+            self.csv_path, results_csv(ordered, best, evaluator.model_name, evaluator.multi, val=val_of or None)
+        )
+        base_records, base_note, base_path = {}, "", None
+        if spec.baselines:
+            base_records, base_note = evaluator_baselines(evaluator, best.path, spec.train_labels)
+            if base_records:
+                base_path = atomic_write_text(out / f"{self.prefix}_baselines.csv", baselines_csv(base_records))
+        report = build_report(
+            ordered,
+            best,
+            skipped,
+            model_name=evaluator.model_name,
+            multi_scene=evaluator.multi,
+            checkpoints_dir=self.checkpoints_dir,
+            test_set=self.test_set,
+            facts=self._facts(ordered, skipped, base_records, base_note),
+            val=val_of or None,
+        )
+        write_batch_report(self.html_path, report)
+        log.info(
+            "best, chosen on the %s set: %s (test median %.4f m, %.3f deg); wrote %s and %s",
+            "validation" if val is not None else "test",
+            best.label,
+            best.overall["median_pos_m"],
+            best.overall["median_ori_deg"],
+            self.csv_path,
+            self.html_path,
+        )
+        return BatchResult(
+            results=ordered,
+            best=best,
+            skipped=skipped,
+            n_evaluated=test.n_evaluated,
+            csv_path=self.csv_path,
+            html_path=self.html_path,
+            cache_path=self.cache_path,
+            val=val_of,
+            val_labels=self.val_labels,
+            n_val_evaluated=val.n_evaluated if val is not None else 0,
+            baselines=base_records,
+            baseline_note=base_note,
+            baselines_path=base_path,
+        )
+
+    def _facts(
+        self, ordered: list[CheckpointResult], skipped: list, base_records: dict, base_note: str
+    ) -> list[tuple[str, str]]:
+        """The report's table of what was evaluated, how, and where."""
+        spec, val = self.spec, self.val
+        id_note = f" (--test_dataset_id {spec.test_dataset_id})" if spec.test_dataset_id else ""
+        config_note = f" + {spec.override_config}" if spec.override_config else ""
+        n_cached = len(ordered) - sum(r.evaluated for r in ordered)
+        return [
+            ("model", self.evaluator.model_name),
+            ("checkpoints", str(self.checkpoints_dir)),
+            ("test set", f"{spec.labels_file}{id_note}"),
+            *([("validation set", str(self.val_labels))] if val is not None else []),
+            ("best chosen on", CHOSEN_ON[val is not None]),
+            ("dataset root", str(spec.dataset_root)),
+            ("config", f"{spec.config_path}{config_note}"),
+            (
+                "results",
+                f"{len(ordered)} checkpoints ({self.test.n_evaluated} in this run, {n_cached} from the "
+                f"cache), {len(skipped)} skipped",
+            ),
+            ("device", f"{self.evaluator.device}{' (AMP)' if spec.settings.amp else ''}"),
+            *(
+                [
+                    (
+                        "baselines (same test frames)",
+                        "; ".join(
+                            f"{n}: {r.overall['median_pos_m']:.4f} m, {r.overall['median_ori_deg']:.3f} deg"
+                            for n, r in base_records.items()
+                        )
+                        or f"none: {base_note}",
+                    )
+                ]
+                if spec.baselines
+                else []
+            ),
+        ]
+
+
 def batch_evaluate(
     model_name: str,
     backbone_path: str,
@@ -190,153 +396,24 @@ def batch_evaluate(
     image retrieval are scored on the test set too (:mod:`engine.baselines`), from ``train_labels`` or the
     training set the best checkpoint records.
     """
-    checkpoints_dir = Path(checkpoints_dir)
-    paths = discover_checkpoints(checkpoints_dir, ckpt_start_index)
-    out = check_output_dir(
-        output_path if output_path else checkpoints_dir,
-        "--output_path" if output_path else "the checkpoints folder (the default --output_path)",
-    )
-    if val_labels is not None:
-        val_labels = check_input_file(val_labels, "--val_labels")
-    common = dict(
+    spec = BatchSpec(
+        model_name,
+        backbone_path,
+        dataset_root,
+        labels_file,
+        config_path,
+        checkpoints_dir,
+        output_path,
         override_config=override_config,
-        device=device,
-        amp=amp,
-        batch_size=batch_size,
+        ckpt_start_index=ckpt_start_index,
+        test_dataset_id=test_dataset_id,
         scene_map_file=scene_map_file,
-        progress=progress,
-        cache_dir=cache_dir,
+        val_labels=val_labels,
+        baselines=baselines,
+        train_labels=train_labels,
+        settings=EvalSettings(device=device, amp=amp, batch_size=batch_size, progress=progress, cache_dir=cache_dir),
     )
-    evaluator = Evaluator(
-        model_name, backbone_path, dataset_root, labels_file, config_path, test_dataset_id=test_dataset_id, **common
-    )
-    multi = evaluator.multi
-    test_set = test_dataset_id or Path(labels_file).stem
-    prefix = f"{checkpoints_dir.resolve().name}_{test_set}_batch_eval"
-    csv_path, html_path, cache_path = out / f"{prefix}.csv", out / f"{prefix}.html", out / f"{prefix}_cache.json"
-
-    file_handler = add_log_file(out / f"{prefix}.log")
-    try:
-        test = _Pass(evaluator, cache_path, checkpoints_dir, "test")
-        val = None
-        if val_labels is not None:
-            val = _Pass(
-                Evaluator(model_name, backbone_path, dataset_root, val_labels, config_path, **common),
-                out / f"{prefix}_val_cache.json",
-                checkpoints_dir,
-                "validation",
-            )
-        log.info("%s: %d checkpoints; outputs go to %s", checkpoints_dir, len(paths), out)
-
-        def chosen() -> CheckpointResult | None:
-            """The test record of the best checkpoint so far (on the validation set when there is one)."""
-            scored = [p for p in paths if p in test.results and (val is None or p in val.results)]
-            if not scored:
-                return None
-            by = val.results if val is not None else test.results
-            return test.results[min(scored, key=lambda p: by[p].sort_key())]
-
-        # tqdm's redirect swaps the console handler for one without its level: only while bars are shown.
-        with logging_redirect_tqdm() if progress else contextlib.nullcontext():
-            if val is not None:  # first, so that the test pass knows which checkpoint keeps its frames
-                val.evaluate(paths, lambda: None, progress)
-            test.evaluate([p for p in paths if val is None or p in val.results], chosen, progress)
-            best, retried = chosen(), set()
-            while best is not None and best.frames is None and best.path not in retried:
-                # The best is cached without per-frame data (e.g. the former best lies before
-                # --ckpt_start_index or was deleted): evaluate it again for the CDFs and the 3D view.
-                log.info(
-                    "evaluating %s again for its per-frame errors (the cache keeps them for the best only)", best.label
-                )
-                retried.add(best.path)
-                test.run(best.path, best.label, chosen)
-                best = chosen()
-        skipped = (val.skipped if val is not None else []) + test.skipped
-        if best is None:
-            raise UserError(
-                f"none of the {len(paths)} checkpoints in {checkpoints_dir} could be evaluated (see the messages above)"
-            )
-
-        ordered = [test.results[p] for p in paths if p in test.results]
-        val_of = {p: val.results[p] for p in paths if val is not None and p in val.results}
-        test.cache.save()
-        atomic_write_text(csv_path, results_csv(ordered, best, evaluator.model_name, multi, val=val_of or None))
-        id_note = f" (--test_dataset_id {test_dataset_id})" if test_dataset_id else ""
-        config_note = f" + {override_config}" if override_config else ""
-        n_cached = len(ordered) - sum(r.evaluated for r in ordered)
-        base_records, base_note, base_path = {}, "", None
-        if baselines:
-            base_records, base_note = evaluator_baselines(evaluator, best.path, train_labels)
-            if base_records:
-                base_path = atomic_write_text(out / f"{prefix}_baselines.csv", baselines_csv(base_records))
-        facts = [
-            ("model", evaluator.model_name),
-            ("checkpoints", str(checkpoints_dir)),
-            ("test set", f"{labels_file}{id_note}"),
-            *([("validation set", str(val_labels))] if val is not None else []),
-            ("best chosen on", CHOSEN_ON[val is not None]),
-            ("dataset root", str(dataset_root)),
-            ("config", f"{config_path}{config_note}"),
-            (
-                "results",
-                f"{len(ordered)} checkpoints ({test.n_evaluated} in this run, {n_cached} from the "
-                f"cache), {len(skipped)} skipped",
-            ),
-            ("device", f"{evaluator.device}{' (AMP)' if amp else ''}"),
-            *(
-                [
-                    (
-                        "baselines (same test frames)",
-                        "; ".join(
-                            f"{n}: {r.overall['median_pos_m']:.4f} m, {r.overall['median_ori_deg']:.3f} deg"
-                            for n, r in base_records.items()
-                        )
-                        or f"none: {base_note}",
-                    )
-                ]
-                if baselines
-                else []
-            ),
-        ]
-        report = build_report(
-            ordered,
-            best,
-            skipped,
-            model_name=evaluator.model_name,
-            multi_scene=multi,
-            checkpoints_dir=checkpoints_dir,
-            test_set=test_set,
-            facts=facts,
-            val=val_of or None,
-        )
-        write_batch_report(html_path, report)
-        log.info(
-            "best, chosen on the %s set: %s (test median %.4f m, %.3f deg); wrote %s and %s",
-            "validation" if val is not None else "test",
-            best.label,
-            best.overall["median_pos_m"],
-            best.overall["median_ori_deg"],
-            csv_path,
-            html_path,
-        )
-        return BatchResult(
-            results=ordered,
-            best=best,
-            skipped=skipped,
-            n_evaluated=test.n_evaluated,
-            csv_path=csv_path,
-            html_path=html_path,
-            cache_path=cache_path,
-            val=val_of,
-            val_labels=val_labels,
-            n_val_evaluated=val.n_evaluated if val is not None else 0,
-            baselines=base_records,
-            baseline_note=base_note,
-            baselines_path=base_path,
-        )
-    finally:
-        logging.getLogger().removeHandler(file_handler)
-        file_handler.close()
+    return BatchRun(spec).run()
 
 
 # Command line ------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import json
 import logging
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +125,19 @@ def find_scene_test_files(labels_file: str | Path, scenes: list[str], dataset_id
     return files
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How an :class:`Evaluator` runs, apart from what it evaluates."""
+
+    device: str = "auto"
+    amp: bool = False
+    batch_size: int | None = None  # None: the config's
+    progress: bool = True
+    cache_dir: str | None = None  # the image cache folder; None: the config's
+    latency_images: int = 50
+    warmup: int = 5
+
+
 class Evaluator:
     """Evaluates checkpoints of one model/config on one set of test CSVs, loading the data once."""
 
@@ -136,19 +149,20 @@ class Evaluator:
         labels_file: str | Path,
         config_path: str | Path,
         *,
+        settings: EvalSettings | None = None,
         override_config=None,
-        device: str = "auto",
-        amp: bool = False,
-        batch_size: int | None = None,
         test_dataset_id: str | None = None,
         scene_map_file: str | Path | None = None,
-        latency_images: int = 50,
-        warmup: int = 5,
-        progress: bool = True,
         config: dict | None = None,
-        cache_dir: str | None = None,
         corruption=None,
+        **runtime,
     ):
+        """``settings`` (or the same fields as keywords: ``device``, ``amp``, ``batch_size``, ``progress``,
+        ``cache_dir``, ``latency_images``, ``warmup``; keywords override ``settings``) say how it runs; the
+        other keywords say what is evaluated."""
+        settings = settings if settings is not None else EvalSettings()
+        self.settings = settings = replace(settings, **runtime) if runtime else settings
+        cache_dir = settings.cache_dir
         self.model_name = canonical_model_name(model_name)
         # ``config``: an effective config already resolved (e.g. the one a checkpoint records); else loaded.
         self.config = dict(config) if config is not None else load_config(config_path, self.model_name, override_config)
@@ -159,16 +173,15 @@ class Evaluator:
         self.dataset_root = Path(dataset_root)
         self.labels_file = Path(labels_file)
         self.multi = get_spec(self.model_name).multi_scene
-        self.device = select_device(device, self.config.get("device_id"))
-        self.amp_dtype = autocast_dtype(amp, self.device)
+        self.device = select_device(settings.device, self.config.get("device_id"))
+        self.amp_dtype = autocast_dtype(settings.amp, self.device)
         self.amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else False
-        self.batch_size = self.config["batch_size"] if batch_size is None else batch_size
+        self.batch_size = self.config["batch_size"] if settings.batch_size is None else settings.batch_size
         if self.batch_size < 1:
             raise UserError(f"--batch_size must be >= 1, got {self.batch_size}")
         self.test_dataset_id = test_dataset_id
         self.scene_map_file = scene_map_file
         self._announced = None
-        self.latency_images, self.warmup, self.progress = latency_images, warmup, progress
         self.transform = build_transform(self.config, train=False)
         self.labels_scenes = sorted(read_labels(self.labels_file)["scene"].astype(str).unique())
         # An image corruption (datasets.corruptions.Corruption) applied to every decoded test image.
@@ -268,7 +281,7 @@ class Evaluator:
             pin_memory=self.device.type == "cuda",
         )
         poses, scenes, seconds = [], [], 0.0
-        for batch in progress_bar(loader, desc=desc or "test", leave=False, enabled=self.progress):
+        for batch in progress_bar(loader, desc=desc or "test", leave=False, enabled=self.settings.progress):
             img = batch["img"].to(self.device, non_blocking=True, memory_format=torch.channels_last)
             synchronize(self.device)
             t0 = time.perf_counter()
@@ -292,21 +305,21 @@ class Evaluator:
     @torch.no_grad()
     def measure_latency(self, model, dataset: CameraPoseDataset) -> dict:
         """Per-image latency at batch 1, warm-up excluded, CUDA synchronised around every call."""
-        n = min(self.latency_images, len(dataset))
+        n = min(self.settings.latency_images, len(dataset))
         times = []
-        for i in range(self.warmup + n):
+        for i in range(self.settings.warmup + n):
             img = dataset[i % len(dataset)]["img"][None].to(self.device, memory_format=torch.channels_last)
             synchronize(self.device)
             t0 = time.perf_counter()
             self._forward(model, img)
             synchronize(self.device)
-            if i >= self.warmup:
+            if i >= self.settings.warmup:
                 times.append((time.perf_counter() - t0) * 1000.0)
         return {
             "latency_ms_mean": statistics.fmean(times),
             "latency_ms_median": statistics.median(times),
             "latency_images": n,
-            "warmup": self.warmup,
+            "warmup": self.settings.warmup,
         }
 
     def evaluate_checkpoint(
