@@ -310,8 +310,8 @@ def group_names(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from engine.cli import configure_console, parse_train_labels
-    from engine.robustness import conditions_from_args, label_entries, load_entries, robustness_report
+    from engine.cli import configure_console
+    from engine.robustness import label_entries, load_entries, report_from_args
     from util.errors import run_cli
 
     args = build_parser().parse_args(argv)
@@ -331,24 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_pairable(a, name_a)
         check_pairable(b, name_b)
         label_entries(entries)
-        scenes = sorted({s for e in entries for s in e.scene_map})
-        result = robustness_report(
-            "hyperpose",
-            "random",
-            args.dataset_path,
-            args.config_file,
-            entries,
-            conditions_from_args(args, scenes),
-            args.output_path,
-            device=args.device,
-            amp=args.amp,
-            batch_size=args.batch_size,
-            progress=not args.quiet,
-            cache_dir=args.cache,
-            baseline=name_b,
-            train=parse_train_labels(args.train_labels),
-            baselines=not args.no_baselines,
-        )
+        result = report_from_args(args, entries, "hyperpose", "random", name_b)
         print(format_paired(result.paired))
         print(f"csv: {result.paired_csv_path}")
         print(f"html: {result.html_path}")

@@ -458,30 +458,38 @@ def conditions_from_args(args, scenes: Sequence[str]) -> list[Condition]:
     return conditions + corruption_conditions(conditions[0], names, severities, args.corruption_seed)
 
 
+def report_from_args(
+    args, entries: list[Entry], model_name: str, backbone_path: str, baseline: str
+) -> RobustnessResult:
+    """:func:`robustness_report` with the conditions, output and runtime options of a parsed command line
+    (``engine.robustness`` and ``engine.compare`` share them)."""
+    scenes = sorted({s for e in entries for s in e.scene_map})
+    return robustness_report(
+        model_name,
+        backbone_path,
+        args.dataset_path,
+        args.config_file,
+        entries,
+        conditions_from_args(args, scenes),
+        args.output_path,
+        device=args.device,
+        amp=args.amp,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        cache_dir=args.cache,
+        baseline=baseline,
+        train=parse_train_labels(args.train_labels),
+        baselines=not args.no_baselines,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_console(args.quiet)
 
     def run() -> int:
         entries = load_entries(args.model_name, args.config_file, args.checkpoint_path)
-        scenes = sorted({s for e in entries for s in e.scene_map})
-        result = robustness_report(
-            args.model_name,
-            args.backbone_path,
-            args.dataset_path,
-            args.config_file,
-            entries,
-            conditions_from_args(args, scenes),
-            args.output_path,
-            device=args.device,
-            amp=args.amp,
-            batch_size=args.batch_size,
-            progress=not args.quiet,
-            cache_dir=args.cache,
-            baseline=args.baseline_model,
-            train=parse_train_labels(args.train_labels),
-            baselines=not args.no_baselines,
-        )
+        result = report_from_args(args, entries, args.model_name, args.backbone_path, args.baseline_model)
         print(format_table(result))
         if summaries := format_summaries(result):
             print(summaries)
