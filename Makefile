@@ -37,14 +37,14 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 
 demo: $(STAMP)
-	$(PY) -m engine.demo single --data $(DATA) --out $(DEMO_OUT)
+	$(PY) -m engine.reproduction.demo single --data $(DATA) --out $(DEMO_OUT)
 
 demo-ms: $(STAMP)
-	$(PY) -m engine.demo multi --data $(DATA)_ms --out $(DEMO_OUT)_ms
+	$(PY) -m engine.reproduction.demo multi --data $(DATA)_ms --out $(DEMO_OUT)_ms
 
 # hyperpose against effposenet over three paired seeds, with baselines and corruptions (about 15 min on 2 cores).
 demo-evidence: $(STAMP)
-	$(PY) -m engine.demo evidence --data $(DATA) --out $(DEMO_OUT)_evidence
+	$(PY) -m engine.reproduction.demo evidence --data $(DATA) --out $(DEMO_OUT)_evidence
 
 bench: $(STAMP)
 	$(PY) bench/bench_single_scene.py

@@ -8,7 +8,7 @@ Re-running evaluates only checkpoints added (or changed) since the last run. See
 
 import sys
 
-from engine.batch_eval import main
+from engine.evaluation.batch_eval import main
 
 if __name__ == "__main__":
     sys.exit(main(multi_scene=False))

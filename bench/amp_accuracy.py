@@ -21,9 +21,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from engine.demo import CONFIG, ensure_data
-from engine.evaluate import evaluate
-from engine.train import train
+from engine.evaluation.evaluate import evaluate
+from engine.reproduction.demo import CONFIG, ensure_data
+from engine.training.train import train
 from util.logs import setup_logging
 
 MODELS = ("mshyperpose", "ems-transposenet")

@@ -2,11 +2,11 @@
 on the CPU or (``--device cuda``) a GPU, where onnxruntime runs with its CUDA provider if it has one.
 
 Each model is built with its default config (random weights; ``--num_scenes`` scenes for multi-scene
-models), wrapped as :class:`engine.export.ExportGraph` (uint8 image in, normalisation and unit quaternion
-inside) and exported with a dynamic batch through :func:`engine.export.export_loaded` (without its comparison with
-PyTorch, which ``tests/test_export.py`` makes on real images). Printed per model and runtime: latency at batch 1
-(median ms over ``--iters``
-calls after ``--warmup``) and throughput at batch ``--batch`` (images/s over ``--iters`` calls).
+models), wrapped as :class:`engine.deployment.export.ExportGraph` (uint8 image in, normalisation and unit
+quaternion inside) and exported with a dynamic batch through :func:`engine.deployment.export.export_loaded`
+(without its comparison with PyTorch, which ``tests/test_export.py`` makes on real images). Printed per model
+and runtime: latency at batch 1 (median ms over ``--iters`` calls after ``--warmup``)
+and throughput at batch ``--batch`` (images/s over ``--iters`` calls).
 
     python bench/bench_export.py --size 224 --iters 20 --threads 4
     python bench/bench_export.py --tiny --iters 2 --warmup 1            # check that it runs (small configs)
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from engine.export import ExportGraph, example_input, export_loaded, prepare_for_export
-from engine.localize import LoadedModel
+from engine.deployment.export import ExportGraph, example_input, export_loaded, prepare_for_export
+from engine.deployment.localize import LoadedModel
 from models.backbone import new_backbone
 from models.config import defaults
 from models.registry import build_model, get_spec, model_names

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from engine.demo import CONFIG, ensure_data, mean_pose_errors
+from engine.reproduction.demo import CONFIG, ensure_data, mean_pose_errors
 from util.logs import setup_logging
 
 MODELS = ("hyperpose", "effposenet")
@@ -30,8 +30,8 @@ STARTS = (
 
 
 def main(argv=None) -> int:
-    from engine.evaluate import evaluate
-    from engine.train import train
+    from engine.evaluation.evaluate import evaluate
+    from engine.training.train import train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data/synthetic"), help="demo scene folder")

@@ -26,7 +26,7 @@ from collections import defaultdict
 import torch
 from torch.nn import functional as F
 
-from engine.train import build_optimizer
+from engine.training.train import build_optimizer
 from models.backbone import load_backbone
 from models.losses import CameraPoseLoss
 from models.ms_transposenet import MSTransPoseNet

@@ -3,7 +3,7 @@
 For each model, each image format (640x480 PNG as 7Scenes ships, and the same frames as JPEG) and with
 and without the decoded-image cache, times the trainer's real path: DataLoader workers decoding (or reading
 the cache), cropping, jittering, normalising, collating, the host-to-device copy and the training step
-(engine/trainer.py). The model-only figure repeats the same step on one batch already on the device. The
+(engine/training/trainer.py). The model-only figure repeats the same step on one batch already on the device. The
 ratio end-to-end / model-only is what the data path costs (1.0 = nothing). A last line times the bare
 backbone's forward + backward on the same batch size, the ceiling the end-to-end figure is compared with on
 a GPU; on CUDA the GPU utilisation sampled during the end-to-end steps is printed where pynvml is
@@ -34,8 +34,8 @@ from PIL import Image
 from datasets.dataset import CameraPoseDataset
 from datasets.synthetic import generate
 from datasets.transforms import build_transform
-from engine.train import build_optimizer, prepare_model
-from engine.trainer import RunFolder, Runtime, Trainer
+from engine.training.train import build_optimizer, prepare_model
+from engine.training.trainer import RunFolder, Runtime, Trainer
 from models.backbone import load_backbone
 from models.config import validate_config
 from models.losses import CameraPoseLoss

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 from datasets.dataset import CameraPoseDataset
 from datasets.synthetic import generate
 from datasets.transforms import build_transform
-from engine.batchnorm import batchnorm_layers
-from engine.train import prepare_model, train
+from engine.training.batchnorm import batchnorm_layers
+from engine.training.train import prepare_model, train
 from util.checkpoint import load_checkpoint
 from util.pose import pose_errors
 

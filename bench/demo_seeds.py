@@ -1,6 +1,6 @@
 """The single-scene demo over several training seeds: how far its medians spread, and which model wins.
 
-Same data (``engine.demo.ensure_data``), config (``configs/synthetic_config.json``) and models as
+Same data (``engine.reproduction.demo.ensure_data``), config (``configs/synthetic_config.json``) and models as
 ``make demo``; only the config's ``seed`` changes. An accuracy study, not a benchmark: no timings.
 
     python bench/demo_seeds.py [--seeds 0 1 2] [--data data/synthetic] [--out runs/demo_seeds] \
@@ -15,9 +15,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from engine.demo import CONFIG, ensure_data
-from engine.evaluate import evaluate
-from engine.train import train
+from engine.evaluation.evaluate import evaluate
+from engine.reproduction.demo import CONFIG, ensure_data
+from engine.training.train import train
 from util.logs import setup_logging
 
 MODELS = ("hyperpose", "effposenet")

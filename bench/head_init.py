@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from engine.demo import CONFIG, DEMO_SHIFTS, ensure_data
+from engine.reproduction.demo import CONFIG, DEMO_SHIFTS, ensure_data
 from util.logs import setup_logging
 
 STARTS = {"random": ("efficientnet", "random"), "lite0": ("timm:tf_efficientnet_lite0", "imagenet")}
@@ -77,7 +77,7 @@ def sample_loader(config: dict, data: Path, csv: Path):
     """The fixed sample of a CSV's images that training's BatchNorm checks and hyperfan init draw."""
     from datasets.dataset import CameraPoseDataset
     from datasets.transforms import build_transform
-    from engine.batchnorm import plain_loader
+    from engine.training.batchnorm import plain_loader
 
     dataset = CameraPoseDataset(data, csv, transform=build_transform(config, train=False))
     return plain_loader(dataset, config, torch.device("cpu"))
@@ -86,7 +86,7 @@ def sample_loader(config: dict, data: Path, csv: Path):
 def scales(init: str, start: str, seed: int, args) -> dict[str, dict[str, float]]:
     """Head scales of one hyperpose run: at step 0, built as its training run built it (training sample,
     train mode), and of its final checkpoint on the test images (eval mode)."""
-    from engine.train import hyperfan_start, prepare_model
+    from engine.training.train import hyperfan_start, prepare_model
     from models.config import validate_config
     from util.checkpoint import load_checkpoint
     from util.device import seed_everything
@@ -108,8 +108,8 @@ def scales(init: str, start: str, seed: int, args) -> dict[str, dict[str, float]
 
 def run_one(model: str, init: str, start: str, seed: int, args, tests, done: dict) -> dict:
     """Train one model at one seed and init (unless done before) and test it at every shift level."""
-    from engine.evaluate import Evaluator
-    from engine.train import train
+    from engine.evaluation.evaluate import Evaluator
+    from engine.training.train import train
 
     key = f"{model}|{init}|{start}|{seed}"
     if key in done:

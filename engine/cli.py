@@ -225,7 +225,7 @@ def build_predict_parser(multi_scene: bool) -> argparse.ArgumentParser:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from engine.predict import predict
+    from engine.deployment.predict import predict
 
     if args.backbone_path not in ("random", "imagenet") and not Path(args.backbone_path).is_file():
         raise UserError(
@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
 
     def run() -> int:
         if args.mode == "train":
-            from engine.train import train
+            from engine.training.train import train
 
             result = train(
                 args.model_name,
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None, *, multi_scene: bool = False) -> int
             print(f"run folder: {result.run_dir}")
             print(f"final checkpoint: {result.final_checkpoint}")
             return 0
-        from engine.evaluate import evaluate
+        from engine.evaluation.evaluate import evaluate
 
         if not args.checkpoint_path:
             raise UserError("test mode needs --checkpoint_path <checkpoint.pth>")

@@ -2,8 +2,8 @@
 
 ``util/checkpoint.py`` reads and writes checkpoint files and knows no model; this module asks the registry
 what a checkpoint means for the model that loads it. :func:`load_model` is the one loader that testing
-(``engine.evaluate.Evaluator.load``), inference (``engine.localize.load_for_inference``) and starting a
-training run from a checkpoint's weights (``engine.train``) build their model with.
+(``engine.evaluation.evaluate.Evaluator.load``), inference (``engine.deployment.localize.load_for_inference``)
+and starting a training run from a checkpoint's weights (``engine.training.train``) build their model with.
 
 The scene map has one policy: a checkpoint of this toolkit records the map it was trained with, and that
 map wins. A bare reference state_dict records none; the caller chooses one for its scene heads

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from datasets.labels import POSE_COLUMNS, read_labels
-from engine.batch_eval import main as batch_main
 from engine.cli import main as cli_main
-from engine.train import train
+from engine.evaluation.batch_eval import main as batch_main
+from engine.training.train import train
 from util.pose import mean_pose, pose_errors
 
 pytestmark = pytest.mark.slow  # end to end: they train tiny models
@@ -125,7 +125,7 @@ def test_a_training_set_that_is_gone_is_one_line(run, scene7, tiny_config, tmp_p
 def test_evidence_demo_pairs_seeds_with_baselines_and_corruptions(tiny_config, tmp_path, capsys):
     """The evidence demo's code path on a tiny scene: two seeds, one corruption at two severities."""
     from datasets.synthetic import generate
-    from engine.demo import DEMO_SHIFTS, run_evidence
+    from engine.reproduction.demo import DEMO_SHIFTS, run_evidence
 
     data = tmp_path / "data"
     generate(data, scenes=1, layout="7scenes", frames_per_seq=4, size=(64, 48), seed=2, test_shifts=DEMO_SHIFTS)

@@ -13,11 +13,17 @@ import pytest
 import torch
 
 from conftest import run_script, tiny_config_dict, write_config
-from engine.batch_eval import batch_evaluate, checkpoint_labels, discover_checkpoints, main, split_trailing_positionals
-from engine.evaluate import Evaluator
-from engine.train import train
+from engine.evaluation.batch_eval import (
+    batch_evaluate,
+    checkpoint_labels,
+    discover_checkpoints,
+    main,
+    split_trailing_positionals,
+)
+from engine.evaluation.evaluate import Evaluator
+from engine.evaluation.page import DATA_ID, read_embedded_json
+from engine.training.train import train
 from util.errors import UserError
-from util.report import DATA_ID, read_embedded_json
 
 ROOT = "./datasets/7Scenes"
 CHESS_TEST = f"{ROOT}/abs_7scenes_pose.csv_chess_test.csv"
@@ -410,7 +416,7 @@ def test_unreadable_and_mismatched_checkpoints_are_skipped(single_run, tmp_path,
     other["model_name"] = "effposenet"
     torch.save(other, folder / "other_model.pth")
 
-    with caplog.at_level(logging.WARNING, logger="engine.batch_eval"):
+    with caplog.at_level(logging.WARNING, logger="engine.evaluation.batch_eval"):
         batch = batch_evaluate(
             "hyperpose",
             "random",

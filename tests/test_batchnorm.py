@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_config_dict, write_config
 from datasets.dataset import CameraPoseDataset
 from datasets.transforms import build_transform
-from engine.batchnorm import batchnorm_layers, plain_loader, recalibrate, resolve_recalibrate_batches
-from engine.train import train
+from engine.training.batchnorm import batchnorm_layers, plain_loader, recalibrate, resolve_recalibrate_batches
+from engine.training.train import train
 from models.backbone import load_backbone
 from models.config import load_config
 from models.registry import build_model
@@ -57,7 +57,7 @@ def test_eval_collapse_is_warned_and_recalibration_prevents_it(batches, scene7, 
     statistics are still those of the first few batches, and eval mode predicts one point."""
     cfg = tiny_config_dict(n_epochs=1)
     cfg["effposenet"].update(bn_momentum=None, bn_recalibrate_batches=batches)
-    with caplog.at_level(logging.INFO, logger="engine.batchnorm"):
+    with caplog.at_level(logging.INFO, logger="engine.training.batchnorm"):
         result = train(
             "effposenet",
             "random",
@@ -76,11 +76,11 @@ def test_eval_collapse_is_warned_and_recalibration_prevents_it(batches, scene7, 
 
 
 def test_the_collapse_warning_gives_only_advice_the_config_does_not_follow(caplog):
-    from engine.batchnorm import log_spread
+    from engine.training.batchnorm import log_spread
 
     def advice(config):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="engine.batchnorm"):
+        with caplog.at_level(logging.WARNING, logger="engine.training.batchnorm"):
             log_spread(1, 0.0, 1.0, config)
         return caplog.text
 

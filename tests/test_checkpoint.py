@@ -11,7 +11,7 @@ import torch
 
 from conftest import tiny_config_dict, write_config
 from datasets.label_io import SEVEN_SCENES
-from engine.evaluate import evaluate
+from engine.evaluation.evaluate import evaluate
 from models.backbone import load_backbone
 from models.config import load_config
 from models.loading import reconcile_config

@@ -408,7 +408,7 @@ def test_test_mode_ignores_backbone_path_because_the_checkpoint_holds_the_backbo
     import torch
 
     from conftest import tiny_config_dict, write_config
-    from engine.evaluate import Evaluator
+    from engine.evaluation.evaluate import Evaluator
     from models.backbone import new_backbone
     from models.config import load_config
     from models.registry import build_model

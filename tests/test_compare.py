@@ -1,5 +1,5 @@
 """Corruption conditions against test mode on corrupted copies on disk; the mean corruption error; paired
-comparison over seeds (engine.compare) against a hand computation from the report's own rows; bad input."""
+comparison over seeds (engine.robustness.compare) against a hand computation from the report's own rows; bad input."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from conftest import tiny_config_dict, write_config
 from datasets.corruptions import Corruption, write_corrupted_copies
 from datasets.synthetic import generate
-from engine.compare import main as compare_main
-from engine.evaluate import evaluate
-from engine.robustness import main as robustness_main
-from engine.train import train
+from engine.evaluation.evaluate import evaluate
+from engine.robustness.compare import main as compare_main
+from engine.robustness.report import main as robustness_main
+from engine.training.train import train
 
 pytestmark = pytest.mark.slow  # end to end: they train five tiny models
 

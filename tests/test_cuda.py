@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import tiny_config_dict, write_config
-from engine.train import train
+from engine.training.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

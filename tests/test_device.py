@@ -98,7 +98,7 @@ def test_a_cpu_model_gets_only_the_workers_its_torch_threads_leave_cpus_for(capl
 
 def test_a_reference_config_asks_for_more_workers_than_cpus_without_a_warning(scene7, tmp_path, recwarn):
     from conftest import tiny_config_dict, write_config
-    from engine.train import train
+    from engine.training.train import train
     from util.device import cpu_count
 
     cfg = tiny_config_dict(n_epochs=1)

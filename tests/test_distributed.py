@@ -20,7 +20,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import REPO, tiny_config_dict, write_config
-from engine.train import train
+from engine.training.train import train
 
 pytestmark = pytest.mark.slow  # two-process training runs and a torchrun launch
 

@@ -1,6 +1,6 @@
 """ONNX and TorchScript exports of every registered model reproduce PyTorch; the export CLI and its errors.
 
-Tolerance: every output within ``engine.export.EXPORT_TOLERANCE`` (1e-4) times max(1, its largest PyTorch
+Tolerance: every output within ``engine.deployment.export.EXPORT_TOLERANCE`` (1e-4) times max(1, its largest PyTorch
 magnitude), on real (synthetic) images at the crop size; float32 rounding measured here is about 1e-5 of that.
 """
 
@@ -17,9 +17,9 @@ import torch
 from conftest import run_script, tiny_config_dict, write_config
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from engine.cli import main as cli_main
-from engine.export import EXPORT_TOLERANCE, export_checkpoint, load_check_images
-from engine.exported import ExportedModel
-from engine.localize import Localizer
+from engine.deployment.export import EXPORT_TOLERANCE, export_checkpoint, load_check_images
+from engine.deployment.exported import ExportedModel
+from engine.deployment.localize import Localizer
 from inference_helpers import is_multi_scene, save_tiny_checkpoint
 from models.registry import model_names
 from util.errors import UserError
@@ -102,7 +102,7 @@ def test_export_cli_then_run_equals_predict(checkpoints, scenes3, tmp_path):
     proc = run_script(
         [
             "-m",
-            "engine.export",
+            "engine.deployment.export",
             str(ckpt),
             "--format",
             "onnx",
@@ -119,7 +119,7 @@ def test_export_cli_then_run_equals_predict(checkpoints, scenes3, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "max |onnx - PyTorch| on the check images" in proc.stdout
     folder = scenes3 / "fire"
-    run = run_script(["-m", "engine.exported", str(out), str(folder), "--resize_crop"])
+    run = run_script(["-m", "engine.deployment.exported", str(out), str(folder), "--resize_crop"])
     assert run.returncode == 0, run.stderr
     exported_rows = {r["img_path"]: r for r in csv.DictReader(io.StringIO(run.stdout))}
     config = write_config(tmp_path / "tiny.json", tiny_config_dict())
@@ -154,7 +154,7 @@ def test_export_cli_then_run_equals_predict(checkpoints, scenes3, tmp_path):
 )
 def test_export_errors_are_one_line(case, checkpoints, scenes3, tmp_path, capsys, monkeypatch, read_only_dir):
     """Each mistake: exit status 2 and one 'error:' line (the CLI functions, in-process to keep this fast)."""
-    from engine import export, exported
+    from engine.deployment import export, exported
 
     # The console handler would hold on to this test's captured stderr after it is closed.
     monkeypatch.setattr(export, "setup_logging", lambda level: None)
@@ -181,7 +181,9 @@ def test_export_errors_are_one_line(case, checkpoints, scenes3, tmp_path, capsys
         pattern = r"the folder of --out .* (not writable|cannot create)"
     elif case == "training_checkpoint":
         rc = exported.main([str(ckpt), str(scenes3 / "chess")])
-        pattern = r"is a checkpoint \(torch.save\), not an exported model; export it with `python -m engine.export"
+        pattern = (
+            r"is a checkpoint \(torch.save\), not an exported model; export it with `python -m engine.deployment.export"
+        )
     else:
         out.write_bytes(b"junk")
         rc, pattern = exported.main([str(out), str(scenes3 / "chess")]), r"neither an ONNX model nor a TorchScript"

@@ -13,7 +13,7 @@ from conftest import tiny_config_dict, write_config
 from datasets.dataset import CameraPoseDataset, load_image_uint8
 from datasets.image_cache import open_image_cache
 from datasets.transforms import build_transform, resize_short_side
-from engine.evaluate import Evaluator
+from engine.evaluation.evaluate import Evaluator
 from util.errors import UserError
 
 RESIZE = 56
@@ -38,7 +38,7 @@ def _files(cache_dir):
 def _train_then_test_with_and_without_cache(root, labels, tmp_path, **keys):
     """Train effposenet one epoch with its cache in ``train_cache``, then test the final checkpoint with the
     cache off and in ``test_cache``; the two prediction arrays."""
-    from engine.train import train
+    from engine.training.train import train
 
     cfg = tiny_config_dict(n_epochs=1)
     cfg["effposenet"].update(keys)
@@ -179,7 +179,7 @@ def test_test_mode_uses_the_cache_and_scores_the_same(data, tmp_path):
 
 @pytest.mark.slow
 def test_by_default_runs_cache_in_the_user_folder_and_off_turns_it_off(data, tmp_path, monkeypatch):
-    from engine.train import train
+    from engine.training.train import train
 
     root, labels = data
     monkeypatch.setenv("HYPERPOSE_CACHE_DIR", str(tmp_path / "user_cache"))

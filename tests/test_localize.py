@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import REPO, tiny_config_dict, write_config
 from datasets.dataset import load_image_uint8
-from engine.localize import Localizer, Poses
+from engine.deployment.localize import Localizer, Poses
 from inference_helpers import save_tiny_checkpoint
 from util.errors import UserError
 

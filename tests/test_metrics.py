@@ -203,7 +203,7 @@ def test_predictions_csv_round_trips_float32_outputs():
     import csv
     import io
 
-    from engine.evaluate import EvalResult, Predictions, predictions_csv
+    from engine.evaluation.evaluate import EvalResult, Predictions, predictions_csv
 
     rng = np.random.default_rng(0)
     pred = rng.normal(size=(5, 7)).astype(np.float32) * np.float32(123.456)

@@ -13,8 +13,8 @@ import torch
 
 from conftest import run_script, tiny_config_dict, write_config
 from engine.cli import main as cli_main
-from engine.evaluate import evaluate
-from engine.train import train
+from engine.evaluation.evaluate import evaluate
+from engine.training.train import train
 
 
 def chess(root, split):

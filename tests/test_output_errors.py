@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from conftest import tiny_config_dict, write_config
-from engine import batch_eval, cli
-from engine.train import train
+from engine import cli
+from engine.evaluation import batch_eval
+from engine.training.train import train
 from util.errors import UserError
 from util.io import atomic_torch_save, atomic_write_text
 

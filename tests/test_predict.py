@@ -10,9 +10,9 @@ import pytest
 
 from conftest import run_main, run_script, tiny_config_dict, write_config
 from engine.cli import main as cli_main
-from engine.evaluate import Evaluator
+from engine.evaluation.evaluate import Evaluator
+from engine.evaluation.page import read_embedded_json
 from inference_helpers import save_tiny_checkpoint
-from util.report import read_embedded_json
 
 TEST_CSV = "abs_7scenes_pose.csv_chess_test.csv"
 
@@ -201,7 +201,7 @@ def test_reference_multi_scene_state_dict_takes_scene_names_from_a_label_csv(sce
 
 
 def test_predict_refuses_batch_size_zero_and_a_read_only_output_before_any_work(single, read_only_dir, tmp_path):
-    from engine.predict import predict
+    from engine.deployment.predict import predict
     from util.errors import UserError
 
     _, ckpt, config = single

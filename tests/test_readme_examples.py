@@ -147,8 +147,8 @@ ECL_EXAMPLES = [(doc, t) for doc, t in WITH_RAW_ROOT if t[:3] == ["python", "-m"
 
 @pytest.mark.parametrize("doc, tokens", ECL_EXAMPLES, ids=lambda x: x if isinstance(x, str) else " ".join(x)[:80])
 def test_the_ecl_example_finds_every_style(layout, doc, tokens):
-    from engine.conditions import check_condition
-    from engine.robustness import build_parser, conditions_from_args
+    from engine.robustness.conditions import check_condition
+    from engine.robustness.report import build_parser, conditions_from_args
 
     args = build_parser().parse_args(_mapped(tokens, layout)[3:])
     conditions = conditions_from_args(args, scenes=[])
@@ -161,14 +161,16 @@ def test_the_readme_shows_an_ecl_example():
     assert any(doc == "README.md" for doc, _ in ECL_EXAMPLES)
 
 
-REPRODUCE = [(doc, t) for doc, t in COMMANDS if t[:3] == ["python", "-m", "engine.reproduce"] and "--root" in t]
+REPRODUCE = [
+    (doc, t) for doc, t in COMMANDS if t[:3] == ["python", "-m", "engine.reproduction.reproduce"] and "--root" in t
+]
 
 
 @pytest.mark.parametrize("doc, tokens", REPRODUCE, ids=lambda x: x if isinstance(x, str) else " ".join(x)[:80])
 def test_the_reproduce_example_plans_on_the_prepared_layout(layout, doc, tokens, tmp_path, monkeypatch, capsys):
     """The example as written, with `--dry-run` (it checks every label file and image) on the scenes the
     synthetic layout has."""
-    from engine.reproduce import main
+    from engine.reproduction.reproduce import main
     from models.registry import get_spec
     from util.logs import set_progress_bars
 

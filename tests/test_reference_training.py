@@ -15,9 +15,9 @@ from conftest import tiny_config_dict, write_config
 from datasets.dataset import CameraPoseDataset
 from datasets.samplers import EpochSampler, epoch_length, stratified_sample
 from datasets.transforms import build_transform
-from engine.batchnorm import plain_loader
-from engine.train import train
-from engine.trainer import read_metrics_csv
+from engine.training.batchnorm import plain_loader
+from engine.training.train import train
+from engine.training.trainer import read_metrics_csv
 from models.backbone import new_backbone
 from models.config import load_config
 from models.hypernet import generated_heads, hyperfan_from_images, swish
@@ -128,7 +128,7 @@ def test_zero_init_starts_as_the_static_twin():
 def test_hyperfan_run_scales_on_training_images(scene7, tmp_path, caplog):
     cfg = tiny_config_dict(n_epochs=1)
     cfg["hyperpose"].update(head_init="hyperfan")
-    with caplog.at_level(logging.INFO, logger="engine.train"):
+    with caplog.at_level(logging.INFO, logger="engine.training.train"):
         train(
             "hyperpose",
             "random",
@@ -165,7 +165,7 @@ def frozen_stage_config(tmp_path, mode: str):
 
 
 def test_reference_frozen_stage_runs_the_body_in_eval_mode_without_gradients(tmp_path):
-    from engine.train import apply_freeze
+    from engine.training.train import apply_freeze
 
     config_path, stage2 = frozen_stage_config(tmp_path, "reference")
     config = dict(load_config(config_path, "ems-transposenet", stage2), num_scenes=2)

@@ -12,9 +12,9 @@ import shutil
 import pytest
 import torch
 
-import engine.train
+import engine.training.train
 from conftest import tiny_config_dict, write_config
-from engine.reproduce import main
+from engine.reproduction.reproduce import main
 
 MODELS = "hyperpose,ems-transposenet"
 # The released 7Scenes config's list for mshyperpose (one branch: rotation).
@@ -87,13 +87,13 @@ def finals_only(args, folder):
 @pytest.fixture
 def count_training(monkeypatch):
     calls = []
-    original = engine.train.train
+    original = engine.training.train.train
 
     def counting(*args, **kwargs):
         calls.append((args[0], kwargs.get("resume")))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine.train, "train", counting)
+    monkeypatch.setattr(engine.training.train, "train", counting)
     return calls
 
 

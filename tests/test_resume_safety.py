@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import tiny_config_dict, write_config
-from engine.train import train
-from engine.trainer import read_metrics_csv
+from engine.training.train import train
+from engine.training.trainer import read_metrics_csv
 from util.checkpoint import load_checkpoint
 from util.errors import UserError
 

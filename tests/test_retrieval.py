@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from datasets.dataset import CameraPoseDataset
-from engine.retrieval import (
+from engine.evaluation.retrieval import (
     Descriptor,
     MeanPoseBaseline,
     RetrievalBaseline,
     main,
     retrieve_poses,
 )
-from engine.train import train_mean_pose
+from engine.training.train import train_mean_pose
 from models.backbone import new_backbone
 from models.config import defaults
 from models.registry import build_model
@@ -174,7 +174,7 @@ def test_descriptor_cache_is_read_and_a_broken_one_rebuilt(scene7, imagenet, tmp
     data[len(data) // 2 : len(data) // 2 + 16] = b"\xff" * 16
     files[0].write_bytes(bytes(data))
     monkeypatch.setattr(Descriptor, "_compute", real_compute)
-    with caplog.at_level(logging.WARNING, logger="engine.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="engine.evaluation.retrieval"):
         assert (fresh().describe(test) == first).all()
     assert "unusable" in caplog.text and "rebuilding" in caplog.text
     assert list(tmp_path.glob("*.desc.npz")) == files

@@ -11,11 +11,11 @@ import torch
 
 from conftest import tiny_config_dict, write_config
 from datasets.synthetic import generate
-from engine.demo import mean_pose_errors
-from engine.evaluate import evaluate
-from engine.robustness import main
-from engine.train import train
-from util.report import DATA_ID, read_embedded_json
+from engine.evaluation.evaluate import evaluate
+from engine.evaluation.page import DATA_ID, read_embedded_json
+from engine.reproduction.demo import mean_pose_errors
+from engine.robustness.report import main
+from engine.training.train import train
 
 pytestmark = pytest.mark.slow  # end to end: they train and evaluate tiny models
 
@@ -234,7 +234,7 @@ def test_a_read_only_output_folder_is_one_line(shifted_runs, read_only_dir, caps
 
 
 def test_demo_robustness_step(shifted_runs, tmp_path, capsys):
-    from engine.demo import robustness_step
+    from engine.reproduction.demo import robustness_step
 
     root, _, ckpts = shifted_runs
     robustness_step("hyperpose", list(ckpts.values()), root, tmp_path / "demo", "chess")

@@ -14,10 +14,11 @@ import toy_backbone
 import toy_model
 
 from conftest import tiny_config_dict, write_config
-from engine import batch_eval, export
 from engine.cli import main as cli_main
-from engine.exported import ExportedModel
-from engine.localize import Localizer
+from engine.deployment import export
+from engine.deployment.exported import ExportedModel
+from engine.deployment.localize import Localizer
+from engine.evaluation import batch_eval
 from models import backbone as backbones
 from models.config import load_config
 from models.loading import architecture_keys

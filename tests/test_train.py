@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import tiny_config_dict, write_config
-from engine.train import new_run_dir, train
+from engine.training.train import new_run_dir, train
 from models.backbone import load_backbone
 from models.config import load_config
 from models.registry import build_model
@@ -178,7 +178,7 @@ def test_micro_batches_must_fit_the_batch(scene7, tiny_config, tmp_path):
 
 @pytest.mark.slow
 def test_bf16_test_mode_on_the_cpu_is_close_to_fp32(scene7, tiny_config, tmp_path):
-    from engine.evaluate import Evaluator
+    from engine.evaluation.evaluate import Evaluator
 
     run = train("effposenet", "random", scene7, chess(scene7, "train"), tiny_config, tmp_path, device="cpu", n_epochs=1)
     preds = {}
@@ -306,7 +306,7 @@ def test_only_the_latest_checkpoint_keeps_the_optimizer_state(scene7, tiny_confi
 
 def test_the_finite_check_sees_the_model_after_recalibration(scene7, tmp_path, monkeypatch):
     """Recalibration runs before a save; statistics it left non-finite must stop the save like any divergence."""
-    import engine.trainer as trainer_module
+    import engine.training.trainer as trainer_module
 
     real = trainer_module.recalibrate
 

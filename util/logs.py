@@ -87,7 +87,7 @@ def add_log_file(path: str | Path, level: int = logging.DEBUG) -> logging.Handle
     return handler
 
 
-def log_run_failure(handler: logging.Handler, exc: BaseException, logger: str = "engine.train") -> None:
+def log_run_failure(handler: logging.Handler, exc: BaseException, logger: str = "engine.training.train") -> None:
     """Write why a run ended to ``handler`` (the run's log file) only; the console gets the script's one line.
 
     A user error is its message; anything else keeps its traceback in the file, for the bug report.

@@ -20,7 +20,7 @@ from pathlib import Path
 from util.io import atomic_write_text
 from util.stats import paired_difference
 
-PUBLISHED = Path(__file__).resolve().parent.parent / "configs" / "published_results.json"
+PUBLISHED = Path(__file__).resolve().parents[2] / "configs" / "published_results.json"
 
 # Which checkpoint a row reports, and how it was chosen.
 SELECTIONS = {

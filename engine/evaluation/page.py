@@ -106,7 +106,7 @@ def read_embedded_json(page: str, element_id: str):
     return json.loads(match.group(1))
 
 
-def _figure_dict(fig: go.Figure) -> dict:
+def figure_dict(fig: go.Figure) -> dict:
     # Traces are built from Python lists: plotly would encode numpy arrays as base64 typed arrays.
     return json.loads(pio.to_json(fig, validate=True, pretty=False))
 
@@ -211,7 +211,7 @@ def cdf_figure(cdf_errors: dict[str, tuple[np.ndarray, np.ndarray]]) -> go.Figur
     return fig
 
 
-def _xyz(points_N3: np.ndarray) -> dict:
+def xyz(points_N3: np.ndarray) -> dict:
     pts = np.asarray(points_N3, dtype=np.float64).reshape(-1, 3)
     return {axis: [_finite_or_none(round(float(v), 5)) for v in pts[:, i]] for i, axis in enumerate("xyz")}
 
@@ -227,7 +227,7 @@ def positions_figure(positions: dict[str, tuple[np.ndarray, np.ndarray]]) -> go.
         suffix = f" (every {stride}th frame)" if stride > 1 else ""
         fig.add_trace(
             go.Scatter3d(
-                **_xyz(gt),
+                **xyz(gt),
                 mode="markers",
                 name=f"{scene} ground truth{suffix}",
                 legendgroup=scene,
@@ -237,7 +237,7 @@ def positions_figure(positions: dict[str, tuple[np.ndarray, np.ndarray]]) -> go.
         )
         fig.add_trace(
             go.Scatter3d(
-                **_xyz(pred),
+                **xyz(pred),
                 mode="markers",
                 name=f"{scene} predicted",
                 legendgroup=scene,
@@ -250,7 +250,7 @@ def positions_figure(positions: dict[str, tuple[np.ndarray, np.ndarray]]) -> go.
         seg[0::3], seg[1::3] = gt[::seg_stride], pred[::seg_stride]
         fig.add_trace(
             go.Scatter3d(
-                **_xyz(seg),
+                **xyz(seg),
                 mode="lines",
                 name=f"{scene} error",
                 legendgroup=scene,
@@ -303,7 +303,7 @@ def sortable_table(columns: Sequence[Column], rows: Sequence[Sequence], best_ind
     return f'<table id="results" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-_CSS = """
+CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; max-width: 1300px;
        color: #222; padding: 0 16px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
@@ -324,7 +324,7 @@ tr.best td { background: #fff3c4; font-weight: 600; }
 """
 
 # Renders every figure block, and sorts the table on a header click (numbers numerically, missing values last).
-_JS = """
+JS = """
 document.querySelectorAll('script.plotly-figure').forEach(function (el) {
   var fig = JSON.parse(el.textContent);
   Plotly.newPlot(el.getAttribute('data-target'), fig.data, fig.layout, {responsive: true, displaylogo: false});
@@ -385,7 +385,7 @@ def render_batch_report(report: BatchReport) -> str:
         skipped = f"<h2>{html.escape(report.skipped_title)}</h2><ul>{items}</ul>"
     blocks = "\n".join(
         f'<script type="application/json" id="{fid}" class="plotly-figure" '
-        f'data-target="{fid}-plot">{script_json(_figure_dict(fig))}</script>'
+        f'data-target="{fid}-plot">{script_json(figure_dict(fig))}</script>'
         for fid, fig in figures.items()
     )
     more = "".join(
@@ -413,7 +413,7 @@ ground truth. Drag to rotate; click a legend entry to show or hide a scene.</p>
 <head>
 <meta charset="utf-8">
 <title>{html.escape(report.title)}</title>
-<style>{_CSS}</style>
+<style>{CSS}</style>
 <script type="text/javascript">{get_plotlyjs()}</script>
 </head>
 <body>
@@ -431,7 +431,7 @@ ground truth. Drag to rotate; click a legend entry to show or hide a scene.</p>
 {positions}{skipped}
 {blocks}
 <script type="application/json" id="{DATA_ID}">{script_json(report.data)}</script>
-<script type="text/javascript">{_JS}</script>
+<script type="text/javascript">{JS}</script>
 </body>
 </html>
 """
@@ -440,61 +440,3 @@ ground truth. Drag to rotate; click a legend entry to show or hide a scene.</p>
 def write_batch_report(path: str | Path, report: BatchReport) -> Path:
     """Render the page and write it atomically."""
     return atomic_write_text(path, render_batch_report(report))
-
-
-# Predicted camera centres (the predict mode's page) -------------------------------------------------------
-def predicted_positions_figure(groups: dict[str, tuple[np.ndarray, Sequence[str]]]) -> go.Figure:
-    """Predicted camera centres, one trace per group (e.g. per predicted scene), image names on hover."""
-    fig = go.Figure()
-    for name, (t_N3, labels) in groups.items():
-        t_N3 = np.asarray(t_N3).reshape(-1, 3)
-        stride = max(1, math.ceil(len(t_N3) / MAX_POSITION_POINTS))
-        suffix = f" (every {stride}th image)" if stride > 1 else ""
-        fig.add_trace(
-            go.Scatter3d(
-                **_xyz(t_N3[::stride]),
-                mode="markers",
-                name=f"{name}{suffix}",
-                text=[str(s) for s in list(labels)[::stride]],
-                hoverinfo="text+x+y+z",
-                marker=dict(size=3),
-            )
-        )
-    fig.update_layout(
-        height=680,
-        margin=dict(l=0, r=0, t=30, b=0),
-        scene=dict(aspectmode="data", xaxis_title="x [m]", yaxis_title="y [m]", zaxis_title="z [m]"),
-        legend=dict(title="click to show or hide"),
-    )
-    return fig
-
-
-def write_positions_page(
-    path: str | Path, title: str, facts: Sequence[tuple[str, str]], groups: dict[str, tuple[np.ndarray, Sequence[str]]]
-) -> Path:
-    """A self-contained page with the 3D view of :func:`predicted_positions_figure`, written atomically."""
-    fid = "fig-positions"
-    facts_html = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in facts)
-    block = (
-        f'<script type="application/json" id="{fid}" class="plotly-figure" data-target="{fid}-plot">'
-        f"{script_json(_figure_dict(predicted_positions_figure(groups)))}</script>"
-    )
-    page = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{html.escape(title)}</title>
-<style>{_CSS}</style>
-<script type="text/javascript">{get_plotlyjs()}</script>
-</head>
-<body>
-<h1>{html.escape(title)}</h1>
-<dl class="facts">{facts_html}</dl>
-<p>Predicted camera centres in the frame of the training labels. Drag to rotate; hover for the image.</p>
-<div id="{fid}-plot" class="plot"></div>
-{block}
-<script type="text/javascript">{_JS}</script>
-</body>
-</html>
-"""
-    return atomic_write_text(path, page)

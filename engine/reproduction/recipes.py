@@ -2,7 +2,7 @@
 
 A recipe file (``configs/recipes/``) is ``{"<model>": [stage, ...], "default": [stage, ...]}``; a stage is
 ``{"name": ..., "override": {<config keys>}, "doc": ...}``. ``released.json`` holds the released configs'
-stages, ``paper_<dataset>.json`` the paper's. :mod:`engine.reproduce` runs them.
+stages, ``paper_<dataset>.json`` the paper's. :mod:`engine.reproduction.reproduce` runs them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from models.registry import canonical_model_name
 from util.errors import UserError
 
-RECIPES = Path(__file__).resolve().parent.parent / "configs" / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "configs" / "recipes"
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from datasets.corruptions import CORRUPTIONS
-from engine.records import frames_by_scene
-from util.report import BatchReport, Column, Section
+from engine.evaluation.page import BatchReport, Column, Section
+from engine.evaluation.records import frames_by_scene
 
 if TYPE_CHECKING:
-    from engine.robustness import RobustnessResult
+    from engine.robustness.report import RobustnessResult
 
 
 def _recalls(result: RobustnessResult) -> list[str]:
@@ -256,7 +256,7 @@ def build_report(result: RobustnessResult, facts: Sequence[tuple[str, str]]) -> 
 
 
 def _sections(result: RobustnessResult) -> list[Section]:
-    from engine.compare import paired_section
+    from engine.robustness.compare import paired_section
 
     sections = [paired_section(result.paired)] if result.paired else []
     if result.corruption_rows:
@@ -266,7 +266,7 @@ def _sections(result: RobustnessResult) -> list[Section]:
 
 def format_summaries(result: RobustnessResult) -> str:
     """The paired comparison and the corruption summary in words (empty when the report has neither)."""
-    from engine.compare import format_paired
+    from engine.robustness.compare import format_paired
 
     parts = []
     if result.paired:

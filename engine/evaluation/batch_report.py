@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.checkpoints import checkpoint_number
-from engine.records import CheckpointResult, frames_by_scene
-from util.report import BatchReport, Column
+from engine.evaluation.page import BatchReport, Column
+from engine.evaluation.records import CheckpointResult, frames_by_scene
+from engine.training.checkpoints import checkpoint_number
 
 if TYPE_CHECKING:
-    from engine.batch_eval import BatchResult
+    from engine.evaluation.batch_eval import BatchResult
 
 # Which set the best checkpoint was chosen on, keyed by "a validation set was given".
 CHOSEN_ON = {
@@ -247,7 +247,7 @@ def format_batch(batch: BatchResult) -> str:
         lines.append(line + mark)
     lines.append(f"best: {batch.best.label}, chosen on {CHOSEN_ON[validated]}")
     if batch.baselines or batch.baseline_note:
-        from engine.baselines import format_baselines
+        from engine.evaluation.baselines import format_baselines
 
         lines.append(format_baselines(batch.baselines) if batch.baselines else f"no baselines: {batch.baseline_note}")
     return "\n".join(lines)

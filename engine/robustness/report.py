@@ -12,8 +12,8 @@ checkpoints trained on different scene maps are refused. A condition whose CSV o
 reported on one line and skipped. ``--corruptions`` adds the base condition's images under ImageNet-C-style
 corruptions (:mod:`datasets.corruptions`), summarised per corruption and as the mean corruption error
 relative to a baseline model. Checkpoints of several models and seeds are paired by seed
-(:mod:`engine.compare`). Scores go through :class:`engine.evaluate.Evaluator` (exactly as ``test``
-mode) and are cached per checkpoint and condition (:mod:`engine.result_cache`).
+(:mod:`engine.robustness.compare`). Scores go through :class:`engine.evaluation.evaluate.Evaluator` (exactly as ``test``
+mode) and are cached per checkpoint and condition (:mod:`engine.evaluation.result_cache`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets.corruptions import parse_corruptions, parse_severities
-from engine.baselines import Baselines, recorded_train_files, score_baselines
 from engine.cli import add_baseline_arguments, add_runtime_arguments, configure_console, parse_train_labels
-from engine.compare import paired_csv, paired_rows, pairs_of
-from engine.conditions import (
+from engine.evaluation.baselines import Baselines, recorded_train_files, score_baselines
+from engine.evaluation.evaluate import EvalResult, Evaluator
+from engine.evaluation.page import write_batch_report
+from engine.evaluation.records import CheckpointResult, first_line, summarize_result
+from engine.evaluation.result_cache import ResultCache, evaluator_context
+from engine.robustness.compare import paired_csv, paired_rows, pairs_of
+from engine.robustness.conditions import (
     Condition,
     base_test_csvs,
     check_condition,
@@ -40,10 +44,7 @@ from engine.conditions import (
     parse_condition,
     shift_conditions,
 )
-from engine.evaluate import EvalResult, Evaluator
-from engine.records import CheckpointResult, first_line, summarize_result
-from engine.result_cache import ResultCache, evaluator_context
-from engine.robustness_report import (
+from engine.robustness.render import (
     build_report,
     corruption_csv,
     corruption_summary,
@@ -58,7 +59,6 @@ from util.config import GENERAL_KEYS, read_config_file
 from util.errors import UserError, run_cli
 from util.io import atomic_write_text, check_output_dir
 from util.logs import add_log_file
-from util.report import write_batch_report
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Entry:
     scene_map: dict
     label: str = ""
     seed: int | None = None  # the training seed its config records
-    group: str = ""  # what it is paired as (engine.compare): its model name unless given
+    group: str = ""  # what it is paired as (engine.robustness.compare): its model name unless given
     train: tuple[Path, Path] | None = None  # (training labels, dataset root) it records, where they still exist
 
 
@@ -92,7 +92,7 @@ class RobustnessResult:
     html_path: Path
     cache_path: Path
     baseline: str = ""  # the group others are paired with and the mCE is relative to
-    paired: list = field(default_factory=list)  # engine.compare.PairedRow, every group against the baseline
+    paired: list = field(default_factory=list)  # engine.robustness.compare.PairedRow, every group against the baseline
     corruption_rows: list = field(default_factory=list)  # robustness_report.corruption_summary
     paired_csv_path: Path | None = None
     corruption_csv_path: Path | None = None
@@ -208,8 +208,8 @@ def robustness_report(
     ``checkpoints`` are paths, or the entries :func:`load_entries` made of them. Groups (model names, unless
     the entries say otherwise) are paired by seed against ``baseline`` (the first group when it is absent),
     which is also the reference of the mean corruption error. With ``baselines``, the mean training pose and
-    image retrieval (:mod:`engine.baselines`) are scored on every condition too, from ``train`` (labels, root)
-    or the training set the checkpoints record."""
+    image retrieval (:mod:`engine.evaluation.baselines`) are scored on every condition too, from ``train``
+    (labels, root) or the training set the checkpoints record."""
     entries = (
         list(checkpoints)
         if checkpoints and all(isinstance(c, Entry) for c in checkpoints)
@@ -462,7 +462,7 @@ def report_from_args(
     args, entries: list[Entry], model_name: str, backbone_path: str, baseline: str
 ) -> RobustnessResult:
     """:func:`robustness_report` with the conditions, output and runtime options of a parsed command line
-    (``engine.robustness`` and ``engine.compare`` share them)."""
+    (``engine.robustness.report`` and ``engine.robustness.compare`` share them)."""
     scenes = sorted({s for e in entries for s in e.scene_map})
     return robustness_report(
         model_name,

@@ -1,12 +1,12 @@
 """Setting up a training run: config, device and processes, checkpoint to resume or start from, dataset,
-model, loss and optimizer; then :class:`engine.trainer.Trainer` runs it.
+model, loss and optimizer; then :class:`engine.training.trainer.Trainer` runs it.
 
 One run lives in ``<output_path>/run_<yy_mm_dd_HH_MM_SS>/``: the resolved config, a log file, ``metrics.csv``,
 TensorBoard events, ``run_<stamp>_checkpoint-<epoch>.pth`` every ``n_freq_checkpoint`` epochs and
 ``run_<stamp>_final.pth``. A run resumed from its newest checkpoint (the one that keeps the optimizer state,
 see ``keep_optimizer_state``) ends with the same weights as an uninterrupted one on the CPU, also when it is resumed
 with another number of processes and ``micro_batches`` equal to
-the processes it replaces (see engine/trainer.py).
+the processes it replaces (see engine/training/trainer.py).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from torch import nn
 from datasets.dataset import CameraPoseDataset
 from datasets.image_cache import resolve_cache_dir
 from datasets.transforms import build_transform
-from engine.batchnorm import plain_loader, resolve_recalibrate_batches
-from engine.checkpoints import checkpoint_number
-from engine.trainer import RunFolder, Runtime, Trainer, TrainResult, read_metrics_csv, write_metrics_csv
+from engine.training.batchnorm import plain_loader, resolve_recalibrate_batches
+from engine.training.checkpoints import checkpoint_number
+from engine.training.trainer import RunFolder, Runtime, Trainer, TrainResult, read_metrics_csv, write_metrics_csv
 from models.backbone import load_backbone
 from models.config import load_config
 from models.hypernet import hyperfan_from_images

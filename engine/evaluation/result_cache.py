@@ -1,4 +1,4 @@
-"""An incremental JSON cache of :class:`engine.records.CheckpointResult` records.
+"""An incremental JSON cache of :class:`engine.evaluation.records.CheckpointResult` records.
 
 One file holds a ``context`` (everything besides the checkpoint files that the results depend on) and one
 entry per key. An entry is used again only while the context is unchanged, its checkpoint file has the
@@ -12,8 +12,8 @@ import json
 import logging
 from pathlib import Path
 
-from engine.evaluate import TEST_FILE_PATTERNS, Evaluator
-from engine.records import CheckpointResult
+from engine.evaluation.evaluate import TEST_FILE_PATTERNS, Evaluator
+from engine.evaluation.records import CheckpointResult
 from util import jsonio
 from util.io import atomic_write_text
 from util.metrics import DEFAULT_THRESHOLDS

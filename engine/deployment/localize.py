@@ -1,6 +1,6 @@
 """Localize images from Python: a trained checkpoint in, camera poses out.
 
-    from engine.localize import Localizer
+    from engine.deployment.localize import Localizer
     loc = Localizer.from_checkpoint("run/hyperpose_final.pth")      # device="auto"
     poses = loc.predict(["a.png", "b.png"])                          # or PIL images, arrays, a tensor batch
     poses.positions, poses.quaternions                               # N x 3 metres, N x 4 unit (w, x, y, z)

@@ -23,13 +23,13 @@ from torch.utils.data import DataLoader
 
 from datasets.image_source import ImageFileDataset, ImageList, collate_readable, resolve_image_source
 from datasets.labels import POSE_COLUMNS
-from engine.localize import Localizer, Poses, load_for_inference
+from engine.deployment.localize import Localizer, Poses, load_for_inference
+from engine.deployment.positions_page import write_positions_page
 from models.config import load_config
 from util.device import cap_workers
 from util.errors import UserError
 from util.io import atomic_write_text, check_output_dir
 from util.logs import progress_bar
-from util.report import write_positions_page
 
 log = logging.getLogger(__name__)
 

@@ -72,7 +72,9 @@ class EvalResult:
     predictions: dict[str, Predictions]
     timing: dict = field(default_factory=dict)
     multi_scene: bool = False
-    baselines: dict = field(default_factory=dict)  # name -> engine.records.CheckpointResult on the same frames
+    baselines: dict = field(
+        default_factory=dict
+    )  # name -> engine.evaluation.records.CheckpointResult on the same frames
     baseline_note: str = ""  # why there are none, when they were asked for
 
     @property
@@ -87,7 +89,7 @@ class EvalResult:
             agg = self.aggregate
             lines.append("  ".join(f"{k} {v:.4g}" for k, v in agg.items() if isinstance(v, (int, float))))
         if self.baselines or self.baseline_note:
-            from engine.baselines import format_baselines
+            from engine.evaluation.baselines import format_baselines
 
             lines.append(format_baselines(self.baselines) if self.baselines else f"no baselines: {self.baseline_note}")
         if self.timing:
@@ -423,7 +425,7 @@ def write_outputs(result: EvalResult, output_path: str | Path, test_set: str) ->
     atomic_write_text(paths["report"], scene_report_csv(result))
     atomic_write_text(paths["summary"], jsonio.dumps(result.to_dict(), indent=2) + "\n")
     if result.baselines:
-        from engine.baselines import baselines_csv
+        from engine.evaluation.baselines import baselines_csv
 
         paths["baselines"] = atomic_write_text(out / f"{stem}_baselines.csv", baselines_csv(result.baselines))
     return paths
@@ -449,7 +451,7 @@ def evaluate(
     train_labels: tuple[Path, Path] | None = None,
 ) -> tuple[EvalResult, dict[str, Path]]:
     """Test one checkpoint and write its outputs to ``output_path``. With ``baselines``, the mean training
-    pose and image retrieval (:mod:`engine.baselines`) are scored on the same frames, from ``train_labels``
+    pose and image retrieval (:mod:`engine.evaluation.baselines`) are scored on the same frames, from ``train_labels``
     (labels, root) or the training set the checkpoint records."""
     if not checkpoint_path:
         raise UserError("test mode needs --checkpoint_path")
@@ -470,7 +472,7 @@ def evaluate(
     )
     result = evaluator.evaluate_checkpoint(checkpoint_path)
     if baselines:
-        from engine.baselines import evaluator_baselines
+        from engine.evaluation.baselines import evaluator_baselines
 
         result.baselines, result.baseline_note = evaluator_baselines(evaluator, checkpoint_path, train_labels)
     return result, write_outputs(result, output_path, test_set_name(labels_file, test_dataset_id))

@@ -3,7 +3,7 @@
 - ``mean pose``: every test frame gets the mean training pose of its scene (the error of knowing nothing
   about the image);
 - ``retrieval imagenet k=1``: every test frame gets the pose of its most similar training image, described
-  by the pooled features of the bundled ImageNet Lite0 weights (:mod:`engine.retrieval`). Absolute pose
+  by the pooled features of the bundled ImageNet Lite0 weights (:mod:`engine.evaluation.retrieval`). Absolute pose
   regressors behave much like this (Sattler et al., CVPR 2019).
 
 Both need the training set: the labels file and dataset root a checkpoint records (``extra.train_labels``,
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from datasets.dataset import CameraPoseDataset
-from engine.records import CheckpointResult
-from engine.retrieval import BaselinePredictions, Descriptor, MeanPoseBaseline, RetrievalBaseline
+from engine.evaluation.records import CheckpointResult
+from engine.evaluation.retrieval import BaselinePredictions, Descriptor, MeanPoseBaseline, RetrievalBaseline
 from util.checkpoint import load_checkpoint
 from util.errors import UserError
 from util.metrics import DEFAULT_THRESHOLDS, summarize

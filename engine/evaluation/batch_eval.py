@@ -2,16 +2,16 @@
 
 ``main_batch_eval_model.py`` (single-scene models) and ``main_batch_ms_eval.py`` (multi-scene models) both
 run :func:`main`, which calls :func:`batch_evaluate`. Every checkpoint goes through
-:class:`engine.evaluate.Evaluator`, so the test set is loaded once and scored exactly as in ``test`` mode.
+:class:`engine.evaluation.evaluate.Evaluator`, so the test set is loaded once and scored exactly as in ``test`` mode.
 
 Results are cached per checkpoint file in ``<prefix>_batch_eval_cache.json`` beside the CSV
-(:mod:`engine.result_cache`): a re-run evaluates only new or changed checkpoints, and everything again when
+(:mod:`engine.evaluation.result_cache`): a re-run evaluates only new or changed checkpoints, and everything again when
 the model, the effective config, the test files, the dataset root or AMP change. Per-frame data (for the
 CDFs and the 3D view) is kept for the best checkpoint only, which keeps the cache small. With a validation
 CSV (``--val_labels``) every checkpoint is also scored on it, through a second evaluator and its own cache
 (``<prefix>_batch_eval_val_cache.json``), and the best is chosen there; without one it is chosen on the
-test set itself, and the outputs say so. Discovery lives in :mod:`engine.checkpoints`, the record in
-:mod:`engine.records`, the CSV and the page's data in :mod:`engine.batch_report`.
+test set itself, and the outputs say so. Discovery lives in :mod:`engine.training.checkpoints`, the record in
+:mod:`engine.evaluation.records`, the CSV and the page's data in :mod:`engine.evaluation.batch_report`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,6 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from engine.baselines import baselines_csv, evaluator_baselines
-from engine.batch_report import CHOSEN_ON, build_report, format_batch, results_csv
-from engine.checkpoints import checkpoint_labels, discover_checkpoints
 from engine.cli import (
     add_baseline_arguments,
     add_common_arguments,
@@ -37,14 +34,17 @@ from engine.cli import (
     parse_train_labels,
     run_cli,
 )
-from engine.evaluate import EvalSettings, Evaluator
-from engine.records import CheckpointResult, first_line, summarize_result
-from engine.result_cache import ResultCache, evaluator_context
+from engine.evaluation.baselines import baselines_csv, evaluator_baselines
+from engine.evaluation.batch_report import CHOSEN_ON, build_report, format_batch, results_csv
+from engine.evaluation.evaluate import EvalSettings, Evaluator
+from engine.evaluation.page import write_batch_report
+from engine.evaluation.records import CheckpointResult, first_line, summarize_result
+from engine.evaluation.result_cache import ResultCache, evaluator_context
+from engine.training.checkpoints import checkpoint_labels, discover_checkpoints
 from models.registry import cli_choices
 from util.errors import UserError
 from util.io import atomic_write_text, check_input_file, check_output_dir
 from util.logs import add_log_file, progress_bar
-from util.report import write_batch_report
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ def batch_evaluate(
     position error on the validation set (multi-scene: the mean of the per-scene medians), ties to the lower
     median orientation error, then to the earlier checkpoint. Without it the best is chosen on the test set
     itself, which flatters its error; the outputs say which. With ``baselines`` the mean training pose and
-    image retrieval are scored on the test set too (:mod:`engine.baselines`), from ``train_labels`` or the
+    image retrieval are scored on the test set too (:mod:`engine.evaluation.baselines`), from ``train_labels`` or the
     training set the best checkpoint records.
     """
     spec = BatchSpec(

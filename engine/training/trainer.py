@@ -1,6 +1,6 @@
 """The training loop in phases: build the loader (:meth:`Trainer.make_loader`), run one epoch
 (:meth:`Trainer.run_epoch`) of steps (:meth:`Trainer.step`), save (:meth:`Trainer.save`); a resumed run first
-restores its training state (:meth:`Trainer.resume`). :func:`engine.train.train` sets a run up and calls
+restores its training state (:meth:`Trainer.resume`). :func:`engine.training.train.train` sets a run up and calls
 :meth:`Trainer.fit`.
 
 The order of every epoch, each sample's augmentation and each process's random stream derive from
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from datasets.dataset import CameraPoseDataset
 from datasets.samplers import EpochSampler, SeededSamples, epoch_seed
-from engine.batchnorm import eval_prediction_spread, log_spread, plain_loader, recalibrate
+from engine.training.batchnorm import eval_prediction_spread, log_spread, plain_loader, recalibrate
 from models.losses import CameraPoseLoss
 from models.registry import get_spec
 from util.checkpoint import drop_optimizer_state, load_model_weights, non_finite_tensors, save_checkpoint
@@ -72,7 +72,7 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how the steps of a run execute, as :func:`engine.train.train` resolved its settings."""
+    """Where and how the steps of a run execute, as :func:`engine.training.train.train` resolved its settings."""
 
     device: torch.device
     ctx: DistContext = field(default_factory=DistContext)
@@ -164,7 +164,7 @@ class TrainingModule(nn.Module):
 
 
 class Trainer:
-    """One training run, phase by phase: built by :func:`engine.train.train` from the run's collaborators,
+    """One training run, phase by phase: built by :func:`engine.training.train.train` from the run's collaborators,
     its folder and its runtime; :meth:`resume` restores a checkpoint's training state, :meth:`fit` trains."""
 
     def __init__(
@@ -376,7 +376,7 @@ class Trainer:
                     "world_size": self.ctx.world_size,
                     "micro_batches": self.micro_batches,
                     "trainable": list(self.trainable),
-                    # Where the training images are: the baselines of a report (engine.retrieval).
+                    # Where the training images are: the baselines of a report (engine.evaluation.retrieval).
                     "train_labels": str(self.dataset.labels_file.resolve()),
                     "train_root": str(self.dataset.dataset_root.resolve()),
                 },

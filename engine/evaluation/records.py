@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.checkpoints import read_epoch
-from engine.evaluate import EvalResult
+from engine.evaluation.evaluate import EvalResult
+from engine.training.checkpoints import read_epoch
 from util.metrics import DEFAULT_THRESHOLDS, summarize
 
 

@@ -16,8 +16,8 @@ from datasets.corruptions import Corruption
 from datasets.labels import read_labels
 from datasets.prepare import ECL_STYLES
 from datasets.synthetic import find_shift_csvs, shift_label
-from engine.evaluate import TEST_FILE_PATTERNS
-from engine.records import first_line
+from engine.evaluation.evaluate import TEST_FILE_PATTERNS
+from engine.evaluation.records import first_line
 from util.errors import UserError
 
 

@@ -1,0 +1,1 @@
+"""Testing, batch evaluation and its report, result records and caches, and the baselines."""

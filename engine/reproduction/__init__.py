@@ -1,0 +1,1 @@
+"""The paper's driver (``reproduce``) with its recipes and table, and the demos."""

@@ -1,0 +1,1 @@
+"""Setting a training run up and running it: ``train``, ``trainer``, ``batchnorm``, ``checkpoints``."""
