@@ -31,8 +31,17 @@ def _session_image_cache(tmp_path_factory):
     os.environ["HYPERPOSE_CACHE_DIR"] = str(tmp_path_factory.mktemp("image_cache"))
 
 
-def tiny_config_dict(n_epochs: int = 2) -> dict:
-    """The shipped synthetic config, shrunk so every model trains in seconds at 48x48 crops."""
+# A real timm architecture of the EfficientNet family with 0.17 M parameters (EfficientNet-B0: 4 M), for the
+# end-to-end tests whose subject is not the backbone: a training step at 48x48 costs an eighth of B0's and an
+# ONNX export a fraction. The efficientnet backbone itself is trained and exported by the other tests.
+COMPACT_BACKBONE = "timm:test_efficientnet"
+
+
+def tiny_config_dict(n_epochs: int = 2, compact_backbone: bool = False) -> dict:
+    """The shipped synthetic config, shrunk so every model trains in seconds at 48x48 crops.
+
+    ``compact_backbone``: the models that default to the efficientnet backbone use :data:`COMPACT_BACKBONE`
+    (the reference models keep the one backbone they accept)."""
     cfg = json.loads((REPO / "configs" / "synthetic_config.json").read_text())
     cfg["general"].update(n_freq_print=1, n_freq_checkpoint=1, n_workers=0, device_id="cpu")
     small_ms = dict(
@@ -51,6 +60,8 @@ def tiny_config_dict(n_epochs: int = 2) -> dict:
         if name == "general":
             continue
         section.update(n_epochs=n_epochs, batch_size=4, image_resize=56, image_crop=48)
+        if compact_backbone and section.get("backbone_type", "efficientnet") == "efficientnet":
+            section["backbone_type"] = COMPACT_BACKBONE
         if name in ("hyperpose", "hyperatloc"):
             section.update(hyper_dim_t=16, hyper_dim_rot=32)
         if name in ("ems-transposenet", "mshyperpose"):
@@ -67,6 +78,12 @@ def write_config(path: Path, cfg: dict) -> Path:
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory) -> Path:
     return write_config(tmp_path_factory.mktemp("cfg") / "tiny_config.json", tiny_config_dict())
+
+
+@pytest.fixture(scope="session")
+def compact_config(tmp_path_factory) -> Path:
+    """The tiny config with the compact backbone (:data:`COMPACT_BACKBONE`)."""
+    return write_config(tmp_path_factory.mktemp("cfg") / "compact_config.json", tiny_config_dict(compact_backbone=True))
 
 
 @pytest.fixture(scope="session")

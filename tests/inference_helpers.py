@@ -20,8 +20,8 @@ from models.registry import build_model, get_spec
 from util.checkpoint import save_checkpoint
 
 
-def tiny_model_config(model_name: str, num_scenes: int = 0) -> dict:
-    cfg = tiny_config_dict()
+def tiny_model_config(model_name: str, num_scenes: int = 0, compact_backbone: bool = False) -> dict:
+    cfg = tiny_config_dict(compact_backbone=compact_backbone)
     config = validate_config(model_name, {**cfg[model_name], **cfg["general"]})
     if get_spec(model_name).multi_scene:
         config["num_scenes"] = num_scenes
@@ -29,10 +29,15 @@ def tiny_model_config(model_name: str, num_scenes: int = 0) -> dict:
 
 
 def save_tiny_checkpoint(
-    path: Path, model_name: str, images: Sequence[Path] = (), scenes: Sequence[str] = (), seed: int = 0
+    path: Path,
+    model_name: str,
+    images: Sequence[Path] = (),
+    scenes: Sequence[str] = (),
+    seed: int = 0,
+    compact_backbone: bool = False,
 ) -> Path:
     """A checkpoint in our format of ``model_name`` with the tiny config; BN statistics from ``images``."""
-    config = tiny_model_config(model_name, len(scenes))
+    config = tiny_model_config(model_name, len(scenes), compact_backbone)
     torch.manual_seed(seed)
     model = build_model(model_name, config, new_backbone(config["backbone_type"]))
     if images:

@@ -122,7 +122,7 @@ def test_a_training_set_that_is_gone_is_one_line(run, scene7, tiny_config, tmp_p
     assert status == 0 and "baseline" not in out
 
 
-def test_evidence_demo_pairs_seeds_with_baselines_and_corruptions(tiny_config, tmp_path, capsys):
+def test_evidence_demo_pairs_seeds_with_baselines_and_corruptions(compact_config, tmp_path, capsys):
     """The evidence demo's code path on a tiny scene: two seeds, one corruption at two severities."""
     from datasets.synthetic import generate
     from engine.reproduction.demo import DEMO_SHIFTS, run_evidence
@@ -131,7 +131,7 @@ def test_evidence_demo_pairs_seeds_with_baselines_and_corruptions(tiny_config, t
     generate(data, scenes=1, layout="7scenes", frames_per_seq=4, size=(64, 48), seed=2, test_shifts=DEMO_SHIFTS)
     assert (
         run_evidence(
-            data, tmp_path / "out", seeds=(0, 1), config=tiny_config, corruptions=("contrast",), severities=(1, 5)
+            data, tmp_path / "out", seeds=(0, 1), config=compact_config, corruptions=("contrast",), severities=(1, 5)
         )
         == 0
     )
@@ -144,7 +144,7 @@ def test_evidence_demo_pairs_seeds_with_baselines_and_corruptions(tiny_config, t
     # A second run reuses the four finished runs.
     assert (
         run_evidence(
-            data, tmp_path / "out", seeds=(0, 1), config=tiny_config, corruptions=("contrast",), severities=(1, 5)
+            data, tmp_path / "out", seeds=(0, 1), config=compact_config, corruptions=("contrast",), severities=(1, 5)
         )
         == 0
     )

@@ -32,7 +32,7 @@ def seeded_runs(tmp_path_factory):
     runs = {}
     for model, seeds in SEEDS.items():
         for seed in seeds:
-            cfg = tiny_config_dict(n_epochs=1)
+            cfg = tiny_config_dict(n_epochs=1, compact_backbone=True)
             cfg["general"]["seed"] = seed
             config = write_config(root / f"tiny_{seed}.json", cfg)
             train(model, "random", root, root / TRAIN_CSV, config, root / "runs" / model / f"seed{seed}", device="cpu")
@@ -211,7 +211,7 @@ def test_runs_that_cannot_be_paired_are_one_line(seeded_runs, tmp_path, capsys):
     # Runs of different scenes (scene maps) cannot share a comparison.
     other = tmp_path / "other"
     generate(other, scenes=2, layout="7scenes", frames_per_seq=2, size=(64, 48), seed=4)
-    cfg = write_config(other / "tiny.json", tiny_config_dict(n_epochs=1))
+    cfg = write_config(other / "tiny.json", tiny_config_dict(n_epochs=1, compact_backbone=True))
     train(
         "effposenet", "random", other, other / "abs_7scenes_pose.csv_fire_train.csv", cfg, other / "runs", device="cpu"
     )

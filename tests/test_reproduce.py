@@ -36,7 +36,7 @@ ROT_PHRASES = [p.replace("_t", "_rot", 1) for p in T_PHRASES]
 def setup(tmp_path_factory, scenes3):
     """Two of the three synthetic scenes; hyperpose and mshyperpose get a freeze stage (as the shipped configs
     define)."""
-    cfg = tiny_config_dict(n_epochs=1)
+    cfg = tiny_config_dict(n_epochs=1, compact_backbone=True)
     cfg["hyperpose"]["freeze_exclude_phrase"] = ["hyper_in_t", "hypernet_t_fc_h2"]
     cfg["mshyperpose"]["freeze_exclude_phrase"] = MS_PHRASES
     folder = tmp_path_factory.mktemp("repro")

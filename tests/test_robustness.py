@@ -29,7 +29,7 @@ def shifted_runs(tmp_path_factory):
     """One synthetic scene with 5 shift levels; a hyperpose and an effposenet final checkpoint."""
     root = tmp_path_factory.mktemp("robust")
     generate(root, scenes=1, layout="7scenes", frames_per_seq=4, size=(64, 48), seed=5, test_shifts=LEVELS)
-    config = write_config(root / "tiny.json", tiny_config_dict(n_epochs=1))
+    config = write_config(root / "tiny.json", tiny_config_dict(n_epochs=1, compact_backbone=True))
     ckpts = {
         m: train(
             m, "random", root, root / "abs_7scenes_pose.csv_chess_train.csv", config, root / "models", device="cpu"
@@ -247,14 +247,14 @@ def test_demo_robustness_step(shifted_runs, tmp_path, capsys):
     assert (tmp_path / "demo" / "robustness.html").is_file()
 
 
-def test_multi_scene_condition_pools_one_csv_per_scene(scenes3, tiny_config, tmp_path, capsys):
+def test_multi_scene_condition_pools_one_csv_per_scene(scenes3, compact_config, tmp_path, capsys):
     """A repeated condition name adds a scene's CSV; the medians are the mean of the per-scene medians."""
     ckpt = train(
         "ems-transposenet",
         "random",
         scenes3,
         scenes3 / "7scenes_all_scenes.csv",
-        tiny_config,
+        compact_config,
         tmp_path / "models",
         device="cpu",
         n_epochs=1,
@@ -266,7 +266,7 @@ def test_multi_scene_condition_pools_one_csv_per_scene(scenes3, tiny_config, tmp
             "ems-transposenet",
             "random",
             scenes3,
-            tiny_config,
+            compact_config,
             "--checkpoint_path",
             ckpt,
             "--conditions",
@@ -283,7 +283,7 @@ def test_multi_scene_condition_pools_one_csv_per_scene(scenes3, tiny_config, tmp
         "random",
         scenes3,
         scenes3 / "7scenes_all_scenes.csv",
-        tiny_config,
+        compact_config,
         ckpt,
         tmp_path / "evals",
         device="cpu",
