@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.registry import cli_choices
+from datasets.labels import POSE_COLUMNS
+from models.registry import cli_choices, scene_setting
 from util.device import AMP_CHOICES
 from util.distributed import launched_by_torchrun
 from util.errors import UserError, run_cli
@@ -138,13 +139,10 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
     models = cli_choices(multi_scene)
+    setting = scene_setting(multi_scene)
     parser = argparse.ArgumentParser(
-        description=(
-            "Train or test a multi-scene absolute pose regressor."
-            if multi_scene
-            else "Train or test a single-scene absolute pose regressor."
-        )
-        + " To localize unlabelled images: MODEL predict BACKBONE IMAGES CONFIG --checkpoint_path CKPT "
+        description=f"Train or test a {setting.name} absolute pose regressor."
+        " To localize unlabelled images: MODEL predict BACKBONE IMAGES CONFIG --checkpoint_path CKPT "
         "(see MODEL predict -h).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -175,7 +173,7 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
         help="train: split each batch into this many parts, one optimizer step per batch "
         "(batch statistics per part, as on that many GPUs)",
     )
-    if multi_scene:
+    if setting.test_dataset_option:
         add_test_dataset_argument(parser)
     add_baseline_arguments(parser)
     add_runtime_arguments(parser)
@@ -184,12 +182,12 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
 
 def build_predict_parser(multi_scene: bool) -> argparse.ArgumentParser:
     """``model_name predict backbone_path images config_file [override_config]`` and its options."""
-    script = "main_multi_scene.py" if multi_scene else "main_single_scene.py"
+    setting = scene_setting(multi_scene)
     parser = argparse.ArgumentParser(
-        prog=script,
+        prog=setting.script,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Localize unlabelled images with a checkpoint; writes <...>_poses.csv "
-        "(img_path,t1,t2,t3,q1,q2,q3,q4" + (",scene_pred,scene_prob" if multi_scene else "") + ").",
+        f"({','.join(('img_path', *POSE_COLUMNS, *setting.predict_columns))}).",
     )
     parser.add_argument("model_name", choices=cli_choices(multi_scene), help="the model the checkpoint holds")
     parser.add_argument("mode", choices=("predict",), help="localize images")

@@ -27,6 +27,50 @@ from util.schema import INT_GE1, Key, at_least, check_dropout, greater, one_of
 
 
 @dataclass(frozen=True)
+class SceneSetting:
+    """What single-scene and multi-scene models differ in outside the models: their scripts and options, and
+    the scene columns of what they write. Code that handles both reads it here instead of branching."""
+
+    name: str  # "single-scene", "multi-scene"
+    script: str  # train / test / predict
+    batch_script: str  # batch evaluation
+    test_dataset_option: bool  # the scripts take --test_dataset_id
+    prediction_columns: tuple[str, ...]  # test mode's per-frame CSV, after the errors
+    predict_columns: tuple[str, ...]  # predict mode's poses CSV, after the pose
+    summary_columns: tuple[str, ...]  # per-scene summaries, after the errors
+    training_metrics: tuple[str, ...]  # metrics.csv and TensorBoard, besides the pose metrics
+    export_outputs: tuple[str, ...]  # an exported graph's outputs after position and quaternion
+
+
+SINGLE_SCENE = SceneSetting(
+    name="single-scene",
+    script="main_single_scene.py",
+    batch_script="main_batch_eval_model.py",
+    test_dataset_option=False,
+    prediction_columns=(),
+    predict_columns=(),
+    summary_columns=(),
+    training_metrics=(),
+    export_outputs=(),
+)
+MULTI_SCENE = SceneSetting(
+    name="multi-scene",
+    script="main_multi_scene.py",
+    batch_script="main_batch_ms_eval.py",
+    test_dataset_option=True,
+    prediction_columns=("scene_pred",),
+    predict_columns=("scene_pred", "scene_prob"),
+    summary_columns=("scene_acc",),
+    training_metrics=("scene_acc", "scene_nll"),
+    export_outputs=("scene_logp",),
+)
+
+
+def scene_setting(multi_scene: bool) -> SceneSetting:
+    return MULTI_SCENE if multi_scene else SINGLE_SCENE
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything the toolkit knows about one model, outside its module."""
 
@@ -50,6 +94,10 @@ class ModelSpec:
             return self.target
         module_name, class_name = self.target.split(":")
         return getattr(importlib.import_module(module_name), class_name)
+
+    @property
+    def setting(self) -> SceneSetting:
+        return scene_setting(self.multi_scene)
 
     @property
     def default_backbone(self) -> str:

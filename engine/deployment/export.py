@@ -38,6 +38,7 @@ from datasets.dataset import load_image_uint8
 from datasets.image_source import resolve_image_source
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, build_resize_crop
 from engine.deployment.localize import LoadedModel, load_for_inference
+from models.registry import scene_setting
 from util.errors import UserError, run_cli
 from util.io import atomic_write_bytes, check_output_dir
 from util.logs import setup_logging
@@ -85,7 +86,7 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
 
 
 def output_names(multi_scene: bool) -> list[str]:
-    return ["position", "quaternion"] + (["scene_logp"] if multi_scene else [])
+    return ["position", "quaternion", *scene_setting(multi_scene).export_outputs]
 
 
 @dataclass

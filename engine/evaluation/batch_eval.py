@@ -41,7 +41,7 @@ from engine.evaluation.page import write_batch_report
 from engine.evaluation.records import CheckpointResult, first_line, summarize_result
 from engine.evaluation.result_cache import ResultCache, evaluator_context
 from engine.training.checkpoints import checkpoint_labels, discover_checkpoints
-from models.registry import cli_choices
+from models.registry import cli_choices, scene_setting
 from util.errors import UserError
 from util.io import atomic_write_text, check_input_file, check_output_dir
 from util.logs import add_log_file, progress_bar
@@ -451,14 +451,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
-    script = "main_batch_ms_eval.py" if multi_scene else "main_batch_eval_model.py"
+    setting = scene_setting(multi_scene)
+    script = setting.batch_script
     parser = argparse.ArgumentParser(
         prog=script,
         usage=f"{script} model_name test backbone_path dataset_path labels_file config_file "
         f"[eval_config_file] checkpoints_dir [options]",
         description=(
-            "Evaluate every checkpoint of a %s training run: a CSV and an interactive HTML report "
-            "(re-runs evaluate only new checkpoints)." % ("multi-scene" if multi_scene else "single-scene")
+            f"Evaluate every checkpoint of a {setting.name} training run: a CSV and an interactive HTML report "
+            "(re-runs evaluate only new checkpoints)."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -490,7 +491,7 @@ def build_parser(multi_scene: bool) -> argparse.ArgumentParser:
         "evaluated): every checkpoint is also scored on it and the best is chosen on it "
         "(default: the best is chosen on the test set itself, an optimistic estimate)",
     )
-    if multi_scene:
+    if setting.test_dataset_option:
         add_test_dataset_argument(parser)
     add_baseline_arguments(parser)
     add_runtime_arguments(parser)

@@ -25,7 +25,7 @@ from datasets.labels import read_labels
 from datasets.transforms import build_transform
 from models.config import load_config
 from models.loading import empty_model, load_model
-from models.registry import canonical_model_name, get_spec
+from models.registry import canonical_model_name, get_spec, scene_setting
 from util import jsonio
 from util.device import autocast_dtype, cap_workers, select_device, synchronize
 from util.errors import UserError
@@ -364,7 +364,7 @@ def predictions_csv(result: EvalResult) -> str:
         + [f"{c}_pred" for c in ("t1", "t2", "t3", "q1", "q2", "q3", "q4")]
         + ["t1", "t2", "t3", "q1", "q2", "q3", "q4", "pos_err_m", "ori_err_deg"]
     )
-    w.writerow(head + (["scene_pred"] if result.multi_scene else []))
+    w.writerow(head + list(scene_setting(result.multi_scene).prediction_columns))
     for pred in result.predictions.values():
         pos, ori = pred.errors
         for i, path in enumerate(pred.paths):
@@ -388,7 +388,7 @@ def scene_report_csv(result: EvalResult) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     extra = [k for k in result.summaries[0].to_dict() if k not in ("scene", "median_pos_m", "median_ori_deg")]
-    w.writerow(["scene", "pos", "ori"] + extra + (["scene_acc"] if result.multi_scene else []))
+    w.writerow(["scene", "pos", "ori"] + extra + list(scene_setting(result.multi_scene).summary_columns))
     for s in result.summaries:
         d = s.to_dict()
         w.writerow(

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,44 @@ log = logging.getLogger(__name__)
 DEMO_SIZE = (64, 64)
 DEMO_SHIFTS = (0.0, 0.5, 1.0)  # the robustness step: the test poses without, with the usual and a strong shift
 CONFIG = Path(os.path.relpath(Path(__file__).resolve().parents[2] / "configs" / "synthetic_config.json"))
+
+
+@dataclass(frozen=True)
+class Demo:
+    """What the single-scene and multi-scene demos differ in."""
+
+    scenes: int  # synthetic scenes (chess first)
+    frames_per_seq: int
+    test_shifts: tuple[float, ...] | None  # test sequences rendered at these shift levels too
+    models: tuple[str, str]  # the hypernetwork and its static twin
+    train_csv: str
+    test_csv: str
+    test_dataset_id: str | None  # multi-scene: every scene's test file, found beside test_csv
+    robustness: bool  # end with the robustness step over test_shifts
+
+
+DEMOS = {
+    "single": Demo(
+        scenes=1,
+        frames_per_seq=50,
+        test_shifts=DEMO_SHIFTS,
+        models=("hyperpose", "effposenet"),
+        train_csv="abs_7scenes_pose.csv_chess_train.csv",
+        test_csv="abs_7scenes_pose.csv_chess_test.csv",
+        test_dataset_id=None,
+        robustness=True,
+    ),
+    "multi": Demo(
+        scenes=3,
+        frames_per_seq=25,
+        test_shifts=None,
+        models=("mshyperpose", "ems-transposenet"),
+        train_csv="7scenes_all_scenes.csv",
+        test_csv="7scenes_all_scenes.csv",
+        test_dataset_id="7scenes",
+        robustness=False,
+    ),
+}
 
 
 def mean_pose_errors(train_csv: Path, test_csv: Path, root: Path) -> tuple[float, float]:
@@ -81,17 +120,14 @@ def run_demo(kind: str, data: Path, out: Path) -> int:
     from engine.training.train import train
 
     t_start = time.perf_counter()
-    multi = kind == "multi"
-    ensure_data(data, 3 if multi else 1, 25 if multi else 50, None if multi else DEMO_SHIFTS)
-    scene = "chess"
-    train_csv = data / ("7scenes_all_scenes.csv" if multi else f"abs_7scenes_pose.csv_{scene}_train.csv")
-    models = ("mshyperpose", "ems-transposenet") if multi else ("hyperpose", "effposenet")
+    demo = DEMOS[kind]
+    ensure_data(data, demo.scenes, demo.frames_per_seq, demo.test_shifts)
+    train_csv, test_csv = data / demo.train_csv, data / demo.test_csv
     rows, finals = [], []
-    for model_name in models:
+    for model_name in demo.models:
         log.info("training %s on %s", model_name, train_csv.name)
         result = train(model_name, "random", data, train_csv, CONFIG, out / model_name)
         finals.append(result.final_checkpoint)
-        test_csv = train_csv if multi else data / f"abs_7scenes_pose.csv_{scene}_test.csv"
         ev, paths = evaluate(
             model_name,
             "random",
@@ -100,7 +136,7 @@ def run_demo(kind: str, data: Path, out: Path) -> int:
             CONFIG,
             result.final_checkpoint,
             out / model_name / "evals",
-            test_dataset_id="7scenes" if multi else None,
+            test_dataset_id=demo.test_dataset_id,
         )
         print(ev.report_text())
         batch = batch_evaluate(
@@ -111,7 +147,7 @@ def run_demo(kind: str, data: Path, out: Path) -> int:
             CONFIG,
             result.run_dir,
             output_path=out / model_name / "batch_eval",
-            test_dataset_id="7scenes" if multi else None,
+            test_dataset_id=demo.test_dataset_id,
         )
         log.info("batch evaluation of %d checkpoints: %s, %s", len(batch.results), batch.csv_path, batch.html_path)
         for s in ev.summaries:
@@ -119,7 +155,7 @@ def run_demo(kind: str, data: Path, out: Path) -> int:
     print()
     print(
         f"{'model':<18}{'scene':<12}{'median pos [m]':>16}{'median ori [deg]':>18}{'mean-pose pos':>15}"
-        f"{'mean-pose ori':>15}" + ("  scene acc" if multi else "")
+        f"{'mean-pose ori':>15}" + ("  scene acc" if any(row[-1] is not None for row in rows) else "")
     )
     for model_name, s, pos, ori, acc in rows:
         test_csv = data / f"abs_7scenes_pose.csv_{s}_test.csv"
@@ -129,8 +165,8 @@ def run_demo(kind: str, data: Path, out: Path) -> int:
             f"{model_name:<18}{s:<12}{pos:>16.3f}{ori:>18.2f}{base_pos:>15.3f}{base_ori:>15.2f}"
             + (f"  {acc:9.3f}" if acc is not None else "")
         )
-    if not multi:
-        robustness_step(models[0], finals, data, out / "robustness", scene)
+    if demo.robustness:
+        robustness_step(demo.models[0], finals, data, out / "robustness", "chess")
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; outputs in {out}")
     return 0
 
@@ -241,7 +277,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run the synthetic-scene demo.")
     parser.add_argument(
         "kind",
-        choices=("single", "multi", "evidence"),
+        choices=(*DEMOS, "evidence"),
         help="single-scene or multi-scene models, or the evidence demo (hyperpose against "
         "effposenet over three paired seeds, baselines and corruptions)",
     )

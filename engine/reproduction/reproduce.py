@@ -366,12 +366,16 @@ class Reproduction:
 
     # Commands ---------------------------------------------------------------------------------------------
     def _script(self, job: Job, batch: bool = False) -> str:
-        if batch:
-            return "main_batch_ms_eval.py" if job.multi else "main_batch_eval_model.py"
-        return "main_multi_scene.py" if job.multi else "main_single_scene.py"
+        setting = get_spec(job.model).setting
+        return setting.batch_script if batch else setting.script
+
+    def _test_dataset_id(self, job: Job) -> str | None:
+        """What the model's scripts take as --test_dataset_id (multi-scene: every scene's test file)."""
+        return self.dataset if get_spec(job.model).setting.test_dataset_option else None
 
     def _tail(self, job: Job) -> list[str]:
-        return (["--test_dataset_id", self.dataset] if job.multi else []) + (
+        test_dataset_id = self._test_dataset_id(job)
+        return (["--test_dataset_id", test_dataset_id] if test_dataset_id else []) + (
             [] if self.device == "auto" else ["--device", self.device]
         )
 
@@ -557,7 +561,7 @@ class Reproduction:
             final,
             job.folder / "test",
             device=self.device,
-            test_dataset_id=self.dataset if job.multi else None,
+            test_dataset_id=self._test_dataset_id(job),
         )
         scenes = {s.scene: (s.median_pos_m, s.median_ori_deg) for s in result.summaries}
         atomic_write_text(record, jsonio.dumps({"checkpoint": file_stamp(final), "scenes": scenes}) + "\n")
@@ -577,7 +581,7 @@ class Reproduction:
             run_dir,
             job.stage_dir(stage.number) / "batch_eval",
             device=self.device,
-            test_dataset_id=self.dataset if job.multi else None,
+            test_dataset_id=self._test_dataset_id(job),
             progress=False,
             val_labels=job.val_csv,
         )

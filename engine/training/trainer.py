@@ -187,6 +187,7 @@ class Trainer:
         self.amp_dtype, self.micro_batches = runtime.amp_dtype, runtime.micro_batches
         device, ctx = self.device, self.ctx
         self.multi = get_spec(model_name).multi_scene
+        self.setting = get_spec(model_name).setting
         module = TrainingModule(model, loss_fn)
         self.ddp = None
         if ctx.enabled:
@@ -404,7 +405,7 @@ class Trainer:
         """Metrics CSV, TensorBoard and the console line of one epoch (rank 0 only)."""
         rows.append(row)
         write_metrics_csv(self.run_dir / "metrics.csv", rows)
-        for key in TB_KEYS + (("scene_acc", "scene_nll") if self.multi else ()):
+        for key in TB_KEYS + self.setting.training_metrics:
             writer.add_scalar(f"train/{key}", row[key], row["epoch"])
         log.info(
             "epoch %d/%d loss %.4f median %.3f m %.2f deg%s lr %.2e (%.1f images/s)",
