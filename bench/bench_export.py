@@ -27,9 +27,10 @@ import torch
 
 from engine.deployment.export import ExportGraph, example_input, export_loaded, prepare_for_export
 from engine.deployment.localize import LoadedModel
-from models.backbone import new_backbone
+from models.backbone import new_backbone, resolve_backbone_type
 from models.config import defaults
 from models.registry import build_model, get_spec, model_names
+from util.errors import UserError
 
 # --tiny: the sizes of the test suite's configs, so that every model builds and exports in seconds.
 TINY = dict(
@@ -46,10 +47,13 @@ TINY = dict(
 )
 
 
-def model_config(name: str, size: int, num_scenes: int, tiny: bool) -> dict:
+def model_config(name: str, size: int, num_scenes: int, tiny: bool, backbone: str | None = None) -> dict:
+    """The model's defaults at ``size``; ``backbone`` replaces the backbone type where the model accepts it."""
     config = dict(defaults(name), image_resize=size, image_crop=size)
     if tiny:
         config.update({k: v for k, v in TINY.items() if k in config})
+    if backbone and get_spec(name).accepts_backbone(backbone):
+        config["backbone_type"] = backbone
     if get_spec(name).multi_scene:
         config["num_scenes"] = num_scenes
     return config
@@ -132,8 +136,19 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--num_scenes", type=int, default=7, help="scenes of the multi-scene models")
     parser.add_argument("--tiny", action="store_true", help="small configs (the test suite's sizes)")
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        metavar="TYPE",
+        help="backbone_type for every model that accepts it (default: each model's own), e.g. timm:resnet50",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run")
     args = parser.parse_args(argv)
+    if args.backbone:
+        try:
+            resolve_backbone_type(args.backbone)
+        except UserError as err:
+            parser.error(str(err))
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
     device = torch.device(args.device)
@@ -148,6 +163,7 @@ def main(argv=None) -> int:
         f"{where}, {args.size}x{args.size} uint8 input, torch {torch.__version__}; "
         f"latency: median of {args.iters} calls at batch 1; throughput: batch {args.batch}, "
         f"{args.iters} calls; {'tiny' if args.tiny else 'default'} configs"
+        + (f", backbone {args.backbone} where accepted" if args.backbone else "")
     )
     header = f"{'model':<18}{'runtime':<15}{'latency b1 [ms]':>17}{'throughput [img/s]':>20}"
     print(header)
@@ -156,7 +172,7 @@ def main(argv=None) -> int:
     xb = example_input(args.batch, args.size, "uint8", seed=1).to(device)
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            config = model_config(name, args.size, args.num_scenes, args.tiny)
+            config = model_config(name, args.size, args.num_scenes, args.tiny, args.backbone)
             for runtime, fn in runners(name, config, args.num_scenes, Path(tmp), args.threads, device).items():
                 latency = statistics.median(time_calls(fn, x1, args.iters, args.warmup)) * 1e3
                 throughput = args.batch * args.iters / sum(time_calls(fn, xb, args.iters, args.warmup))

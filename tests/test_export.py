@@ -5,7 +5,7 @@ magnitude), on real (synthetic) images at the crop size; float32 rounding measur
 
 Each model is exported with its head at the tiny config's sizes; the models that default to efficientnet
 carry the compact backbone of the tests (conftest.COMPACT_BACKBONE), the reference models their own
-(googlenet, resnet34). The efficientnet backbone itself goes through the CLI round trip and the benchmark.
+(googlenet, resnet34). The efficientnet backbone itself goes through the CLI round trip.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script, tiny_config_dict, write_config
+from conftest import COMPACT_BACKBONE, run_script, tiny_config_dict, write_config
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from engine.cli import main as cli_main
 from engine.deployment.export import EXPORT_TOLERANCE, export_checkpoint, load_check_images
@@ -214,6 +214,8 @@ def test_bench_export_runs():
         [
             "bench/bench_export.py",
             "--tiny",
+            "--backbone",
+            COMPACT_BACKBONE,
             "--models",
             "hyperpose",
             "--size",

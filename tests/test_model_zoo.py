@@ -31,9 +31,9 @@ def one_epoch_config(tmp_path_factory):
 @pytest.mark.parametrize("model", ["posenet", "atloc", "hyperatloc"])
 def test_reference_models_train_and_test_through_the_script(model, scene7, one_epoch_config, tmp_path, capsys):
     tiny_config = one_epoch_config
-    proc = run_script(
+    # Training through the script's entry point in this process; the test mode below also runs as a script.
+    proc = _in_process(
         [
-            "main_single_scene.py",
             model,
             "train",
             "random",
