@@ -443,3 +443,23 @@ def test_test_mode_ignores_backbone_path_because_the_checkpoint_holds_the_backbo
         assert "random init" not in caplog.text
         preds.append(next(iter(result.predictions.values())).pose_pred_N7)
     assert all((p == preds[0]).all() for p in preds)
+
+
+@pytest.mark.parametrize("multi_scene", [False, True])
+def test_each_scene_setting_names_its_scripts_and_their_models(multi_scene):
+    """The scripts a SceneSetting names exist and take exactly its models; --test_dataset_id where it says."""
+    from engine.cli import build_parser
+    from engine.evaluation.batch_eval import build_parser as build_batch_parser
+    from models.registry import cli_choices, get_spec, model_names, scene_setting
+
+    setting = scene_setting(multi_scene)
+    assert {get_spec(n).setting for n in model_names(multi_scene)} == {setting}
+    for script, parser in (
+        (setting.script, build_parser(multi_scene)),
+        (setting.batch_script, build_batch_parser(multi_scene)),
+    ):
+        assert (REPO / script).is_file() and f"multi_scene={multi_scene}" in (REPO / script).read_text()
+        options = {s for action in parser._actions for s in action.option_strings}
+        assert ("--test_dataset_id" in options) == setting.test_dataset_option, script
+        model_action = next(a for a in parser._actions if a.dest == "model_name")
+        assert tuple(model_action.choices) == cli_choices(multi_scene)
