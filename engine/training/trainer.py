@@ -186,8 +186,8 @@ class Trainer:
         self.device, self.ctx = runtime.device, runtime.ctx
         self.amp_dtype, self.micro_batches = runtime.amp_dtype, runtime.micro_batches
         device, ctx = self.device, self.ctx
-        self.multi = get_spec(model_name).multi_scene
-        self.setting = get_spec(model_name).setting
+        spec = get_spec(model_name)
+        self.multi, self.setting = spec.multi_scene, spec.setting
         module = TrainingModule(model, loss_fn)
         self.ddp = None
         if ctx.enabled:
