@@ -101,39 +101,40 @@ def ensure_data(data: Path, scenes: int, frames_per_seq: int, test_shifts=None) 
     log.info("generated in %.1f s", time.perf_counter() - t0)
 
 
-def robustness_step(model_name: str, checkpoints, data: Path, out: Path, scene: str) -> None:
+def robustness_step(model_name: str, checkpoints, data: Path, out: Path, scene: str, config: Path = CONFIG) -> None:
     """Both final checkpoints on the same test poses at each demo shift level: a table and an HTML report."""
     from engine.robustness.conditions import shift_conditions
     from engine.robustness.render import format_table
     from engine.robustness.report import robustness_report
 
     test_csv = data / f"abs_7scenes_pose.csv_{scene}_test.csv"
-    result = robustness_report(model_name, "random", data, CONFIG, checkpoints, shift_conditions([test_csv], data), out)
+    result = robustness_report(model_name, "random", data, config, checkpoints, shift_conditions([test_csv], data), out)
     print(f"\nRobustness to appearance change ({scene}, median errors; same poses at every shift level):")
     print(format_table(result))
     print(f"robustness report: {result.html_path}")
 
 
-def run_demo(kind: str, data: Path, out: Path) -> int:
+def run_demo(kind: str, data: Path, out: Path, config: Path = CONFIG, demo: Demo | None = None) -> int:
+    """``make demo`` (kind ``single``) or ``make demo-ms`` (``multi``); ``config`` and ``demo`` for smaller runs."""
     from engine.evaluation.batch_eval import batch_evaluate
     from engine.evaluation.evaluate import evaluate
     from engine.training.train import train
 
     t_start = time.perf_counter()
-    demo = DEMOS[kind]
+    demo = demo or DEMOS[kind]
     ensure_data(data, demo.scenes, demo.frames_per_seq, demo.test_shifts)
     train_csv, test_csv = data / demo.train_csv, data / demo.test_csv
     rows, finals = [], []
     for model_name in demo.models:
         log.info("training %s on %s", model_name, train_csv.name)
-        result = train(model_name, "random", data, train_csv, CONFIG, out / model_name)
+        result = train(model_name, "random", data, train_csv, config, out / model_name)
         finals.append(result.final_checkpoint)
         ev, paths = evaluate(
             model_name,
             "random",
             data,
             test_csv,
-            CONFIG,
+            config,
             result.final_checkpoint,
             out / model_name / "evals",
             test_dataset_id=demo.test_dataset_id,
@@ -144,7 +145,7 @@ def run_demo(kind: str, data: Path, out: Path) -> int:
             "random",
             data,
             test_csv,
-            CONFIG,
+            config,
             result.run_dir,
             output_path=out / model_name / "batch_eval",
             test_dataset_id=demo.test_dataset_id,
@@ -166,7 +167,7 @@ def run_demo(kind: str, data: Path, out: Path) -> int:
             + (f"  {acc:9.3f}" if acc is not None else "")
         )
     if demo.robustness:
-        robustness_step(demo.models[0], finals, data, out / "robustness", "chess")
+        robustness_step(demo.models[0], finals, data, out / "robustness", "chess", config)
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; outputs in {out}")
     return 0
 
